@@ -1,0 +1,29 @@
+"""Explicit registry of experiments: id -> module (DESIGN §2)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from gvgap.errors import UserError
+
+#: Experiment ids in the order the report shows them; modules live in gvgap/experiments/.
+EXPERIMENT_IDS: tuple[str, ...] = ()
+
+
+def _load() -> dict[str, ModuleType]:
+    return {eid: importlib.import_module(f"gvgap.experiments.{eid}") for eid in EXPERIMENT_IDS}
+
+
+EXPERIMENTS: dict[str, ModuleType] = _load()
+
+
+def get_experiment(eid: str) -> ModuleType:
+    """The experiment module for ``eid``.
+
+    Raises:
+        UserError: unknown id, listing the known ones.
+    """
+    if eid not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {eid!r}; known: {', '.join(EXPERIMENTS) or '(none)'}")
+    return EXPERIMENTS[eid]

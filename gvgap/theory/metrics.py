@@ -1,0 +1,121 @@
+"""Exact evaluation of a policy on an enumerable tree (THEORY §2–§3, DESIGN §5 metrics).
+
+Every function takes leaf log-probabilities ``(m, N)`` (N = V^H) and a prompt distribution
+ρ ``(m,)``; expectations are exact sums, never samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from gvgap.theory.tree import NodeLogp, leaf_marginals
+
+#: Above this many distinct reward values per prompt, win rates bin rewards (error ≤ δ/4).
+WIN_RATE_EXACT_LEVELS = 4096
+
+
+def _xlogy_diff(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
+    """P · (log P − log Q) with the convention 0 · (−∞ − x) = 0, elementwise."""
+    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):
+        out = p * (logp - logq)
+    return np.where(p > 0, out, 0.0)
+
+
+def expected_reward(logp: np.ndarray, r: np.ndarray, rho: np.ndarray) -> float:
+    """E_x E_{ξ~π}[r(x, ξ)]."""
+    return float(rho @ (np.exp(logp) * r).sum(axis=1))
+
+
+def kl(logp: np.ndarray, logq: np.ndarray, rho: np.ndarray) -> float:
+    """Trajectory KL: E_x KL(P(·|x) ‖ Q(·|x)) = Σ_x ρ Σ_ξ P (log P − log Q)."""
+    return float(rho @ _xlogy_diff(logp, logq).sum(axis=1))
+
+
+def kl_per_prompt(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
+    """KL(P(·|x) ‖ Q(·|x)) for each prompt, ``(m,)``."""
+    return _xlogy_diff(logp, logq).sum(axis=1)
+
+
+def entropy(logp: np.ndarray, rho: np.ndarray) -> float:
+    """E_x H(P(·|x)) in nats."""
+    p = np.exp(logp)
+    return float(-(rho @ np.where(p > 0, p * logp, 0.0).sum(axis=1)))
+
+
+def per_token_kl(logpi_p: NodeLogp, logpi_q: NodeLogp, rho: np.ndarray) -> float:
+    """Σ_h E_{s_h ~ P} KL(π_p(·|s_h) ‖ π_q(·|s_h)) — equals :func:`kl` on a tree (THEORY §3).
+
+    Args:
+        logpi_p, logpi_q: node policies, ``[h]`` of shape ``(m, V^h, V)``.
+    """
+    from gvgap.theory.tree import node_to_leaf_logp
+
+    m, _, vocab = logpi_p[0].shape
+    horizon = len(logpi_p)
+    marg = leaf_marginals(np.exp(node_to_leaf_logp(logpi_p)), vocab, horizon)
+    tot = np.zeros(m)
+    for h in range(horizon):
+        step = _xlogy_diff(logpi_p[h], logpi_q[h]).sum(axis=-1)  # (m, V^h)
+        tot += (marg[h] * step).sum(axis=1)
+    return float(rho @ tot)
+
+
+def objective_j(
+    logp: np.ndarray, r: np.ndarray, logp_ref: np.ndarray, beta: float, rho: np.ndarray
+) -> float:
+    """J(π) = E_x E_π[r] − β KL(P_π ‖ P_ref) (THEORY §2)."""
+    return expected_reward(logp, r, rho) - beta * kl(logp, logp_ref, rho)
+
+
+def win_rate(logp: np.ndarray, logp_ref: np.ndarray, r: np.ndarray, rho: np.ndarray) -> float:
+    """Exact P(ξ ≻ ξ') under the true BT model, ξ ~ π, ξ' ~ π_ref, same prompt.
+
+    Σ_x ρ Σ_{ξ,ξ'} P(ξ) P_ref(ξ') σ(r(ξ) − r(ξ')), computed over the distinct reward levels of
+    each prompt (K levels → K² work). Above ``WIN_RATE_EXACT_LEVELS`` levels, rewards are
+    rounded to a grid of width δ = range/WIN_RATE_EXACT_LEVELS (|error| ≤ δ/4 since σ' ≤ 1/4).
+    """
+    p, q = np.exp(logp), np.exp(logp_ref)
+    out = 0.0
+    for x in range(r.shape[0]):
+        rx = r[x]
+        levels, inv = np.unique(rx, return_inverse=True)
+        if levels.size > WIN_RATE_EXACT_LEVELS:
+            lo, hi = rx.min(), rx.max()
+            delta = (hi - lo) / WIN_RATE_EXACT_LEVELS
+            grid = np.round((rx - lo) / delta)
+            levels, inv = np.unique(lo + grid * delta, return_inverse=True)
+        pk = np.bincount(inv, weights=p[x], minlength=levels.size)
+        qk = np.bincount(inv, weights=q[x], minlength=levels.size)
+        out += rho[x] * float(pk @ expit(levels[:, None] - levels[None, :]) @ qk)
+    return out
+
+
+def best_of_n_logp(logp_base: np.ndarray, r_hat: np.ndarray, n: int) -> np.ndarray:
+    """Exact output distribution of best-of-n: draw n i.i.d. ξ ~ P_base, return argmax r̂.
+
+    Ties in r̂ are broken uniformly at random among the tied samples. For a level set L of r̂
+    with base mass p_L and F_<(L) the mass strictly below it,
+    P(out ∈ L) = (F_<(L) + p_L)^n − F_<(L)^n, shared within L in proportion to P_base.
+
+    Args:
+        logp_base: ``(m, N)``; r_hat: ``(m, N)``; n ≥ 1.
+
+    Returns:
+        ``(m, N)`` log-probabilities (−inf off the support).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    p = np.exp(logp_base)
+    out = np.empty_like(p)
+    for x in range(p.shape[0]):
+        levels, inv = np.unique(r_hat[x], return_inverse=True)
+        mass = np.bincount(inv, weights=p[x], minlength=levels.size)
+        below = np.concatenate([[0.0], np.cumsum(mass)[:-1]])
+        level_prob = (below + mass) ** n - below**n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(mass > 0, level_prob / mass, 0.0)
+        out[x] = p[x] * share[inv]
+    with np.errstate(divide="ignore"):
+        return np.log(out)
