@@ -1,0 +1,177 @@
+"""Offline pipelines: SFT, DPO, IPO, reference-free local RM, SPIN (THEORY §3).
+
+All are maximum-likelihood-type fits over a policy class Π, written as
+f(θ) = loss(log P_θ on the data) + λ Ω(r_θ), with Ω the centred squared norm in reward
+coordinates r_θ = β (log P_θ − log P_ref) (``losses.centred_sq``), so that with isomorphic
+classes the offline and online optima coincide exactly after regularisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gvgap import losses
+from gvgap.data import Demos, Preferences
+from gvgap.envs.tree_env import TreeEnv
+from gvgap.learners.optim import GTOL, minimize
+from gvgap.learners.result import Result
+
+PREF_LOSSES = ("dpo", "ipo", "ipo_mean")
+
+
+def scatter(values: np.ndarray, prompt: np.ndarray, leaf: np.ndarray, shape) -> np.ndarray:
+    """Σ of per-row values into a leaf array ``shape = (m, N)`` (the adjoint of gather)."""
+    m, n = shape
+    return np.bincount(prompt * n + leaf, weights=values, minlength=m * n).reshape(shape)
+
+
+def _reg(lam: float, r: np.ndarray) -> tuple[float, np.ndarray]:
+    if lam == 0.0:
+        return 0.0, 0.0
+    v, g = losses.centred_sq(r)
+    return lam * v, lam * g
+
+
+def preference_fit(
+    policy,
+    env: TreeEnv,
+    data: Preferences,
+    *,
+    lam: float = 0.0,
+    loss: str = "dpo",
+    beta: float | None = None,
+    tau: float | None = None,
+    logp_ref_loss: np.ndarray | None = None,
+    theta0: np.ndarray | None = None,
+    gtol: float = GTOL,
+) -> Result:
+    """Offline preference optimisation over ``policy`` (DPO / IPO families).
+
+    Args:
+        policy: a policy class (``gvgap.policies``).
+        env: supplies π_ref (``env.logp_ref``) and β (``env.beta`` unless ``beta`` given).
+        data: preference pairs.
+        lam: λ of the reward-coordinate regulariser λ Ω(β(log P_θ − log P_ref)).
+        loss: ``"dpo"`` (sigmoid on summed log-ratios), ``"ipo"`` (summed), ``"ipo_mean"``
+            (token-mean, divides log-ratios by H).
+        tau: IPO's τ (default β).
+        logp_ref_loss: the reference inside the loss (default π_ref; SPIN uses π_t).
+        theta0: warm start (default ``policy.init_params()``).
+
+    Returns:
+        :class:`Result` with ``r_hat`` = β (log P_θ − log P_ref).
+    """
+    if loss not in PREF_LOSSES:
+        raise ValueError(f"loss must be one of {PREF_LOSSES}, got {loss!r}")
+    beta = env.beta if beta is None else beta
+    tau = beta if tau is None else tau
+    ref = env.logp_ref if logp_ref_loss is None else logp_ref_loss
+    p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
+    ref_c, ref_r = ref[p, c], ref[p, r]
+    shape = env.logp_ref.shape
+
+    def fg(theta):
+        lp = policy.leaf_logp(theta)
+        if loss == "dpo":
+            v, (dc, dr) = losses.dpo_loss(lp[p, c], lp[p, r], ref_c, ref_r, beta, w)
+        else:
+            length = env.horizon if loss == "ipo_mean" else 1.0
+            v, (dc, dr) = losses.ipo_loss(lp[p, c], lp[p, r], ref_c, ref_r, tau, w, length)
+        g_leaf = scatter(dc, p, c, shape) + scatter(dr, p, r, shape)
+        rv, rg = _reg(lam, beta * (lp - env.logp_ref))
+        return v + rv, policy.vjp(theta, g_leaf + beta * rg)
+
+    opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
+    lp = policy.leaf_logp(opt.x)
+    return Result(
+        loss, lp, beta * (lp - env.logp_ref), opt.x, opt.fun, opt.grad_norm, opt.converged, lam,
+        {"n_iter": opt.n_iter},
+    )
+
+
+def dpo(policy, env: TreeEnv, data: Preferences, **kw) -> Result:
+    """DPO (:func:`preference_fit` with ``loss="dpo"``)."""
+    return preference_fit(policy, env, data, loss="dpo", **kw)
+
+
+def ipo(policy, env: TreeEnv, data: Preferences, *, mean: bool = False, **kw) -> Result:
+    """IPO, summed (``ipo``) or token-mean (``ipo_mean``) log-ratios."""
+    return preference_fit(policy, env, data, loss="ipo_mean" if mean else "ipo", **kw)
+
+
+def sft(
+    policy,
+    env: TreeEnv,
+    demos: Demos,
+    *,
+    lam: float = 0.0,
+    theta0: np.ndarray | None = None,
+    gtol: float = GTOL,
+) -> Result:
+    """SFT / MLE: minimise −mean log P_θ(ξ_i|x_i) + λ Ω(β(log P_θ − log P_ref)) over Π."""
+    p, leaf, w = demos.prompt, demos.leaf, demos.weight
+    shape = env.logp_ref.shape
+    beta = env.beta
+
+    def fg(theta):
+        lp = policy.leaf_logp(theta)
+        v, d = losses.sft_nll(lp[p, leaf], w)
+        rv, rg = _reg(lam, beta * (lp - env.logp_ref))
+        return v + rv, policy.vjp(theta, scatter(d, p, leaf, shape) + beta * rg)
+
+    opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
+    lp = policy.leaf_logp(opt.x)
+    return Result(
+        "sft", lp, beta * (lp - env.logp_ref), opt.x, opt.fun, opt.grad_norm, opt.converged, lam,
+        {"n_iter": opt.n_iter},
+    )
+
+
+def spin_pairs(demos: Demos, logp_t: np.ndarray) -> Preferences:
+    """SPIN's exact-expectation pairs: demonstration ξ_i (chosen) vs every ξ' ~ π_t(·|x_i)
+    (rejected), weight w_i P_t(ξ'|x_i). Rows: n_demos × N."""
+    n_leaves = logp_t.shape[1]
+    prompt = np.repeat(demos.prompt, n_leaves)
+    chosen = np.repeat(demos.leaf, n_leaves)
+    rejected = np.tile(np.arange(n_leaves), len(demos))
+    weight = np.repeat(demos.weight, n_leaves) * np.exp(logp_t[demos.prompt]).ravel()
+    keep = weight > 0
+    return Preferences(prompt[keep], chosen[keep], rejected[keep], weight[keep])
+
+
+def spin(
+    policy,
+    env: TreeEnv,
+    demos: Demos,
+    *,
+    lam: float = 0.0,
+    iters: int = 50,
+    tol: float = 1e-9,
+    theta0: np.ndarray | None = None,
+    gtol: float = GTOL,
+) -> Result:
+    """SPIN (Chen et al. 2024), exact-expectation variant.
+
+    π_{t+1} = argmin_θ E_i E_{ξ'~π_t} −log σ(β[log π_θ(ξ_i)/π_t(ξ_i) − log π_θ(ξ')/π_t(ξ')])
+    + λ Ω(β(log P_θ − log P_ref)), iterated from ``theta0`` (default π_ref) until
+    max |Δ log P| < tol. At a fixed point π_t = π the gradient is
+    −(β/2) ∇ mean log π(ξ_i) + λ ∇Ω, so fixed points are the SFT optima with λ_SFT = 2λ/β
+    (THEORY §3, claim 6).
+    """
+    theta = policy.init_params() if theta0 is None else theta0
+    lp = policy.leaf_logp(theta)
+    history = []
+    res = None
+    for _ in range(iters):
+        res = preference_fit(
+            policy, env, spin_pairs(demos, lp), lam=lam, logp_ref_loss=lp, theta0=theta, gtol=gtol
+        )
+        delta = float(np.max(np.abs(res.logp - lp)))
+        history.append(delta)
+        theta, lp = res.params, res.logp
+        if delta < tol:
+            break
+    return Result(
+        "spin", lp, env.beta * (lp - env.logp_ref), theta, res.loss, res.grad_norm,
+        res.converged and history[-1] < tol, lam, {"deltas": history},
+    )

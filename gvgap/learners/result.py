@@ -1,0 +1,35 @@
+"""The frozen output of every learner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """A fitted pipeline.
+
+    Attributes:
+        pipeline: name (``sft``, ``dpo``, ``ipo``, ``rm``, ``rlhf``, ``online_dpo``, ``bon``…).
+        logp: ``(m, N)`` leaf log-probabilities of the output policy (None for a bare RM).
+        r_hat: ``(m, N)`` the pipeline's reward coordinates: the fitted RM, or a policy's
+            implicit reward β(log P − log P_ref); used by the shared λ-selection protocol.
+        params: the final parameter vector.
+        loss: final training objective (regulariser included).
+        grad_norm: ‖∇‖ at the returned parameters (the convergence certificate).
+        converged: whether ``grad_norm`` ≤ the requested tolerance (all stages).
+        lam: the regularisation strength used.
+        extra: stage details (e.g. the RM's and the soft-RL stage's results, iterations).
+    """
+
+    pipeline: str
+    logp: np.ndarray | None
+    r_hat: np.ndarray | None
+    params: np.ndarray
+    loss: float
+    grad_norm: float
+    converged: bool
+    lam: float = 0.0
+    extra: dict = field(default_factory=dict)
