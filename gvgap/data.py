@@ -180,15 +180,16 @@ def expected_pairs(pair_weight: np.ndarray, r: np.ndarray | None = None) -> Pref
 
     Args:
         pair_weight: ``(m, N, N)`` nonnegative weights of ordered pairs (a chosen, b rejected).
-            If ``r`` is given, W[x,a,b] is the probability of *drawing* {a, b} and it is
-            multiplied by the BT label probability σ(r(a) − r(b)).
+            If ``r`` is given, W[x,a,b] is the probability of *drawing* the ordered pair (a, b)
+            before labelling, and the row (chosen a, rejected b) gets the law of the labelled
+            pair, (W[x,a,b] + W[x,b,a]) σ(r(a) − r(b)) — total mass is preserved.
 
     Returns:
         :class:`Preferences` with one row per ordered pair of positive weight.
     """
     w = pair_weight
     if r is not None:
-        w = w * expit(r[:, :, None] - r[:, None, :])
+        w = (w + np.swapaxes(w, 1, 2)) * expit(r[:, :, None] - r[:, None, :])
     x, a, b = np.nonzero(w > 0)
     return Preferences(x, a, b, w[x, a, b])
 

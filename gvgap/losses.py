@@ -77,13 +77,16 @@ def sft_nll(logp_demo: np.ndarray, weight: np.ndarray) -> tuple[float, np.ndarra
 
 
 def centred_sq(r: np.ndarray) -> tuple[float, np.ndarray]:
-    """Regulariser in reward coordinates: Ω(r) = ½ mean_{x,ξ} (r(x,ξ) − mean_ξ' r(x,ξ'))².
+    """Regulariser in reward coordinates: Ω(r) = (1/2m) Σ_x Σ_ξ (r(x,ξ) − mean_ξ' r(x,ξ'))².
 
-    Invariant to per-prompt constants, so Ω(r_π) is the same whether r is a global reward
-    or a policy's implicit reward (which differs from it by −β log Z(x)). ∇Ω = (r − r̄)/(mN).
+    Summed over completions (so λ is a per-completion prior strength, comparable across tree
+    sizes relative to the per-pair data term) and averaged over the m prompts. Invariant to
+    per-prompt constants, so Ω(r_π) is the same whether r is a global reward or a policy's
+    implicit reward (which differs from it by −β log Z(x)). ∇Ω = (r − r̄)/m.
     """
     c = r - r.mean(axis=1, keepdims=True)
-    return 0.5 * float((c**2).mean()), c / c.size
+    m = r.shape[0]
+    return 0.5 * float((c**2).sum()) / m, c / m
 
 
 def reverse_kl_objective(

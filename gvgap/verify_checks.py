@@ -23,6 +23,9 @@ from gvgap.policies import LogLinearPolicy, SoftOptimalPolicy, TabularPolicy, ma
 from gvgap.rewards import LinearReward, LocalReward, TabularReward
 
 LAMBDAS = (0.0, 1e-3, 1e-1)
+#: Gradient-norm tolerance of every fit in the suite (tighter than the library default, so
+#: that optimisation error stays far below TOL_OPTIMUM even at λ = 1e-3).
+GTOL = 1e-11
 
 
 # ------------------------------------------------------------------ random instances
@@ -123,11 +126,11 @@ def _dpo_vs_rlhf(env: TreeEnv, rng: np.random.Generator, reference_free: bool) -
     pol = TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
     if reference_free:  # r_π = β log π: local RM without reference (uniform π_ref ⇒ same optima)
         local = LocalReward(pol, None, env.beta)
-        off = fit_reward(local, data, env.logp_ref.shape, lam=lam, w0=pol.init_params())
+        off = fit_reward(local, data, env.logp_ref.shape, lam=lam, w0=pol.init_params(), gtol=GTOL)
         off_logp = pol.leaf_logp(off.params)
     else:
-        off_logp = dpo(pol, env, data, lam=lam).logp
-    on = rlhf(TabularReward(*env.r_star.shape), env, data, lam=lam)
+        off_logp = dpo(pol, env, data, lam=lam, gtol=GTOL).logp
+    on = rlhf(TabularReward(*env.r_star.shape), env, data, lam=lam, gtol=GTOL)
     if lam > 0:
         return _pmax(off_logp, on.logp)
     return optimum_set_error(T.local_reward(off_logp, env.logp_ref, env.beta), on.r_hat, data)
@@ -154,8 +157,8 @@ def check_sft_irl(rng: np.random.Generator) -> float:
     demos = random_demos(env, rng, full)
     lam = 0.0 if full else float(rng.choice(LAMBDAS[1:]))
     pol = TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
-    a = sft(pol, env, demos, lam=lam)
-    b = maxent_irl(TabularReward(*env.r_star.shape), env, demos, lam=lam)
+    a = sft(pol, env, demos, lam=lam, gtol=GTOL)
+    b = maxent_irl(TabularReward(*env.r_star.shape), env, demos, lam=lam, gtol=GTOL)
     err = _pmax(a.logp, b.logp)
     if full:
         target = np.zeros_like(env.r_star)
@@ -171,8 +174,8 @@ def check_spin_fixed_point(rng: np.random.Generator) -> float:
     demos = random_demos(env, rng, full=False)
     lam = float(rng.choice(LAMBDAS[1:]))
     pol = TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
-    s = sft(pol, env, demos, lam=2 * lam / env.beta)
-    step = spin(pol, env, demos, lam=lam, iters=1, theta0=s.params)
+    s = sft(pol, env, demos, lam=2 * lam / env.beta, gtol=GTOL)
+    step = spin(pol, env, demos, lam=lam, iters=1, theta0=s.params, gtol=GTOL)
     return _pmax(step.logp, s.logp)
 
 
@@ -185,8 +188,8 @@ def check_relabel(rng: np.random.Generator) -> float:
     env = random_env(rng)
     data = random_soft_pairs(env, rng)
     pol = TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
-    off = dpo(pol, env, data, lam=float(rng.choice(LAMBDAS[1:])))
-    on = online_dpo_exact(pol, env, off.r_hat, lam=0.0, iters=3)
+    off = dpo(pol, env, data, lam=float(rng.choice(LAMBDAS[1:])), gtol=GTOL)
+    on = online_dpo_exact(pol, env, off.r_hat, lam=0.0, iters=3, gtol=GTOL)
     return _pmax(on.logp, off.logp)
 
 
@@ -196,9 +199,9 @@ def check_rsim(rng: np.random.Generator) -> float:
     data = random_soft_pairs(env, rng)
     lam = float(rng.choice(LAMBDAS))
     rc = LinearReward(env.features)
-    on = rlhf(rc, env, data, lam=lam)
+    on = rlhf(rc, env, data, lam=lam, gtol=GTOL)
     cls = SoftOptimalPolicy(rc, env.logp_ref, env.beta, env.vocab, env.horizon)
-    off = dpo(cls, env, data, lam=lam)
+    off = dpo(cls, env, data, lam=lam, gtol=GTOL)
     z = env.features[data.prompt, data.chosen] - env.features[data.prompt, data.rejected]
     if lam > 0 or np.linalg.matrix_rank(z) == rc.n_params:
         return _pmax(off.logp, on.logp)

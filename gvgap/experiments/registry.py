@@ -8,7 +8,15 @@ from types import ModuleType
 from gvgap.errors import UserError
 
 #: Experiment ids in the order the report shows them; modules live in gvgap/experiments/.
-EXPERIMENT_IDS: tuple[str, ...] = ()
+EXPERIMENT_IDS: tuple[str, ...] = (
+    "c1_gibbs",
+    "h1_on_policy_signal",
+    "h2_regularisation",
+    "h3_optimisation",
+    "h4_data",
+    "h5_rm_generalisation",
+    "h6_gap",
+)
 
 
 def _load() -> dict[str, ModuleType]:

@@ -32,6 +32,16 @@ def _reg(lam: float, r: np.ndarray) -> tuple[float, np.ndarray]:
     return lam * v, lam * g
 
 
+def _on_policy_kl(coef: float, lp: np.ndarray, env: TreeEnv) -> tuple[float, np.ndarray]:
+    """α E_x KL(P‖P_ref) and its gradient w.r.t. log P: α ρ P (log P − log P_ref + 1)."""
+    if coef == 0.0:
+        return 0.0, 0.0
+    p = np.exp(lp)
+    diff = lp - env.logp_ref
+    value = float(env.rho @ (p * diff).sum(axis=1))
+    return coef * value, coef * env.rho[:, None] * p * (diff + 1.0)
+
+
 def preference_fit(
     policy,
     env: TreeEnv,
@@ -42,6 +52,7 @@ def preference_fit(
     beta: float | None = None,
     tau: float | None = None,
     logp_ref_loss: np.ndarray | None = None,
+    kl_coef: float = 0.0,
     theta0: np.ndarray | None = None,
     gtol: float = GTOL,
 ) -> Result:
@@ -56,6 +67,8 @@ def preference_fit(
             (token-mean, divides log-ratios by H).
         tau: IPO's τ (default β).
         logp_ref_loss: the reference inside the loss (default π_ref; SPIN uses π_t).
+        kl_coef: α of an explicit *on-policy* term α E_x KL(P_θ ‖ P_ref), computed exactly
+            on the tree (H2: regularise offline DPO the way online RL does).
         theta0: warm start (default ``policy.init_params()``).
 
     Returns:
@@ -79,7 +92,8 @@ def preference_fit(
             v, (dc, dr) = losses.ipo_loss(lp[p, c], lp[p, r], ref_c, ref_r, tau, w, length)
         g_leaf = scatter(dc, p, c, shape) + scatter(dr, p, r, shape)
         rv, rg = _reg(lam, beta * (lp - env.logp_ref))
-        return v + rv, policy.vjp(theta, g_leaf + beta * rg)
+        kv, kg = _on_policy_kl(kl_coef, lp, env)
+        return v + rv + kv, policy.vjp(theta, g_leaf + beta * rg + kg)
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
     lp = policy.leaf_logp(opt.x)

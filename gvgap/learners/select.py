@@ -17,9 +17,12 @@ from gvgap.data import Preferences
 from gvgap.learners.result import Result
 
 #: Default λ grid (reward-coordinate regulariser, see ``losses.centred_sq``).
-LAMBDA_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+LAMBDA_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 #: Fraction of D held out for selection.
 VAL_FRAC = 0.25
+#: Validation scores within this of the best count as ties, resolved toward the larger λ
+#: (isomorphic pipelines reach equal scores only up to optimisation error).
+SCORE_TIE = 1e-7
 
 
 def val_bt_loglik(r_hat: np.ndarray, val: Preferences) -> float:
@@ -38,6 +41,8 @@ def select_lambda(
 ) -> tuple[Result, dict[float, float]]:
     """Choose λ by held-out BT likelihood, refit on all of D.
 
+    Ties within ``SCORE_TIE`` go to the largest λ (the simplest model).
+
     Args:
         fit: ``fit(data, lam) -> Result`` (any pipeline).
         data: the full preference data D.
@@ -50,5 +55,6 @@ def select_lambda(
         return fit(data, grid[0] if len(grid) == 1 else grid[len(grid) // 2]), {}
     train, val = data.split(val_frac, np.random.default_rng(split_seed))
     scores = {lam: val_bt_loglik(fit(train, lam).r_hat, val) for lam in grid}
-    best = max(grid, key=lambda lam: (scores[lam], lam))
+    top = max(scores.values())
+    best = max(lam for lam in grid if scores[lam] >= top - SCORE_TIE)
     return fit(data, best), scores

@@ -41,7 +41,9 @@ def kl_per_prompt(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
 def entropy(logp: np.ndarray, rho: np.ndarray) -> float:
     """E_x H(P(·|x)) in nats."""
     p = np.exp(logp)
-    return float(-(rho @ np.where(p > 0, p * logp, 0.0).sum(axis=1)))
+    with np.errstate(invalid="ignore"):
+        plogp = np.where(p > 0, p * logp, 0.0)
+    return float(-(rho @ plogp.sum(axis=1)))
 
 
 def per_token_kl(logpi_p: NodeLogp, logpi_q: NodeLogp, rho: np.ndarray) -> float:

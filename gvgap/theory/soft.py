@@ -58,8 +58,9 @@ def soft_value_iteration(logpi_ref: NodeLogp, r: np.ndarray, beta: float) -> Sof
         qmax = q.max(axis=-1, keepdims=True)
         w = np.exp(q - qmax)
         tot = w.sum(axis=-1, keepdims=True)
-        values[h] = (qmax + np.log(tot))[..., 0]
-        logpi[h] = np.log(w / tot)
+        log_tot = np.log(tot)
+        values[h] = (qmax + log_tot)[..., 0]
+        logpi[h] = (q - qmax) - log_tot  # log π*: no underflow for Q-gaps beyond ~745 nats
     return SoftVIResult(tuple(logpi), tuple(values), values[0][:, 0])
 
 

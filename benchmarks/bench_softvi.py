@@ -1,0 +1,133 @@
+"""Soft value iteration and leaf enumeration vs one ``np.exp`` pass over as many float64.
+
+Run: ``.venv/bin/python benchmarks/bench_softvi.py [--repeat K] [--cpu]``.
+
+For each tree (≥ 1M leaves) it prints the best-of-K time of
+
+- ``exp``: one ``np.exp(x, out=buf)`` over N = m·V^H float64 (the unit; 16 MB in + out,
+  which stays in a 32 MB L3 cache),
+- ``soft_value_iteration`` (library; π_ref Dirichlet, r Gaussian, β = 0.5),
+- ``node_to_leaf_logp`` of the resulting π* (library),
+- two *candidates* defined below, checked equal to the library in the same run:
+  ``soft_vi_slices`` (per-token contiguous slices: no ``max``/``sum`` reduction over a
+  short length-V axis; log π* = Q − V_h with one log per state) and ``leaf_slices``
+  (node → leaf by per-token slices),
+
+with every ratio to the unit measured in the same run. Nothing is asserted. ``--cpu`` times
+with ``time.process_time`` (robust to other processes sharing the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import timeit
+
+import numpy as np
+
+from gvgap import theory as T  # noqa: N812
+from gvgap.envs.tree_env import random_ref_policy
+
+TREES = ((4, 10, 1), (2, 20, 1), (32, 4, 1))  # (V, H, m): 1,048,576 leaves each
+
+
+def soft_vi_slices(
+    logpi_ref: tuple[np.ndarray, ...], r: np.ndarray, beta: float
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Soft VI on contiguous per-token slices; returns (log π* per depth, log Z).
+
+    V_h = q_max + log Σ_a exp(Q_h(·, a) − q_max) and log π*(a|s) = Q_h(s, a) − V_h(s): the
+    same single exp per edge and log per state as the library, but the reductions over the
+    V tokens are V − 1 elementwise ops on contiguous ``(m, S)`` arrays instead of
+    ``max``/``sum`` over a length-V last axis.
+    """
+    m, horizon = r.shape[0], len(logpi_ref)
+    value = np.asarray(r, dtype=np.float64) / beta
+    logpi: list[np.ndarray] = [None] * horizon  # type: ignore[list-item]
+    for h in range(horizon - 1, -1, -1):
+        _, n_states, vocab = logpi_ref[h].shape
+        q = logpi_ref[h] + value.reshape(m, n_states, vocab)
+        cols = [np.ascontiguousarray(q[..., a]) for a in range(vocab)]
+        qmax = cols[0].copy()
+        for c in cols[1:]:
+            np.maximum(qmax, c, out=qmax)
+        tot, tmp = np.zeros_like(qmax), np.empty_like(qmax)
+        for c in cols:
+            np.subtract(c, qmax, out=tmp)
+            np.exp(tmp, out=tmp)
+            tot += tmp
+        np.log(tot, out=tot)
+        tot += qmax  # V_h
+        for a, c in enumerate(cols):
+            np.subtract(c, tot, out=q[..., a])
+        logpi[h], value = q, tot
+    return tuple(logpi), value[:, 0]
+
+
+def leaf_slices(logpi: tuple[np.ndarray, ...]) -> np.ndarray:
+    """log P(ξ) = Σ_h log π(a_h|s_h), writing each token's children as one contiguous add."""
+    acc = logpi[0][:, 0, :]
+    for lp in logpi[1:]:
+        out = np.empty(lp.shape)
+        for a in range(lp.shape[-1]):
+            np.add(acc, lp[..., a], out=out[..., a])
+        acc = out.reshape(lp.shape[0], -1)
+    return acc
+
+
+def best_of(fn, repeat: int, timer) -> float:
+    """Best time (s) of ``repeat`` single calls."""
+    return min(timeit.repeat(fn, number=1, repeat=repeat, timer=timer))
+
+
+def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, rng) -> dict:
+    """Best-of-``repeat`` times (s) of every kernel on one tree, and the candidates' max error."""
+    n = m * vocab**horizon
+    logpi_ref = random_ref_policy(m, vocab, horizon, 1.0, rng)
+    r = rng.standard_normal((m, vocab**horizon))
+    x, buf = rng.standard_normal(n), np.empty(n)
+    lib = T.soft_value_iteration(logpi_ref, r, beta)
+    cand, log_z = soft_vi_slices(logpi_ref, r, beta)
+    err = max(float(np.abs(a - b).max()) for a, b in zip(cand, lib.logpi))
+    err = max(err, float(np.abs(log_z - lib.log_z).max()))
+    err = max(err, float(np.abs(leaf_slices(lib.logpi) - T.node_to_leaf_logp(lib.logpi)).max()))
+    return {
+        "n": n,
+        "exp": best_of(lambda: np.exp(x, out=buf), repeat, timer),
+        "softvi": best_of(lambda: T.soft_value_iteration(logpi_ref, r, beta), repeat, timer),
+        "leaf": best_of(lambda: T.node_to_leaf_logp(lib.logpi), repeat, timer),
+        "vi_slices": best_of(lambda: soft_vi_slices(logpi_ref, r, beta), repeat, timer),
+        "leaf_slices": best_of(lambda: leaf_slices(lib.logpi), repeat, timer),
+        "err": err,
+    }
+
+
+def main() -> None:
+    """Time each tree and print the ratios to one exp pass."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=9, help="best-of-K timing (default 9)")
+    ap.add_argument("--cpu", action="store_true", help="process CPU time instead of wall time")
+    ap.add_argument("--beta", type=float, default=0.5)
+    args = ap.parse_args()
+    timer = time.process_time if args.cpu else time.perf_counter
+    rng = np.random.default_rng(0)
+    print(f"best of {args.repeat} ({'CPU' if args.cpu else 'wall'} time); ratio = t / t(exp)")
+    print(
+        f"{'V':>3} {'H':>3} {'N':>8} | {'exp ms':>7} | {'softVI':>7} {'ratio':>6} | "
+        f"{'leaf':>6} {'ratio':>5} | {'VI-slc':>7} {'ratio':>6} | {'leaf-slc':>8} {'ratio':>5} |"
+        f" {'max|Δ|':>7}"
+    )
+    for vocab, horizon, m in TREES:
+        t = measure(vocab, horizon, m, args.beta, args.repeat, timer, rng)
+        u = t["exp"]
+        print(
+            f"{vocab:>3} {horizon:>3} {t['n']:>8} | {1e3 * u:>7.2f} | "
+            f"{1e3 * t['softvi']:>7.1f} {t['softvi'] / u:>6.1f} | "
+            f"{1e3 * t['leaf']:>6.1f} {t['leaf'] / u:>5.1f} | "
+            f"{1e3 * t['vi_slices']:>7.1f} {t['vi_slices'] / u:>6.1f} | "
+            f"{1e3 * t['leaf_slices']:>8.1f} {t['leaf_slices'] / u:>5.1f} | {t['err']:>7.1e}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Pipelines shared by the hypothesis experiments, run under one protocol (DESIGN §3).
+
+Offline and online pipelines get the same preference pairs D, the same λ-selection protocol
+(held-out split of D drawn from one ``split_seed``; validation BT likelihood of each
+pipeline's reward coordinates; refit on all of D), and converged optimisers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gvgap.data import Preferences, sample_pairs
+from gvgap.envs.tree_env import TreeEnv
+from gvgap.errors import UserError
+from gvgap.learners import (
+    LAMBDA_GRID,
+    Result,
+    dpo,
+    ipo,
+    online_dpo_exact,
+    rlhf,
+    select_lambda,
+)
+from gvgap.policies import TabularPolicy
+from gvgap.rewards import LinearReward, LocalReward, TabularReward
+
+RM_CLASSES = ("linear", "tabular", "local")
+#: Shorter λ grid used when a Config asks for ``lam_grid="short"`` (quick runs).
+SHORT_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """UserError naming the field unless ``value`` is allowed."""
+    if value not in allowed:
+        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                *, lo_open: bool = False) -> None:
+    """UserError naming the field unless lo ≤ value ≤ hi (lo < value if ``lo_open``)."""
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+        hi is not None and value > hi)
+    if bad:
+        lo_s = "-inf" if lo is None else f"{lo}"
+        hi_s = "inf" if hi is None else f"{hi}"
+        raise UserError(f"{name} must be in {'(' if lo_open else '['}{lo_s}, {hi_s}]; got {value}")
+
+
+def lambda_grid(lam: float, grid_name: str = "full") -> tuple[float, ...]:
+    """λ < 0 → select from the grid; λ ≥ 0 → fixed."""
+    if lam >= 0:
+        return (float(lam),)
+    return SHORT_GRID if grid_name == "short" else LAMBDA_GRID
+
+
+def tabular_policy(env: TreeEnv) -> TabularPolicy:
+    """The full policy class Π, initialised at π_ref."""
+    return TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
+
+
+def reward_class(name: str, env: TreeEnv):
+    """R by name: ``linear`` (R_sim: env.features), ``tabular`` (global, isomorphic to Π),
+    ``local`` (R(Π): r_π = β log π/π_ref of the tabular class, fitted by BT)."""
+    check_choice("rm_class", name, RM_CLASSES)
+    if name == "linear":
+        if env.features is None:
+            raise UserError("rm_class='linear' needs a family with features")
+        return LinearReward(env.features)
+    if name == "tabular":
+        return TabularReward(env.n_prompts, env.n_leaves)
+    return LocalReward(tabular_policy(env), env.logp_ref, env.beta)
+
+
+def draw_pairs(env: TreeEnv, n_pairs: int, rng: np.random.Generator, *, label: str = "bt",
+               flip: float = 0.0) -> Preferences:
+    """D: n pairs from μ = π_ref labelled by r* (BT-sampled by default)."""
+    return sample_pairs(env.logp_ref, env.r_star, env.rho, n_pairs, rng, label=label, flip=flip)
+
+
+def fit_dpo(env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = "dpo") -> Result:
+    """Offline DPO (or IPO) over the tabular class with the shared λ protocol."""
+    pol = tabular_policy(env)
+    if loss == "dpo":
+        return select_lambda(lambda d, lam: dpo(pol, env, d, lam=lam), data,
+                             split_seed=split_seed, grid=grid)[0]
+    return select_lambda(lambda d, lam: ipo(pol, env, d, lam=lam, mean=loss == "ipo_mean"),
+                         data, split_seed=split_seed, grid=grid)[0]
+
+
+def fit_rlhf(env: TreeEnv, data: Preferences, rm_name: str, grid, split_seed: int) -> Result:
+    """RM of class ``rm_name`` (shared λ protocol) + exact soft RL over Π."""
+    rc = reward_class(rm_name, env)
+    return select_lambda(lambda d, lam: rlhf(rc, env, d, lam=lam), data,
+                         split_seed=split_seed, grid=grid)[0]
+
+
+def fit_online_dpo(env: TreeEnv, r_hat: np.ndarray, *, n_samples: int = 8, iters: int = 10,
+                   lam: float = 1e-2) -> Result:
+    """Online DPO over Π labelled by r̂: best-vs-worst of ``n_samples`` on-policy samples
+    (exact law), DPO to convergence each iteration (THEORY §5 design, exact expectation)."""
+    return online_dpo_exact(tabular_policy(env), env, r_hat, lam=lam, iters=iters,
+                            pairs="best_worst", n_samples=n_samples, tol=1e-7)
+
+
+def metric_row(pipeline: str, env: TreeEnv, res: Result) -> dict[str, float]:
+    """``{"<pipeline>/<metric>": value}`` for the shared metrics plus the convergence
+    certificate ``grad_norm`` and the selected ``lam``."""
+    out = {f"{pipeline}/{k}": float(v) for k, v in env.metrics(res.logp).items()}
+    out[f"{pipeline}/grad_norm"] = float(res.grad_norm)
+    out[f"{pipeline}/lam"] = float(res.lam)
+    return out
+
+
+def split_seed_from(rng: np.random.Generator) -> int:
+    """One integer drawn from ``rng`` that seeds the shared train/validation split."""
+    return int(rng.integers(2**31 - 1))

@@ -1,0 +1,313 @@
+"""H4 — is the online advantage just the RM seeing more data? (THEORY §4 H4, §6 item 14).
+
+Design: one problem instance and a base dataset D of n pairs from π_ref (true BT labels).
+``dpo``: offline DPO over Π on D. ``rlhf_same``: the RM (``rm_class``, R_sim by default) is
+fitted on exactly the pairs DPO sees, with the same λ protocol and split, and soft RL is run
+only on the prompts that occur in D (elsewhere the policy stays π_ref, which is also where
+DPO stays: its loss and λ term have zero gradient on unseen prompts). So reward model and
+policy see identical pairs *and* identical prompts; only the hypothesis space differs
+(Π(R_sim) vs Π). ``rlhf_extra``: the RM gets D ∪ D_extra (``extra_factor`` × n further pairs
+from π_ref; λ selected on the union with the same split seed) while DPO keeps D, and soft RL
+still uses D's prompts: this isolates *extra labelled pairs*. ``rlhf_prompts``: the RM on D,
+soft RL on every prompt under ρ: this isolates *extra unlabelled prompts* (exact soft RL is
+the limit of infinitely many unlabelled on-policy prompts); it equals ``rlhf_same`` whenever
+every prompt occurs in D, in particular for ``n_prompts = 1``. H4 says the advantage is data:
+then ``rlhf_same`` − ``dpo`` would vanish and only the data-enriched variants would win. An
+identical-data advantage with CI above ``MIN_ADVANTAGE`` is evidence against H4. The detail
+reports the share of the data-enriched advantage that the extra pairs add,
+(J_extra − J_same)/(J_extra − J_dpo), from the means. Bare metrics per run:
+``advantage_same``, ``advantage_extra``, ``advantage_prompts`` (J_norm differences vs DPO)
+and ``prompt_coverage`` (ρ-mass of the prompts in D).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from gvgap.data import Preferences
+from gvgap.envs.families import FAMILIES, make_family
+from gvgap.envs.tree_env import TreeEnv
+from gvgap.experiments import common as C  # noqa: N812
+from gvgap.experiments.base import Verdict
+from gvgap.learners import Result
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+ID = "h4_data"
+CLAIM = (
+    "The online advantage persists when the RM and the policy see exactly the same pairs "
+    "(and prompts): it is not explained by the RM seeing more data (H4 against)."
+)
+NOTES = "H4"
+DESIGN_NOTE = __doc__
+
+#: "against" H4 iff the identical-data advantage (J_norm) has CI low end above this.
+MIN_ADVANTAGE = 0.02
+#: Pipelines compared with ``dpo``, in plotting order.
+VARIANTS = ("rlhf_same", "rlhf_extra", "rlhf_prompts")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One h4_data setting.
+
+    Attributes:
+        family: problem family (``gvgap list``).
+        vocab: V, tokens per step.
+        horizon: H, completion length.
+        n_prompts: m, prompts (> 1 makes the unlabelled-prompt variant differ).
+        beta: KL strength β of the true objective and of every learner.
+        n_pairs: |D|, base preference pairs shared by DPO and ``rlhf_same``.
+        extra_factor: |D_extra| / |D|: extra pairs from π_ref given only to ``rlhf_extra``'s RM.
+        k: verifier complexity (features of R_sim).
+        rm_class: linear (R_sim), tabular or local (isomorphic controls).
+        epsilon: misspecification size (family ``misspec``).
+        ref: π_ref family, uniform or random.
+        ref_concentration: Dirichlet concentration of a random π_ref.
+        lam: regularisation λ; negative = select on a held-out split (shared protocol).
+        lam_grid: ``full`` or ``short`` λ grid for selection.
+    """
+
+    family: str = "linear"
+    vocab: int = 3
+    horizon: int = 4
+    n_prompts: int = 1
+    beta: float = 1.0
+    n_pairs: int = 50
+    extra_factor: float = 4.0
+    k: int = 3
+    rm_class: str = "linear"
+    epsilon: float = 0.0
+    ref: str = "uniform"
+    ref_concentration: float = 1.0
+    lam: float = -1.0
+    lam_grid: str = "full"
+
+    def validate(self) -> None:
+        """Raise UserError naming the first bad field."""
+        C.check_choice("family", self.family, tuple(FAMILIES))
+        C.check_range("vocab", self.vocab, 2)
+        C.check_range("horizon", self.horizon, 1)
+        C.check_range("n_prompts", self.n_prompts, 1)
+        C.check_range("beta", self.beta, 0.0, lo_open=True)
+        C.check_range("n_pairs", self.n_pairs, 4)
+        C.check_range("extra_factor", self.extra_factor, 0.0, 1000.0)
+        C.check_range("k", self.k, 1)
+        C.check_choice("rm_class", self.rm_class, C.RM_CLASSES)
+        C.check_range("epsilon", self.epsilon, 0.0)
+        C.check_choice("ref", self.ref, ("uniform", "random"))
+        C.check_range("ref_concentration", self.ref_concentration, 0.0, lo_open=True)
+        C.check_choice("lam_grid", self.lam_grid, ("full", "short"))
+
+
+SMOKE = Config(vocab=2, horizon=3, n_prompts=2, n_pairs=12, extra_factor=2.0, lam_grid="short")
+SETTINGS = {
+    "seeds": 20,
+    "fixed": {"vocab": 3, "k": 3, "horizon": 4},
+    "grid": {"n_pairs": [10, 30, 100, 300], "n_prompts": [1, 16], "extra_factor": [1.0, 4.0]},
+}
+QUICK = {
+    "seeds": 6,
+    "fixed": {"vocab": 3, "k": 3, "horizon": 4, "lam_grid": "short", "extra_factor": 4.0},
+    "grid": {"n_pairs": [16, 64], "n_prompts": [1, 16]},
+}
+#: Config overrides under which the verdict is re-checked (``gvgap reproduce``).
+ROBUSTNESS: list[dict] = [
+    {"vocab": 4, "horizon": 3},
+    {"vocab": 2, "horizon": 6},
+    {"beta": 0.3},
+    {"ref": "random", "ref_concentration": 1.0},
+]
+
+
+def build_env(cfg: Config, instance_rng: np.random.Generator) -> TreeEnv:
+    """The problem instance (drawn only from ``instance_rng``)."""
+    return make_family(
+        cfg.family,
+        rng=instance_rng,
+        vocab=cfg.vocab,
+        horizon=cfg.horizon,
+        n_prompts=cfg.n_prompts,
+        beta=cfg.beta,
+        k=cfg.k,
+        epsilon=cfg.epsilon,
+        ref=cfg.ref,
+        ref_concentration=cfg.ref_concentration,
+    )
+
+
+def restrict_to_prompts(res: Result, env: TreeEnv, seen: np.ndarray) -> Result:
+    """The pipeline's policy on the prompts in ``seen`` (bool ``(m,)``), π_ref elsewhere."""
+    logp = np.where(seen[:, None], res.logp, env.logp_ref)
+    return dataclasses.replace(res, logp=logp)
+
+
+def run(
+    cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
+) -> dict[str, float]:
+    """DPO vs RLHF with identical data, extra RM pairs, and extra unlabelled prompts."""
+    env = build_env(cfg, instance_rng)
+    data = C.draw_pairs(env, cfg.n_pairs, rng)
+    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
+    split_seed = C.split_seed_from(rng)
+    n_extra = round(cfg.extra_factor * cfg.n_pairs)
+    extra = C.draw_pairs(env, n_extra, rng) if n_extra > 0 else None
+    seen = np.bincount(data.prompt, minlength=env.n_prompts) > 0
+
+    off = C.fit_dpo(env, data, grid, split_seed)
+    on = C.fit_rlhf(env, data, cfg.rm_class, grid, split_seed)
+    both = data if extra is None else Preferences.concat([data, extra])
+    on_extra = on if extra is None else C.fit_rlhf(env, both, cfg.rm_class, grid, split_seed)
+    out = {
+        **C.metric_row("dpo", env, off),
+        **C.metric_row("rlhf_same", env, restrict_to_prompts(on, env, seen)),
+        **C.metric_row("rlhf_extra", env, restrict_to_prompts(on_extra, env, seen)),
+        **C.metric_row("rlhf_prompts", env, on),
+    }
+    for name in VARIANTS:
+        out[f"advantage_{name.removeprefix('rlhf_')}"] = out[f"{name}/J_norm"] - out["dpo/J_norm"]
+    out["prompt_coverage"] = float(env.rho[seen].sum())
+    out["n_extra"] = float(n_extra)
+    return out
+
+
+def _by(df: pd.DataFrame) -> list[str]:
+    return [
+        b
+        for b in ("horizon", "n_prompts", "n_pairs", "extra_factor", "rm_class")
+        if b in df.columns
+    ]
+
+
+def advantages(df: pd.DataFrame, *, rng: np.random.Generator) -> pd.DataFrame:
+    """Paired J_norm(variant) − J_norm(dpo) per setting and variant, with 95% bootstrap CIs."""
+    from gvgap.stats import paired_difference
+
+    by = _by(df)
+    frames = []
+    for name in VARIANTS:
+        if not (df["pipeline"] == name).any():
+            continue
+        d = paired_difference(
+            df, metric="J_norm", a_pipeline=name, b_pipeline="dpo", by=by, rng=rng
+        )
+        frames.append(d.assign(variant=name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _headline(adv: pd.DataFrame) -> pd.DataFrame:
+    """Largest H, smallest m (strictest prompt coverage is a variant, not the headline),
+    smallest n, largest extra factor, linear RM."""
+    h = adv
+    if "rm_class" in h.columns:
+        h = h[h["rm_class"] == "linear"]
+    for col, pick in (
+        ("horizon", max),
+        ("n_prompts", min),
+        ("n_pairs", min),
+        ("extra_factor", max),
+    ):
+        if col in h.columns and not h.empty:
+            h = h[h[col] == pick(h[col])]
+    return h
+
+
+def verdict(df: pd.DataFrame) -> Verdict:
+    """Against H4 iff the identical-data advantage at the headline setting has CI low end above
+    MIN_ADVANTAGE; supported iff that CI covers 0 while the extra-pairs advantage's CI is above
+    0; else inconclusive."""
+    adv = advantages(df, rng=np.random.default_rng(0))
+    head = _headline(adv) if not adv.empty else adv
+    same = head[head["variant"] == "rlhf_same"] if not head.empty else head
+    if same.empty:
+        return Verdict(
+            CLAIM, "inconclusive", float("nan"), float("nan"), float("nan"), 0, "no linear-RM runs"
+        )
+    s = same.iloc[0]
+    ext = head[head["variant"] == "rlhf_extra"].iloc[0]
+    if s["ci_low"] > MIN_ADVANTAGE:
+        label = "against"
+    elif s["ci_low"] <= 0.0 <= s["ci_high"] and ext["ci_low"] > 0.0:
+        label = "supported"
+    else:
+        label = "inconclusive"
+    denom = ext["mean"]
+    share = (ext["mean"] - s["mean"]) / denom if abs(denom) > 1e-12 else float("nan")
+    where = ", ".join(f"{b}={_fmt(s[b])}" for b in _by(df) if b in s.index)
+    detail = (
+        f"headline {where}: identical-data advantage {s['mean']:.3g} "
+        f"[{s['ci_low']:.3g}, {s['ci_high']:.3g}]; with extra RM pairs {ext['mean']:.3g} "
+        f"[{ext['ci_low']:.3g}, {ext['ci_high']:.3g}]; share added by extra pairs "
+        f"{share:.3g}"
+    )
+    if "n_prompts" in adv.columns and adv["n_prompts"].max() > 1:
+        many = _headline(adv[adv["n_prompts"] == adv["n_prompts"].max()]).set_index("variant")
+        ci = {
+            v: f"{r['mean']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+            for v, r in many.iterrows()
+        }
+        detail += (
+            f"; at m={_fmt(adv['n_prompts'].max())} prompts: identical data "
+            f"{ci.get('rlhf_same')}, with all prompts unlabelled for RL {ci.get('rlhf_prompts')}"
+        )
+    return Verdict(
+        CLAIM,
+        label,
+        float(s["mean"]),
+        float(s["ci_low"]),
+        float(s["ci_high"]),
+        int(df["run_id"].nunique()),
+        detail,
+    )
+
+
+def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Online − offline J_norm vs n for identical data, extra RM pairs, unlabelled prompts:
+    colour = variant, line style = the other varied settings (e.g. m)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    adv = advantages(df, rng=np.random.default_rng(0))
+    group = [b for b in _by(df) if b != "n_pairs" and df[b].nunique() > 1]
+    colors = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    settings = adv[group].drop_duplicates().sort_values(group) if group else adv.iloc[:1][[]]
+    styles = ("-", "--", ":", "-.")
+    for i, (_, setting) in enumerate(settings.iterrows()):
+        mask = np.ones(len(adv), bool)
+        for b in group:
+            mask &= (adv[b] == setting[b]).to_numpy()
+        where = ", ".join(f"{b}={_fmt(setting[b])}" for b in group)
+        for name in VARIANTS:
+            g = adv[mask & (adv["variant"] == name).to_numpy()].sort_values("n_pairs")
+            if g.empty or (name == "rlhf_prompts" and setting.get("n_prompts", 2) == 1):
+                continue  # with one prompt it is rlhf_same
+            ax.errorbar(
+                g["n_pairs"],
+                g["mean"],
+                yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
+                ls=styles[i % len(styles)],
+                marker="o",
+                capsize=3,
+                color=colors[name],
+                label=f"{name} {where}".strip(),
+            )
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ns = sorted(adv["n_pairs"].unique()) if "n_pairs" in adv.columns else []
+    ax.set_xticks(ns, [f"{n:g}" for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("base preference pairs n (shared by DPO and the RM)")
+    ax.set_ylabel("online − offline  J_norm  (95% CI)")
+    ax.set_title("H4: is the online advantage data?")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)

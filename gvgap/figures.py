@@ -1,0 +1,391 @@
+"""Figures of a run: which plots a results table gets, and saving them with provenance.
+
+:func:`generic_specs` picks the :mod:`gvgap.plots` figures whose columns a table has;
+:func:`render` draws one on a fresh Figure (one panel per other varying setting);
+:func:`save_figure` writes PNG + PDF + a JSON sidecar (DESIGN §1 ``figures/``).
+
+The sidecar ``<name>.json`` records what is needed to regenerate and trust the figure: the
+git SHA of the source tree, the gvgap version, the configuration and seeds it was drawn
+from (the ``meta`` given) and the creation time. Every file is written to a temporary name in
+the target directory and moved into place, so a reader never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from gvgap import plots, stats
+from gvgap.errors import UserError
+
+#: Raster resolution of the PNG (dots per inch).
+PNG_DPI = 160
+FORMATS = ("png", "pdf")
+
+
+def git_sha() -> str | None:
+    """``git rev-parse HEAD`` of the gvgap source tree; None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _version() -> str:
+    from gvgap import __version__
+
+    return __version__
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON fallback for numpy scalars/arrays, paths and other objects."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return str(obj)
+
+
+def safe_name(name: str) -> str:
+    """``name`` reduced to ``[A-Za-z0-9._-]`` (other characters become ``_``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    if not cleaned:
+        raise ValueError(f"figure name {name!r} has no usable characters")
+    return cleaned
+
+
+def sidecar(meta: dict[str, Any], files: list[str], seeds: Any = None) -> dict[str, Any]:
+    """The sidecar record: provenance + ``meta`` (its ``seeds`` entry unless given)."""
+    return {
+        "files": files,
+        "git_sha": git_sha(),
+        "gvgap_version": _version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seeds": seeds if seeds is not None else meta.get("seeds"),
+        "meta": meta,
+    }
+
+
+def _replace_into(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(
+    fig: Figure,
+    out_dir: str | os.PathLike,
+    name: str,
+    *,
+    meta: dict[str, Any],
+    seeds: Any = None,
+) -> list[Path]:
+    """Write ``name.png`` (``PNG_DPI``), ``name.pdf`` and the ``name.json`` sidecar.
+
+    Args:
+        fig: the figure (pyplot or a bare :class:`matplotlib.figure.Figure`).
+        out_dir: target directory, created if needed.
+        name: file stem; characters outside ``[A-Za-z0-9._-]`` become ``_``.
+        meta: what the figure shows and was drawn from (config, experiment, …); stored as is.
+        seeds: the seeds behind the figure; default ``meta.get("seeds")``.
+
+    Returns:
+        the paths written: PNG, PDF, JSON.
+
+    Raises:
+        UserError: ``out_dir`` cannot be created or written.
+    """
+    out = Path(out_dir)
+    stem = safe_name(name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for fmt in FORMATS:
+            path = out / f"{stem}.{fmt}"
+            tmp = out / f".{stem}.{uuid.uuid4().hex[:8]}.{fmt}.tmp"
+            fig.savefig(tmp, format=fmt, dpi=PNG_DPI)
+            _replace_into(tmp, path)
+            paths.append(path)
+        record = sidecar(meta, [p.name for p in paths], seeds)
+        path = out / f"{stem}.json"
+        tmp = out / f".{stem}.{uuid.uuid4().hex[:8]}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=_jsonable, allow_nan=True))
+        _replace_into(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write figures to {str(out)!r}: {exc.strerror or exc}") from None
+    return [*paths, path]
+
+
+# ---------------------------------------------------------------- which figures a table gets
+
+#: Columns of results.parquet that are not Config fields.
+TIDY_COLUMNS = ("run_id", "experiment", "seed", "instance_seed", "pipeline", "metric", "value")
+#: A figure gets one panel per combination of the other varying settings, at most this many.
+MAX_PANELS = 6
+#: Candidates for the gap axis, best first (a column or a bare metric such as ``log_gap``).
+GAP_AXES = ("gap", "log_gap", "horizon", "k")
+ALL = "*"
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of an experiment.
+
+    Attributes:
+        name: file stem (``<experiment>__<kind>``).
+        caption: one line for the report.
+        draw: ``draw(df, ax) -> Axes`` on the experiment's tidy table.
+        uses: columns the plot itself distinguishes; other varying Config fields (not
+            determined by these) become panels. ``("*",)``: one panel of every run.
+    """
+
+    name: str
+    caption: str
+    draw: Callable[[pd.DataFrame, Axes], Axes]
+    uses: tuple[str, ...] = (ALL,)
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The Config-field columns of a tidy table (everything but ``TIDY_COLUMNS``)."""
+    return [c for c in df.columns if c not in TIDY_COLUMNS]
+
+
+def n_levels(df: pd.DataFrame, col: str | None) -> int:
+    """Distinct non-null values of a column or bare metric (0 when absent)."""
+    if not stats.has_column(df, col):
+        return 0
+    values = stats.with_column(df, col)[col].dropna()
+    return int(values.astype(str).nunique())
+
+
+def varying(df: pd.DataFrame) -> list[str]:
+    """Config columns with at least two distinct values."""
+    return [c for c in config_columns(df) if n_levels(df, c) >= 2]
+
+
+def _first(df: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+    return next((c for c in candidates if n_levels(df, c) >= 2), None)
+
+
+def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
+    """The :mod:`gvgap.plots` figures whose columns ``df`` has (DESIGN §5 layout).
+
+    Online-vs-offline figures need pipelines ``dpo`` and ``rlhf`` (or ``online_dpo``) with
+    ``J_norm``; sample-complexity curves need a varying ``n_pairs``.
+    """
+    pipes = set(df["pipeline"].fillna("")) - {""}
+    metrics = set(df["metric"])
+    n = "n_pairs" if n_levels(df, "n_pairs") >= 2 else None
+    gap, grid_gap = _first(df, GAP_AXES), _first(df, ("gap", "horizon", "k"))
+    online = next((p for p in ("rlhf", "online_dpo") if p in pipes), None)
+    specs: list[FigureSpec] = []
+
+    def add(kind: str, caption: str, fn: Callable[..., Axes], uses: tuple, **kw: Any) -> None:
+        specs.append(FigureSpec(f"{eid}__{kind}", caption, partial(_call, fn, kw), uses))
+
+    if online and "dpo" in pipes and "J_norm" in metrics:
+        pair = {"online": online, "offline": "dpo"}
+        if gap:
+            add(
+                "advantage_vs_gap",
+                f"Paired J_norm advantage {online} − dpo vs gap size "
+                f"({gap}), one curve per n; band = 95% bootstrap CI.",
+                plots.advantage_vs_gap,
+                (gap, "n_pairs", "rm_class"),
+                gap_col=gap,
+                **pair,
+            )
+        if grid_gap and n:
+            add(
+                "phase",
+                f"Mean advantage {online} − dpo over {grid_gap} × n.",
+                plots.phase_heatmap,
+                (grid_gap, n),
+                gap_col=grid_gap,
+                **pair,
+            )
+        if n and n_levels(df, "epsilon") >= 2:
+            add(
+                "crossover",
+                "Advantage vs n at several misspecification sizes ε.",
+                plots.misspecification_crossover,
+                (n, "epsilon", "rm_class"),
+                **pair,
+            )
+        if n_levels(df, "horizon") >= 2 and gap != "horizon":
+            add(
+                "horizon",
+                "Advantage vs horizon H at the smallest n.",
+                plots.horizon_scaling,
+                ("horizon", "n_pairs", "rm_class"),
+                **pair,
+            )
+        if "J" in metrics:
+            add(
+                "equivalence",
+                f"J of {online} vs dpo per run; the isomorphic control must lie on the diagonal.",
+                plots.equivalence_scatter,
+                (ALL,),
+                **pair,
+            )
+    if n and "J_norm" in metrics and pipes:
+        sc_gap = _first(df, ("horizon", "gap", "k"))
+        add(
+            "sample_complexity",
+            "Normalised J vs n per pipeline (colour) and gap (style).",
+            plots.sample_complexity,
+            (n, sc_gap or n, "pipeline"),
+            gap_col=sc_gap,
+        )
+    return specs
+
+
+def _call(fn: Callable[..., Axes], kw: dict[str, Any], df: pd.DataFrame, ax: Axes) -> Axes:
+    return fn(df, ax, **kw)
+
+
+def facets(df: pd.DataFrame, uses: tuple[str, ...]) -> tuple[list[dict[str, Any]], bool]:
+    """Panels of a figure: one ``where`` dict per combination of the varying Config fields
+    that ``uses`` neither names nor determines; at most ``MAX_PANELS``.
+
+    Returns:
+        ``(panels, truncated)``; ``[{}]`` for a single panel.
+    """
+    if ALL in uses:
+        return [{}], False
+    used = [c for c in dict.fromkeys(uses) if c and stats.has_column(df, c)]
+    frame = df
+    for c in used:
+        frame = stats.with_column(frame, c)
+    extra = []
+    for c in varying(df):
+        if c in used:
+            continue
+        spread = frame.groupby(used, dropna=False)[c].nunique() if used else [n_levels(df, c)]
+        if max(spread, default=0) > 1:
+            extra.append(c)
+    if not extra:
+        return [{}], False
+    combos = frame[extra].drop_duplicates().dropna().sort_values(extra)
+    panels = [dict(zip(extra, row)) for row in combos.itertuples(index=False)]
+    return panels[:MAX_PANELS], len(panels) > MAX_PANELS
+
+
+def render(spec: FigureSpec, df: pd.DataFrame) -> tuple[Figure, list[dict[str, Any]], bool]:
+    """Draw ``spec`` on a new (pyplot-free) Figure, one panel per facet."""
+    panels, truncated = facets(df, spec.uses)
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(6.4 * ncols, 4.4 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, where in zip(axes, panels):
+        spec.draw(stats.select(df, where), ax)
+        if where:
+            ax.set_title(f"{ax.get_title()}\n" + ", ".join(f"{k}={v}" for k, v in where.items()))
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return fig, panels, truncated
+
+
+# ---------------------------------------------------------------- all figures of a run
+
+
+def figure_meta(eid: str, df: pd.DataFrame) -> dict[str, Any]:
+    """Sidecar content of an experiment's figure: run count, fixed/grid config, seeds."""
+    grid_cols = varying(df)
+    fixed = {c: df[c].dropna().iloc[0] for c in config_columns(df) if c not in grid_cols}
+    grid = {c: sorted(df[c].dropna().unique().tolist(), key=str) for c in grid_cols}
+    seeds = {
+        c: sorted(df[c].dropna().unique().tolist()) for c in ("seed", "instance_seed") if c in df
+    }
+    return {
+        "experiment": eid,
+        "n_runs": int(df["run_id"].nunique()) if "run_id" in df else None,
+        "config": {"fixed": fixed, "grid": grid},
+        "seeds": seeds.get("seed"),
+        "instance_seeds": seeds.get("instance_seed"),
+    }
+
+
+def experiment_specs(eid: str, df: pd.DataFrame, module: ModuleType | None) -> list[FigureSpec]:
+    """The experiment module's own ``plot(df, ax)`` (if any) + the fitting generic plots."""
+    own = []
+    if module is not None and callable(getattr(module, "plot", None)):
+        doc = (module.plot.__doc__ or "").strip()
+        caption = " ".join(doc.split("\n\n")[0].split()) or f"{eid}: the experiment's figure."
+        own.append(FigureSpec(eid, caption, module.plot))
+    return own + generic_specs(eid, df)
+
+
+def write_figures(
+    frames: dict[str, pd.DataFrame],
+    out_dir: str | os.PathLike,
+    *,
+    modules: dict[str, ModuleType],
+    extra_meta: dict[str, Any] | None = None,
+) -> tuple[list[Path], dict[str, list[dict[str, Any]]]]:
+    """Render and save every figure of every experiment table.
+
+    A figure whose drawing raises is skipped with a warning and listed with its error.
+
+    Args:
+        frames: experiment id → its tidy table.
+        out_dir: target directory.
+        modules: experiment id → module (for its ``plot``); ids not present get generic plots.
+        extra_meta: merged into every sidecar's ``meta`` (e.g. the results file's hash).
+
+    Returns:
+        ``(paths written, {experiment: [{"name", "caption", "files"} or {"name", "error"}]})``.
+    """
+    written: list[Path] = []
+    index: dict[str, list[dict[str, Any]]] = {}
+    for eid, df in frames.items():
+        entries = index[eid] = []
+        base = {**figure_meta(eid, df), **(extra_meta or {})}
+        for spec in experiment_specs(eid, df, modules.get(eid)):
+            try:
+                fig, panels, truncated = render(spec, df)
+            except Exception as exc:  # one bad figure must not lose the others
+                warnings.warn(f"figure {spec.name} failed: {exc!r}", stacklevel=2)
+                entries.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            meta = {
+                **base,
+                "figure": spec.name,
+                "caption": spec.caption,
+                "panels": panels,
+                "panels_truncated": truncated,
+            }
+            paths = save_figure(fig, out_dir, spec.name, meta=meta)
+            written += paths
+            entries.append(
+                {"name": spec.name, "caption": spec.caption, "files": [p.name for p in paths]}
+            )
+    return written, index

@@ -1,0 +1,419 @@
+"""Run directory → figures, ``report.md`` and a self-contained ``report.html`` (DESIGN §4–5).
+
+The report shows how the run was made (``manifest.json``), the theorem checks
+(``verify.json``), the verdict table (``verdicts.json``) and, per experiment, its claim, design
+note, figures and a summary table (mean and 95% bootstrap CI per pipeline). Missing pieces are
+noted, not fatal. Figures are reused when ``figures/index.json`` was made from the current
+``results.parquet`` (same SHA-256), otherwise redrawn (:func:`write_plots`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import html
+import json
+import os
+import re
+import uuid
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gvgap import figures as F  # noqa: N812
+from gvgap import stats
+from gvgap.errors import UserError
+
+RESULTS, VERDICTS, VERIFY, MANIFEST = (
+    "results.parquet",
+    "verdicts.json",
+    "verify.json",
+    "manifest.json",
+)
+FIGURES, INDEX = "figures", "index.json"
+#: Metrics summarised per pipeline (DESIGN §5 shared names), in this order.
+MAIN_METRICS = ("J_norm", "J", "reward", "kl_ref", "kl_opt", "win_rate")
+#: At most this many bare metrics are summarised for an experiment without pipelines.
+MAX_BARE_METRICS = 12
+REQUIRED = ("experiment", "pipeline", "metric", "value")
+STATUS = ("supported", "against", "inconclusive", "PASS", "FAIL")
+CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}h2{border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.8em 0;
+font-size:13px}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;height:auto}
+figcaption{font-size:13px;color:#555}.note{background:#fff6e5;padding:.4em .7em;
+border-left:3px solid #e0a030}code{background:#f3f3f3}pre{background:#f6f6f6;padding:.7em;
+overflow:auto;max-height:30em;font-size:12px}.v-supported,.v-PASS{color:#176b2c;font-weight:600}
+.v-against,.v-FAIL{color:#a4161a;font-weight:600}.v-inconclusive{color:#666;font-weight:600}"""
+
+
+class Doc:
+    """A report written to Markdown and to self-contained HTML side by side."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.md, self.html = root, [], []
+
+    def heading(self, level: int, text: str) -> None:
+        self.md.append(f"{'#' * level} {text}")
+        self.html.append(f"<h{level}>{_inline(text)}</h{level}>")
+
+    def para(self, text: str, cls: str = "") -> None:
+        self.md.append(f"> *Note:* {text}" if cls == "note" else text)
+        self.html.append(
+            f'<p class="{cls}">{_inline(text)}</p>' if cls else f"<p>{_inline(text)}</p>"
+        )
+
+    def note(self, text: str) -> None:
+        self.para(text, "note")
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+        lines = [header, ["---"] * len(header), *rows]
+        self.md.append("\n".join("| " + " | ".join(map(_md_cell, r)) + " |" for r in lines))
+        head = "".join(f"<th>{_inline(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(map(_td, r)) + "</tr>" for r in rows)
+        self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+    def figure(self, png: Path, caption: str) -> None:
+        rel = Path(os.path.relpath(png, self.root)).as_posix()
+        self.md.append(f"![{_md_cell(caption)}]({rel})\n\n*{caption}*")
+        try:
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+        except OSError:
+            self.html.append(f'<p class="note">Figure {html.escape(png.name)} is missing.</p>')
+            return
+        self.html.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
+            f'{data}"><figcaption>{_inline(caption)}</figcaption></figure>'
+        )
+
+    def details(self, summary: str, text: str) -> None:
+        self.md.append(f"<details><summary>{summary}</summary>\n\n```json\n{text}\n```\n</details>")
+        self.html.append(
+            f"<details><summary>{_inline(summary)}</summary>"
+            f"<pre>{html.escape(text)}</pre></details>"
+        )
+
+    def to_markdown(self) -> str:
+        return "\n\n".join(self.md) + "\n"
+
+    def to_html(self, title: str) -> str:
+        """One page: inline CSS, figures as base64 data URIs, no external references."""
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>'
+            f"{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+            + "\n".join(self.html)
+            + "\n</body></html>\n"
+        )
+
+
+def _md_cell(x: Any) -> str:
+    return " ".join(str(x).split()).replace("|", "\\|")
+
+
+def _inline(text: Any) -> str:
+    """Escaped HTML with ``**bold**`` and ```code``` marked up."""
+    s = html.escape(str(text))
+    s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
+    return re.sub(r"``?([^`]+?)``?", r"<code>\1</code>", s)
+
+
+def _td(x: Any) -> str:
+    return f'<td class="v-{x}">{x}</td>' if x in STATUS else f"<td>{_inline(x)}</td>"
+
+
+# ---------------------------------------------------------------- reading a run directory
+
+
+def results_path(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/results.parquet``.
+
+    Raises:
+        UserError: the directory or the file does not exist.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"run directory {str(root)!r} does not exist or is not a directory")
+    path = root / RESULTS
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} not found (run `gvgap sweep ... --out {root}` first)")
+    return path
+
+
+def load_results(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The tidy results table of a run directory, ``pipeline`` NaN → ``""``.
+
+    Raises:
+        UserError: missing directory/file, unreadable parquet or missing columns (naming it).
+    """
+    path = results_path(run_dir)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise UserError(f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise UserError(f"{str(path)!r} lacks columns {missing} (DESIGN §5 layout)")
+    df["pipeline"] = df["pipeline"].fillna("").astype(str)
+    return df
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_json(path: Path) -> tuple[Any, str | None]:
+    """``(content, None)``, or ``(None, reason)`` when missing or unreadable."""
+    try:
+        return json.loads(path.read_text()), None
+    except FileNotFoundError:
+        return None, f"no {path.name}"
+    except (OSError, ValueError) as exc:
+        return None, f"{path.name} unreadable ({type(exc).__name__})"
+
+
+def _modules() -> dict[str, ModuleType]:
+    try:
+        from gvgap.experiments.registry import EXPERIMENTS
+    except Exception as exc:  # a broken experiment module must not take the report down
+        warnings.warn(f"experiment registry unavailable: {exc!r}", stacklevel=2)
+        return {}
+    return dict(EXPERIMENTS)
+
+
+def experiment_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One table per experiment (registry order first), all-NaN columns dropped."""
+    order = list(_modules())
+    present = list(dict.fromkeys(df["experiment"].dropna().astype(str)))
+    ids = [e for e in order if e in present] + sorted(e for e in present if e not in order)
+    return {
+        eid: df[df["experiment"] == eid].dropna(axis=1, how="all").reset_index(drop=True)
+        for eid in ids
+    }
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Draw every figure of a run directory into ``out_dir`` (default ``run_dir/figures``).
+
+    Per experiment in ``results.parquet``: its module's ``plot(df, ax)`` and the generic plots
+    its columns allow (:func:`gvgap.figures.generic_specs`), each saved as PNG + PDF + JSON
+    sidecar; then ``index.json`` (figures per experiment, failures with their error).
+
+    Returns:
+        the files written, ``index.json`` last.
+
+    Raises:
+        UserError: unreadable run directory or results, or an unwritable ``out_dir``.
+    """
+    df = load_results(run_dir)
+    digest = _sha256(results_path(run_dir))
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / FIGURES
+    paths, index = F.write_figures(
+        experiment_frames(df), out, modules=_modules(), extra_meta={"results_sha256": digest}
+    )
+    _atomic_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
+    return [*paths, out / INDEX]
+
+
+def _current_index(root: Path) -> dict[str, Any] | None:
+    index, _ = read_json(root / FIGURES / INDEX)
+    ok = isinstance(index, dict) and index.get("results_sha256") == _sha256(root / RESULTS)
+    return index if ok else None
+
+
+# ---------------------------------------------------------------- report sections
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return f"{x:.3g}" if np.isfinite(x) else "–"
+    return "–" if x is None else str(x)
+
+
+def _ci(mean: Any, lo: Any, hi: Any) -> str:
+    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def manifest_section(doc: Doc, df: pd.DataFrame) -> None:
+    """How it was run: the table's size, manifest scalars and the full manifest."""
+    doc.heading(2, "How it was run")
+    runs = df["run_id"].nunique() if "run_id" in df else "?"
+    names = ", ".join(map(str, df["experiment"].dropna().unique())) or "(none)"
+    doc.para(f"results.parquet: {len(df)} rows, {runs} runs; experiments: {names}.")
+    manifest, why = read_json(doc.root / MANIFEST)
+    if not isinstance(manifest, dict):
+        doc.note(f"No manifest ({why or 'not a JSON object'}).")
+        return
+    scalars = [[k, _fmt(v)] for k, v in manifest.items() if isinstance(v, (str, int, float, bool))]
+    doc.table(["field", "value"], scalars)
+    brief = {
+        k: f"<{len(v)} entries; see {MANIFEST}>" if isinstance(v, dict) and len(v) > 20 else v
+        for k, v in manifest.items()
+    }
+    text = json.dumps(brief, indent=1, default=str)
+    doc.details("full manifest.json", text[:50_000] + ("\n…" if len(text) > 50_000 else ""))
+
+
+def verify_section(doc: Doc) -> None:
+    """The theorem-check table from ``verify.json``."""
+    doc.heading(2, "Theorem checks (gvgap verify)")
+    records, why = read_json(doc.root / VERIFY)
+    records = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    if not records:
+        doc.note(
+            f"Skipped: {why or 'verify.json holds no records'} "
+            f"(`gvgap verify --json {doc.root / VERIFY}` writes it)."
+        )
+        return
+    keys = ("item", "name", "instances", "max_error", "tolerance")
+    rows = [
+        [_fmt(r.get(k)) for k in keys] + ["PASS" if r.get("passed") else "FAIL"] for r in records
+    ]
+    doc.table(["item", "check", "instances", "max error", "tolerance", "result"], rows)
+    n_pass = sum(r[-1] == "PASS" for r in rows)
+    doc.para(f"{n_pass} of {len(rows)} checks pass.")
+
+
+def verdict_section(doc: Doc) -> dict[str, Any]:
+    """The verdict table from ``verdicts.json``; returns the records (``{}`` if none)."""
+    doc.heading(2, "Verdicts")
+    verdicts, why = read_json(doc.root / VERDICTS)
+    if not isinstance(verdicts, dict) or not verdicts:
+        doc.note(f"Skipped: {why or 'verdicts.json holds no verdicts'}.")
+        return {}
+    verdicts = {k: v if isinstance(v, dict) else {} for k, v in verdicts.items()}
+    robust = any("robust" in v for v in verdicts.values())
+    header = ["id", "claim", "verdict", "effect", "95% CI", "n_runs", *(["robust"] * robust)]
+    rows = [
+        [
+            eid,
+            v.get("claim", ""),
+            v.get("verdict", "?"),
+            _fmt(v.get("effect")),
+            f"[{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]",
+            _fmt(v.get("n_runs")),
+            *([_fmt(v.get("robust"))] if robust else []),
+        ]
+        for eid, v in verdicts.items()
+    ]
+    doc.table(header, rows)
+    return verdicts
+
+
+def summary_table(df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[str], list[list]]:
+    """Mean [95% CI] pooled over all settings and seeds (:func:`gvgap.stats.summarize`):
+    pipelines × main metrics, or, without pipelines, one row per bare metric with min/max."""
+    piped = df[df["pipeline"] != ""]
+    metrics = [m for m in MAIN_METRICS if m in set(piped["metric"])]
+    if metrics:
+        t = stats.summarize(piped[piped["metric"].isin(metrics)], ["pipeline", "metric"], rng=rng)
+        cell = {(r.pipeline, r.metric): _ci(r.mean, r.ci_low, r.ci_high) for r in t.itertuples()}
+        n = t.groupby("pipeline")["n"].max()
+        pipes = list(dict.fromkeys(piped["pipeline"]))
+        rows = [[p, *(cell.get((p, m), "–") for m in metrics), _fmt(n.get(p))] for p in pipes]
+        return ["pipeline", *metrics, "n runs"], rows
+    bare = df[df["pipeline"] == ""]
+    names = list(dict.fromkeys(bare["metric"]))[:MAX_BARE_METRICS]
+    t = stats.summarize(bare[bare["metric"].isin(names)], ["metric"], rng=rng)
+    ext = bare.groupby("metric")["value"].agg(["min", "max"])
+    rows = [
+        [
+            r.metric,
+            _ci(r.mean, r.ci_low, r.ci_high),
+            _fmt(ext.at[r.metric, "min"]),
+            _fmt(ext.at[r.metric, "max"]),
+            _fmt(r.n),
+        ]
+        for r in t.itertuples()
+    ]
+    return ["metric", "mean [95% CI]", "min", "max", "n"], rows
+
+
+def experiment_section(
+    doc: Doc, eid: str, df: pd.DataFrame, verdict: dict | None, figs: list[dict]
+) -> None:
+    """Claim, design note, verdict, figures and summary table of one experiment."""
+    module = _modules().get(eid)
+    doc.heading(3, eid)
+    claim = getattr(module, "CLAIM", None) or (verdict or {}).get("claim")
+    doc.para(f"**Claim.** {claim}" if claim else "No claim recorded.")
+    if getattr(module, "NOTES", None):
+        doc.para(f"paper_notes.md section: {module.NOTES}.")
+    note = str(getattr(module, "DESIGN_NOTE", None) or "").strip()
+    for i, part in enumerate(p for p in note.split("\n\n") if p.strip()):
+        doc.para(("**Design.** " if i == 0 else "") + " ".join(part.split()))
+    if verdict:
+        doc.para(
+            f"**Verdict: {verdict.get('verdict', '?')}**, effect "
+            f"{_ci(verdict.get('effect'), verdict.get('ci_low'), verdict.get('ci_high'))}, "
+            f"{_fmt(verdict.get('n_runs'))} runs. {verdict.get('detail', '')}"
+        )
+    for entry in figs:
+        if "error" in entry:
+            doc.note(f"Figure {entry['name']} failed: {entry['error']}")
+        else:
+            doc.figure(doc.root / FIGURES / f"{entry['name']}.png", entry.get("caption", ""))
+    header, rows = summary_table(df, np.random.default_rng(0))
+    if rows:
+        doc.para("Summary, pooled over all settings and seeds (mean [95% bootstrap CI]):")
+        doc.table(header, rows)
+
+
+def write_report(run_dir: str | os.PathLike) -> list[Path]:
+    """Write ``report.md`` and the self-contained ``report.html`` into ``run_dir``.
+
+    Figures come from ``run_dir/figures`` when current, else :func:`write_plots` redraws them.
+
+    Returns:
+        ``[run_dir/report.md, run_dir/report.html]``.
+
+    Raises:
+        UserError: missing/unreadable run directory or results, or an unwritable directory.
+    """
+    from gvgap import __version__
+
+    root = Path(run_dir)
+    df = load_results(root)
+    index = _current_index(root)
+    if index is None:
+        write_plots(root)
+        index = _current_index(root) or {}
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    title = f"gvgap report: {root.resolve().name}"
+    doc = Doc(root)
+    doc.heading(1, title)
+    doc.para(f"Generated {now} by gvgap {__version__} (git {F.git_sha() or 'unknown'}).")
+    manifest_section(doc, df)
+    verify_section(doc)
+    verdicts = verdict_section(doc)
+    doc.heading(2, "Experiments")
+    frames = experiment_frames(df)
+    if not frames:
+        doc.note("results.parquet holds no experiment rows.")
+    for eid, frame in frames.items():
+        figs = index.get("experiments", {}).get(eid, [])
+        experiment_section(doc, eid, frame, verdicts.get(eid), figs)
+    md, page = root / "report.md", root / "report.html"
+    _atomic_text(md, doc.to_markdown())
+    _atomic_text(page, doc.to_html(title))
+    return [md, page]

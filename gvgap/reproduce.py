@@ -1,0 +1,129 @@
+"""``gvgap reproduce``: verify + every experiment (+ robustness re-checks) + figures + report.
+
+The run directory gets ``verify.json``, ``sweeps/<id>/`` (one resumable sweep per experiment
+and per robustness setting), the consolidated ``results.parquet``, ``verdicts.json``
+(DESIGN §5, plus ``robust`` and the per-setting robustness verdicts), ``manifest.json``,
+``figures/``, ``report.md`` and ``report.html``. Re-running in the same directory resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gvgap.errors import UserError
+from gvgap.experiments.registry import EXPERIMENTS
+from gvgap.sweep.runner import run_sweep
+from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
+from gvgap.verify import format_table, run_checks
+
+#: Instances per theorem check in ``--quick`` (the full run uses 200).
+QUICK_VERIFY_INSTANCES = 50
+FULL_VERIFY_INSTANCES = 200
+#: Seeds of each robustness re-check in ``--quick`` (at most the QUICK seeds).
+QUICK_ROBUST_SEEDS = 4
+
+
+def _writable_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out: cannot create directory {str(out)!r}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out: directory {str(out)!r} is not writable")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def robust_spec(eid: str, override: dict[str, Any], quick: bool, index: int) -> SweepSpec:
+    """The experiment's QUICK/SETTINGS sweep with ``override`` fixed (those fields leave the
+    grid); fewer seeds in quick mode."""
+    module = EXPERIMENTS[eid]
+    base = module.QUICK if quick and hasattr(module, "QUICK") else module.SETTINGS
+    grid = {k: v for k, v in base.get("grid", {}).items() if k not in override}
+    seeds = base.get("seeds", 1)
+    data = {
+        "seeds": min(seeds, QUICK_ROBUST_SEEDS) if quick else seeds,
+        "fixed": {**base.get("fixed", {}), **override},
+        "grid": grid,
+    }
+    return spec_from_data(eid, data, f"{eid}:ROBUSTNESS[{index}]")
+
+
+def run_experiment(eid: str, out: Path, quick: bool, executor: str, workers: int | None
+                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Main sweep + robustness sweeps of one experiment; returns its results and verdict."""
+    module = EXPERIMENTS[eid]
+    df = run_sweep(load_spec(eid, quick=quick), out / "sweeps" / eid, executor=executor,
+                   workers=workers)
+    record = module.verdict(df).to_json()
+    checks = []
+    for i, override in enumerate(getattr(module, "ROBUSTNESS", [])):
+        rdf = run_sweep(robust_spec(eid, override, quick, i), out / "sweeps" / f"{eid}-robust{i}",
+                        executor=executor, workers=workers)
+        rv = module.verdict(rdf)
+        checks.append({"override": override, "verdict": rv.verdict, "effect": rv.effect,
+                       "ci_low": rv.ci_low, "ci_high": rv.ci_high})
+    record["robust"] = all(c["verdict"] == record["verdict"] for c in checks) if checks else None
+    record["robustness"] = checks
+    return df, record
+
+
+def reproduce(out: str | Path, *, quick: bool = False, executor: str = "local",
+              workers: int | None = None) -> int:
+    """Run the main job; exit code 0 iff every theorem check passed."""
+    out = Path(out)
+    _writable_dir(out)
+    t0 = time.perf_counter()
+    n_inst = QUICK_VERIFY_INSTANCES if quick else FULL_VERIFY_INSTANCES
+    print(f"== gvgap verify ({n_inst} instances per check)", flush=True)
+    records = run_checks(n_inst, seed=0, workers=workers)
+    print(format_table(records), flush=True)
+    _write_json(out / "verify.json", records)
+    frames, verdicts = [], {}
+    for eid in EXPERIMENTS:
+        print(f"== {eid}", flush=True)
+        df, verdicts[eid] = run_experiment(eid, out, quick, executor, workers)
+        frames.append(df)
+        v = verdicts[eid]
+        print(f"   verdict: {v['verdict']}  effect {v['effect']:.4g} "
+              f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}", flush=True)
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    tmp = out / "results.parquet.tmp"
+    results.to_parquet(tmp, index=False)
+    os.replace(tmp, out / "results.parquet")
+    _write_json(out / "verdicts.json", verdicts)
+    _write_json(out / "manifest.json", _manifest(quick, time.perf_counter() - t0))
+    from gvgap.report import write_plots, write_report
+
+    write_plots(out)
+    for path in write_report(out):
+        print(path)
+    print(f"done in {time.perf_counter() - t0:.0f} s -> {out}")
+    return 0 if all(r["passed"] for r in records) else 1
+
+
+def _manifest(quick: bool, seconds: float) -> dict[str, Any]:
+    import subprocess
+
+    from gvgap import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = None
+    settings = {eid: {"QUICK": getattr(m, "QUICK", None), "SETTINGS": getattr(m, "SETTINGS", None),
+                      "ROBUSTNESS": getattr(m, "ROBUSTNESS", None)} for eid, m in EXPERIMENTS.items()}
+    return {"gvgap_version": __version__, "git_sha": sha, "quick": quick,
+            "seconds": round(seconds, 1), "experiments": settings,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -1,0 +1,279 @@
+"""Executors: run chunks of runs in-process, in a local process pool, or on Ray.
+
+Every executor calls the same :func:`execute_chunk` on the same chunks, and a run's result
+depends only on its :class:`~gvgap.sweep.spec.RunSpec` (seeds derived in
+:meth:`RunSpec.rngs`), so all executors give bit-identical results. Worker processes run
+single-threaded BLAS / OpenMP (:data:`SINGLE_THREAD_ENV`): one worker per CPU, and no
+reduction order that depends on a thread count.
+
+Ray is an optional extra (``pip install 'gvgap[ray]'``) imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+from gvgap.errors import UserError
+from gvgap.sweep.spec import RunSpec
+
+EXECUTORS = ("local", "ray")
+#: Environment of worker processes.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+Chunk = list[RunSpec]
+Record = dict[str, Any]
+
+
+# ---------------------------------------------------------------- the work of one chunk
+
+
+def _config(cls: type, values: dict[str, Any]) -> Any:
+    from gvgap.experiments.base import config_fields, make_config
+
+    fields = config_fields(cls)
+    fixed = {
+        k: tuple(v) if isinstance(v, list) and isinstance(fields[k].default, tuple) else v
+        for k, v in values.items()
+    }
+    return make_config(cls, fixed)
+
+
+def _record(run: RunSpec, metrics: dict[str, Any], elapsed: float) -> Record:
+    values = {}
+    for key, val in metrics.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{run.experiment}: metric names must be str, got {key!r}")
+        values[key] = float(val)
+    return {"run_id": run.run_id, **run.key(), "metrics": values, "elapsed_s": elapsed}
+
+
+def execute_chunk(runs: Chunk) -> list[Record]:
+    """Run a chunk of runs of one experiment and return one record per run.
+
+    Uses the module's ``run_batch`` for chunks of two or more runs when it has one (its
+    contract: bit-identical to calling ``run`` on each), else ``run`` one by one.
+
+    Returns:
+        records ``{run_id, experiment, config, seed, instance_seed, metrics, elapsed_s}``.
+    """
+    if not runs:
+        return []
+    module = importlib.import_module(f"gvgap.experiments.{runs[0].experiment}")
+    cfgs = [_config(module.Config, r.config) for r in runs]
+    rngs = [r.rngs() for r in runs]
+    if len(runs) > 1 and hasattr(module, "run_batch"):
+        start = time.perf_counter()
+        out = module.run_batch(cfgs, rngs=[a for a, _ in rngs], instance_rngs=[b for _, b in rngs])
+        each = (time.perf_counter() - start) / len(runs)
+        return [_record(r, m, each) for r, m in zip(runs, out, strict=True)]
+    records = []
+    for run, cfg, (rng, inst) in zip(runs, cfgs, rngs):
+        start = time.perf_counter()
+        metrics = module.run(cfg, rng=rng, instance_rng=inst)
+        records.append(_record(run, metrics, time.perf_counter() - start))
+    return records
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def check_executor(kind: str) -> str:
+    """``kind`` if it is a known executor, else UserError naming --executor."""
+    if kind not in EXECUTORS:
+        raise UserError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+    return kind
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Worker count: ``None`` → ``os.cpu_count()``; refuses anything below 1 (--workers)."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers must be an integer >= 1, got {workers!r}")
+    return workers
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or UserError telling how to install the extra."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'gvgap[ray]'") from None
+    return ray
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Temporarily set environment variables (inherited by processes started meanwhile)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Limit BLAS (threadpoolctl, when installed) and torch to one thread in this process."""
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(ImportError):
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(1))
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, before)
+        yield
+
+
+# ---------------------------------------------------------------- executors
+
+
+def run_in_process(chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
+    """Run chunks one after another in this process, yielding each chunk's records."""
+    for chunk in chunks:
+        with _single_threaded():
+            records = execute_chunk(chunk)
+        yield records
+
+
+#: Seconds between a pool worker's checks that the sweep process is still alive.
+PARENT_POLL_S = 0.5
+
+
+def _exit_with(driver: int) -> None:
+    """Pool-worker initializer: exit as soon as the driver process ``driver`` is gone.
+
+    A SIGKILLed driver cannot stop its workers, and ProcessPoolExecutor workers would otherwise
+    finish their queued chunks for nobody and then block forever.
+    """
+    if os.name != "posix":
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            try:
+                os.kill(driver, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # pid reused by another user's process
+                os._exit(1)
+
+    threading.Thread(target=watch, name="gvgap-parent-watch", daemon=True).start()
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["numpy", "gvgap.sweep.executors"])
+    return ctx
+
+
+def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
+    """Run chunks on a local process pool, yielding records as chunks finish.
+
+    Workers start (forkserver, else spawn) with :data:`SINGLE_THREAD_ENV` and exit when this
+    process dies. On an error or an early stop, queued chunks are cancelled.
+    """
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_mp_context(),
+        initializer=_exit_with,
+        initargs=(os.getpid(),),
+    )
+    try:
+        with _environ(SINGLE_THREAD_ENV):
+            pending: set[Future] = {pool.submit(execute_chunk, c) for c in chunks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _ray_session(workers: int, address: str | None) -> Iterator[Any]:
+    """Connect to ``address`` or start a local Ray with ``workers`` CPUs; reuse a running one."""
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        kwargs = {"runtime_env": {"env_vars": SINGLE_THREAD_ENV}, "log_to_driver": False}
+        kwargs["logging_level"] = "WARNING"
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, **kwargs)
+        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
+            msg = " ".join(str(exc).split())[:300]
+            raise UserError(f"--address {address or '(local)'}: cannot start Ray: {msg}") from None
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_on_ray(ray: Any, chunks: list[Chunk], window: int) -> Iterator[list[Record]]:
+    """Run chunks as Ray tasks (1 CPU each), at most ``window`` in flight, yielding records.
+
+    Task errors are re-raised as the original exception (a UserError stays a UserError).
+    """
+    task = ray.remote(num_cpus=1)(execute_chunk)
+    todo = list(reversed(chunks))
+    flight: list[Any] = []
+    try:
+        while todo or flight:
+            while todo and len(flight) < window:
+                flight.append(task.remote(todo.pop()))
+            done, flight = ray.wait(flight, num_returns=1)
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                raise (cause if isinstance(cause, BaseException) else exc) from None
+    finally:
+        for ref in flight:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+
+
+@contextlib.contextmanager
+def open_executor(kind: str, workers: int, address: str | None = None) -> Iterator[Any]:
+    """A function ``chunks -> iterator of record lists`` for the chosen executor.
+
+    ``local`` with one worker runs in this process; ``ray`` starts (and afterwards stops) a
+    local cluster of ``workers`` CPUs, or connects to ``address``.
+    """
+    if kind == "ray":
+        with _ray_session(workers, address) as ray:
+            window = workers
+            if address:
+                window = max(1, int(ray.cluster_resources().get("CPU", workers)))
+            yield lambda chunks: run_on_ray(ray, list(chunks), 2 * window)
+    elif workers == 1:
+        yield run_in_process
+    else:
+        yield lambda chunks: run_in_pool(list(chunks), workers)

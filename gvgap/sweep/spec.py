@@ -1,0 +1,311 @@
+"""Sweep specifications: TOML files or an experiment's SETTINGS, expanded into runs (DESIGN §5).
+
+A sweep file::
+
+    [sweep]
+    experiment = "c1_gibbs"   # an id from gvgap.experiments.registry
+    seeds = 5                 # seeds 0..4 (default 1)
+    instance_seed = 7         # optional: fix the problem instance across seeds
+    [fixed]                   # overrides of any Config field
+    n_prompts = 2
+    [grid]                    # values per Config field; the runs are the cartesian product
+    vocab = [2, 3]
+    horizon = [1, 2, 4]
+
+Every configuration is built and validated (``Config.validate()``) while loading, so a bad
+value is reported before anything runs or is written.
+
+Run identity and randomness (DESIGN §3). A run is (experiment, full config, seed,
+instance_seed); its id hashes the canonical JSON of these four, so it is the same on any
+machine and executor. Its generators are derived with :class:`numpy.random.SeedSequence`:
+
+- ``rng`` (data, learners) from ``[seed, H(experiment, config)]``: every grid point and seed
+  gets its own stream;
+- ``instance_rng`` (r*, features, π_ref) from ``[instance_seed, INSTANCE_STREAM]`` only, so all
+  the pipelines and grid points that share an instance seed see the same problem draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from gvgap.errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib
+
+#: Keys allowed in the ``[sweep]`` table.
+SWEEP_KEYS = ("experiment", "seeds", "instance_seed", "description")
+#: Top-level tables allowed in a sweep file.
+TABLES = ("sweep", "fixed", "grid")
+#: Second entropy word of every instance stream (keeps it disjoint from the run streams).
+INSTANCE_STREAM = 0x1A57A9CE
+
+
+def canonical_json(obj: Any) -> str:
+    """Key-sorted, whitespace-free JSON: the byte string that run ids hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """A Config as a JSON-typed dict (what run records and run ids hold)."""
+    return json.loads(canonical_json(dataclasses.asdict(cfg)))
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: an experiment, a full validated config, and its two seeds.
+
+    Attributes:
+        experiment: experiment id.
+        config: every Config field by name (JSON types), as validated.
+        seed: data / learner seed.
+        instance_seed: problem-instance seed.
+    """
+
+    experiment: str
+    config: dict[str, Any]
+    seed: int
+    instance_seed: int
+
+    @property
+    def run_id(self) -> str:
+        """Stable id: 16 hex digits of SHA-256 over the canonical JSON of the run."""
+        return _digest(self.key())[:16]
+
+    def key(self) -> dict[str, Any]:
+        """The identifying record of the run (what :attr:`run_id` hashes)."""
+        return {
+            "experiment": self.experiment,
+            "config": self.config,
+            "seed": self.seed,
+            "instance_seed": self.instance_seed,
+        }
+
+    def config_entropy(self) -> int:
+        """A 128-bit integer from (experiment, config): the second word of the run stream."""
+        return int(_digest({"experiment": self.experiment, "config": self.config})[:32], 16)
+
+    def rngs(self) -> tuple[Any, Any]:
+        """``(rng, instance_rng)`` for this run, derived with SeedSequence (module docstring)."""
+        import numpy as np
+
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.config_entropy()]))
+        inst = np.random.default_rng(np.random.SeedSequence([self.instance_seed, INSTANCE_STREAM]))
+        return rng, inst
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: the grid as data plus the runs it expands to.
+
+    Attributes:
+        experiment: experiment id.
+        seeds: number of seeds (seeds ``0..seeds-1``).
+        fixed: overrides applied to every run.
+        grid: values per field; runs are the cartesian product in the given field order.
+        instance_seed: fixed instance seed, or None for ``instance_seed = seed``.
+        source: where the spec came from (a file path or ``<id>:SETTINGS``).
+        configs: the validated full configs, in grid order.
+    """
+
+    experiment: str
+    seeds: int
+    fixed: dict[str, Any]
+    grid: dict[str, list[Any]]
+    instance_seed: int | None
+    source: str
+    configs: tuple[dict[str, Any], ...] = field(repr=False)
+
+    def runs(self) -> list[RunSpec]:
+        """Every run, config-major then seed, without duplicates."""
+        out: dict[str, RunSpec] = {}
+        for cfg in self.configs:
+            for seed in range(self.seeds):
+                inst = seed if self.instance_seed is None else self.instance_seed
+                run = RunSpec(self.experiment, cfg, seed, inst)
+                out.setdefault(run.run_id, run)
+        return list(out.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as written to the manifest."""
+        return {
+            "experiment": self.experiment,
+            "seeds": self.seeds,
+            "instance_seed": self.instance_seed,
+            "fixed": self.fixed,
+            "grid": self.grid,
+            "source": self.source,
+        }
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def check_count(name: str, value: Any, lo: int) -> int:
+    """An integer ``>= lo`` (bools refused), or UserError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise UserError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def _experiment_module(eid: Any, where: str) -> ModuleType:
+    from gvgap.experiments.registry import get_experiment
+
+    prefix = f"{where} " if where else ""
+    if not isinstance(eid, str) or not eid:
+        raise UserError(f"{prefix}experiment must be an experiment id string, got {eid!r}")
+    try:
+        return get_experiment(eid)
+    except UserError as exc:
+        raise UserError(f"{prefix}{exc}") from None
+
+
+def _check_table(where: str, table: Any, kind: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise UserError(f"{where} [{kind}] must be a table of field = value, got {table!r}")
+    return table
+
+
+def _check_grid(where: str, grid: dict[str, Any], fixed: dict[str, Any]) -> None:
+    for name, values in grid.items():
+        if name in fixed:
+            raise UserError(f"{where} field {name!r} is in both [fixed] and [grid]; keep one")
+        if not isinstance(values, list):
+            raise UserError(f"{where} [grid] {name} must be a list of values, got {values!r}")
+        if not values:
+            raise UserError(f"{where} [grid] {name} is an empty list; give at least one value")
+
+
+def _coerced(module: ModuleType, where: str, kind: str, name: str, value: Any) -> Any:
+    from gvgap.experiments.base import coerce_value
+
+    try:
+        return coerce_value(module.Config, name, value)
+    except UserError as exc:
+        raise UserError(f"{where} [{kind}] {exc}") from None
+
+
+def _expand(module: ModuleType, where: str, fixed: dict, grid: dict) -> tuple[dict, ...]:
+    """Validated full configs of the cartesian product, in grid order."""
+    from gvgap.experiments.base import make_config
+
+    fixed = {k: _coerced(module, where, "fixed", k, v) for k, v in fixed.items()}
+    axes = {}
+    for name, values in grid.items():
+        vals = [_coerced(module, where, "grid", name, v) for v in values]
+        if len({canonical_json(v) for v in vals}) < len(vals):
+            raise UserError(f"{where} [grid] {name} lists a value twice: {values!r}")
+        axes[name] = vals
+    configs = []
+    for combo in itertools.product(*axes.values()):
+        overrides = {**fixed, **dict(zip(axes, combo))}
+        try:
+            cfg = make_config(module.Config, overrides)
+        except UserError as exc:
+            raise UserError(f"{where} {exc} (setting {canonical_json(overrides)})") from None
+        configs.append(config_record(cfg))
+    return tuple(configs)
+
+
+def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
+    """Validate a sweep given as data (``seeds``, ``instance_seed``, ``fixed``, ``grid``).
+
+    Args:
+        eid: experiment id.
+        data: a SETTINGS-shaped dict.
+        source: where the data came from, used in error messages.
+
+    Raises:
+        UserError: naming the offending field.
+    """
+    where = f"{source}:"
+    module = _experiment_module(eid, where)
+    seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1)
+    inst = data.get("instance_seed")
+    inst = None if inst is None else check_count(f"{where} instance_seed", inst, 0)
+    fixed = _check_table(where, data.get("fixed", {}), "fixed")
+    grid = _check_table(where, data.get("grid", {}), "grid")
+    _check_grid(where, grid, fixed)
+    configs = _expand(module, where, fixed, grid)
+    grid = {k: [json.loads(canonical_json(v)) for v in vs] for k, vs in grid.items()}
+    return SweepSpec(eid, seeds, dict(fixed), grid, inst, source, configs)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"sweep file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML (not UTF-8 text): {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+
+
+def spec_from_toml(path: str | Path) -> SweepSpec:
+    """Load and validate a sweep TOML file.
+
+    Raises:
+        UserError: unreadable file, bad TOML, unknown table / key / field, bad value.
+    """
+    path = Path(path)
+    doc = _read_toml(path)
+    unknown = sorted(set(doc) - set(TABLES))
+    if unknown:
+        raise UserError(f"{path}: unknown table {unknown[0]!r}; allowed: {', '.join(TABLES)}")
+    sweep = _check_table(f"{path}:", doc.get("sweep"), "sweep") if "sweep" in doc else {}
+    bad = sorted(set(sweep) - set(SWEEP_KEYS))
+    if bad:
+        raise UserError(f"{path}: unknown [sweep] key {bad[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
+    if "experiment" not in sweep:
+        raise UserError(f'{path}: [sweep] experiment is missing; add experiment = "<id>"')
+    data = {k: v for k, v in sweep.items() if k in ("seeds", "instance_seed")}
+    data.update(fixed=doc.get("fixed", {}), grid=doc.get("grid", {}))
+    return spec_from_data(sweep["experiment"], data, str(path))
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".toml") or "/" in target or Path(target).is_file()
+
+
+def load_spec(target: str, seeds: int | None = None, quick: bool = False) -> SweepSpec:
+    """A sweep from an experiment id (its ``SETTINGS``, or ``QUICK``) or a ``.toml`` path.
+
+    Args:
+        target: experiment id or path to a sweep file.
+        seeds: if given, replaces the number of seeds.
+        quick: use the experiment's ``QUICK`` grid (experiment ids only; ignored for files).
+
+    Raises:
+        UserError: anything invalid, naming the field; nothing has run or been written.
+    """
+    if seeds is not None:
+        check_count("--seeds", seeds, 1)
+    if _is_file_target(str(target)):
+        spec = spec_from_toml(target)
+    else:
+        module = _experiment_module(target, "")
+        name = "QUICK" if quick and hasattr(module, "QUICK") else "SETTINGS"
+        if not hasattr(module, name):
+            raise UserError(f"experiment {target!r} defines no {name}; pass a sweep .toml file")
+        spec = spec_from_data(target, getattr(module, name), f"{target}:{name}")
+    if seeds is not None:
+        spec = dataclasses.replace(spec, seeds=seeds)
+    return spec

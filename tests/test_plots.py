@@ -1,0 +1,138 @@
+"""gvgap.plots on a synthetic tidy frame: axes labelled, the right number of curves/points."""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.figure import Figure
+
+from gvgap import plots
+
+HORIZONS, NS, RMS, SEEDS = (1, 3), (10, 100), ("linear", "tabular"), range(4)
+PIPES = ("dpo", "rlhf", "online_dpo")
+
+
+def synthetic(epsilons: tuple[float, ...] = (0.0,)) -> pd.DataFrame:
+    """A tidy frame shaped like h6_gap: J, J_norm per pipeline, bare ``log_gap`` per run.
+
+    J_norm(dpo) = 1 − H/(n^½) + noise; rlhf adds 0.1·H with a linear RM, nothing otherwise.
+    """
+    rng = np.random.default_rng(0)
+    rows = []
+    grid = itertools.product(HORIZONS, NS, RMS, epsilons, SEEDS)
+    for h, n, rm, eps, s in grid:
+        base = {
+            "run_id": f"{h}-{n}-{rm}-{eps}-{s}",
+            "experiment": "h6_gap",
+            "horizon": h,
+            "n_pairs": n,
+            "rm_class": rm,
+            "epsilon": eps,
+            "seed": s,
+            "instance_seed": 1000 + s,
+        }
+        dpo = 1 - h / np.sqrt(n) + 0.01 * rng.standard_normal()
+        vals = {"dpo": dpo, "rlhf": dpo + (0.1 * h - eps if rm == "linear" else 0.0)}
+        vals["online_dpo"] = vals["rlhf"] - 0.01
+        for p, v in vals.items():
+            rows.append({**base, "pipeline": p, "metric": "J_norm", "value": v})
+            rows.append({**base, "pipeline": p, "metric": "J", "value": 2 * v})
+        rows.append({**base, "pipeline": "", "metric": "log_gap", "value": np.log(2**h)})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def df() -> pd.DataFrame:
+    return synthetic()
+
+
+def new_ax():
+    return Figure().subplots()
+
+
+def curves(ax) -> list:
+    """Lines that carry a legend label (the zero/reference lines do not)."""
+    return [ln for ln in ax.lines if not ln.get_label().startswith("_")]
+
+
+def assert_labelled(ax) -> None:
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+
+
+def test_advantage_vs_gap(df: pd.DataFrame) -> None:
+    ax = plots.advantage_vs_gap(df, new_ax(), gap_col="log_gap")
+    assert_labelled(ax)
+    assert "log" in ax.get_xlabel() and "rlhf − dpo" in ax.get_ylabel()
+    lines = curves(ax)
+    assert len(lines) == len(NS) * len(RMS)  # one per n × rm_class
+    assert all(len(ln.get_xdata()) == len(HORIZONS) for ln in lines)
+    assert len(ax.collections) == len(lines)  # one CI band each
+    lin = next(ln for ln in lines if "n_pairs=10, rm_class=linear" in ln.get_label())
+    np.testing.assert_allclose(lin.get_ydata(), [0.1, 0.3], atol=1e-9)
+    assert any(np.allclose(ln.get_ydata(), 0.0) for ln in ax.lines if ln not in lines)
+
+
+def test_advantage_vs_gap_with_column_and_where(df: pd.DataFrame) -> None:
+    ax = plots.advantage_vs_gap(
+        df, new_ax(), gap_col="horizon", where={"rm_class": "linear"}, online="online_dpo"
+    )
+    assert len(curves(ax)) == len(NS)
+    assert ax.get_xlabel() == plots.label("horizon")
+
+
+def test_sample_complexity(df: pd.DataFrame) -> None:
+    ax = plots.sample_complexity(df, new_ax(), gap_col="horizon")
+    assert_labelled(ax)
+    assert ax.get_xscale() == "log"
+    lines = curves(ax)
+    assert len(lines) == len(PIPES) * len(HORIZONS)
+    assert all(list(ln.get_xdata()) == list(NS) for ln in lines)
+    ax = plots.sample_complexity(df, new_ax(), pipelines=["dpo"], gap_col=None)
+    assert len(curves(ax)) == 1
+
+
+def test_equivalence_scatter(df: pd.DataFrame) -> None:
+    ax = plots.equivalence_scatter(df, new_ax())
+    assert_labelled(ax)
+    n_runs = len(HORIZONS) * len(NS) * len(RMS) * len(SEEDS)
+    assert sum(len(c.get_offsets()) for c in ax.collections) == n_runs
+    diag = [ln for ln in ax.lines if ln.get_label() == "y = x"]
+    assert len(diag) == 1
+
+
+def test_phase_heatmap(df: pd.DataFrame) -> None:
+    ax = plots.phase_heatmap(df, new_ax(), where={"rm_class": "linear"})
+    assert_labelled(ax)
+    mesh = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    assert len(mesh) == 1 and mesh[0].get_array().size == len(HORIZONS) * len(NS)
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == len(HORIZONS) * len(NS)
+    assert "0.30*" in texts and "0.10*" in texts
+    # the isomorphic control: exact zeros, no stars
+    ax = plots.phase_heatmap(df, new_ax(), where={"rm_class": "tabular"})
+    assert {t.get_text() for t in ax.texts} == {"0.00"}
+
+
+def test_horizon_scaling(df: pd.DataFrame) -> None:
+    ax = plots.horizon_scaling(df, new_ax())
+    assert_labelled(ax)
+    assert "n_pairs = 10" in ax.get_title()
+    lines = curves(ax)
+    assert len(lines) == len(RMS)
+    assert all(list(ln.get_xdata()) == list(HORIZONS) for ln in lines)
+
+
+def test_misspecification_crossover() -> None:
+    frame = synthetic(epsilons=(0.0, 0.5))
+    ax = plots.misspecification_crossover(frame, new_ax(), where={"rm_class": "linear"})
+    assert_labelled(ax)
+    assert ax.get_xscale() == "log"
+    assert len(curves(ax)) == 2  # one per ε

@@ -1,0 +1,183 @@
+"""gvgap.report / gvgap.figures on a synthetic run directory (tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from test_plots import synthetic
+
+from gvgap import figures, report
+from gvgap.errors import UserError
+
+
+def fake_module(fail: bool = False) -> types.ModuleType:
+    """An experiment module with CLAIM, DESIGN_NOTE and a ``plot(df, ax)``."""
+    mod = types.ModuleType("fake_h6")
+    mod.CLAIM = "Online beats offline when the verifier is simple."
+    mod.NOTES = "H6"
+    mod.DESIGN_NOTE = "Same pairs for\n   every pipeline; exact soft RL."
+
+    def plot(df: pd.DataFrame, ax=None):
+        if fail:
+            raise RuntimeError("boom")
+        sub = df[df["metric"] == "J_norm"]
+        ax.plot(sub["n_pairs"], sub["value"], "o")
+        ax.set(xlabel="n", ylabel="J_norm", title="own plot")
+        return ax
+
+    mod.plot = plot
+    return mod
+
+
+def make_run_dir(root: Path, *, extras: bool = True) -> Path:
+    """results.parquet (h6-shaped + a bare-metric experiment), verdicts, verify, manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    h6 = synthetic()
+    bare = pd.DataFrame(
+        {
+            "run_id": ["c0", "c1"],
+            "experiment": "c_bare",
+            "vocab": [2, 3],
+            "seed": [0, 1],
+            "instance_seed": [5, 6],
+            "pipeline": "",
+            "metric": "gibbs_error",
+            "value": [1e-15, 3e-15],
+        }
+    )
+    pd.concat([h6, bare], ignore_index=True).to_parquet(root / "results.parquet", index=False)
+    if extras:
+        verdicts = {
+            "h6_gap": {
+                "claim": "gap claim",
+                "verdict": "supported",
+                "effect": 0.3,
+                "ci_low": 0.2,
+                "ci_high": 0.4,
+                "n_runs": 32,
+                "robust": True,
+                "detail": "headline H=3",
+            }
+        }
+        (root / "verdicts.json").write_text(json.dumps(verdicts))
+        checks = [
+            {
+                "name": "gibbs identity",
+                "item": "1",
+                "instances": 50,
+                "max_error": 1e-14,
+                "tolerance": 1e-9,
+                "passed": True,
+            }
+        ]
+        (root / "verify.json").write_text(json.dumps(checks))
+        (root / "manifest.json").write_text(json.dumps({"gvgap_version": "0.1.0", "quick": True}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_run_dir(tmp_path_factory.mktemp("run"))
+    mp = pytest.MonkeyPatch()
+    mp.setattr(report, "_modules", lambda: {"h6_gap": fake_module()})
+    try:
+        report.write_report(root)
+    finally:
+        mp.undo()
+    return root
+
+
+def test_report_files_and_self_contained_html(run_dir: Path) -> None:
+    page = (run_dir / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+    assert "data:image/png;base64," in page
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:|//)", page)
+    assert "<link" not in page and "<script" not in page
+    assert "supported" in page and "gibbs identity" in page
+
+
+def test_report_markdown_content(run_dir: Path) -> None:
+    md = (run_dir / "report.md").read_text()
+    for text in (
+        "## Verdicts",
+        "| h6_gap | gap claim | supported | 0.3 | [0.2, 0.4] | 32 | yes |",
+        "Online beats offline",
+        "**Design.** Same pairs for every pipeline",
+        "figures/h6_gap.png",
+        "figures/h6_gap__advantage_vs_gap.png",
+        "| pipeline | J_norm | J |",
+        "### c_bare",
+        "gibbs_error",
+    ):
+        assert text in md, text
+    for link in re.findall(r"\]\((figures/[^)]+)\)", md):
+        assert (run_dir / link).is_file()
+
+
+def test_figures_have_sidecars(run_dir: Path) -> None:
+    index = json.loads((run_dir / "figures" / "index.json").read_text())
+    names = [e["name"] for e in index["experiments"]["h6_gap"]]
+    assert names[0] == "h6_gap"  # the experiment's own plot first
+    assert {
+        "h6_gap__advantage_vs_gap",
+        "h6_gap__phase",
+        "h6_gap__sample_complexity",
+        "h6_gap__equivalence",
+    } <= set(names)
+    side = json.loads((run_dir / "figures" / "h6_gap__phase.json").read_text())
+    assert {"git_sha", "gvgap_version", "created", "seeds", "meta"} <= set(side)
+    assert side["seeds"] == [0, 1, 2, 3]
+    assert side["meta"]["config"]["grid"]["n_pairs"] == [10, 100]
+    assert side["meta"]["results_sha256"] == index["results_sha256"]
+    assert (run_dir / "figures" / "h6_gap__phase.pdf").stat().st_size > 0
+
+
+def test_write_plots_other_dir_and_failure_recorded(tmp_path: Path, monkeypatch) -> None:
+    root = make_run_dir(tmp_path / "run", extras=False)
+    monkeypatch.setattr(report, "_modules", lambda: {"h6_gap": fake_module(fail=True)})
+    monkeypatch.setattr(figures, "generic_specs", lambda eid, df: [])  # only the failing plot
+    with pytest.warns(UserWarning, match="boom"):
+        paths = report.write_plots(root, tmp_path / "out")
+    assert [p.name for p in paths] == ["index.json"]
+    assert paths[0].parent == tmp_path / "out" and not (root / "figures").exists()
+    with pytest.warns(UserWarning, match="boom"):
+        md_path, html_path = report.write_report(root)  # draws into root/figures
+    md = md_path.read_text()
+    assert "Figure h6_gap failed: RuntimeError: boom" in md
+    assert "Skipped: no verdicts.json" in md and "No manifest" in md
+    assert (root / "figures" / "index.json").is_file() and html_path.is_file()
+
+
+def test_bad_run_dirs(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="missing"):
+        report.write_report(tmp_path / "missing")
+    with pytest.raises(UserError, match=r"results\.parquet"):
+        report.write_plots(tmp_path)
+    (tmp_path / "results.parquet").write_bytes(b"not parquet")
+    with pytest.raises(UserError, match="cannot read"):
+        report.write_report(tmp_path)
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "results.parquet")
+    with pytest.raises(UserError, match="lacks columns"):
+        report.write_report(tmp_path)
+
+
+def test_save_figure_writes_png_pdf_json(tmp_path: Path) -> None:
+    fig = Figure()
+    fig.subplots().plot([0, 1], [0, 1])
+    paths = figures.save_figure(fig, tmp_path / "f", "a b/c", meta={"seeds": np.arange(2)})
+    assert [p.name for p in paths] == ["a_b_c.png", "a_b_c.pdf", "a_b_c.json"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG"
+    side = json.loads(paths[2].read_text())
+    assert side["seeds"] == [0, 1] and side["files"] == ["a_b_c.png", "a_b_c.pdf"]
+    assert not list((tmp_path / "f").glob(".*tmp"))
