@@ -25,7 +25,7 @@ import timeit
 
 import numpy as np
 
-from gvgap import theory as T  # noqa: N812
+from gvgap import theory as T
 from gvgap.envs.tree_env import random_ref_policy
 
 TREES = ((4, 10, 1), (2, 20, 1), (32, 4, 1))  # (V, H, m): 1,048,576 leaves each

@@ -12,8 +12,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 __version__ = "0.1.0"
 
-from gvgap.envs.tree_env import TreeEnv, make_env
-from gvgap.errors import UserError
-from gvgap.theory import soft_value_iteration
+from gvgap.envs.tree_env import TreeEnv, make_env  # noqa: E402 (after the BLAS setting)
+from gvgap.errors import UserError  # noqa: E402
+from gvgap.theory import soft_value_iteration  # noqa: E402
 
 __all__ = ["TreeEnv", "UserError", "__version__", "make_env", "soft_value_iteration"]

@@ -79,7 +79,7 @@ def _split(data, n: int, val_frac: float, rng: np.random.Generator):
     if n < 2:
         raise UserError(f"need at least 2 rows to split, got {n}")
     perm = rng.permutation(n)
-    n_val = min(max(1, int(round(val_frac * n))), n - 1)
+    n_val = min(max(1, round(val_frac * n)), n - 1)
     return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
 
 
@@ -137,8 +137,10 @@ def label_pairs(
     half = np.where(tied, 0.5, 1.0)
     mirror = _orient(prompt[tied], b[tied], a[tied], np.ones(tied.sum(), bool), rng, flip)
     return Preferences.concat(
-        [Preferences(out.prompt, out.chosen, out.rejected, half),
-         Preferences(mirror.prompt, mirror.chosen, mirror.rejected, np.full(tied.sum(), 0.5))]
+        [
+            Preferences(out.prompt, out.chosen, out.rejected, half),
+            Preferences(mirror.prompt, mirror.chosen, mirror.rejected, np.full(tied.sum(), 0.5)),
+        ]
     )
 
 
@@ -146,8 +148,9 @@ def _orient(prompt, a, b, a_wins, rng, flip) -> Preferences:
     """Chosen/rejected from 'a wins' booleans, after flip noise ε."""
     if flip > 0:
         a_wins = a_wins ^ (rng.random(prompt.shape[0]) < flip)
-    return Preferences(prompt.copy(), np.where(a_wins, a, b), np.where(a_wins, b, a),
-                       np.ones(prompt.shape[0]))
+    return Preferences(
+        prompt.copy(), np.where(a_wins, a, b), np.where(a_wins, b, a), np.ones(prompt.shape[0])
+    )
 
 
 def sample_pairs(

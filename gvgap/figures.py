@@ -255,7 +255,7 @@ def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
                 (ALL,),
                 **pair,
             )
-    if n and "J_norm" in metrics and pipes:
+    if n and "J_norm" in metrics and pipes & set(plots.PIPELINE_ORDER):
         sc_gap = _first(df, ("horizon", "gap", "k"))
         add(
             "sample_complexity",

@@ -124,7 +124,11 @@ def _curves(
             g = g if style is None else g[g[style] == sv]
             if g.empty:
                 continue
-            parts = [f"{c}={v}" for c, v in ((line, lv), (style, sv)) if c is not None]
+            parts = [
+                str(v) if c == "pipeline" else f"{c}={v}"
+                for c, v in ((line, lv), (style, sv))
+                if c is not None
+            ]
             _band(
                 ax,
                 g,
@@ -272,7 +276,7 @@ def _pipelines(df: pd.DataFrame, metric: str, pipelines: Sequence[str] | None) -
     if pipelines is not None:
         return [p for p in pipelines if p in present]
     known = [p for p in PIPELINE_ORDER if p in present]
-    return known + sorted(present - set(known))
+    return known or sorted(present)
 
 
 def pipeline_colors(pipelines: Sequence[str]) -> dict[str, Any]:
@@ -297,7 +301,8 @@ def sample_complexity(
     rng: np.random.Generator | None = None,
 ) -> Axes:
     """Sample-complexity curves: mean ``metric`` vs n (log x) with 95% bootstrap CI bands,
-    one colour per pipeline (all with ``metric`` unless ``pipelines``) and one line style per
+    one colour per pipeline (default: those of ``PIPELINE_ORDER`` present, else all with
+    ``metric``; variants such as ``dpo_l0.1`` only when named) and one line style per
     ``gap_col`` level (ignored when absent); J_norm gets reference lines at 0 and 1."""
     ax = _axes(ax)
     gap_col = gap_col if gap_col != n_col and has_column(df, gap_col) else None

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gvgap import figures as F  # noqa: N812
+from gvgap import figures as F
 from gvgap import stats
 from gvgap.errors import UserError
 

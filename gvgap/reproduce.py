@@ -59,27 +59,41 @@ def robust_spec(eid: str, override: dict[str, Any], quick: bool, index: int) -> 
     return spec_from_data(eid, data, f"{eid}:ROBUSTNESS[{index}]")
 
 
-def run_experiment(eid: str, out: Path, quick: bool, executor: str, workers: int | None
-                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def run_experiment(
+    eid: str, out: Path, quick: bool, executor: str, workers: int | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Main sweep + robustness sweeps of one experiment; returns its results and verdict."""
     module = EXPERIMENTS[eid]
-    df = run_sweep(load_spec(eid, quick=quick), out / "sweeps" / eid, executor=executor,
-                   workers=workers)
+    df = run_sweep(
+        load_spec(eid, quick=quick), out / "sweeps" / eid, executor=executor, workers=workers
+    )
     record = module.verdict(df).to_json()
     checks = []
     for i, override in enumerate(getattr(module, "ROBUSTNESS", [])):
-        rdf = run_sweep(robust_spec(eid, override, quick, i), out / "sweeps" / f"{eid}-robust{i}",
-                        executor=executor, workers=workers)
+        rdf = run_sweep(
+            robust_spec(eid, override, quick, i),
+            out / "sweeps" / f"{eid}-robust{i}",
+            executor=executor,
+            workers=workers,
+        )
         rv = module.verdict(rdf)
-        checks.append({"override": override, "verdict": rv.verdict, "effect": rv.effect,
-                       "ci_low": rv.ci_low, "ci_high": rv.ci_high})
+        checks.append(
+            {
+                "override": override,
+                "verdict": rv.verdict,
+                "effect": rv.effect,
+                "ci_low": rv.ci_low,
+                "ci_high": rv.ci_high,
+            }
+        )
     record["robust"] = all(c["verdict"] == record["verdict"] for c in checks) if checks else None
     record["robustness"] = checks
     return df, record
 
 
-def reproduce(out: str | Path, *, quick: bool = False, executor: str = "local",
-              workers: int | None = None) -> int:
+def reproduce(
+    out: str | Path, *, quick: bool = False, executor: str = "local", workers: int | None = None
+) -> int:
     """Run the main job; exit code 0 iff every theorem check passed."""
     out = Path(out)
     _writable_dir(out)
@@ -95,8 +109,11 @@ def reproduce(out: str | Path, *, quick: bool = False, executor: str = "local",
         df, verdicts[eid] = run_experiment(eid, out, quick, executor, workers)
         frames.append(df)
         v = verdicts[eid]
-        print(f"   verdict: {v['verdict']}  effect {v['effect']:.4g} "
-              f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}", flush=True)
+        print(
+            f"   verdict: {v['verdict']}  effect {v['effect']:.4g} "
+            f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}",
+            flush=True,
+        )
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     tmp = out / "results.parquet.tmp"
     results.to_parquet(tmp, index=False)
@@ -118,12 +135,28 @@ def _manifest(quick: bool, seconds: float) -> dict[str, Any]:
     from gvgap import __version__
 
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, cwd=Path(__file__).parent).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         sha = None
-    settings = {eid: {"QUICK": getattr(m, "QUICK", None), "SETTINGS": getattr(m, "SETTINGS", None),
-                      "ROBUSTNESS": getattr(m, "ROBUSTNESS", None)} for eid, m in EXPERIMENTS.items()}
-    return {"gvgap_version": __version__, "git_sha": sha, "quick": quick,
-            "seconds": round(seconds, 1), "experiments": settings,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    settings = {
+        eid: {
+            "QUICK": getattr(m, "QUICK", None),
+            "SETTINGS": getattr(m, "SETTINGS", None),
+            "ROBUSTNESS": getattr(m, "ROBUSTNESS", None),
+        }
+        for eid, m in EXPERIMENTS.items()
+    }
+    return {
+        "gvgap_version": __version__,
+        "git_sha": sha,
+        "quick": quick,
+        "seconds": round(seconds, 1),
+        "experiments": settings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

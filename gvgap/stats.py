@@ -13,6 +13,9 @@ Estimators (named, as DESIGN §3 asks):
   mean d̄ with the same bootstrap interval;
 - probability of improvement (rliable, Agarwal et al. 2021):
   P(A > B) = (1 / (n m)) Σ_i Σ_j S(a_i, b_j), S(a, b) = 1 if a > b, ½ if a = b, 0 otherwise.
+
+Tidy-table helpers (:func:`has_column`, :func:`with_column`, :func:`select`) let callers name a
+per-run bare metric (pipeline ``""``, e.g. ``log_gap``) wherever a column is expected.
 """
 
 from __future__ import annotations

@@ -52,8 +52,13 @@ CHECKS: tuple[Check, ...] = (
     Check("spin_fixed_point", "6", C.check_spin_fixed_point, TOL_OPTIMUM),
     Check("relabel_no_information", "7", C.check_relabel, TOL_OPTIMUM),
     Check("rsim_online_eq_restricted_mle", "8", C.check_rsim, TOL_OPTIMUM),
-    Check("control_non_isomorphic_differ", "control", C.check_control_non_isomorphic,
-          CONTROL_MAX_AGREE, control=True),
+    Check(
+        "control_non_isomorphic_differ",
+        "control",
+        C.check_control_non_isomorphic,
+        CONTROL_MAX_AGREE,
+        control=True,
+    ),
 )
 
 
@@ -73,9 +78,15 @@ def evaluate(check_idx: int, errors: list[float]) -> dict:
     else:
         stat = float(np.max(errs)) if errs.size else float("nan")
         detail = "max error"
-    return {"name": check.name, "item": check.item, "instances": int(errs.size),
-            "max_error": stat, "tolerance": check.tolerance,
-            "passed": bool(stat <= check.tolerance), "statistic": detail}
+    return {
+        "name": check.name,
+        "item": check.item,
+        "instances": int(errs.size),
+        "max_error": stat,
+        "tolerance": check.tolerance,
+        "passed": bool(stat <= check.tolerance),
+        "statistic": detail,
+    }
 
 
 def run_checks(instances: int, seed: int, workers: int | None = None) -> list[dict]:
@@ -87,34 +98,40 @@ def run_checks(instances: int, seed: int, workers: int | None = None) -> list[di
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             errs = list(pool.map(_instance, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
-    return [evaluate(c, errs[c * instances:(c + 1) * instances]) for c in range(len(CHECKS))]
+    return [evaluate(c, errs[c * instances : (c + 1) * instances]) for c in range(len(CHECKS))]
 
 
 def format_table(records: list[dict]) -> str:
     """The human-readable table printed by ``gvgap verify``."""
     lines = [f"{'item':<8}{'check':<34}{'instances':>9}{'max error':>12}{'tolerance':>11}  result"]
     for r in records:
-        lines.append(f"{r['item']:<8}{r['name']:<34}{r['instances']:>9}{r['max_error']:>12.2e}"
-                     f"{r['tolerance']:>11.0e}  {'PASS' if r['passed'] else 'FAIL'}")
+        lines.append(
+            f"{r['item']:<8}{r['name']:<34}{r['instances']:>9}{r['max_error']:>12.2e}"
+            f"{r['tolerance']:>11.0e}  {'PASS' if r['passed'] else 'FAIL'}"
+        )
     return "\n".join(lines)
 
 
-def run_verify(instances: int = 200, seed: int = 0, json_path: str | None = None,
-               workers: int | None = None) -> int:
+def run_verify(
+    instances: int = 200, seed: int = 0, json_path: str | None = None, workers: int | None = None
+) -> int:
     """CLI entry: print the table, optionally write JSON; exit code 0 iff all pass."""
     if instances < 1:
         raise UserError(f"--instances must be >= 1, got {instances}")
     if json_path is not None:
         parent = Path(json_path).resolve().parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UserError(f"--json: cannot write to {json_path!r} (directory missing or "
-                            "not writable)")
+            raise UserError(
+                f"--json: cannot write to {json_path!r} (directory missing or not writable)"
+            )
     t0 = time.perf_counter()
     records = run_checks(instances, seed, workers)
     print(format_table(records))
     n_fail = sum(not r["passed"] for r in records)
-    print(f"{len(records) - n_fail} passed, {n_fail} failed "
-          f"({instances} instances each, seed {seed}, {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"{len(records) - n_fail} passed, {n_fail} failed "
+        f"({instances} instances each, seed {seed}, {time.perf_counter() - t0:.1f} s)"
+    )
     if json_path is not None:
         tmp = Path(json_path).with_suffix(".tmp")
         tmp.write_text(json.dumps(records, indent=2))

@@ -31,8 +31,9 @@ GTOL = 1e-11
 # ------------------------------------------------------------------ random instances
 
 
-def random_env(rng: np.random.Generator, *, uniform_ref: bool = False, beta: float | None = None,
-               k: int = 0) -> TreeEnv:
+def random_env(
+    rng: np.random.Generator, *, uniform_ref: bool = False, beta: float | None = None, k: int = 0
+) -> TreeEnv:
     """V ∈ {2,3}, H ∈ {1,2,3}, m ∈ {1,2,3}, β log-uniform on [0.2, 3], Dirichlet or uniform
     π_ref, r* ~ N(0, 1.5²); optional k random dense features (for R_sim checks)."""
     vocab, horizon, m = int(rng.integers(2, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
@@ -40,9 +41,17 @@ def random_env(rng: np.random.Generator, *, uniform_ref: bool = False, beta: flo
     beta = float(np.exp(rng.uniform(np.log(0.2), np.log(3.0)))) if beta is None else beta
     ref = "uniform" if uniform_ref or rng.random() < 0.25 else "random"
     feats = rng.normal(size=(m, n, k)) if k else None
-    return make_env(vocab=vocab, horizon=horizon, n_prompts=m, beta=beta,
-                    r_star=1.5 * rng.normal(size=(m, n)), ref=ref,
-                    ref_concentration=float(rng.choice([0.5, 1.0, 5.0])), features=feats, rng=rng)
+    return make_env(
+        vocab=vocab,
+        horizon=horizon,
+        n_prompts=m,
+        beta=beta,
+        r_star=1.5 * rng.normal(size=(m, n)),
+        ref=ref,
+        ref_concentration=float(rng.choice([0.5, 1.0, 5.0])),
+        features=feats,
+        rng=rng,
+    )
 
 
 def random_soft_pairs(env: TreeEnv, rng: np.random.Generator, full: bool = False) -> Preferences:
@@ -100,10 +109,18 @@ def check_gibbs(rng: np.random.Generator) -> float:
     brute = T.soft_optimal_leaf_logp(env.logp_ref, env.r_star, env.beta)
     node_lp = T.leaf_to_node_logp(lp, env.vocab, env.horizon)
     kl_tok = T.per_token_kl(node_lp, env.logpi_ref, env.rho)
-    return max(abs(lhs - rhs), float(np.max(np.abs(brute - env.logp_star))),
-               abs(kl_tok - T.kl(lp, env.logp_ref, env.rho)),
-               float(np.max(np.abs(env.soft_star.log_z -
-                                   T.log_partition_leaf(env.logp_ref, env.r_star, env.beta)))))
+    return max(
+        abs(lhs - rhs),
+        float(np.max(np.abs(brute - env.logp_star))),
+        abs(kl_tok - T.kl(lp, env.logp_ref, env.rho)),
+        float(
+            np.max(
+                np.abs(
+                    env.soft_star.log_z - T.log_partition_leaf(env.logp_ref, env.r_star, env.beta)
+                )
+            )
+        ),
+    )
 
 
 def check_local_normalisation(rng: np.random.Generator) -> float:

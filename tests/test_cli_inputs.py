@@ -1,7 +1,8 @@
 """Malformed input through the real CLI: exit code 2, one line naming the field, no traceback,
 and an existing sweep directory left byte-for-byte as it was (DESIGN §4).
 
-The cases run as concurrent subprocesses (a module fixture) so the corpus stays fast.
+Most cases run as concurrent ``python -m gvgap.cli`` subprocesses (a module fixture); the
+variations listed in :data:`IN_PROCESS` call ``gvgap.cli.main`` directly to keep the suite fast.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -94,18 +97,55 @@ CASES: dict[str, tuple[list[str], str | None, str]] = {
 }
 
 
+#: Variations of a subprocess case, checked through ``gvgap.cli.main`` in this process.
+IN_PROCESS = frozenset(
+    {
+        "bool_type",
+        "grid_type",
+        "vocab_range",
+        "seeds_negative",
+        "seeds_flag_type",
+        "grid_scalar",
+        "fixed_and_grid",
+        "no_sweep_table",
+        "toml_experiment",
+        "unknown_sweep_key",
+        "run_set_range",
+        "run_seed_negative",
+        "toml_is_dir",
+        "workers_negative",
+    }
+)
+
+
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def _run_case(name: str, tmp: Path, out: Path) -> subprocess.CompletedProcess:
+def _argv(name: str, tmp: Path, out: Path) -> list[str]:
     args, text, _ = CASES[name]
     f = tmp / f"{name}.toml"
     if text is not None:
         f.write_bytes(text.encode("latin-1") if name == "toml_binary" else text.encode())
-    argv = [a.format(f=f, out=out, tmp=tmp) for a in args]
+    return [a.format(f=f, out=out, tmp=tmp) for a in args]
+
+
+def _in_subprocess(argv: list[str]) -> tuple[int, str, str]:
     cmd = [sys.executable, "-m", "gvgap.cli", *argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _in_process(argv: list[str]) -> tuple[int, str, str]:
+    from gvgap.cli import main
+
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -120,26 +160,29 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
     (tmp / "foreign").mkdir()
     (tmp / "foreign" / "manifest.json").write_text('{"experiment": "other_exp"}')
     before = {"good": _snapshot(out), "foreign": _snapshot(tmp / "foreign")}
+    spawned = [n for n in CASES if n not in IN_PROCESS]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        procs = dict(zip(CASES, pool.map(lambda n: _run_case(n, tmp, out), CASES)))
+        results = dict(
+            zip(spawned, pool.map(lambda n: _in_subprocess(_argv(n, tmp, out)), spawned))
+        )
+    results.update({n: _in_process(_argv(n, tmp, out)) for n in IN_PROCESS})
     after = {"good": _snapshot(out), "foreign": _snapshot(tmp / "foreign")}
-    return procs, before, after
+    return results, before, after
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 20
+    assert len(CASES) - len(IN_PROCESS) >= 20 and set(CASES) >= IN_PROCESS
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_exit_2(name: str, corpus: tuple[dict, dict, dict]) -> None:
-    proc = corpus[0][name]
-    err = proc.stderr
-    assert proc.returncode == 2, (proc.returncode, err)
+    code, out, err = corpus[0][name]
+    assert code == 2, (code, err)
     assert "Traceback" not in err
     assert err.endswith("\n") and err.count("\n") == 1, err
     assert err.startswith("gvgap: error: ")
     assert CASES[name][2] in err, err
-    assert proc.stdout == ""
+    assert out == ""
 
 
 def test_existing_results_are_untouched(corpus: tuple[dict, dict, dict]) -> None:

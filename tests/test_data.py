@@ -11,7 +11,7 @@ from conftest import random_leaf_logp
 from scipy.special import expit
 from scipy.stats import chisquare
 
-from gvgap import data as D  # noqa: N812
+from gvgap import data as D
 from gvgap.errors import UserError
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import random_env
 
-from gvgap import data as D  # noqa: N812
-from gvgap import learners as L  # noqa: N812
+from gvgap import data as D
+from gvgap import learners as L
 from gvgap.envs.tree_env import make_env
 from gvgap.policies import TabularPolicy
 from gvgap.rewards import TabularReward

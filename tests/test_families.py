@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp
 
-from gvgap.envs import features as F  # noqa: N812
+from gvgap.envs import features as F
 from gvgap.envs.families import FAMILIES, gap_descriptor, make_family
 from gvgap.envs.tree_env import make_env
 from gvgap.errors import UserError

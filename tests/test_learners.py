@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import central_fd, random_env
 
-from gvgap import data as D  # noqa: N812
-from gvgap import learners as L  # noqa: N812
-from gvgap import theory as T  # noqa: N812
+from gvgap import data as D
+from gvgap import learners as L
+from gvgap import theory as T
 from gvgap.envs.tree_env import make_env
 from gvgap.learners.optim import minimize
 from gvgap.policies import LogLinearPolicy, SoftOptimalPolicy, TabularPolicy, markov_features
@@ -57,7 +57,7 @@ def _omega(r: np.ndarray) -> float:
 
 
 def _dpo_objective(policy, env, prefs, lam, kl_coef=0.0):
-    """DPO + λΩ(β(log P − log P_ref)) + α KL(P‖P_ref), as a scalar function of θ."""
+    """DPO + (λ/Σw)Ω(β(log P − log P_ref)) + α KL(P‖P_ref), as a scalar function of θ."""
 
     def f(theta):
         lp = policy.leaf_logp(theta)
@@ -67,13 +67,14 @@ def _dpo_objective(policy, env, prefs, lam, kl_coef=0.0):
             margin = beta * ((lp[x, c] - ref[x, c]) - (lp[x, r] - ref[x, r]))
             num += w * math.log1p(math.exp(-margin))
         kl = T.kl(lp, ref, env.rho)
-        return num / prefs.weight.sum() + lam * _omega(beta * (lp - ref)) + kl_coef * kl
+        lam_eff = lam / prefs.weight.sum()  # MAP scaling: prior λ vs the summed likelihood
+        return num / prefs.weight.sum() + lam_eff * _omega(beta * (lp - ref)) + kl_coef * kl
 
     return f
 
 
 def _bt_objective(reward_class, prefs, lam):
-    """BT negative log-likelihood of r_w + λΩ(r_w)."""
+    """BT negative log-likelihood of r_w + (λ/Σw)Ω(r_w)."""
 
     def f(w):
         rew = reward_class.leaf_reward(w)
@@ -81,7 +82,7 @@ def _bt_objective(reward_class, prefs, lam):
             wt * math.log1p(math.exp(-(rew[x, c] - rew[x, r])))
             for x, c, r, wt in zip(prefs.prompt, prefs.chosen, prefs.rejected, prefs.weight)
         )
-        return num / prefs.weight.sum() + lam * _omega(rew)
+        return num / prefs.weight.sum() + lam / prefs.weight.sum() * _omega(rew)
 
     return f
 
@@ -267,22 +268,23 @@ def test_spin_fixed_point_is_sft(env):
 
 
 def test_spin_iterates_approach_sft(env):
-    # With enough regularisation (λ = ½) the SPIN iteration contracts toward the SFT optimum.
+    # With enough regularisation (λ = 5 against Σw = 10 demonstrations, i.e. ½ per unit of
+    # mean loss) the SPIN iteration contracts toward the SFT optimum.
     demos = D.sample_demos(env.logp_star, env.rho, 10, np.random.default_rng(4))
     pol = _tab(env)
-    target = L.sft(pol, env, demos, lam=2 * 0.5 / env.beta).logp
-    res = L.spin(pol, env, demos, lam=0.5, iters=8)
+    target = L.sft(pol, env, demos, lam=2 * 5.0 / env.beta).logp
+    res = L.spin(pol, env, demos, lam=5.0, iters=8)
     d = res.extra["deltas"]
     assert len(d) == 8 and d[-1] < d[0] / 50
     assert np.abs(res.logp - target).max() < np.abs(env.logp_ref - target).max() / 50
 
 
 def test_spin_weak_regularisation_does_not_claim_convergence(env):
-    # With λ = 0.05 on this instance the exact-expectation SPIN map overshoots and settles
+    # With λ = 0.5 (Σw = 10) on this instance the exact-expectation SPIN map overshoots and settles
     # into a 2-cycle (max |Δ log P| ≈ 3.5 per step): the fixed point exists (previous test)
     # but is not attracting. The certificate must say so.
     demos = D.sample_demos(env.logp_star, env.rho, 10, np.random.default_rng(4))
-    res = L.spin(_tab(env), env, demos, lam=0.05, iters=6)
+    res = L.spin(_tab(env), env, demos, lam=0.5, iters=6)
     assert min(res.extra["deltas"]) > 1.0
     assert not res.converged
 

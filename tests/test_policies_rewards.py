@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import central_fd, random_env, random_leaf_logp
 
-from gvgap import theory as T  # noqa: N812
+from gvgap import theory as T
 from gvgap.policies import LogLinearPolicy, SoftOptimalPolicy, TabularPolicy, markov_features
 from gvgap.policies.classes import edge_sums
 from gvgap.rewards import LinearReward, LocalReward, TabularReward

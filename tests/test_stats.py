@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gvgap import stats as S  # noqa: N812
+from gvgap import stats as S
 
 
 def rng(seed: int = 0) -> np.random.Generator:

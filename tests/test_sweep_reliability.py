@@ -44,7 +44,7 @@ ref = ["uniform", "random"]
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "gvgap.cli", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
 
 
 def _live_in_group(pgid: int) -> list[int]:
@@ -73,7 +73,7 @@ def _kill_mid_sweep(toml: Path, out: Path, total: int) -> dict[Path, int]:
             time.sleep(0.002)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
         if Path("/proc/self/stat").exists():
             deadline = time.monotonic() + 20
@@ -83,6 +83,7 @@ def _kill_mid_sweep(toml: Path, out: Path, total: int) -> dict[Path, int]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
     stored = {p: p.stat().st_mtime_ns for p in runs.glob("*.json")}
     assert 0 < len(stored) < total
     assert not (out / "results.parquet").exists()

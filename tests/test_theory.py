@@ -11,7 +11,7 @@ from conftest import brute_leaf_logp, random_env, random_leaf_logp, small_trees
 from hypothesis import given, settings
 from scipy.special import expit
 
-from gvgap import theory as T  # noqa: N812
+from gvgap import theory as T
 from gvgap.envs.tree_env import make_env, random_ref_policy
 from gvgap.errors import UserError
 

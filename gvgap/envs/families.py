@@ -61,7 +61,7 @@ from types import MappingProxyType, SimpleNamespace
 import numpy as np
 from scipy.special import log_softmax, softmax, xlogy
 
-from gvgap.envs import features as F  # noqa: N812
+from gvgap.envs import features as F
 from gvgap.envs.tree_env import TreeEnv, make_env, make_ref_policy
 from gvgap.errors import UserError
 from gvgap.theory import (

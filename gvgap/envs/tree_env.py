@@ -172,7 +172,11 @@ def make_env(
         features: optional ``(m, V^H, k)`` or ``(V^H, k)`` R_sim features.
         rng: needed only for random families.
     """
-    for name, val, lo in (("vocab", vocab, 2), ("horizon", horizon, 1), ("n_prompts", n_prompts, 1)):
+    for name, val, lo in (
+        ("vocab", vocab, 2),
+        ("horizon", horizon, 1),
+        ("n_prompts", n_prompts, 1),
+    ):
         if int(val) != val or val < lo:
             raise UserError(f"{name} must be an integer >= {lo}, got {val!r}")
     if not beta > 0:

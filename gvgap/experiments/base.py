@@ -103,9 +103,7 @@ def coerce_value(config_cls: type, name: str, value: Any) -> Any:
             return value
         return value
     except (TypeError, ValueError):
-        raise UserError(
-            f"config field {name!r} expects {kind.__name__}, got {value!r}"
-        ) from None
+        raise UserError(f"config field {name!r} expects {kind.__name__}, got {value!r}") from None
 
 
 def make_config(config_cls: type, overrides: dict[str, Any] | None = None) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gvgap import theory as T  # noqa: N812  (the project's alias, as in tree_env)
+from gvgap import theory as T
 from gvgap.envs.tree_env import TreeEnv, make_env, random_ref_policy
 from gvgap.errors import UserError
 from gvgap.experiments.base import Verdict

@@ -35,11 +35,18 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
-                *, lo_open: bool = False) -> None:
+def check_range(
+    name: str,
+    value: float,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+) -> None:
     """UserError naming the field unless lo ≤ value ≤ hi (lo < value if ``lo_open``)."""
     bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
-        hi is not None and value > hi)
+        hi is not None and value > hi
+    )
     if bad:
         lo_s = "-inf" if lo is None else f"{lo}"
         hi_s = "inf" if hi is None else f"{hi}"
@@ -71,8 +78,9 @@ def reward_class(name: str, env: TreeEnv):
     return LocalReward(tabular_policy(env), env.logp_ref, env.beta)
 
 
-def draw_pairs(env: TreeEnv, n_pairs: int, rng: np.random.Generator, *, label: str = "bt",
-               flip: float = 0.0) -> Preferences:
+def draw_pairs(
+    env: TreeEnv, n_pairs: int, rng: np.random.Generator, *, label: str = "bt", flip: float = 0.0
+) -> Preferences:
     """D: n pairs from μ = π_ref labelled by r* (BT-sampled by default)."""
     return sample_pairs(env.logp_ref, env.r_star, env.rho, n_pairs, rng, label=label, flip=flip)
 
@@ -81,25 +89,40 @@ def fit_dpo(env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = 
     """Offline DPO (or IPO) over the tabular class with the shared λ protocol."""
     pol = tabular_policy(env)
     if loss == "dpo":
-        return select_lambda(lambda d, lam: dpo(pol, env, d, lam=lam), data,
-                             split_seed=split_seed, grid=grid)[0]
-    return select_lambda(lambda d, lam: ipo(pol, env, d, lam=lam, mean=loss == "ipo_mean"),
-                         data, split_seed=split_seed, grid=grid)[0]
+        return select_lambda(
+            lambda d, lam: dpo(pol, env, d, lam=lam), data, split_seed=split_seed, grid=grid
+        )[0]
+    return select_lambda(
+        lambda d, lam: ipo(pol, env, d, lam=lam, mean=loss == "ipo_mean"),
+        data,
+        split_seed=split_seed,
+        grid=grid,
+    )[0]
 
 
 def fit_rlhf(env: TreeEnv, data: Preferences, rm_name: str, grid, split_seed: int) -> Result:
     """RM of class ``rm_name`` (shared λ protocol) + exact soft RL over Π."""
     rc = reward_class(rm_name, env)
-    return select_lambda(lambda d, lam: rlhf(rc, env, d, lam=lam), data,
-                         split_seed=split_seed, grid=grid)[0]
+    return select_lambda(
+        lambda d, lam: rlhf(rc, env, d, lam=lam), data, split_seed=split_seed, grid=grid
+    )[0]
 
 
-def fit_online_dpo(env: TreeEnv, r_hat: np.ndarray, *, n_samples: int = 8, iters: int = 10,
-                   lam: float = 1e-2) -> Result:
+def fit_online_dpo(
+    env: TreeEnv, r_hat: np.ndarray, *, n_samples: int = 8, iters: int = 10, lam: float = 1e-2
+) -> Result:
     """Online DPO over Π labelled by r̂: best-vs-worst of ``n_samples`` on-policy samples
     (exact law), DPO to convergence each iteration (THEORY §5 design, exact expectation)."""
-    return online_dpo_exact(tabular_policy(env), env, r_hat, lam=lam, iters=iters,
-                            pairs="best_worst", n_samples=n_samples, tol=1e-7)
+    return online_dpo_exact(
+        tabular_policy(env),
+        env,
+        r_hat,
+        lam=lam,
+        iters=iters,
+        pairs="best_worst",
+        n_samples=n_samples,
+        tol=1e-7,
+    )
 
 
 def metric_row(pipeline: str, env: TreeEnv, res: Result) -> dict[str, float]:

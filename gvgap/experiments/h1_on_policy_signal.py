@@ -36,7 +36,7 @@ import pandas as pd
 
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.errors import UserError
-from gvgap.experiments import common as C  # noqa: N812  (the project alias, as in h6_gap)
+from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, online_dpo_exact, soft_rl
 

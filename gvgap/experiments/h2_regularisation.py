@@ -38,10 +38,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
 
-from gvgap import theory as T  # noqa: N812
+from gvgap import theory as T
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.experiments import common as C  # noqa: N812
+from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import preference_fit
 

@@ -38,7 +38,7 @@ import pandas as pd
 
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.experiments import common as C  # noqa: N812
+from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import best_of_n
 

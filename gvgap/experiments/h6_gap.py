@@ -23,9 +23,11 @@ from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 
 ID = "h6_gap"
-CLAIM = ("With a generation-verification gap (simple r*, complex π*), online PFT (RM from "
-         "R_sim + soft RL) beats offline DPO on the same pairs at small n; the advantage "
-         "vanishes with no gap and as n grows.")
+CLAIM = (
+    "With a generation-verification gap (simple r*, complex π*), online PFT (RM from "
+    "R_sim + soft RL) beats offline DPO on the same pairs at small n; the advantage "
+    "vanishes with no gap and as n grows."
+)
 NOTES = "H6"
 DESIGN_NOTE = __doc__
 
@@ -94,25 +96,51 @@ SMOKE = Config(vocab=2, horizon=3, n_pairs=20, lam_grid="short", online_samples=
 SETTINGS = {
     "seeds": 20,
     "fixed": {"vocab": 3, "k": 3},
-    "grid": {"horizon": [1, 2, 3, 4, 5], "n_pairs": [10, 30, 100, 300, 1000],
-             "rm_class": ["linear", "tabular"]},
+    "grid": {
+        "family": ["linear", "policy_complex"],
+        "horizon": [1, 2, 3, 4, 5],
+        "n_pairs": [16, 64, 256, 1024, 4096],
+        "rm_class": ["linear", "tabular"],
+    },
 }
 QUICK = {
-    "seeds": 6,
+    "seeds": 5,
     "fixed": {"vocab": 3, "k": 3, "lam_grid": "short", "online_dpo": False},
-    "grid": {"horizon": [1, 3, 5], "n_pairs": [16, 64, 512], "rm_class": ["linear", "tabular"]},
+    "grid": {
+        "family": ["linear", "policy_complex"],
+        "horizon": [1, 2, 4],
+        "n_pairs": [16, 128, 4096],
+        "rm_class": ["linear", "tabular"],
+    },
 }
+#: Re-checks of the verdict (fields leave the grid): other V, β and π_ref.
+ROBUSTNESS = [
+    {"vocab": 2, "family": "linear"},
+    {"vocab": 4, "family": "linear", "n_pairs": 16},
+    {"beta": 0.5, "family": "linear"},
+    {"ref": "random", "family": "linear"},
+]
 
 
 def build_env(cfg: Config, instance_rng: np.random.Generator):
     """The problem instance (drawn only from ``instance_rng``)."""
-    return make_family(cfg.family, rng=instance_rng, vocab=cfg.vocab, horizon=cfg.horizon,
-                       n_prompts=cfg.n_prompts, beta=cfg.beta, k=cfg.k, epsilon=cfg.epsilon,
-                       ref=cfg.ref, ref_concentration=cfg.ref_concentration)
+    return make_family(
+        cfg.family,
+        rng=instance_rng,
+        vocab=cfg.vocab,
+        horizon=cfg.horizon,
+        n_prompts=cfg.n_prompts,
+        beta=cfg.beta,
+        k=cfg.k,
+        epsilon=cfg.epsilon,
+        ref=cfg.ref,
+        ref_concentration=cfg.ref_concentration,
+    )
 
 
-def run(cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
-        ) -> dict[str, float]:
+def run(
+    cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
+) -> dict[str, float]:
     """DPO vs RLHF (vs online DPO) on one instance and one dataset."""
     env = build_env(cfg, instance_rng)
     data = C.draw_pairs(env, cfg.n_pairs, rng)
@@ -129,41 +157,74 @@ def run(cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Genera
     return out
 
 
-def advantage(df: pd.DataFrame, *, rng: np.random.Generator, online: str = "rlhf",
-              offline: str = "dpo", by: tuple[str, ...] = ("horizon", "n_pairs", "rm_class"),
-              metric: str = "J_norm") -> pd.DataFrame:
+def advantage(
+    df: pd.DataFrame,
+    *,
+    rng: np.random.Generator,
+    online: str = "rlhf",
+    offline: str = "dpo",
+    by: tuple[str, ...] = ("horizon", "n_pairs", "rm_class"),
+    metric: str = "J_norm",
+) -> pd.DataFrame:
     """Paired online − offline difference of ``metric`` per setting, with 95% bootstrap CI."""
     from gvgap.stats import paired_difference
 
     by = [b for b in by if b in df.columns]
-    return paired_difference(df, metric=metric, a_pipeline=online, b_pipeline=offline, by=by,
-                             rng=rng)
+    return paired_difference(
+        df, metric=metric, a_pipeline=online, b_pipeline=offline, by=by, rng=rng
+    )
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
-    """Supported iff the headline advantage (largest H, smallest n, linear RM) has CI low end
-    above MIN_ADVANTAGE and every isomorphic-control setting stays within ±EQUIVALENCE_MARGIN;
-    against iff the headline CI lies below 0."""
-    adv = advantage(df, rng=np.random.default_rng(0))
+    """Supported iff the headline advantage (family linear, largest H, smallest n, linear RM)
+    has CI low end above MIN_ADVANTAGE, every isomorphic-control setting (tabular/local RM)
+    stays within ±EQUIVALENCE_MARGIN, and the gap-removal control r* ∈ R(Π)
+    (``policy_complex``) shows no advantage (no CI low end above MIN_ADVANTAGE); against iff
+    the headline CI lies below 0. The detail reports the advantage at the largest n."""
+    by = ("family", "horizon", "n_pairs", "rm_class")
+    adv = advantage(df, rng=np.random.default_rng(0), by=by)
+    if "family" not in adv.columns:
+        adv = adv.assign(family="linear")
+    no_gap = adv[(adv["family"] == "policy_complex") & (adv["rm_class"] == "linear")]
+    adv = adv[adv["family"] != "policy_complex"]
     lin = adv[adv["rm_class"] == "linear"]
     ctrl = adv[adv["rm_class"] != "linear"]
     if lin.empty:
-        return Verdict(CLAIM, "inconclusive", float("nan"), float("nan"), float("nan"), 0,
-                       "no linear-RM runs")
+        return Verdict(
+            CLAIM, "inconclusive", float("nan"), float("nan"), float("nan"), 0, "no linear-RM runs"
+        )
     head = lin[(lin["horizon"] == lin["horizon"].max()) & (lin["n_pairs"] == lin["n_pairs"].min())]
     row = head.iloc[0]
-    ctrl_ok = ctrl.empty or bool(((ctrl["ci_low"] >= -EQUIVALENCE_MARGIN)
-                                  & (ctrl["ci_high"] <= EQUIVALENCE_MARGIN)).all())
-    if row["ci_low"] > MIN_ADVANTAGE and ctrl_ok:
+    ctrl_ok = ctrl.empty or bool(
+        ((ctrl["ci_low"] >= -EQUIVALENCE_MARGIN) & (ctrl["ci_high"] <= EQUIVALENCE_MARGIN)).all()
+    )
+    no_gap_ok = no_gap.empty or bool((no_gap["ci_low"] <= MIN_ADVANTAGE).all())
+    big_n = lin[(lin["horizon"] == row["horizon"]) & (lin["n_pairs"] == lin["n_pairs"].max())]
+    if row["ci_low"] > MIN_ADVANTAGE and ctrl_ok and no_gap_ok:
         label = "supported"
     elif row["ci_high"] < 0:
         label = "against"
     else:
         label = "inconclusive"
-    detail = (f"headline H={row['horizon']}, n={row['n_pairs']}; isomorphic control within "
-              f"±{EQUIVALENCE_MARGIN}: {ctrl_ok}")
-    return Verdict(CLAIM, label, float(row["mean"]), float(row["ci_low"]), float(row["ci_high"]),
-                   int(df["run_id"].nunique()), detail)
+    tail = big_n.iloc[0]
+    detail = (
+        f"headline H={row['horizon']}, n={row['n_pairs']}; at n={tail['n_pairs']}: "
+        f"{tail['mean']:.3g} [{tail['ci_low']:.3g}, {tail['ci_high']:.3g}]; isomorphic "
+        f"control within ±{EQUIVALENCE_MARGIN}: {ctrl_ok}; r* ∈ R(Π) (policy_complex) "
+        f"shows no advantage: {no_gap_ok}"
+    )
+    if not no_gap.empty:
+        worst = no_gap.loc[no_gap["mean"].idxmax()]
+        detail += f" (largest {worst['mean']:.3g} [{worst['ci_low']:.3g}, {worst['ci_high']:.3g}])"
+    return Verdict(
+        CLAIM,
+        label,
+        float(row["mean"]),
+        float(row["ci_low"]),
+        float(row["ci_high"]),
+        int(df["run_id"].nunique()),
+        detail,
+    )
 
 
 def plot(df: pd.DataFrame, ax=None):
@@ -172,11 +233,21 @@ def plot(df: pd.DataFrame, ax=None):
 
     ax = ax or plt.gca()
     adv = advantage(df, rng=np.random.default_rng(0))
+    if "family" in df.columns:
+        adv = advantage(df[df["family"] != "policy_complex"], rng=np.random.default_rng(0))
     for (rm, n), g in adv.groupby(["rm_class", "n_pairs"]):
         g = g.sort_values("horizon")
         style = "-" if rm == "linear" else ":"
-        ax.errorbar(g["horizon"], g["mean"], yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
-                    ls=style, marker="o", capsize=3, label=f"{rm} RM, n={n}")
+        err = [g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]]
+        ax.errorbar(
+            g["horizon"],
+            g["mean"],
+            yerr=err,
+            ls=style,
+            marker="o",
+            capsize=3,
+            label=f"{rm} RM, n={int(n)}",
+        )
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xlabel("horizon H (generation complexity; gap grows with H)")
     ax.set_ylabel("online − offline  J_norm  (95% CI)")

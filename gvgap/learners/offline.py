@@ -25,11 +25,15 @@ def scatter(values: np.ndarray, prompt: np.ndarray, leaf: np.ndarray, shape) -> 
     return np.bincount(prompt * n + leaf, weights=values, minlength=m * n).reshape(shape)
 
 
-def _reg(lam: float, r: np.ndarray) -> tuple[float, np.ndarray]:
+def _reg(lam: float, r: np.ndarray, total_weight: float) -> tuple[float, np.ndarray]:
+    """(λ / Σw) Ω(r): a prior of strength λ against the *summed* data log-likelihood (MAP),
+    written against the weighted-mean loss; it fades as data grow, so every pipeline stays
+    consistent, and it is identical across pipelines fitted on the same data."""
     if lam == 0.0:
         return 0.0, 0.0
     v, g = losses.centred_sq(r)
-    return lam * v, lam * g
+    scale = lam / total_weight
+    return scale * v, scale * g
 
 
 def _on_policy_kl(coef: float, lp: np.ndarray, env: TreeEnv) -> tuple[float, np.ndarray]:
@@ -62,7 +66,7 @@ def preference_fit(
         policy: a policy class (``gvgap.policies``).
         env: supplies π_ref (``env.logp_ref``) and β (``env.beta`` unless ``beta`` given).
         data: preference pairs.
-        lam: λ of the reward-coordinate regulariser λ Ω(β(log P_θ − log P_ref)).
+        lam: λ of the reward-coordinate regulariser (λ/Σw) Ω(β(log P_θ − log P_ref)).
         loss: ``"dpo"`` (sigmoid on summed log-ratios), ``"ipo"`` (summed), ``"ipo_mean"``
             (token-mean, divides log-ratios by H).
         tau: IPO's τ (default β).
@@ -82,6 +86,7 @@ def preference_fit(
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
     ref_c, ref_r = ref[p, c], ref[p, r]
     shape = env.logp_ref.shape
+    w_total = float(w.sum())
 
     def fg(theta):
         lp = policy.leaf_logp(theta)
@@ -91,14 +96,21 @@ def preference_fit(
             length = env.horizon if loss == "ipo_mean" else 1.0
             v, (dc, dr) = losses.ipo_loss(lp[p, c], lp[p, r], ref_c, ref_r, tau, w, length)
         g_leaf = scatter(dc, p, c, shape) + scatter(dr, p, r, shape)
-        rv, rg = _reg(lam, beta * (lp - env.logp_ref))
+        rv, rg = _reg(lam, beta * (lp - env.logp_ref), w_total)
         kv, kg = _on_policy_kl(kl_coef, lp, env)
         return v + rv + kv, policy.vjp(theta, g_leaf + beta * rg + kg)
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
     lp = policy.leaf_logp(opt.x)
     return Result(
-        loss, lp, beta * (lp - env.logp_ref), opt.x, opt.fun, opt.grad_norm, opt.converged, lam,
+        loss,
+        lp,
+        beta * (lp - env.logp_ref),
+        opt.x,
+        opt.fun,
+        opt.grad_norm,
+        opt.converged,
+        lam,
         {"n_iter": opt.n_iter},
     )
 
@@ -122,21 +134,29 @@ def sft(
     theta0: np.ndarray | None = None,
     gtol: float = GTOL,
 ) -> Result:
-    """SFT / MLE: minimise −mean log P_θ(ξ_i|x_i) + λ Ω(β(log P_θ − log P_ref)) over Π."""
+    """SFT / MLE: minimise −mean log P_θ(ξ_i|x_i) + (λ/Σw) Ω(β(log P_θ − log P_ref)) over Π."""
     p, leaf, w = demos.prompt, demos.leaf, demos.weight
     shape = env.logp_ref.shape
+    w_total = float(w.sum())
     beta = env.beta
 
     def fg(theta):
         lp = policy.leaf_logp(theta)
         v, d = losses.sft_nll(lp[p, leaf], w)
-        rv, rg = _reg(lam, beta * (lp - env.logp_ref))
+        rv, rg = _reg(lam, beta * (lp - env.logp_ref), w_total)
         return v + rv, policy.vjp(theta, scatter(d, p, leaf, shape) + beta * rg)
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
     lp = policy.leaf_logp(opt.x)
     return Result(
-        "sft", lp, beta * (lp - env.logp_ref), opt.x, opt.fun, opt.grad_norm, opt.converged, lam,
+        "sft",
+        lp,
+        beta * (lp - env.logp_ref),
+        opt.x,
+        opt.fun,
+        opt.grad_norm,
+        opt.converged,
+        lam,
         {"n_iter": opt.n_iter},
     )
 
@@ -186,6 +206,13 @@ def spin(
         if delta < tol:
             break
     return Result(
-        "spin", lp, env.beta * (lp - env.logp_ref), theta, res.loss, res.grad_norm,
-        res.converged and history[-1] < tol, lam, {"deltas": history},
+        "spin",
+        lp,
+        env.beta * (lp - env.logp_ref),
+        theta,
+        res.loss,
+        res.grad_norm,
+        res.converged and history[-1] < tol,
+        lam,
+        {"deltas": history},
     )

@@ -33,18 +33,28 @@ def fit_reward(
     gtol: float = GTOL,
 ) -> Result:
     """Bradley–Terry maximum likelihood over a reward class:
-    r̂ = argmin_w −mean log σ(r_w(ξ⁺) − r_w(ξ⁻)) + λ Ω(r_w)."""
+    r̂ = argmin_w −mean log σ(r_w(ξ⁺) − r_w(ξ⁻)) + (λ/Σw) Ω(r_w)."""
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
+    w_total = float(w.sum())
 
     def fg(wt):
         rew = reward_class.leaf_reward(wt)
         v, d = losses.bt_nll(rew[p, c] - rew[p, r], w)
-        rv, rg = _reg(lam, rew)
+        rv, rg = _reg(lam, rew, w_total)
         return v + rv, reward_class.vjp(wt, scatter(d, p, c, shape) - scatter(d, p, r, shape) + rg)
 
     opt = minimize(fg, reward_class.init_params() if w0 is None else w0, gtol=gtol)
-    return Result("rm", None, reward_class.leaf_reward(opt.x), opt.x, opt.fun, opt.grad_norm,
-                  opt.converged, lam, {"n_iter": opt.n_iter})
+    return Result(
+        "rm",
+        None,
+        reward_class.leaf_reward(opt.x),
+        opt.x,
+        opt.fun,
+        opt.grad_norm,
+        opt.converged,
+        lam,
+        {"n_iter": opt.n_iter},
+    )
 
 
 def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: float = GTOL) -> Result:
@@ -56,8 +66,15 @@ def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: floa
     if policy is None or isinstance(policy, TabularPolicy):
         sv = T.soft_value_iteration(env.logpi_ref, r, env.beta)
         lp = T.node_to_leaf_logp(sv.logpi)
-        return Result("soft_rl", lp, r, np.concatenate([a.ravel() for a in sv.logpi]),
-                      -env.beta * float(env.rho @ sv.log_z), 0.0, True)
+        return Result(
+            "soft_rl",
+            lp,
+            r,
+            np.concatenate([a.ravel() for a in sv.logpi]),
+            -env.beta * float(env.rho @ sv.log_z),
+            0.0,
+            True,
+        )
 
     def fg(theta):
         lp = policy.leaf_logp(theta)
@@ -65,34 +82,62 @@ def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: floa
         return v, policy.vjp(theta, g)
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
-    return Result("soft_rl", policy.leaf_logp(opt.x), r, opt.x, opt.fun, opt.grad_norm,
-                  opt.converged)
+    return Result(
+        "soft_rl", policy.leaf_logp(opt.x), r, opt.x, opt.fun, opt.grad_norm, opt.converged
+    )
 
 
-def rlhf(reward_class, env: TreeEnv, data: Preferences, *, lam: float = 0.0, policy=None,
-         gtol: float = GTOL) -> Result:
+def rlhf(
+    reward_class,
+    env: TreeEnv,
+    data: Preferences,
+    *,
+    lam: float = 0.0,
+    policy=None,
+    gtol: float = GTOL,
+) -> Result:
     """Two-stage online PFT: fit r̂ ∈ R by BT-MLE, then exact soft RL on r̂ over Π."""
     rm = fit_reward(reward_class, data, env.logp_ref.shape, lam=lam, gtol=gtol)
     rl = soft_rl(env, rm.r_hat, policy, gtol=gtol)
-    return Result("rlhf", rl.logp, rm.r_hat, rm.params, rm.loss, max(rm.grad_norm, rl.grad_norm),
-                  rm.converged and rl.converged, lam, {"rm": rm, "rl": rl})
+    return Result(
+        "rlhf",
+        rl.logp,
+        rm.r_hat,
+        rm.params,
+        rm.loss,
+        max(rm.grad_norm, rl.grad_norm),
+        rm.converged and rl.converged,
+        lam,
+        {"rm": rm, "rl": rl},
+    )
 
 
-def maxent_irl(reward_class, env: TreeEnv, demos: Demos, *, lam: float = 0.0,
-               gtol: float = GTOL) -> Result:
+def maxent_irl(
+    reward_class, env: TreeEnv, demos: Demos, *, lam: float = 0.0, gtol: float = GTOL
+) -> Result:
     """MaxEnt inverse RL + soft RL: fit r ∈ R maximising Σ log P*_r(ξ_i) (+ λ Ω(r)), then
     return soft value iteration on r̂ (THEORY §3, SFT version)."""
     cls = SoftOptimalPolicy(reward_class, env.logp_ref, env.beta, env.vocab, env.horizon)
     irl = sft(cls, env, demos, lam=lam, gtol=gtol)
     r_hat = reward_class.leaf_reward(irl.params)
     rl = soft_rl(env, r_hat)
-    return Result("irl", rl.logp, r_hat, irl.params, irl.loss, irl.grad_norm, irl.converged, lam,
-                  {"irl": irl})
+    return Result(
+        "irl", rl.logp, r_hat, irl.params, irl.loss, irl.grad_norm, irl.converged, lam, {"irl": irl}
+    )
 
 
 def online_dpo_exact(
-    policy, env: TreeEnv, r_hat: np.ndarray, *, lam: float = 0.0, iters: int = 30,
-    pairs: str = "bt", n_samples: int = 2, tol: float = 1e-9, theta0=None, gtol: float = GTOL,
+    policy,
+    env: TreeEnv,
+    r_hat: np.ndarray,
+    *,
+    lam: float = 0.0,
+    iters: int = 30,
+    pairs: str = "bt",
+    n_samples: int = 2,
+    tol: float = 1e-9,
+    theta0=None,
+    gtol: float = GTOL,
 ) -> Result:
     """Online DPO in exact expectation: each iteration draws (in expectation) on-policy pairs
     from π_t, labels them with the RM r̂, and minimises DPO on them to convergence.
@@ -116,12 +161,25 @@ def online_dpo_exact(
         theta, lp = res.params, res.logp
         if deltas[-1] < tol:
             break
-    return Result("online_dpo", lp, res.r_hat, theta, res.loss, res.grad_norm,
-                  res.converged and deltas[-1] < tol, lam, {"deltas": deltas})
+    return Result(
+        "online_dpo",
+        lp,
+        res.r_hat,
+        theta,
+        res.loss,
+        res.grad_norm,
+        res.converged and deltas[-1] < tol,
+        lam,
+        {"deltas": deltas},
+    )
 
 
 def best_worst_sample(
-    logp: np.ndarray, r_hat: np.ndarray, rho: np.ndarray, n_prompts: int, n_samples: int,
+    logp: np.ndarray,
+    r_hat: np.ndarray,
+    rho: np.ndarray,
+    n_prompts: int,
+    n_samples: int,
     rng: np.random.Generator,
 ) -> Preferences:
     """Sampled online-DPO pairs: for each of ``n_prompts`` prompts x ~ ρ draw ``n_samples``
@@ -139,9 +197,18 @@ def best_worst_sample(
 
 
 def online_dpo_sampled(
-    policy, env: TreeEnv, r_hat: np.ndarray, rng: np.random.Generator, *, lam: float = 0.0,
-    iters: int = 10, prompts_per_iter: int = 64, n_samples: int = 8, accumulate: bool = True,
-    theta0=None, gtol: float = GTOL,
+    policy,
+    env: TreeEnv,
+    r_hat: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    lam: float = 0.0,
+    iters: int = 10,
+    prompts_per_iter: int = 64,
+    n_samples: int = 8,
+    accumulate: bool = True,
+    theta0=None,
+    gtol: float = GTOL,
 ) -> Result:
     """Online DPO as run at LLM scale (THEORY §5): per iteration, ``n_samples`` on-policy
     samples for each of ``prompts_per_iter`` prompts, best-vs-worst by r̂, DPO to convergence
@@ -155,23 +222,52 @@ def online_dpo_sampled(
         if len(batch) == 0:
             continue
         buffer = [*buffer, batch] if accumulate else [batch]
-        res = preference_fit(policy, env, Preferences.concat(buffer), lam=lam, theta0=theta,
-                             gtol=gtol)
+        res = preference_fit(
+            policy, env, Preferences.concat(buffer), lam=lam, theta0=theta, gtol=gtol
+        )
         theta, lp = res.params, res.logp
     if res is None:
-        return Result("online_dpo", lp, env.beta * (lp - env.logp_ref), theta, float("nan"), 0.0,
-                      True, lam, {"n_pairs": 0})
-    return Result("online_dpo", lp, res.r_hat, theta, res.loss, res.grad_norm, res.converged, lam,
-                  {"n_pairs": int(sum(len(b) for b in buffer))})
+        return Result(
+            "online_dpo",
+            lp,
+            env.beta * (lp - env.logp_ref),
+            theta,
+            float("nan"),
+            0.0,
+            True,
+            lam,
+            {"n_pairs": 0},
+        )
+    return Result(
+        "online_dpo",
+        lp,
+        res.r_hat,
+        theta,
+        res.loss,
+        res.grad_norm,
+        res.converged,
+        lam,
+        {"n_pairs": int(sum(len(b) for b in buffer))},
+    )
 
 
 def policy_gradient(
-    policy, env: TreeEnv, r_hat: np.ndarray, *, theta0=None, gtol: float = GTOL,
+    policy,
+    env: TreeEnv,
+    r_hat: np.ndarray,
+    *,
+    theta0=None,
+    gtol: float = GTOL,
 ) -> Result:
     """Exact policy gradient on J_r̂(θ) = E_θ r̂ − β KL (the expectation computed on the tree,
     so the REINFORCE estimator's mean), run to convergence; equals :func:`soft_rl` over Π."""
-    res = soft_rl(env, r_hat, policy if not isinstance(policy, TabularPolicy) else
-                  _AsGeneric(policy), theta0=theta0, gtol=gtol)
+    res = soft_rl(
+        env,
+        r_hat,
+        policy if not isinstance(policy, TabularPolicy) else _AsGeneric(policy),
+        theta0=theta0,
+        gtol=gtol,
+    )
     return Result("pg", res.logp, r_hat, res.params, res.loss, res.grad_norm, res.converged)
 
 
@@ -186,7 +282,9 @@ class _AsGeneric:
         return getattr(self._p, name)
 
 
-def best_of_n(env: TreeEnv, r_hat: np.ndarray, n: int, base_logp: np.ndarray | None = None) -> Result:
+def best_of_n(
+    env: TreeEnv, r_hat: np.ndarray, n: int, base_logp: np.ndarray | None = None
+) -> Result:
     """Best-of-n reranking of samples from ``base_logp`` (default π_ref) by r̂: exact law."""
     lp = T.best_of_n_logp(env.logp_ref if base_logp is None else base_logp, r_hat, n)
     return Result("bon", lp, r_hat, np.array([n], float), float("nan"), 0.0, True, 0.0, {"n": n})

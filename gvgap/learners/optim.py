@@ -53,8 +53,13 @@ def minimize(
         x0,
         jac=True,
         method="L-BFGS-B",
-        options={"maxiter": maxiter, "maxfun": 4 * maxiter, "gtol": gtol * 1e-2, "ftol": 0.0,
-                 "maxcor": 30},
+        options={
+            "maxiter": maxiter,
+            "maxfun": 4 * maxiter,
+            "gtol": gtol * 1e-2,
+            "ftol": 0.0,
+            "maxcor": 30,
+        },
     )
     x, n_iter = res.x, int(res.nit)
     f, g = fg(x)
@@ -66,8 +71,7 @@ def minimize(
     return OptResult(x, float(f), gn, n_iter, gn <= gtol)
 
 
-def _dense_newton_step(fg: FunGrad, x: np.ndarray, g: np.ndarray, eps: float = 1e-6
-                       ) -> np.ndarray:
+def _dense_newton_step(fg: FunGrad, x: np.ndarray, g: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """−H⁺ g with H the symmetrised forward-difference Hessian of the exact gradient."""
     n = x.size
     hess = np.empty((n, n))
@@ -98,8 +102,8 @@ def _cg_newton_step(fg: FunGrad, x: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def _newton_polish(fg: FunGrad, x, f, g, gtol, solve, max_steps: int = 20):
-    k = 0
-    for k in range(1, max_steps + 1):
+    steps = 0
+    for steps in range(1, max_steps + 1):  # noqa: B007 (the count is returned)
         step = solve(fg, x, g)
         if not np.all(np.isfinite(step)) or g @ step >= 0:  # not a descent direction
             step = -g
@@ -115,4 +119,4 @@ def _newton_polish(fg: FunGrad, x, f, g, gtol, solve, max_steps: int = 20):
         x, f, g = accepted
         if np.linalg.norm(g) <= gtol:
             break
-    return x, f, g, k
+    return x, f, g, steps

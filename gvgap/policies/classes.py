@@ -42,7 +42,7 @@ def edge_sums(g: np.ndarray, vocab: int, horizon: int) -> list[np.ndarray]:
 
 def _logits_vjp(logpi: NodeLogp, g: np.ndarray) -> list[np.ndarray]:
     """∂(Σ g · log P)/∂ logits for node policies log π = log_softmax(logits), per depth."""
-    m, _, vocab = logpi[0].shape
+    vocab = logpi[0].shape[-1]
     out = []
     for lp, e in zip(logpi, edge_sums(g, vocab, len(logpi))):
         out.append(e - np.exp(lp) * e.sum(axis=-1, keepdims=True))
@@ -180,7 +180,9 @@ class SoftOptimalPolicy:
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
         """log P* = log P_ref + r_θ/β − log Z_θ."""
-        return T.log_normalize_leaf(self.logp_ref + self.reward_class.leaf_reward(theta) / self.beta)
+        return T.log_normalize_leaf(
+            self.logp_ref + self.reward_class.leaf_reward(theta) / self.beta
+        )
 
     def vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray:
         """∂ log P(ξ)/∂r(ξ') = (1[ξ = ξ'] − P(ξ'))/β, chained into the reward class."""

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 from gvgap.errors import UserError
@@ -157,6 +158,21 @@ def run_in_process(chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
 PARENT_POLL_S = 0.5
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a killed, not yet reaped driver)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid now belongs to another user's process
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS): trust os.kill
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _exit_with(driver: int) -> None:
     """Pool-worker initializer: exit as soon as the driver process ``driver`` is gone.
 
@@ -167,16 +183,11 @@ def _exit_with(driver: int) -> None:
         return
 
     def watch() -> None:
-        while True:
+        while _alive(driver):
             time.sleep(PARENT_POLL_S)
-            try:
-                os.kill(driver, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:  # pid reused by another user's process
-                os._exit(1)
+        os._exit(1)
 
-    threading.Thread(target=watch, name="gvgap-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="gvgap-driver-watch", daemon=True).start()
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
