@@ -29,7 +29,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check gvgap tests benchmarks
 
 bench: setup
-	$(PY) benchmarks/run_all.py
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs

@@ -115,7 +115,7 @@ QUICK = {
 }
 #: Re-checks of the verdict (fields leave the grid): other V, β and π_ref.
 ROBUSTNESS = [
-    {"vocab": 2, "family": "linear"},
+    {"vocab": 2, "horizon": 6, "family": "linear"},
     {"vocab": 4, "family": "linear", "n_pairs": 16},
     {"beta": 0.5, "family": "linear"},
     {"ref": "random", "family": "linear"},
