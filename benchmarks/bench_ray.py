@@ -7,7 +7,7 @@ started and its workers warmed (imports) before the clock starts and stopped aft
 so the ratio compares execution, not cluster start-up (printed separately). Results of both
 are checked to be identical.
 
-Usage: .venv/bin/python benchmarks/bench_ray.py [--seeds 16] [--horizon 6] [--policies 100]
+Usage: .venv/bin/python benchmarks/bench_ray.py [--seeds 32] [--horizon 6] [--policies 100]
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ TARGET = 1.7
 
 
 def _warm_up() -> None:
-    """Import the experiment in a worker, and hold it so each task lands on its own worker."""
-    import gvgap.experiments.c1_gibbs  # noqa: F401
+    """Import what a sweep task needs in a worker; hold it so each lands on its own worker."""
+    import gvgap.experiments.c1_gibbs
+    import gvgap.sweep.executors  # noqa: F401
 
     time.sleep(1.0)
 
@@ -66,7 +67,7 @@ def mean_run_s(out: Path) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, default=16)
+    p.add_argument("--seeds", type=int, default=32)
     p.add_argument("--horizon", type=int, default=6)
     p.add_argument("--policies", type=int, default=100)
     args = p.parse_args()

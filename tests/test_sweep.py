@@ -81,6 +81,7 @@ def test_instance_seed_and_seeds_override() -> None:
         ({"seeds": True}, "seeds"),
         ({"instance_seed": -1}, "instance_seed"),
         ({"fixed": {"horizon": 0}}, "horizon"),
+        ({"grids": {"vocab": [2]}}, "grids"),
     ],
 )
 def test_bad_spec_data_names_the_field(data: dict, needle: str) -> None:

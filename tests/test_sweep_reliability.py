@@ -124,8 +124,6 @@ def test_local_pool_equals_in_process(tmp_path: Path) -> None:
     spec = load_spec(str(toml))
     one = run_sweep(spec, tmp_path / "one", workers=1, progress=False, chunk_size=1)
     pool = run_sweep(spec, tmp_path / "pool", workers=2, progress=False)
-    if not one.equals(pool):
-        one.to_pickle("/tmp/dbg_one.pkl"); pool.to_pickle("/tmp/dbg_pool.pkl")
     pd.testing.assert_frame_equal(one, pool, check_exact=True)
 
 
@@ -138,8 +136,6 @@ def test_ray_equals_local(tmp_path: Path) -> None:
     local = run_sweep(spec, tmp_path / "local", workers=1, progress=False)
     remote = run_sweep(spec, tmp_path / "ray", executor="ray", workers=2, progress=False)
     assert not ray.is_initialized()  # the runner stops the cluster it started
-    if not local.equals(remote):
-        local.to_pickle("/tmp/dbg_local.pkl"); remote.to_pickle("/tmp/dbg_ray.pkl")
     pd.testing.assert_frame_equal(local, remote, check_exact=True)
     assert (tmp_path / "local" / "results.parquet").read_bytes() == (
         tmp_path / "ray" / "results.parquet"

@@ -40,12 +40,10 @@ Record = dict[str, Any]
 def _config(cls: type, values: dict[str, Any]) -> Any:
     from gvgap.experiments.base import config_fields, make_config
 
+    """Rebuild a Config from its JSON record (lists back to tuples where the default is one)."""
     fields = config_fields(cls)
-    fixed = {
-        k: tuple(v) if isinstance(v, list) and isinstance(fields[k].default, tuple) else v
-        for k, v in values.items()
-    }
-    return make_config(cls, fixed)
+    tuples = {k for k, f in fields.items() if isinstance(f.default, tuple)}
+    return make_config(cls, {k: tuple(v) if k in tuples else v for k, v in values.items()})
 
 
 def _record(run: RunSpec, metrics: dict[str, Any], elapsed: float) -> Record:
@@ -147,11 +145,11 @@ def _single_threaded() -> Iterator[None]:
 
 
 def run_in_process(chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
-    """Run chunks one after another in this process, yielding each chunk's records."""
-    for chunk in chunks:
-        with _single_threaded():
-            records = execute_chunk(chunk)
-        yield records
+    """Run chunks one after another in this process, single-threaded like a pool worker,
+    yielding each chunk's records."""
+    with _single_threaded():
+        for chunk in chunks:
+            yield execute_chunk(chunk)
 
 
 #: Seconds between a pool worker's checks that the sweep process is still alive.
@@ -173,12 +171,17 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _exit_with(driver: int) -> None:
-    """Pool-worker initializer: exit as soon as the driver process ``driver`` is gone.
+def _init_worker(driver: int) -> None:
+    """Pool-worker initializer: one BLAS thread, and exit as soon as ``driver`` is gone.
 
-    A SIGKILLed driver cannot stop its workers, and ProcessPoolExecutor workers would otherwise
+    The thread limit backs up :data:`SINGLE_THREAD_ENV` (threadpoolctl, when installed). A
+    SIGKILLed driver cannot stop its workers, and ProcessPoolExecutor workers would otherwise
     finish their queued chunks for nobody and then block forever.
     """
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
     if os.name != "posix":
         return
 
@@ -208,7 +211,7 @@ def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=_mp_context(),
-        initializer=_exit_with,
+        initializer=_init_worker,
         initargs=(os.getpid(),),
     )
     try:

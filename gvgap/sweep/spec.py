@@ -45,6 +45,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli packag
 
 #: Keys allowed in the ``[sweep]`` table.
 SWEEP_KEYS = ("experiment", "seeds", "instance_seed", "description")
+#: Keys of a SETTINGS-shaped dict.
+DATA_KEYS = ("seeds", "instance_seed", "fixed", "grid")
 #: Top-level tables allowed in a sweep file.
 TABLES = ("sweep", "fixed", "grid")
 #: Second entropy word of every instance stream (keeps it disjoint from the run streams).
@@ -234,6 +236,9 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
     """
     where = f"{source}:"
     module = _experiment_module(eid, where)
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:
+        raise UserError(f"{where} unknown key {unknown[0]!r}; allowed: {', '.join(DATA_KEYS)}")
     seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1)
     inst = data.get("instance_seed")
     inst = None if inst is None else check_count(f"{where} instance_seed", inst, 0)
