@@ -63,7 +63,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from gvgap.sweep.spec import load_spec
 
     spec = load_spec(args.target, seeds=args.seeds, quick=args.quick)
-    run_sweep(spec, args.out, executor=args.executor, workers=args.workers, address=args.address)
+    df = run_sweep(
+        spec, args.out, executor=args.executor, workers=args.workers, address=args.address
+    )
+    n_runs = df["run_id"].nunique() if "run_id" in df.columns else 0
+    print(f"{args.out}/results.parquet: {n_runs} runs, {len(df)} rows")
     return 0
 
 
@@ -116,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--address", default=None, help="Ray cluster address (default: start local)")
     s.add_argument("--seeds", type=int, default=None)
-    s.add_argument("--quick", action="store_true", help="use the experiment's QUICK grid")
+    s.add_argument(
+        "--quick", action="store_true", help="use the experiment's QUICK grid (not for .toml)"
+    )
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("plot", help="figures from a run directory")

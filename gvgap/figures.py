@@ -86,7 +86,7 @@ def sidecar(meta: dict[str, Any], files: list[str], seeds: Any = None) -> dict[s
         "files": files,
         "git_sha": git_sha(),
         "gvgap_version": _version(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seeds": seeds if seeds is not None else meta.get("seeds"),
         "meta": meta,
     }

@@ -398,7 +398,7 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     if index is None:
         write_plots(root)
         index = _current_index(root) or {}
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     title = f"gvgap report: {root.resolve().name}"
     doc = Doc(root)
     doc.heading(1, title)

@@ -8,6 +8,7 @@ and per robustness setting), the consolidated ``results.parquet``, ``verdicts.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -18,6 +19,7 @@ import pandas as pd
 
 from gvgap.errors import UserError
 from gvgap.experiments.registry import EXPERIMENTS
+from gvgap.sweep.executors import ray_session, resolve_workers
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
 from gvgap.verify import format_table, run_checks
@@ -104,16 +106,23 @@ def reproduce(
     print(format_table(records), flush=True)
     _write_json(out / "verify.json", records)
     frames, verdicts = [], {}
-    for eid in EXPERIMENTS:
-        print(f"== {eid}", flush=True)
-        df, verdicts[eid] = run_experiment(eid, out, quick, executor, workers)
-        frames.append(df)
-        v = verdicts[eid]
-        print(
-            f"   verdict: {v['verdict']}  effect {v['effect']:.4g} "
-            f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}",
-            flush=True,
-        )
+    # One Ray session for every sweep (run_sweep reuses a running one; starting costs ~5 s).
+    session = (
+        ray_session(resolve_workers(workers), None)
+        if executor == "ray"
+        else contextlib.nullcontext()
+    )
+    with session:
+        for eid in EXPERIMENTS:
+            print(f"== {eid}", flush=True)
+            df, verdicts[eid] = run_experiment(eid, out, quick, executor, workers)
+            frames.append(df)
+            v = verdicts[eid]
+            print(
+                f"   verdict: {v['verdict']}  effect {v['effect']:.4g} "
+                f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}",
+                flush=True,
+            )
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     tmp = out / "results.parquet.tmp"
     results.to_parquet(tmp, index=False)

@@ -14,6 +14,12 @@ Each ``gvgap/experiments/<id>.py`` module exports:
   ``"<pipeline>/<metric>"`` (e.g. ``"dpo/J"``) or a bare ``"<metric>"`` (pipeline ``""``);
 - ``verdict(df) -> Verdict``: from the tidy results table, thresholds as named constants;
 - ``plot(df, ax=None) -> Axes``.
+
+Optional: ``ROBUSTNESS`` (a list of Config overrides under which ``gvgap reproduce``
+re-checks the verdict), ``DESIGN_NOTE`` (the report's paragraph; by convention the module
+docstring), and ``run_batch(cfgs, *, rngs, instance_rngs) -> list[dict]`` with ``BATCH_SIZE``,
+which must be bit-identical to calling ``run`` on each config (the sweep runner batches runs
+to cut per-task overhead).
 """
 
 from __future__ import annotations

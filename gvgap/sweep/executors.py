@@ -228,7 +228,7 @@ def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
 
 
 @contextlib.contextmanager
-def _ray_session(workers: int, address: str | None) -> Iterator[Any]:
+def ray_session(workers: int, address: str | None) -> Iterator[Any]:
     """Connect to ``address`` or start a local Ray with ``workers`` CPUs; reuse a running one."""
     ray = import_ray()
     started = not ray.is_initialized()
@@ -282,7 +282,7 @@ def open_executor(kind: str, workers: int, address: str | None = None) -> Iterat
     local cluster of ``workers`` CPUs, or connects to ``address``.
     """
     if kind == "ray":
-        with _ray_session(workers, address) as ray:
+        with ray_session(workers, address) as ray:
             window = workers
             if address:
                 window = max(1, int(ray.cluster_resources().get("CPU", workers)))

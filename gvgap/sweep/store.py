@@ -60,7 +60,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def provenance() -> dict[str, str | None]:
