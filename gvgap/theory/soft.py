@@ -52,43 +52,72 @@ def soft_value_iteration(logpi_ref: NodeLogp, r: np.ndarray, beta: float) -> Sof
     values: list[np.ndarray] = [None] * (horizon + 1)  # type: ignore[list-item]
     logpi: list[np.ndarray] = [None] * horizon  # type: ignore[list-item]
     values[horizon] = np.asarray(r, dtype=np.float64) / beta
+    scratch = np.empty(values[horizon].size)  # reused by every level: no fresh pages
     for h in range(horizon - 1, -1, -1):
         vocab = logpi_ref[h].shape[-1]
         q = logpi_ref[h] + values[h + 1].reshape(m, -1, vocab)
-        step = _backup_slices if vocab <= SLICE_MAX_VOCAB else _backup_axis
-        values[h], logpi[h] = step(q)
+        values[h], logpi[h] = _backup(q, scratch[: q.size].reshape(q.shape))
     return SoftVIResult(tuple(logpi), tuple(values), values[0][:, 0])
 
 
-#: Up to this V the log-sum-exp runs on contiguous per-token slices (V − 1 elementwise ops),
-#: which beats numpy's reductions over a short last axis by 4–5× (benchmarks/bench_softvi.py).
+#: Below this per-state normaliser the shared shift underflowed: such states are redone with
+#: their own maximum (exact for any reward range).
+_TINY = 1e-280
+#: Up to this V, broadcasts over the token axis run as per-token slices (faster in numpy).
 SLICE_MAX_VOCAB = 8
 
 
-def _backup_axis(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """V_h = logsumexp_a Q(s, a) and log π*(a|s) = Q − V_h, reducing over the last axis."""
-    qmax = q.max(axis=-1, keepdims=True)
-    log_tot = np.log(np.exp(q - qmax).sum(axis=-1, keepdims=True))
-    v = qmax + log_tot
-    return v[..., 0], q - v  # log π*: no underflow for Q-gaps beyond ~745 nats
+def _backup(q: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One level of soft VI: V_h(s) = log Σ_a e^{Q(s,a)} and log π*(a|s) = Q(s,a) − V_h(s).
+
+        The log-sum-exp is stabilised by one shift per *prompt*, c_x = max Q (a long, fast
+        reduction), rather than per state; sums and broadcasts over tokens run on per-token slices for
+    small V (numpy's short-axis reductions are 4–15× slower than a contiguous pass). States
+        whose normaliser underflows under the shared shift (Q-gaps beyond ~645 nats) are redone
+        with their own maximum, so the result is exact for any reward range. ``q`` is consumed.
+
+        Args:
+            q: ``(m, S, V)`` soft Q-values Q(s, a) = log π_ref(a|s) + V_{h+1}(s·a).
+            scratch: optional work array of q's shape (reused across levels).
+
+        Returns:
+            ``(m, S)`` values and ``(m, S, V)`` log-policy.
+    """
+    m, n_states, vocab = q.shape
+    c = q.reshape(m, -1).max(axis=1)
+    q -= c[:, None, None]
+    e = np.exp(q, out=scratch) if scratch is not None else np.exp(q)
+    tot = _sum_tokens(e)
+    log_tot = np.log(np.maximum(tot, _TINY))
+    _subtract_per_state(q, log_tot)
+    values = c[:, None] + log_tot
+    low = tot < _TINY
+    if low.any():
+        z = q[low] + log_tot[low][:, None]  # back to Q − c for those states
+        zmax = z.max(axis=-1, keepdims=True)
+        lse = zmax + np.log(np.exp(z - zmax).sum(axis=-1, keepdims=True))
+        q[low] = z - lse
+        values[low] = np.broadcast_to(c[:, None], low.shape)[low] + lse[:, 0]
+    return values, q
 
 
-def _backup_slices(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Same as :func:`_backup_axis` on contiguous per-token slices; overwrites ``q``."""
-    cols = [np.ascontiguousarray(q[..., a]) for a in range(q.shape[-1])]
-    qmax = cols[0].copy()
-    for c in cols[1:]:
-        np.maximum(qmax, c, out=qmax)
-    tot, tmp = np.zeros_like(qmax), np.empty_like(qmax)
-    for c in cols:
-        np.subtract(c, qmax, out=tmp)
-        np.exp(tmp, out=tmp)
-        tot += tmp
-    np.log(tot, out=tot)
-    tot += qmax
-    for a, c in enumerate(cols):
-        np.subtract(c, tot, out=q[..., a])
-    return tot, q
+def _sum_tokens(e: np.ndarray) -> np.ndarray:
+    """Σ_a e[x, s, a] (per-token slices for small V: no BLAS, no short-axis reduction)."""
+    if e.shape[-1] > SLICE_MAX_VOCAB:
+        return e.sum(axis=-1)
+    tot = e[..., 0].copy()
+    for a in range(1, e.shape[-1]):
+        tot += e[..., a]
+    return tot
+
+
+def _subtract_per_state(q: np.ndarray, v: np.ndarray) -> None:
+    """In place q[x, s, a] −= v[x, s] (per-token slices for small V, a broadcast above)."""
+    if q.shape[-1] <= SLICE_MAX_VOCAB:
+        for a in range(q.shape[-1]):
+            q[..., a] -= v
+    else:
+        q -= v[..., None]
 
 
 def soft_optimal_leaf_logp(logp_ref_leaf: np.ndarray, r: np.ndarray, beta: float) -> np.ndarray:
