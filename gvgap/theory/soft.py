@@ -83,7 +83,7 @@ def _backup(q: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarra
         Returns:
             ``(m, S)`` values and ``(m, S, V)`` log-policy.
     """
-    m, n_states, vocab = q.shape
+    m = q.shape[0]
     c = q.reshape(m, -1).max(axis=1)
     q -= c[:, None, None]
     e = np.exp(q, out=scratch) if scratch is not None else np.exp(q)
