@@ -71,12 +71,13 @@ def _backup(q: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarra
     """One level of soft VI: V_h(s) = log Σ_a e^{Q(s,a)} and log π*(a|s) = Q(s,a) − V_h(s).
 
         The log-sum-exp is stabilised by one shift per *prompt*, c_x = max Q (a long, fast
-        reduction), rather than per state; sums and broadcasts over tokens run on per-token slices for
-    small V (numpy's short-axis reductions are 4–15× slower than a contiguous pass). States
-        whose normaliser underflows under the shared shift (Q-gaps beyond ~645 nats) are redone
-        with their own maximum, so the result is exact for any reward range. ``q`` is consumed.
+    reduction), rather than per state; sums and broadcasts over tokens run on per-token slices
+    for small V (numpy's short-axis reductions are 4–15× slower than a contiguous pass).
+    States whose normaliser underflows under the shared shift (Q-gaps beyond ~645 nats) are
+    redone with their own maximum, so the result is exact for any reward range. ``q`` is
+    consumed.
 
-        Args:
+    Args:
             q: ``(m, S, V)`` soft Q-values Q(s, a) = log π_ref(a|s) + V_{h+1}(s·a).
             scratch: optional work array of q's shape (reused across levels).
 
