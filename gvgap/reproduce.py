@@ -54,7 +54,9 @@ def robust_spec(eid: str, override: dict[str, Any], quick: bool, index: int) -> 
     grid = {k: v for k, v in base.get("grid", {}).items() if k not in override}
     seeds = base.get("seeds", 1)
     data = {
-        "seeds": min(seeds, QUICK_ROBUST_SEEDS) if quick else seeds,
+        "seeds": getattr(module, "ROBUST_SEEDS", min(seeds, QUICK_ROBUST_SEEDS))
+        if quick
+        else seeds,
         "fixed": {**base.get("fixed", {}), **override},
         "grid": grid,
     }
