@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import re
-import subprocess
 import uuid
 import warnings
 from collections.abc import Callable
@@ -33,26 +32,11 @@ from matplotlib.figure import Figure
 
 from gvgap import plots, stats
 from gvgap.errors import UserError
+from gvgap.provenance import git_sha
 
 #: Raster resolution of the PNG (dots per inch).
 PNG_DPI = 160
 FORMATS = ("png", "pdf")
-
-
-def git_sha() -> str | None:
-    """``git rev-parse HEAD`` of the gvgap source tree; None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _version() -> str:

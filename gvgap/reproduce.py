@@ -141,20 +141,9 @@ def reproduce(
 
 
 def _manifest(quick: bool, seconds: float) -> dict[str, Any]:
-    import subprocess
-
     from gvgap import __version__
+    from gvgap.provenance import git_sha
 
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = None
     settings = {
         eid: {
             "QUICK": getattr(m, "QUICK", None),
@@ -165,7 +154,7 @@ def _manifest(quick: bool, seconds: float) -> dict[str, Any]:
     }
     return {
         "gvgap_version": __version__,
-        "git_sha": sha,
+        "git_sha": git_sha(),
         "quick": quick,
         "seconds": round(seconds, 1),
         "experiments": settings,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gvgap.data import Preferences, sample_pairs
+from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import UserError
 from gvgap.learners import (
@@ -51,6 +52,73 @@ def check_range(
         lo_s = "-inf" if lo is None else f"{lo}"
         hi_s = "inf" if hi is None else f"{hi}"
         raise UserError(f"{name} must be in {'(' if lo_open else '['}{lo_s}, {hi_s}]; got {value}")
+
+
+def validate_problem(cfg) -> None:
+    """UserError naming the first bad field among the problem fields shared by the hypothesis
+    Configs (family, V, H, m, β, n, k, RM class, ε, π_ref, λ grid); fields the Config lacks
+    are skipped."""
+    checks = (
+        ("family", lambda v: check_choice("family", v, tuple(FAMILIES))),
+        ("vocab", lambda v: check_range("vocab", v, 2)),
+        ("horizon", lambda v: check_range("horizon", v, 1)),
+        ("n_prompts", lambda v: check_range("n_prompts", v, 1)),
+        ("beta", lambda v: check_range("beta", v, 0.0, lo_open=True)),
+        ("n_pairs", lambda v: check_range("n_pairs", v, 4)),
+        ("k", lambda v: check_range("k", v, 1)),
+        ("rm_class", lambda v: check_choice("rm_class", v, RM_CLASSES)),
+        ("epsilon", lambda v: check_range("epsilon", v, 0.0)),
+        ("ref", lambda v: check_choice("ref", v, ("uniform", "random"))),
+        ("ref_concentration", lambda v: check_range("ref_concentration", v, 0.0, lo_open=True)),
+        ("lam_grid", lambda v: check_choice("lam_grid", v, ("full", "short"))),
+    )
+    for name, check in checks:
+        if hasattr(cfg, name):
+            check(getattr(cfg, name))
+
+
+def check_loop(cfg) -> None:
+    """UserError for a bad online-loop setting (``online_samples``, ``iters``, ``best_worst``
+    with λ = 0) of a Config that runs the exact online loops."""
+    check_range("online_samples", cfg.online_samples, 2)
+    check_range("iters", cfg.iters, 1)
+    if cfg.best_worst and cfg.lam == 0:
+        raise UserError(
+            "lam must be != 0 when best_worst is true (hard best-vs-worst "
+            "labels have no minimiser without a regulariser); got 0"
+        )
+
+
+def robustness(*vocab_horizon: tuple[int, int]) -> list[dict]:
+    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H), then β = 0.3, then
+    a random π_ref."""
+    return [
+        *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
+        {"beta": 0.3},
+        {"ref": "random", "ref_concentration": 1.0},
+    ]
+
+
+def build_env(cfg, instance_rng: np.random.Generator) -> TreeEnv:
+    """The problem instance of a hypothesis Config (drawn only from ``instance_rng``)."""
+    return make_family(
+        cfg.family,
+        rng=instance_rng,
+        vocab=cfg.vocab,
+        horizon=cfg.horizon,
+        n_prompts=cfg.n_prompts,
+        beta=cfg.beta,
+        k=cfg.k,
+        epsilon=cfg.epsilon,
+        ref=cfg.ref,
+        ref_concentration=cfg.ref_concentration,
+    )
+
+
+def gap_metrics(env: TreeEnv) -> dict[str, float]:
+    """The instance's numeric generation-verification gap descriptors (bare metrics)."""
+    gap = env.info.get("gap", {})
+    return {k: float(v) for k, v in gap.items() if isinstance(v, (int, float))}
 
 
 def lambda_grid(lam: float, grid_name: str = "full") -> tuple[float, ...]:

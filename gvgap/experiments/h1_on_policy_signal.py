@@ -34,8 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gvgap.envs.families import FAMILIES, make_family
-from gvgap.errors import UserError
+from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, online_dpo_exact, soft_rl
@@ -113,25 +112,9 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.check_choice("family", self.family, tuple(FAMILIES))
-        C.check_range("vocab", self.vocab, 2)
-        C.check_range("horizon", self.horizon, 1)
-        C.check_range("n_prompts", self.n_prompts, 1)
-        C.check_range("beta", self.beta, 0.0, lo_open=True)
-        C.check_range("n_pairs", self.n_pairs, 4)
-        C.check_range("k", self.k, 1)
-        C.check_range("epsilon", self.epsilon, 0.0)
-        C.check_choice("ref", self.ref, ("uniform", "random"))
-        C.check_range("ref_concentration", self.ref_concentration, 0.0, lo_open=True)
-        C.check_choice("lam_grid", self.lam_grid, ("full", "short"))
+        C.validate_problem(self)
         C.check_choice("local_rm", self.local_rm, LOCAL_RMS)
-        C.check_range("online_samples", self.online_samples, 2)
-        C.check_range("iters", self.iters, 1)
-        if self.best_worst and self.lam == 0:
-            raise UserError(
-                "lam must be != 0 when best_worst is true (hard best-vs-worst "
-                "labels have no minimiser without a regulariser); got 0"
-            )
+        C.check_loop(self)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=16, lam_grid="short", online_samples=4, iters=10)
@@ -147,28 +130,13 @@ QUICK = {
 }
 #: Config overrides under which the verdict is re-checked (V, H, β, random π_ref, implicit RM).
 ROBUSTNESS: list[dict] = [
-    {"vocab": 2, "horizon": 5},
-    {"vocab": 4, "horizon": 3},
-    {"beta": 0.3},
-    {"ref": "random", "ref_concentration": 1.0},
+    *C.robustness((2, 5), (4, 3)),
     {"local_rm": "implicit", "n_pairs": 100},
 ]
 
 
-def build_env(cfg: Config, instance_rng: np.random.Generator):
-    """The problem instance (drawn only from ``instance_rng``)."""
-    return make_family(
-        cfg.family,
-        rng=instance_rng,
-        vocab=cfg.vocab,
-        horizon=cfg.horizon,
-        n_prompts=cfg.n_prompts,
-        beta=cfg.beta,
-        k=cfg.k,
-        epsilon=cfg.epsilon,
-        ref=cfg.ref,
-        ref_concentration=cfg.ref_concentration,
-    )
+#: The problem instance (drawn only from ``instance_rng``).
+build_env = C.build_env
 
 
 def _loop(env, r_hat: np.ndarray, start: Result, *, lam: float, pairs: str, cfg: Config) -> Result:
@@ -230,15 +198,13 @@ def run(
             bw = _loop(env, rm.r_hat, off, lam=off.lam, pairs="best_worst", cfg=cfg)
             out.update(_rows(f"online_dpo_bw_{tag}", env, bw, off, j_off))
     out["max_grad_norm"] = max(v for k, v in out.items() if k.endswith("/grad_norm"))
-    gap = env.info.get("gap", {})
-    out.update({k: float(v) for k, v in gap.items() if isinstance(v, (int, float))})
+    out.update(C.gap_metrics(env))
     return out
 
 
 def _settings(df: pd.DataFrame) -> list[str]:
     """Config fields that vary across the table (the settings to compare separately)."""
-    names = [f.name for f in dataclasses.fields(Config)]
-    return [c for c in names if c in df.columns and df[c].nunique(dropna=False) > 1]
+    return A.varying_fields(Config, df)
 
 
 def changes(
@@ -254,16 +220,7 @@ def changes(
         one row per (pipeline, setting) with ``pipeline``, the varying Config fields,
         ``mean``, ``ci_low``, ``ci_high``, ``n`` (and the stats module's other columns).
     """
-    from gvgap.stats import paired_difference
-
-    by = _settings(df)
-    present = set(df["pipeline"].unique())
-    parts = []
-    for p in pipelines:
-        if p in present:
-            d = paired_difference(df, metric=metric, a_pipeline=p, b_pipeline="dpo", by=by, rng=rng)
-            parts.append(d.assign(pipeline=p))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return A.paired_vs(df, pipelines, by=_settings(df), rng=rng, metric=metric)
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
@@ -273,15 +230,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
     ch = changes(df, rng=np.random.default_rng(0))
     head = ch[ch["pipeline"] == HEADLINE] if not ch.empty else ch
     if head.empty:
-        return Verdict(
-            CLAIM,
-            "inconclusive",
-            float("nan"),
-            float("nan"),
-            float("nan"),
-            0,
-            f"no {HEADLINE} runs",
-        )
+        return A.inconclusive(CLAIM, f"no {HEADLINE} runs")
     worst = head.loc[np.maximum(head["ci_high"].abs(), head["ci_low"].abs()).idxmax()]
     if worst["ci_low"] >= -NO_CHANGE_MARGIN and worst["ci_high"] <= NO_CHANGE_MARGIN:
         label = "against"
@@ -304,15 +253,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
         f"{mean_of('rlhf_rsim')}, best-vs-worst R_sim {mean_of('online_dpo_bw_rsim')}; "
         f"margin ±{NO_CHANGE_MARGIN}"
     )
-    return Verdict(
-        CLAIM,
-        label,
-        float(worst["mean"]),
-        float(worst["ci_low"]),
-        float(worst["ci_high"]),
-        int(df["run_id"].nunique()),
-        detail,
-    )
+    return A.verdict_at(CLAIM, label, worst, df, detail)
 
 
 def plot(df: pd.DataFrame, ax=None):
@@ -330,15 +271,7 @@ def plot(df: pd.DataFrame, ax=None):
         x = np.arange(len(order)) + (i - (len(groups) - 1) / 2) * width
         key = key if isinstance(key, tuple) else (key,)
         label = ", ".join(f"{b}={v}" for b, v in zip(by, key)) or "all runs"
-        ax.errorbar(
-            x,
-            g["mean"],
-            yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
-            ls="none",
-            marker="o",
-            capsize=3,
-            label=label,
-        )
+        A.errorbar_ci(ax, x, g, ls="none", marker="o", label=label)
     ax.axhspan(-NO_CHANGE_MARGIN, NO_CHANGE_MARGIN, color="0.85", label="no-change margin")
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_yscale("symlog", linthresh=NO_CHANGE_MARGIN)

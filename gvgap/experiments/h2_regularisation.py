@@ -39,8 +39,8 @@ import pandas as pd
 from scipy.optimize import brentq
 
 from gvgap import theory as T
-from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
+from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import preference_fit
@@ -112,18 +112,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.check_choice("family", self.family, tuple(FAMILIES))
-        C.check_range("vocab", self.vocab, 2)
-        C.check_range("horizon", self.horizon, 1)
-        C.check_range("n_prompts", self.n_prompts, 1)
-        C.check_range("beta", self.beta, 0.0, lo_open=True)
-        C.check_range("n_pairs", self.n_pairs, 4)
-        C.check_range("k", self.k, 1)
-        C.check_choice("rm_class", self.rm_class, C.RM_CLASSES)
-        C.check_range("epsilon", self.epsilon, 0.0)
-        C.check_choice("ref", self.ref, ("uniform", "random"))
-        C.check_range("ref_concentration", self.ref_concentration, 0.0, lo_open=True)
-        C.check_choice("lam_grid", self.lam_grid, ("full", "short"))
+        C.validate_problem(self)
         C.check_choice("alpha_grid", self.alpha_grid, tuple(ALPHA_GRIDS))
 
 
@@ -143,28 +132,11 @@ QUICK = {
     "grid": {"n_pairs": [16, 64, 256]},
 }
 #: Config overrides under which the verdict is re-checked (``gvgap reproduce``).
-ROBUSTNESS: list[dict] = [
-    {"vocab": 4, "horizon": 3},
-    {"vocab": 2, "horizon": 6},
-    {"beta": 0.3},
-    {"ref": "random", "ref_concentration": 1.0},
-]
+ROBUSTNESS: list[dict] = C.robustness((4, 3), (2, 6))
 
 
-def build_env(cfg: Config, instance_rng: np.random.Generator) -> TreeEnv:
-    """The problem instance (drawn only from ``instance_rng``)."""
-    return make_family(
-        cfg.family,
-        rng=instance_rng,
-        vocab=cfg.vocab,
-        horizon=cfg.horizon,
-        n_prompts=cfg.n_prompts,
-        beta=cfg.beta,
-        k=cfg.k,
-        epsilon=cfg.epsilon,
-        ref=cfg.ref,
-        ref_concentration=cfg.ref_concentration,
-    )
+#: The problem instance (drawn only from ``instance_rng``).
+build_env = C.build_env
 
 
 # ---------------------------------------------------------------- exact KL matching
@@ -304,18 +276,8 @@ def verdict(df: pd.DataFrame) -> Verdict:
         gap = gap[gap["rm_class"] == "linear"]
     gap = gap[gap["n"] > 0]
     if gap.empty:
-        return Verdict(
-            CLAIM,
-            "inconclusive",
-            float("nan"),
-            float("nan"),
-            float("nan"),
-            0,
-            "no matched linear-RM runs",
-        )
-    for col, pick in (("horizon", max), ("n_pairs", min)):
-        if col in gap.columns:
-            gap = gap[gap[col] == pick(gap[col])]
+        return A.inconclusive(CLAIM, "no matched linear-RM runs")
+    gap = A.pick_setting(gap, (("horizon", max), ("n_pairs", min)))
     row = gap.iloc[0]
     if row["ci_low"] > MIN_GAP:
         label = "against"
@@ -329,28 +291,12 @@ def verdict(df: pd.DataFrame) -> Verdict:
     head = df[mask]
     at_dpo = bare_metric_ci(head, "matched_gap_dpo", [], rng=rng).iloc[0]
     lam = bare_metric_ci(head, "matched_gap_lam", [], rng=rng).iloc[0]
-    where = ", ".join(f"{b}={_fmt(row[b])}" for b in by)
+    where = ", ".join(f"{b}={A.fmt(row[b])}" for b in by)
     detail = (
         f"headline {where}: mean matched-KL gap over the DPO+αKL frontier; at plain "
-        f"DPO's KL {_ci(at_dpo)}; over DPO's λ frontier {_ci(lam)}"
+        f"DPO's KL {A.ci_text(at_dpo)}; over DPO's λ frontier {A.ci_text(lam)}"
     )
-    return Verdict(
-        CLAIM,
-        label,
-        float(row["mean"]),
-        float(row["ci_low"]),
-        float(row["ci_high"]),
-        int(df["run_id"].nunique()),
-        detail,
-    )
-
-
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)
-
-
-def _ci(row: pd.Series) -> str:
-    return f"{row['mean']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+    return A.verdict_at(CLAIM, label, row, df, detail)
 
 
 def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
@@ -377,16 +323,8 @@ def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         for key, g in frame.groupby(group) if group else [((), frame)]:
             g = g.sort_values("n_pairs")
             key = key if isinstance(key, tuple) else (key,)
-            suffix = ", ".join(f"{b}={_fmt(v)}" for b, v in zip(group, key))
-            ax.errorbar(
-                g["n_pairs"],
-                g["mean"],
-                yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
-                ls=ls,
-                marker="o",
-                capsize=3,
-                label=f"{label} {suffix}".strip(),
-            )
+            suffix = ", ".join(f"{b}={A.fmt(v)}" for b, v in zip(group, key))
+            A.errorbar_ci(ax, g["n_pairs"], g, ls=ls, marker="o", label=f"{label} {suffix}".strip())
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xscale("log")
     ns = sorted(df["n_pairs"].unique()) if "n_pairs" in df.columns else []

@@ -26,14 +26,12 @@ or optimisation; the verdict reports it (and bw R_sim − bw local) but does not
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from gvgap.envs.families import FAMILIES, make_family
-from gvgap.errors import UserError
+from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, online_dpo_exact
@@ -104,24 +102,8 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.check_choice("family", self.family, tuple(FAMILIES))
-        C.check_range("vocab", self.vocab, 2)
-        C.check_range("horizon", self.horizon, 1)
-        C.check_range("n_prompts", self.n_prompts, 1)
-        C.check_range("beta", self.beta, 0.0, lo_open=True)
-        C.check_range("n_pairs", self.n_pairs, 4)
-        C.check_range("k", self.k, 1)
-        C.check_range("epsilon", self.epsilon, 0.0)
-        C.check_choice("ref", self.ref, ("uniform", "random"))
-        C.check_range("ref_concentration", self.ref_concentration, 0.0, lo_open=True)
-        C.check_choice("lam_grid", self.lam_grid, ("full", "short"))
-        C.check_range("online_samples", self.online_samples, 2)
-        C.check_range("iters", self.iters, 1)
-        if self.best_worst and self.lam == 0:
-            raise UserError(
-                "lam must be != 0 when best_worst is true (hard best-vs-worst "
-                "labels have no minimiser without a regulariser); got 0"
-            )
+        C.validate_problem(self)
+        C.check_loop(self)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=16, lam_grid="short", online_samples=4, iters=10)
@@ -136,28 +118,11 @@ QUICK = {
     "grid": {"horizon": [2, 3, 4]},
 }
 #: Config overrides under which the verdict is re-checked (V, H, β, random π_ref).
-ROBUSTNESS: list[dict] = [
-    {"vocab": 2, "horizon": 5},
-    {"vocab": 4, "horizon": 3},
-    {"beta": 0.3},
-    {"ref": "random", "ref_concentration": 1.0},
-]
+ROBUSTNESS: list[dict] = C.robustness((2, 5), (4, 3))
 
 
-def build_env(cfg: Config, instance_rng: np.random.Generator):
-    """The problem instance (drawn only from ``instance_rng``)."""
-    return make_family(
-        cfg.family,
-        rng=instance_rng,
-        vocab=cfg.vocab,
-        horizon=cfg.horizon,
-        n_prompts=cfg.n_prompts,
-        beta=cfg.beta,
-        k=cfg.k,
-        epsilon=cfg.epsilon,
-        ref=cfg.ref,
-        ref_concentration=cfg.ref_concentration,
-    )
+#: The problem instance (drawn only from ``instance_rng``).
+build_env = C.build_env
 
 
 def _loop(env, r_hat: np.ndarray, *, lam: float, pairs: str, cfg: Config) -> Result:
@@ -205,15 +170,13 @@ def run(
             out.update(_rows(f"online_dpo_bw_{tag}", env, bw))
     out["max_grad_norm"] = max(v for k, v in out.items() if k.endswith("/grad_norm"))
     out["max_loop_delta"] = max(out[f"{p}/loop_delta"] for p in PRIMARY)
-    gap = env.info.get("gap", {})
-    out.update({k: float(v) for k, v in gap.items() if isinstance(v, (int, float))})
+    out.update(C.gap_metrics(env))
     return out
 
 
 def _settings(df: pd.DataFrame) -> list[str]:
     """Config fields that vary across the table (the settings to compare separately)."""
-    names = [f.name for f in dataclasses.fields(Config)]
-    return [c for c in names if c in df.columns and df[c].nunique(dropna=False) > 1]
+    return A.varying_fields(Config, df)
 
 
 #: Paired contrasts (label, a pipeline, b pipeline) the verdict and the plot read.
@@ -269,15 +232,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
     ct = contrasts(df, rng=np.random.default_rng(0))
     adv = ct[ct["contrast"] == CONTRASTS[0][0]] if not ct.empty else ct
     if adv.empty:
-        return Verdict(
-            CLAIM,
-            "inconclusive",
-            float("nan"),
-            float("nan"),
-            float("nan"),
-            0,
-            "no online_dpo_rsim runs",
-        )
+        return A.inconclusive(CLAIM, "no online_dpo_rsim runs")
     head = _headline(adv)
     local = ct[ct["contrast"] == CONTRASTS[1][0]]
     local_ok = not local.empty and bool(
@@ -304,15 +259,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
         + "; ".join(f"{lbl} {mean_of(lbl)}" for lbl, _, _ in CONTRASTS[2:])
         + " (best-vs-worst: hard labels, not used by the verdict)"
     )
-    return Verdict(
-        CLAIM,
-        label,
-        float(head["mean"]),
-        float(head["ci_low"]),
-        float(head["ci_high"]),
-        int(df["run_id"].nunique()),
-        detail,
-    )
+    return A.verdict_at(CLAIM, label, head, df, detail)
 
 
 def plot(df: pd.DataFrame, ax=None):
@@ -332,15 +279,7 @@ def plot(df: pd.DataFrame, ax=None):
         x = x + 0.04 * (i - (len(groups) - 1) / 2)  # jitter so the CIs do not overlap
         style = ":" if keys[0].startswith("best-worst") else "-"
         label = ", ".join([keys[0], *(f"{c}={v}" for c, v in zip(rest, keys[1:]))])
-        ax.errorbar(
-            x,
-            g["mean"],
-            yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
-            ls=style,
-            marker="o",
-            capsize=3,
-            label=label,
-        )
+        A.errorbar_ci(ax, x, g, ls=style, marker="o", label=label)
     ax.axhspan(-EQUIVALENCE_MARGIN, EQUIVALENCE_MARGIN, color="0.85", label="equivalence margin")
     ax.axhline(0.0, color="k", lw=0.8)
     if xcol:

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from gvgap.data import Preferences
-from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
+from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result
@@ -91,19 +91,8 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.check_choice("family", self.family, tuple(FAMILIES))
-        C.check_range("vocab", self.vocab, 2)
-        C.check_range("horizon", self.horizon, 1)
-        C.check_range("n_prompts", self.n_prompts, 1)
-        C.check_range("beta", self.beta, 0.0, lo_open=True)
-        C.check_range("n_pairs", self.n_pairs, 4)
+        C.validate_problem(self)
         C.check_range("extra_factor", self.extra_factor, 0.0, 1000.0)
-        C.check_range("k", self.k, 1)
-        C.check_choice("rm_class", self.rm_class, C.RM_CLASSES)
-        C.check_range("epsilon", self.epsilon, 0.0)
-        C.check_choice("ref", self.ref, ("uniform", "random"))
-        C.check_range("ref_concentration", self.ref_concentration, 0.0, lo_open=True)
-        C.check_choice("lam_grid", self.lam_grid, ("full", "short"))
 
 
 SMOKE = Config(vocab=2, horizon=3, n_prompts=2, n_pairs=12, extra_factor=2.0, lam_grid="short")
@@ -118,28 +107,11 @@ QUICK = {
     "grid": {"n_pairs": [16, 64], "n_prompts": [1, 16]},
 }
 #: Config overrides under which the verdict is re-checked (``gvgap reproduce``).
-ROBUSTNESS: list[dict] = [
-    {"vocab": 4, "horizon": 3},
-    {"vocab": 2, "horizon": 6},
-    {"beta": 0.3},
-    {"ref": "random", "ref_concentration": 1.0},
-]
+ROBUSTNESS: list[dict] = C.robustness((4, 3), (2, 6))
 
 
-def build_env(cfg: Config, instance_rng: np.random.Generator) -> TreeEnv:
-    """The problem instance (drawn only from ``instance_rng``)."""
-    return make_family(
-        cfg.family,
-        rng=instance_rng,
-        vocab=cfg.vocab,
-        horizon=cfg.horizon,
-        n_prompts=cfg.n_prompts,
-        beta=cfg.beta,
-        k=cfg.k,
-        epsilon=cfg.epsilon,
-        ref=cfg.ref,
-        ref_concentration=cfg.ref_concentration,
-    )
+#: The problem instance (drawn only from ``instance_rng``).
+build_env = C.build_env
 
 
 def restrict_to_prompts(res: Result, env: TreeEnv, seen: np.ndarray) -> Result:
@@ -187,35 +159,16 @@ def _by(df: pd.DataFrame) -> list[str]:
 
 def advantages(df: pd.DataFrame, *, rng: np.random.Generator) -> pd.DataFrame:
     """Paired J_norm(variant) − J_norm(dpo) per setting and variant, with 95% bootstrap CIs."""
-    from gvgap.stats import paired_difference
-
-    by = _by(df)
-    frames = []
-    for name in VARIANTS:
-        if not (df["pipeline"] == name).any():
-            continue
-        d = paired_difference(
-            df, metric="J_norm", a_pipeline=name, b_pipeline="dpo", by=by, rng=rng
-        )
-        frames.append(d.assign(variant=name))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return A.paired_vs(df, VARIANTS, by=_by(df), rng=rng, column="variant")
 
 
 def _headline(adv: pd.DataFrame) -> pd.DataFrame:
     """Largest H, smallest m (strictest prompt coverage is a variant, not the headline),
     smallest n, largest extra factor, linear RM."""
-    h = adv
-    if "rm_class" in h.columns:
-        h = h[h["rm_class"] == "linear"]
-    for col, pick in (
-        ("horizon", max),
-        ("n_prompts", min),
-        ("n_pairs", min),
-        ("extra_factor", max),
-    ):
-        if col in h.columns and not h.empty:
-            h = h[h[col] == pick(h[col])]
-    return h
+    h = adv[adv["rm_class"] == "linear"] if "rm_class" in adv.columns else adv
+    return A.pick_setting(
+        h, (("horizon", max), ("n_prompts", min), ("n_pairs", min), ("extra_factor", max))
+    )
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
@@ -226,9 +179,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
     head = _headline(adv) if not adv.empty else adv
     same = head[head["variant"] == "rlhf_same"] if not head.empty else head
     if same.empty:
-        return Verdict(
-            CLAIM, "inconclusive", float("nan"), float("nan"), float("nan"), 0, "no linear-RM runs"
-        )
+        return A.inconclusive(CLAIM, "no linear-RM runs")
     s = same.iloc[0]
     ext = head[head["variant"] == "rlhf_extra"].iloc[0]
     if s["ci_low"] > MIN_ADVANTAGE:
@@ -239,7 +190,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
         label = "inconclusive"
     denom = ext["mean"]
     share = (ext["mean"] - s["mean"]) / denom if abs(denom) > 1e-12 else float("nan")
-    where = ", ".join(f"{b}={_fmt(s[b])}" for b in _by(df) if b in s.index)
+    where = ", ".join(f"{b}={A.fmt(s[b])}" for b in _by(df) if b in s.index)
     detail = (
         f"headline {where}: identical-data advantage {s['mean']:.3g} "
         f"[{s['ci_low']:.3g}, {s['ci_high']:.3g}]; with extra RM pairs {ext['mean']:.3g} "
@@ -248,23 +199,12 @@ def verdict(df: pd.DataFrame) -> Verdict:
     )
     if "n_prompts" in adv.columns and adv["n_prompts"].max() > 1:
         many = _headline(adv[adv["n_prompts"] == adv["n_prompts"].max()]).set_index("variant")
-        ci = {
-            v: f"{r['mean']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
-            for v, r in many.iterrows()
-        }
+        ci = {v: A.ci_text(r) for v, r in many.iterrows()}
         detail += (
-            f"; at m={_fmt(adv['n_prompts'].max())} prompts: identical data "
+            f"; at m={A.fmt(adv['n_prompts'].max())} prompts: identical data "
             f"{ci.get('rlhf_same')}, with all prompts unlabelled for RL {ci.get('rlhf_prompts')}"
         )
-    return Verdict(
-        CLAIM,
-        label,
-        float(s["mean"]),
-        float(s["ci_low"]),
-        float(s["ci_high"]),
-        int(df["run_id"].nunique()),
-        detail,
-    )
+    return A.verdict_at(CLAIM, label, s, df, detail)
 
 
 def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
@@ -282,18 +222,17 @@ def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         mask = np.ones(len(adv), bool)
         for b in group:
             mask &= (adv[b] == setting[b]).to_numpy()
-        where = ", ".join(f"{b}={_fmt(setting[b])}" for b in group)
+        where = ", ".join(f"{b}={A.fmt(setting[b])}" for b in group)
         for name in VARIANTS:
             g = adv[mask & (adv["variant"] == name).to_numpy()].sort_values("n_pairs")
             if g.empty or (name == "rlhf_prompts" and setting.get("n_prompts", 2) == 1):
                 continue  # with one prompt it is rlhf_same
-            ax.errorbar(
+            A.errorbar_ci(
+                ax,
                 g["n_pairs"],
-                g["mean"],
-                yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
+                g,
                 ls=styles[i % len(styles)],
                 marker="o",
-                capsize=3,
                 color=colors[name],
                 label=f"{name} {where}".strip(),
             )
@@ -307,7 +246,3 @@ def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set_title("H4: is the online advantage data?")
     ax.legend(fontsize=7)
     return ax
-
-
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)

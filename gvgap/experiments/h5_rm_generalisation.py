@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from gvgap.envs.families import FAMILIES, make_family
-from gvgap.envs.tree_env import TreeEnv
+from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 from gvgap.learners import best_of_n
@@ -102,17 +101,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.check_choice("family", self.family, tuple(FAMILIES))
-        C.check_range("vocab", self.vocab, 2)
-        C.check_range("horizon", self.horizon, 1)
-        C.check_range("n_prompts", self.n_prompts, 1)
-        C.check_range("beta", self.beta, 0.0, lo_open=True)
-        C.check_range("n_pairs", self.n_pairs, 4)
-        C.check_range("k", self.k, 1)
-        C.check_range("epsilon", self.epsilon, 0.0)
-        C.check_choice("ref", self.ref, ("uniform", "random"))
-        C.check_range("ref_concentration", self.ref_concentration, 0.0, lo_open=True)
-        C.check_choice("lam_grid", self.lam_grid, ("full", "short"))
+        C.validate_problem(self)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=20, lam_grid="short")
@@ -127,28 +116,11 @@ QUICK = {
     "grid": {"n_pairs": [16, 64, 256]},
 }
 #: Config overrides under which the verdict is re-checked (``gvgap reproduce``).
-ROBUSTNESS: list[dict] = [
-    {"vocab": 4, "horizon": 3},
-    {"vocab": 2, "horizon": 6},
-    {"beta": 0.3},
-    {"ref": "random", "ref_concentration": 1.0},
-]
+ROBUSTNESS: list[dict] = C.robustness((4, 3), (2, 6))
 
 
-def build_env(cfg: Config, instance_rng: np.random.Generator) -> TreeEnv:
-    """The problem instance (drawn only from ``instance_rng``)."""
-    return make_family(
-        cfg.family,
-        rng=instance_rng,
-        vocab=cfg.vocab,
-        horizon=cfg.horizon,
-        n_prompts=cfg.n_prompts,
-        beta=cfg.beta,
-        k=cfg.k,
-        epsilon=cfg.epsilon,
-        ref=cfg.ref,
-        ref_concentration=cfg.ref_concentration,
-    )
+#: The problem instance (drawn only from ``instance_rng``).
+build_env = C.build_env
 
 
 def bon_pipeline(rm: str, n: int) -> str:
@@ -255,10 +227,7 @@ def _by(df: pd.DataFrame) -> list[str]:
 
 
 def _headline(frame: pd.DataFrame) -> pd.DataFrame:
-    for col, pick in (("horizon", max), ("n_pairs", min)):
-        if col in frame.columns and not frame.empty:
-            frame = frame[frame[col] == pick(frame[col])]
-    return frame
+    return A.pick_setting(frame, (("horizon", max), ("n_pairs", min)))
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
@@ -269,9 +238,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
     rng = np.random.default_rng(0)
     by = _by(df)
     if not (df["pipeline"] == bon_pipeline("linear", HEAD_N)).any():
-        return Verdict(
-            CLAIM, "inconclusive", float("nan"), float("nan"), float("nan"), 0, "no best-of-N runs"
-        )
+        return A.inconclusive(CLAIM, "no best-of-N runs")
 
     def diff(a: str, b: str) -> pd.Series:
         d = paired_difference(
@@ -309,15 +276,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
             for p in acc.index
         )
     )
-    return Verdict(
-        CLAIM,
-        label,
-        float(head["mean"]),
-        float(head["ci_low"]),
-        float(head["ci_high"]),
-        int(df["run_id"].nunique()),
-        detail,
-    )
+    return A.verdict_at(CLAIM, label, head, df, detail)
 
 
 def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
@@ -341,13 +300,12 @@ def plot(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         for rm in ("linear", "local", "tabular", "star"):  # tabular (x) drawn over local
             g = sub[sub["rm"] == rm].sort_values("N")
             name = "r* (oracle)" if rm == "star" else f"{rm} RM"
-            ax.errorbar(
+            A.errorbar_ci(
+                ax,
                 g["N"],
-                g["mean"],
-                yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
+                g,
                 ls=ls,
                 marker=markers[rm],
-                capsize=3,
                 color=colors[rm],
                 mfc="none",
                 label=name if n is None else f"{name}, n={n:g}",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gvgap.envs.families import FAMILIES, make_family
+from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments.base import Verdict
 
@@ -77,18 +77,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.check_choice("family", self.family, tuple(FAMILIES))
-        C.check_range("vocab", self.vocab, 2)
-        C.check_range("horizon", self.horizon, 1)
-        C.check_range("n_prompts", self.n_prompts, 1)
-        C.check_range("beta", self.beta, 0.0, lo_open=True)
-        C.check_range("n_pairs", self.n_pairs, 4)
-        C.check_range("k", self.k, 1)
-        C.check_choice("rm_class", self.rm_class, C.RM_CLASSES)
-        C.check_range("epsilon", self.epsilon, 0.0)
-        C.check_choice("ref", self.ref, ("uniform", "random"))
-        C.check_range("ref_concentration", self.ref_concentration, 0.0, lo_open=True)
-        C.check_choice("lam_grid", self.lam_grid, ("full", "short"))
+        C.validate_problem(self)
         C.check_range("online_samples", self.online_samples, 2)
 
 
@@ -125,20 +114,8 @@ ROBUSTNESS = [
 ]
 
 
-def build_env(cfg: Config, instance_rng: np.random.Generator):
-    """The problem instance (drawn only from ``instance_rng``)."""
-    return make_family(
-        cfg.family,
-        rng=instance_rng,
-        vocab=cfg.vocab,
-        horizon=cfg.horizon,
-        n_prompts=cfg.n_prompts,
-        beta=cfg.beta,
-        k=cfg.k,
-        epsilon=cfg.epsilon,
-        ref=cfg.ref,
-        ref_concentration=cfg.ref_concentration,
-    )
+#: The problem instance (drawn only from ``instance_rng``).
+build_env = C.build_env
 
 
 def run(
@@ -155,8 +132,7 @@ def run(
     if cfg.online_dpo:
         odpo = C.fit_online_dpo(env, on.r_hat, n_samples=cfg.online_samples, lam=on.lam)
         out.update(C.metric_row("online_dpo", env, odpo))
-    gap = env.info.get("gap", {})
-    out.update({k: float(v) for k, v in gap.items() if isinstance(v, (int, float))})
+    out.update(C.gap_metrics(env))
     return out
 
 
@@ -193,9 +169,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
     lin = adv[adv["rm_class"] == "linear"]
     ctrl = adv[adv["rm_class"] != "linear"]
     if lin.empty:
-        return Verdict(
-            CLAIM, "inconclusive", float("nan"), float("nan"), float("nan"), 0, "no linear-RM runs"
-        )
+        return A.inconclusive(CLAIM, "no linear-RM runs")
     head = lin[(lin["horizon"] == lin["horizon"].max()) & (lin["n_pairs"] == lin["n_pairs"].min())]
     row = head.iloc[0]
     ctrl_ok = ctrl.empty or bool(
@@ -212,22 +186,14 @@ def verdict(df: pd.DataFrame) -> Verdict:
     tail = big_n.iloc[0]
     detail = (
         f"headline H={row['horizon']}, n={row['n_pairs']}; at n={tail['n_pairs']}: "
-        f"{tail['mean']:.3g} [{tail['ci_low']:.3g}, {tail['ci_high']:.3g}]; isomorphic "
+        f"{A.ci_text(tail)}; isomorphic "
         f"control within ±{EQUIVALENCE_MARGIN}: {ctrl_ok}; r* ∈ R(Π) (policy_complex) "
         f"shows no advantage: {no_gap_ok}"
     )
     if not no_gap.empty:
         worst = no_gap.loc[no_gap["mean"].idxmax()]
-        detail += f" (largest {worst['mean']:.3g} [{worst['ci_low']:.3g}, {worst['ci_high']:.3g}])"
-    return Verdict(
-        CLAIM,
-        label,
-        float(row["mean"]),
-        float(row["ci_low"]),
-        float(row["ci_high"]),
-        int(df["run_id"].nunique()),
-        detail,
-    )
+        detail += f" (largest {A.ci_text(worst)})"
+    return A.verdict_at(CLAIM, label, row, df, detail)
 
 
 def plot(df: pd.DataFrame, ax=None):
@@ -241,16 +207,7 @@ def plot(df: pd.DataFrame, ax=None):
     for (rm, n), g in adv.groupby(["rm_class", "n_pairs"]):
         g = g.sort_values("horizon")
         style = "-" if rm == "linear" else ":"
-        err = [g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]]
-        ax.errorbar(
-            g["horizon"],
-            g["mean"],
-            yerr=err,
-            ls=style,
-            marker="o",
-            capsize=3,
-            label=f"{rm} RM, n={int(n)}",
-        )
+        A.errorbar_ci(ax, g["horizon"], g, ls=style, marker="o", label=f"{rm} RM, n={int(n)}")
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xlabel("horizon H (generation complexity; gap grows with H)")
     ax.set_ylabel("online − offline  J_norm  (95% CI)")

@@ -102,17 +102,7 @@ def preference_fit(
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
     lp = policy.leaf_logp(opt.x)
-    return Result(
-        loss,
-        lp,
-        beta * (lp - env.logp_ref),
-        opt.x,
-        opt.fun,
-        opt.grad_norm,
-        opt.converged,
-        lam,
-        {"n_iter": opt.n_iter},
-    )
+    return Result.from_opt(loss, lp, beta * (lp - env.logp_ref), opt, lam)
 
 
 def dpo(policy, env: TreeEnv, data: Preferences, **kw) -> Result:
@@ -148,17 +138,7 @@ def sft(
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
     lp = policy.leaf_logp(opt.x)
-    return Result(
-        "sft",
-        lp,
-        beta * (lp - env.logp_ref),
-        opt.x,
-        opt.fun,
-        opt.grad_norm,
-        opt.converged,
-        lam,
-        {"n_iter": opt.n_iter},
-    )
+    return Result.from_opt("sft", lp, beta * (lp - env.logp_ref), opt, lam)
 
 
 def spin_pairs(demos: Demos, logp_t: np.ndarray) -> Preferences:
@@ -205,14 +185,10 @@ def spin(
         theta, lp = res.params, res.logp
         if delta < tol:
             break
-    return Result(
+    return Result.from_loop(
         "spin",
-        lp,
-        env.beta * (lp - env.logp_ref),
-        theta,
-        res.loss,
-        res.grad_norm,
-        res.converged and history[-1] < tol,
-        lam,
-        {"deltas": history},
+        res,
+        converged=res.converged and history[-1] < tol,
+        lam=lam,
+        extra={"deltas": history},
     )

@@ -44,17 +44,7 @@ def fit_reward(
         return v + rv, reward_class.vjp(wt, scatter(d, p, c, shape) - scatter(d, p, r, shape) + rg)
 
     opt = minimize(fg, reward_class.init_params() if w0 is None else w0, gtol=gtol)
-    return Result(
-        "rm",
-        None,
-        reward_class.leaf_reward(opt.x),
-        opt.x,
-        opt.fun,
-        opt.grad_norm,
-        opt.converged,
-        lam,
-        {"n_iter": opt.n_iter},
-    )
+    return Result.from_opt("rm", None, reward_class.leaf_reward(opt.x), opt, lam)
 
 
 def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: float = GTOL) -> Result:
@@ -161,16 +151,12 @@ def online_dpo_exact(
         theta, lp = res.params, res.logp
         if deltas[-1] < tol:
             break
-    return Result(
+    return Result.from_loop(
         "online_dpo",
-        lp,
-        res.r_hat,
-        theta,
-        res.loss,
-        res.grad_norm,
-        res.converged and deltas[-1] < tol,
-        lam,
-        {"deltas": deltas},
+        res,
+        converged=res.converged and deltas[-1] < tol,
+        lam=lam,
+        extra={"deltas": deltas},
     )
 
 
@@ -238,16 +224,12 @@ def online_dpo_sampled(
             lam,
             {"n_pairs": 0},
         )
-    return Result(
+    return Result.from_loop(
         "online_dpo",
-        lp,
-        res.r_hat,
-        theta,
-        res.loss,
-        res.grad_norm,
-        res.converged,
-        lam,
-        {"n_pairs": int(sum(len(b) for b in buffer))},
+        res,
+        converged=res.converged,
+        lam=lam,
+        extra={"n_pairs": int(sum(len(b) for b in buffer))},
     )
 
 

@@ -33,3 +33,36 @@ class Result:
     converged: bool
     lam: float = 0.0
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_opt(cls, pipeline: str, logp, r_hat, opt, lam: float = 0.0) -> Result:
+        """A one-stage fit from its optimiser output (:class:`~gvgap.learners.optim.OptResult`)."""
+        return cls(
+            pipeline,
+            logp,
+            r_hat,
+            opt.x,
+            opt.fun,
+            opt.grad_norm,
+            opt.converged,
+            lam,
+            {"n_iter": opt.n_iter},
+        )
+
+    @classmethod
+    def from_loop(
+        cls, pipeline: str, last: Result, *, converged: bool, lam: float, extra: dict
+    ) -> Result:
+        """An iterated fit (online DPO, SPIN) from its ``last`` stage: that stage's policy,
+        reward coordinates, parameters, loss and gradient norm."""
+        return cls(
+            pipeline,
+            last.logp,
+            last.r_hat,
+            last.params,
+            last.loss,
+            last.grad_norm,
+            converged,
+            lam,
+            extra,
+        )

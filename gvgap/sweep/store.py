@@ -20,13 +20,13 @@ import datetime
 import importlib.metadata
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gvgap.errors import UserError
+from gvgap.provenance import git_sha
 from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json
 
 if TYPE_CHECKING:
@@ -69,18 +69,7 @@ def provenance() -> dict[str, str | None]:
         version = importlib.metadata.version("gvgap")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"gvgap_version": version, "git_sha": sha or None}
+    return {"gvgap_version": version, "git_sha": git_sha()}
 
 
 def tidy_frame(records: list[dict[str, Any]], fields: list[str]) -> pd.DataFrame:
