@@ -197,20 +197,31 @@ def verdict(df: pd.DataFrame) -> Verdict:
 
 
 def plot(df: pd.DataFrame, ax=None):
-    """Headline: online − offline J_norm vs horizon (gap), one line per n, control dashed."""
+    """Headline: online − offline J_norm vs horizon (gap), one line per n, control dotted.
+
+    With a single horizon (e.g. ``sims/h6_no_gap.toml``) the x-axis is n instead.
+    """
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
+    if "family" in df.columns and (df["family"] != "policy_complex").any():
+        df = df[df["family"] != "policy_complex"]  # the no-gap control is in the verdict
+    by_h = df["horizon"].nunique() > 1 if "horizon" in df.columns else False
+    x, line = ("horizon", "n_pairs") if by_h else ("n_pairs", "horizon")
     adv = advantage(df, rng=np.random.default_rng(0))
-    if "family" in df.columns:
-        adv = advantage(df[df["family"] != "policy_complex"], rng=np.random.default_rng(0))
-    for (rm, n), g in adv.groupby(["rm_class", "n_pairs"]):
-        g = g.sort_values("horizon")
+    for (rm, v), g in adv.groupby(["rm_class", line]):
+        g = g.sort_values(x)
         style = "-" if rm == "linear" else ":"
-        A.errorbar_ci(ax, g["horizon"], g, ls=style, marker="o", label=f"{rm} RM, n={int(n)}")
+        label = f"{rm} RM, {'n' if by_h else 'H'}={int(v)}"
+        A.errorbar_ci(ax, g[x], g, ls=style, marker="o", label=label)
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xlabel("horizon H (generation complexity; gap grows with H)")
+    if by_h:
+        ax.set_xlabel("horizon H (generation complexity; gap grows with H)")
+    else:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("preference pairs n")
     ax.set_ylabel("online − offline  J_norm  (95% CI)")
-    ax.set_title("H6: online advantage vs generation-verification gap")
+    family = ", ".join(sorted(df["family"].unique())) if "family" in df.columns else ""
+    ax.set_title(f"H6: online advantage vs the gap ({family})")
     ax.legend(fontsize=7, ncol=2)
     return ax
