@@ -7,6 +7,8 @@ pipeline's reward coordinates; refit on all of D), and converged optimisers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from gvgap.data import Preferences, sample_pairs
@@ -75,6 +77,44 @@ def validate_problem(cfg) -> None:
     for name, check in checks:
         if hasattr(cfg, name):
             check(getattr(cfg, name))
+
+
+@dataclass(frozen=True)
+class ProblemConfig:
+    """The problem and protocol knobs shared by the hypothesis experiments (h1–h6); each
+    experiment's ``Config`` subclasses it, adds its own fields and may override a default.
+
+    Attributes:
+        family: problem family (``gvgap list``): linear, policy_complex, planning, misspec.
+        vocab: V, tokens per step.
+        horizon: H, completion length — the generation-complexity knob (H ≤ 2: little gap).
+        n_prompts: m, prompts.
+        beta: KL strength β of the true objective and of every learner.
+        n_pairs: |D|, preference pairs shared by all pipelines.
+        k: verifier complexity (features of R_sim).
+        epsilon: misspecification size (family ``misspec``).
+        ref: π_ref family, uniform or random.
+        ref_concentration: Dirichlet concentration of a random π_ref.
+        lam: regularisation λ; negative = select on a held-out split (shared protocol).
+        lam_grid: ``full`` or ``short`` λ grid for selection.
+    """
+
+    family: str = "linear"
+    vocab: int = 3
+    horizon: int = 4
+    n_prompts: int = 1
+    beta: float = 1.0
+    n_pairs: int = 50
+    k: int = 3
+    epsilon: float = 0.0
+    ref: str = "uniform"
+    ref_concentration: float = 1.0
+    lam: float = -1.0
+    lam_grid: str = "full"
+
+    def validate(self) -> None:
+        """Raise UserError naming the first bad field."""
+        validate_problem(self)
 
 
 def check_loop(cfg) -> None:

@@ -68,22 +68,13 @@ PIPELINES = (
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(C.ProblemConfig):
     """One h1_on_policy_signal setting.
 
+    Shared problem fields: :class:`common.ProblemConfig`.
+
     Attributes:
-        family: problem family (``gvgap list``); needs R_sim features.
-        vocab: V, tokens per step.
-        horizon: H, completion length.
-        n_prompts: m, prompts.
-        beta: KL strength β of the true objective and of every learner.
-        n_pairs: |D|, preference pairs shared by all pipelines.
-        k: verifier complexity (features of R_sim).
-        epsilon: misspecification size (family ``misspec``).
-        ref: π_ref family, uniform or random.
-        ref_concentration: Dirichlet concentration of a random π_ref.
-        lam: regularisation λ of DPO and the RM fits; negative = select on a held-out split.
-        lam_grid: ``full`` or ``short`` λ grid for selection.
+        n_pairs: |D| (default 30 here).
         local_rm: ``fit`` (BT-fit a local RM on D) or ``implicit`` (π_off's implicit reward).
         online_lam: λ inside the BT-relabelled online loop; 0 = exact relabelling; negative =
             re-apply the RM's selected λ every round.
@@ -92,18 +83,7 @@ class Config:
         iters: maximum online iterations (each optimised to convergence).
     """
 
-    family: str = "linear"
-    vocab: int = 3
-    horizon: int = 4
-    n_prompts: int = 1
-    beta: float = 1.0
     n_pairs: int = 30
-    k: int = 3
-    epsilon: float = 0.0
-    ref: str = "uniform"
-    ref_concentration: float = 1.0
-    lam: float = -1.0
-    lam_grid: str = "full"
     local_rm: str = "fit"
     online_lam: float = 0.0
     best_worst: bool = True
@@ -112,7 +92,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.validate_problem(self)
+        super().validate()
         C.check_choice("local_rm", self.local_rm, LOCAL_RMS)
         C.check_loop(self)
 

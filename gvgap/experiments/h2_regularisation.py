@@ -73,46 +73,24 @@ TIE_TOL = 1e-9
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(C.ProblemConfig):
     """One h2_regularisation setting.
 
+    Shared problem fields: :class:`common.ProblemConfig`.
+
     Attributes:
-        family: problem family (``gvgap list``).
-        vocab: V, tokens per step.
-        horizon: H, completion length.
-        n_prompts: m, prompts.
-        beta: KL strength β of the true objective and of DPO / the shared-protocol RLHF.
-        n_pairs: |D|, preference pairs shared by all pipelines.
-        k: verifier complexity (features of R_sim).
         rm_class: the online pipeline's RM: linear (R_sim), tabular or local (isomorphic).
-        epsilon: misspecification size (family ``misspec``).
-        ref: π_ref family, uniform or random.
-        ref_concentration: Dirichlet concentration of a random π_ref.
-        lam: regularisation λ; negative = select on a held-out split (shared protocol).
-        lam_grid: ``full`` or ``short`` λ grid for selection.
         alpha_grid: ``full`` or ``short`` grid of on-policy KL coefficients α for offline DPO.
         lam_frontier: also trace offline DPO's own λ frontier (α = 0, every λ of the grid).
     """
 
-    family: str = "linear"
-    vocab: int = 3
-    horizon: int = 4
-    n_prompts: int = 1
-    beta: float = 1.0
-    n_pairs: int = 50
-    k: int = 3
     rm_class: str = "linear"
-    epsilon: float = 0.0
-    ref: str = "uniform"
-    ref_concentration: float = 1.0
-    lam: float = -1.0
-    lam_grid: str = "full"
     alpha_grid: str = "full"
     lam_frontier: bool = True
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.validate_problem(self)
+        super().validate()
         C.check_choice("alpha_grid", self.alpha_grid, tuple(ALPHA_GRIDS))
 
 

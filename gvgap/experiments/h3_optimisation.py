@@ -60,22 +60,13 @@ SECONDARY = ("online_dpo_bw_local", "online_dpo_bw_rsim")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(C.ProblemConfig):
     """One h3_optimisation setting.
 
+    Shared problem fields: :class:`common.ProblemConfig`.
+
     Attributes:
-        family: problem family (``gvgap list``); needs R_sim features.
-        vocab: V, tokens per step.
-        horizon: H, completion length (the gap grows with H).
-        n_prompts: m, prompts.
-        beta: KL strength β of the true objective and of every learner.
-        n_pairs: |D|, preference pairs shared by all pipelines.
-        k: verifier complexity (features of R_sim).
-        epsilon: misspecification size (family ``misspec``).
-        ref: π_ref family, uniform or random.
-        ref_concentration: Dirichlet concentration of a random π_ref.
-        lam: regularisation λ of DPO and the RM fits; negative = select on a held-out split.
-        lam_grid: ``full`` or ``short`` λ grid for selection.
+        n_pairs: |D| (default 30 here).
         online_lam: λ inside the soft-labelled loop; 0 = exact relabelling; negative = the
             offline DPO's selected λ.
         best_worst: also run the best-vs-worst loops (secondary pipelines).
@@ -83,18 +74,7 @@ class Config:
         iters: maximum online iterations (each optimised to convergence).
     """
 
-    family: str = "linear"
-    vocab: int = 3
-    horizon: int = 4
-    n_prompts: int = 1
-    beta: float = 1.0
     n_pairs: int = 30
-    k: int = 3
-    epsilon: float = 0.0
-    ref: str = "uniform"
-    ref_concentration: float = 1.0
-    lam: float = -1.0
-    lam_grid: str = "full"
     online_lam: float = 0.0
     best_worst: bool = True
     online_samples: int = 8
@@ -102,7 +82,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.validate_problem(self)
+        super().validate()
         C.check_loop(self)
 
 

@@ -54,44 +54,22 @@ VARIANTS = ("rlhf_same", "rlhf_extra", "rlhf_prompts")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(C.ProblemConfig):
     """One h4_data setting.
 
+    Shared problem fields: :class:`common.ProblemConfig`.
+
     Attributes:
-        family: problem family (``gvgap list``).
-        vocab: V, tokens per step.
-        horizon: H, completion length.
-        n_prompts: m, prompts (> 1 makes the unlabelled-prompt variant differ).
-        beta: KL strength β of the true objective and of every learner.
-        n_pairs: |D|, base preference pairs shared by DPO and ``rlhf_same``.
         extra_factor: |D_extra| / |D|: extra pairs from π_ref given only to ``rlhf_extra``'s RM.
-        k: verifier complexity (features of R_sim).
         rm_class: linear (R_sim), tabular or local (isomorphic controls).
-        epsilon: misspecification size (family ``misspec``).
-        ref: π_ref family, uniform or random.
-        ref_concentration: Dirichlet concentration of a random π_ref.
-        lam: regularisation λ; negative = select on a held-out split (shared protocol).
-        lam_grid: ``full`` or ``short`` λ grid for selection.
     """
 
-    family: str = "linear"
-    vocab: int = 3
-    horizon: int = 4
-    n_prompts: int = 1
-    beta: float = 1.0
-    n_pairs: int = 50
     extra_factor: float = 4.0
-    k: int = 3
     rm_class: str = "linear"
-    epsilon: float = 0.0
-    ref: str = "uniform"
-    ref_concentration: float = 1.0
-    lam: float = -1.0
-    lam_grid: str = "full"
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.validate_problem(self)
+        super().validate()
         C.check_range("extra_factor", self.extra_factor, 0.0, 1000.0)
 
 

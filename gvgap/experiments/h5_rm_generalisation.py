@@ -68,40 +68,9 @@ BLOCK = 1024
 
 
 @dataclass(frozen=True)
-class Config:
-    """One h5_rm_generalisation setting.
-
-    Attributes:
-        family: problem family (``gvgap list``).
-        vocab: V, tokens per step.
-        horizon: H, completion length.
-        n_prompts: m, prompts.
-        beta: KL strength β of the true objective and of every learner.
-        n_pairs: |D|, preference pairs shared by every RM.
-        k: verifier complexity (features of R_sim).
-        epsilon: misspecification size (family ``misspec``).
-        ref: π_ref family, uniform or random.
-        ref_concentration: Dirichlet concentration of a random π_ref.
-        lam: regularisation λ; negative = select on a held-out split (shared protocol).
-        lam_grid: ``full`` or ``short`` λ grid for selection.
-    """
-
-    family: str = "linear"
-    vocab: int = 3
-    horizon: int = 4
-    n_prompts: int = 1
-    beta: float = 1.0
-    n_pairs: int = 50
-    k: int = 3
-    epsilon: float = 0.0
-    ref: str = "uniform"
-    ref_concentration: float = 1.0
-    lam: float = -1.0
-    lam_grid: str = "full"
-
-    def validate(self) -> None:
-        """Raise UserError naming the first bad field."""
-        C.validate_problem(self)
+class Config(C.ProblemConfig):
+    """One h5_rm_generalisation setting: the shared problem fields only
+    (:class:`common.ProblemConfig`; n_pairs is the data every RM is fitted on)."""
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=20, lam_grid="short")

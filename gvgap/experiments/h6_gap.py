@@ -38,46 +38,24 @@ EQUIVALENCE_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(C.ProblemConfig):
     """One h6_gap setting.
 
+    Shared problem fields: :class:`common.ProblemConfig`.
+
     Attributes:
-        family: problem family (``gvgap list``): linear, policy_complex, planning, misspec.
-        vocab: V, tokens per step.
-        horizon: H, completion length — the generation-complexity knob (H ≤ 2: no gap).
-        n_prompts: m, prompts.
-        beta: KL strength β of the true objective and of every learner.
-        n_pairs: |D|, preference pairs shared by all pipelines.
-        k: verifier complexity (features of R_sim).
         rm_class: linear (R_sim), tabular (isomorphic control) or local (R(Π)).
-        epsilon: misspecification size (family ``misspec``).
-        ref: π_ref family, uniform or random.
-        ref_concentration: Dirichlet concentration of a random π_ref.
-        lam: regularisation λ; negative = select on a held-out split (shared protocol).
-        lam_grid: ``full`` or ``short`` λ grid for selection.
         online_dpo: also run online DPO labelled by the RM.
         online_samples: samples per prompt for online DPO's best-vs-worst pairs.
     """
 
-    family: str = "linear"
-    vocab: int = 3
-    horizon: int = 4
-    n_prompts: int = 1
-    beta: float = 1.0
-    n_pairs: int = 50
-    k: int = 3
     rm_class: str = "linear"
-    epsilon: float = 0.0
-    ref: str = "uniform"
-    ref_concentration: float = 1.0
-    lam: float = -1.0
-    lam_grid: str = "full"
     online_dpo: bool = True
     online_samples: int = 8
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
-        C.validate_problem(self)
+        super().validate()
         C.check_range("online_samples", self.online_samples, 2)
 
 
