@@ -117,6 +117,17 @@ class ProblemConfig:
         validate_problem(self)
 
 
+def prepare(
+    cfg: ProblemConfig, rng: np.random.Generator, instance_rng: np.random.Generator
+) -> tuple[TreeEnv, Preferences, tuple[float, ...], int]:
+    """The setting every hypothesis run starts from, in one fixed draw order: the instance
+    (from ``instance_rng`` only), then D (n pairs from π_ref, BT labels by r*), the λ grid, and
+    the seed of the train/validation split shared by every pipeline (both from ``rng``)."""
+    env = build_env(cfg, instance_rng)
+    data = draw_pairs(env, cfg.n_pairs, rng)
+    return env, data, lambda_grid(cfg.lam, cfg.lam_grid), split_seed_from(rng)
+
+
 def check_loop(cfg) -> None:
     """UserError for a bad online-loop setting (``online_samples``, ``iters``, ``best_worst``
     with λ = 0) of a Config that runs the exact online loops."""

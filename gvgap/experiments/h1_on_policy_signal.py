@@ -158,10 +158,7 @@ def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """π_off, then every online pipeline started at π_off, for a local and an R_sim RM."""
-    env = build_env(cfg, instance_rng)
-    data = C.draw_pairs(env, cfg.n_pairs, rng)
-    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
-    split_seed = C.split_seed_from(rng)
+    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
     off = C.fit_dpo(env, data, grid, split_seed)
     out = C.metric_row("dpo", env, off)
     j_off = out["dpo/J_norm"]

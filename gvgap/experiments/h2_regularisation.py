@@ -185,10 +185,7 @@ def run(
 ) -> dict[str, float]:
     """Offline DPO frontiers (α at the smallest λ; λ at α = 0) vs the online soft-RL
     frontier, matched exactly in KL(π‖π_ref)."""
-    env = build_env(cfg, instance_rng)
-    data = C.draw_pairs(env, cfg.n_pairs, rng)
-    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
-    split_seed = C.split_seed_from(rng)
+    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
     off = C.fit_dpo(env, data, grid, split_seed)
     on = C.fit_rlhf(env, data, cfg.rm_class, grid, split_seed)
     out = {

@@ -131,10 +131,7 @@ def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """Offline DPO vs the same online loop labelled by a local and by an R_sim RM."""
-    env = build_env(cfg, instance_rng)
-    data = C.draw_pairs(env, cfg.n_pairs, rng)
-    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
-    split_seed = C.split_seed_from(rng)
+    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
     off = C.fit_dpo(env, data, grid, split_seed)
     out = C.metric_row("dpo", env, off)
     lam_bt = cfg.online_lam if cfg.online_lam >= 0 else off.lam

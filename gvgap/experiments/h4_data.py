@@ -102,10 +102,7 @@ def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """DPO vs RLHF with identical data, extra RM pairs, and extra unlabelled prompts."""
-    env = build_env(cfg, instance_rng)
-    data = C.draw_pairs(env, cfg.n_pairs, rng)
-    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
-    split_seed = C.split_seed_from(rng)
+    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
     n_extra = round(cfg.extra_factor * cfg.n_pairs)
     extra = C.draw_pairs(env, n_extra, rng) if n_extra > 0 else None
     seen = np.bincount(data.prompt, minlength=env.n_prompts) > 0

@@ -151,10 +151,7 @@ def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """RMs of three classes on one D: exact ID / OOD accuracy and exact best-of-N curves."""
-    env = build_env(cfg, instance_rng)
-    data = C.draw_pairs(env, cfg.n_pairs, rng)
-    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
-    split_seed = C.split_seed_from(rng)
+    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
     off = C.fit_dpo(env, data, grid, split_seed)
     lin = C.fit_rlhf(env, data, "linear", grid, split_seed)
     tab = C.fit_rlhf(env, data, "tabular", grid, split_seed)

@@ -100,10 +100,7 @@ def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """DPO vs RLHF (vs online DPO) on one instance and one dataset."""
-    env = build_env(cfg, instance_rng)
-    data = C.draw_pairs(env, cfg.n_pairs, rng)
-    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
-    split_seed = C.split_seed_from(rng)
+    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
     off = C.fit_dpo(env, data, grid, split_seed)
     on = C.fit_rlhf(env, data, cfg.rm_class, grid, split_seed)
     out = {**C.metric_row("dpo", env, off), **C.metric_row("rlhf", env, on)}
