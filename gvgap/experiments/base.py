@@ -37,7 +37,13 @@ VERDICTS = ("supported", "against", "inconclusive")
 
 @dataclass(frozen=True)
 class Verdict:
-    """A hypothesis verdict backed by an effect size and its 95% CI (DESIGN §5)."""
+    """A hypothesis verdict backed by an effect size and its 95% CI (DESIGN §5).
+
+    ``verdict`` is always *on the hypothesis* (``supported`` / ``against`` /
+    ``inconclusive``), never on whether the code "worked": an experiment whose prediction is
+    "no effect" and finds none reports ``prediction_held=True``. ``positive_control`` is the
+    effect (with its CI) of the arm that shows the test can detect what it looks for.
+    """
 
     claim: str
     verdict: str
@@ -46,6 +52,9 @@ class Verdict:
     ci_high: float
     n_runs: int
     detail: str = ""
+    hypothesis: str = ""
+    prediction_held: bool | None = None
+    positive_control: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -61,6 +70,13 @@ class Verdict:
             "ci_high": float(self.ci_high),
             "n_runs": int(self.n_runs),
             "detail": self.detail,
+            "hypothesis": self.hypothesis,
+            "prediction_held": self.prediction_held,
+            "positive_control": (
+                None
+                if self.positive_control is None
+                else {k: float(v) for k, v in self.positive_control.items()}
+            ),
         }
 
 
