@@ -80,62 +80,199 @@ class Verdict:
         }
 
 
+#: Largest magnitude of an integer Config value (exactly representable as float64 / int64).
+MAX_INT = 2**53
+#: Exact-numerics range of the KL strength β (closed): inside it every learner and metric is
+#: computed in float64 without overflow (log-sum-exp in β-scaled rewards); outside it the
+#: value is refused rather than returning NaN.
+BETA_RANGE = (1e-3, 1e3)
+#: Default memory budget of one run (bytes); ``GVGAP_MAX_MEMORY_GB`` overrides it.
+MEMORY_LIMIT_BYTES = 8 * 2**30
+#: Leaves m·V^H of the largest enumerable tree (kept equal to theory.tree.MAX_LEAVES_DEFAULT).
+MAX_LEAVES = 1 << 24
+#: Bytes per policy parameter held by the optimisers: scipy L-BFGS (maxcor 30: 2·30 history
+#: vectors + ~10 work vectors) plus the learners' node-logit / gradient / VJP buffers (~10).
+BYTES_PER_PARAM = 8 * 80
+
+
 def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:
     """Fields of a Config dataclass by name."""
     return {f.name: f for f in dataclasses.fields(config_cls)}
 
 
+def did_you_mean(name: str, choices: Any) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (huge or deeply nested values stay one line)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def coerce_value(config_cls: type, name: str, value: Any) -> Any:
     """Convert ``value`` (from TOML or a ``--set k=v`` string) to the type of field ``name``.
+
+    Floats must be finite (NaN and ±inf are refused: no field gives them a meaning); integers
+    must satisfy ``|v| <= MAX_INT``.
 
     Raises:
         UserError: unknown field or a value of the wrong type, naming the field.
     """
     fields = config_fields(config_cls)
     if name not in fields:
+        exp = config_cls.__module__.split(".")[-1]
         raise UserError(
-            f"unknown config field {name!r} for {config_cls.__module__.split('.')[-1]}; "
-            f"allowed: {', '.join(sorted(fields))}"
+            f"unknown config field {name!r} for {exp}{did_you_mean(name, fields)}; "
+            f"allowed: {', '.join(sorted(fields))} (gvgap show {exp})"
         )
     default = fields[name].default
     kind = type(default) if default is not dataclasses.MISSING else str
     try:
-        if kind is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low not in ("true", "false", "1", "0"):
-                    raise ValueError
-                return low in ("true", "1")
-            if not isinstance(value, (bool, np.bool_)):
+        out = _coerce(kind, value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(
+            f"config field {name!r} expects {kind.__name__}, got {short_repr(value)}"
+        ) from None
+    if kind is float and not np.isfinite(out):
+        raise UserError(f"config field {name!r} must be a finite number, got {short_repr(value)}")
+    if kind is int and abs(out) > MAX_INT:
+        raise UserError(
+            f"config field {name!r} must be an integer with |value| <= 2**53, "
+            f"got {short_repr(value)}"
+        )
+    return out
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` (bool, int, float, str); ValueError / TypeError when it is not."""
+    if isinstance(value, (list, tuple, dict)):
+        raise ValueError
+    if kind is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low not in ("true", "false", "1", "0"):
                 raise ValueError
-            return bool(value)
-        if kind is int:
-            if isinstance(value, bool):
+            return low in ("true", "1")
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError
+        return bool(value)
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, str):
+            text = value.strip()
+            if len(text) > 40:
                 raise ValueError
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
+            try:
+                return int(text)
+            except ValueError:
+                value = float(text)  # "1e3" is an integer written as a float
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, str) and len(value) > 40:
+            raise ValueError
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError
         return value
-    except (TypeError, ValueError):
-        raise UserError(f"config field {name!r} expects {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def tree_leaves_log2(cfg: Any) -> float | None:
+    """log2 of the m·V^H leaves of ``cfg`` (None without vocab/horizon or with bad values)."""
+    vocab, horizon = getattr(cfg, "vocab", None), getattr(cfg, "horizon", None)
+    m = getattr(cfg, "n_prompts", 1)
+    if not all(isinstance(v, int) for v in (vocab, horizon, m)):
+        return None
+    if vocab < 2 or horizon < 1 or m < 1:
+        return None
+    return float(np.log2(m) + horizon * np.log2(vocab))
+
+
+def memory_limit() -> int:
+    """The per-run memory budget in bytes (``GVGAP_MAX_MEMORY_GB`` or MEMORY_LIMIT_BYTES)."""
+    import os
+
+    env = os.environ.get("GVGAP_MAX_MEMORY_GB")
+    try:
+        return int(float(env) * 2**30) if env else MEMORY_LIMIT_BYTES
+    except ValueError:
+        return MEMORY_LIMIT_BYTES
+
+
+def estimate_memory(cfg: Any) -> int:
+    """Upper estimate (bytes) of what one run of ``cfg`` allocates at its peak.
+
+    With N = m·V^H leaves, P = m·(V^{H+1}−1)/(V−1) node parameters, k features and n pairs:
+    BYTES_PER_PARAM·P (optimiser state over the tabular policy, times the random policies of
+    ``n_policies``) + 8·N·(2k + 16) (r*, features, feature VJPs, exact tables) + 16·k² (the
+    k×k linear-RM Hessian and its factor) + 64·n (pairs and their per-pair buffers).
+    """
+    log2_n = tree_leaves_log2(cfg)
+    if log2_n is None:
+        return 0
+    vocab, m = cfg.vocab, getattr(cfg, "n_prompts", 1)
+    leaves = 2.0**log2_n
+    params = leaves * vocab / (vocab - 1) + m
+    k = max(int(getattr(cfg, "k", 0) or 0), 0)
+    n_pol = max(int(getattr(cfg, "n_policies", 1) or 1), 1)
+    n_pairs = max(int(getattr(cfg, "n_pairs", 0) or 0), 0)
+    total = BYTES_PER_PARAM * params * n_pol + 8.0 * leaves * (2 * k + 16)
+    total += 16.0 * k * k + 64.0 * n_pairs
+    return int(min(total, 2.0**62))
+
+
+def check_resources(cfg: Any) -> None:
+    """Refuse a Config whose tree cannot be enumerated or whose run would not fit in memory.
+
+    Computed from logarithms, so ``horizon = 10**6`` is refused at once (no V^H big integer).
+
+    Raises:
+        UserError: naming the fields, the estimate and the limit.
+    """
+    log2_n = tree_leaves_log2(cfg)
+    if log2_n is None:
+        return
+    if log2_n > np.log2(MAX_LEAVES):
+        m = getattr(cfg, "n_prompts", 1)
+        raise UserError(
+            f"tree too large to enumerate: n_prompts*vocab**horizon = {m}"
+            f"*{cfg.vocab}**{cfg.horizon} ~ 2^{log2_n:.1f} leaves > max_leaves = 2^24; "
+            "lower vocab, horizon or n_prompts"
+        )
+    need, limit = estimate_memory(cfg), memory_limit()
+    if need > limit:
+        raise UserError(
+            f"this setting needs about {need / 2**30:.1f} GiB per run (vocab={cfg.vocab}, "
+            f"horizon={cfg.horizon}, k={getattr(cfg, 'k', '-')}, n_pairs="
+            f"{getattr(cfg, 'n_pairs', '-')}) > the {limit / 2**30:.1f} GiB limit "
+            "(GVGAP_MAX_MEMORY_GB); lower horizon, vocab, k or n_pairs"
+        )
 
 
 def make_config(config_cls: type, overrides: dict[str, Any] | None = None) -> Any:
     """Build and validate a Config from overrides (coerced by field type).
 
-    A Config may define ``validate(self) -> None`` raising :class:`UserError`.
+    A Config may define ``validate(self) -> None`` raising :class:`UserError`; then the tree
+    size and the memory a run needs are checked (:func:`check_resources`).
     """
     kwargs = {k: coerce_value(config_cls, k, v) for k, v in (overrides or {}).items()}
     cfg = config_cls(**kwargs)
     check = getattr(cfg, "validate", None)
     if check is not None:
         check()
+    check_resources(cfg)
     return cfg

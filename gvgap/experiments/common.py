@@ -15,6 +15,7 @@ from gvgap.data import Preferences, sample_pairs
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import UserError
+from gvgap.experiments.base import BETA_RANGE, did_you_mean
 from gvgap.learners import (
     LAMBDA_GRID,
     Result,
@@ -33,9 +34,10 @@ SHORT_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """UserError naming the field unless ``value`` is allowed."""
+    """UserError naming the field unless ``value`` is allowed (with a did-you-mean hint)."""
     if value not in allowed:
-        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        hint = did_you_mean(value, allowed)
+        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}{hint}")
 
 
 def check_range(
@@ -46,37 +48,73 @@ def check_range(
     *,
     lo_open: bool = False,
 ) -> None:
-    """UserError naming the field unless lo ≤ value ≤ hi (lo < value if ``lo_open``)."""
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
-        hi is not None and value > hi
-    )
+    """UserError naming the field unless lo ≤ value ≤ hi (lo < value if ``lo_open``); NaN and
+    ±inf are always refused."""
+    bad = not np.isfinite(value)
+    bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
+    bad = bad or (hi is not None and value > hi)
     if bad:
-        lo_s = "-inf" if lo is None else f"{lo}"
-        hi_s = "inf" if hi is None else f"{hi}"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
         raise UserError(f"{name} must be in {'(' if lo_open else '['}{lo_s}, {hi_s}]; got {value}")
+
+
+#: Allowed values of the shared problem fields, checked by :func:`validate_problem` and shown
+#: by ``gvgap show``: ``(lo, hi, lo_open)`` for numbers, a tuple of strings for choices. The
+#: upper bounds keep one run's work bounded (the tree size and memory are checked on top, by
+#: :func:`gvgap.experiments.base.check_resources`); β's range is where the numerics are exact.
+PROBLEM_LIMITS: dict[str, tuple] = {
+    "family": tuple(FAMILIES),
+    "vocab": (2, 4096, False),
+    "horizon": (1, 24, False),
+    "n_prompts": (1, 4096, False),
+    "beta": (*BETA_RANGE, False),
+    "n_pairs": (4, 1_000_000, False),
+    "k": (1, 4096, False),
+    "rm_class": RM_CLASSES,
+    "epsilon": (0.0, 100.0, False),
+    "ref": ("uniform", "random"),
+    "ref_concentration": (1e-3, 1e3, False),
+    "lam": (None, 1e6, False),
+    "lam_grid": ("full", "short"),
+    "online_lam": (None, 1e6, False),
+    "online_samples": (2, 10_000, False),
+    "iters": (1, 10_000, False),
+}
 
 
 def validate_problem(cfg) -> None:
     """UserError naming the first bad field among the problem fields shared by the hypothesis
-    Configs (family, V, H, m, β, n, k, RM class, ε, π_ref, λ grid); fields the Config lacks
-    are skipped."""
-    checks = (
-        ("family", lambda v: check_choice("family", v, tuple(FAMILIES))),
-        ("vocab", lambda v: check_range("vocab", v, 2)),
-        ("horizon", lambda v: check_range("horizon", v, 1)),
-        ("n_prompts", lambda v: check_range("n_prompts", v, 1)),
-        ("beta", lambda v: check_range("beta", v, 0.0, lo_open=True)),
-        ("n_pairs", lambda v: check_range("n_pairs", v, 4)),
-        ("k", lambda v: check_range("k", v, 1)),
-        ("rm_class", lambda v: check_choice("rm_class", v, RM_CLASSES)),
-        ("epsilon", lambda v: check_range("epsilon", v, 0.0)),
-        ("ref", lambda v: check_choice("ref", v, ("uniform", "random"))),
-        ("ref_concentration", lambda v: check_range("ref_concentration", v, 0.0, lo_open=True)),
-        ("lam_grid", lambda v: check_choice("lam_grid", v, ("full", "short"))),
-    )
-    for name, check in checks:
-        if hasattr(cfg, name):
-            check(getattr(cfg, name))
+    Configs (:data:`PROBLEM_LIMITS`); fields the Config lacks are skipped. ``epsilon > 0``
+    needs ``family = "misspec"`` (other families ignore it)."""
+    for name, rule in PROBLEM_LIMITS.items():
+        if not hasattr(cfg, name):
+            continue
+        value = getattr(cfg, name)
+        if isinstance(rule[0], str):
+            check_choice(name, value, rule)
+        else:
+            check_range(name, value, rule[0], rule[1], lo_open=rule[2])
+    if getattr(cfg, "epsilon", 0.0) > 0 and getattr(cfg, "family", "misspec") != "misspec":
+        raise UserError(
+            f"epsilon must be 0 unless family = 'misspec' (got epsilon={cfg.epsilon}, "
+            f"family={cfg.family!r})"
+        )
+    _check_misspec_k(cfg)
+
+
+def _check_misspec_k(cfg) -> None:
+    """``epsilon > 0`` in family misspec needs k < V^H − 1 (else R_sim spans every reward)."""
+    if getattr(cfg, "family", None) != "misspec" or not getattr(cfg, "epsilon", 0.0) > 0:
+        return
+    if cfg.horizon * np.log2(cfg.vocab) > 40:  # V^H − 1 > 10^12 > any allowed k
+        return
+    leaves = cfg.vocab**cfg.horizon
+    if cfg.k >= leaves - 1:
+        raise UserError(
+            f"k must be < vocab**horizon - 1 = {leaves - 1} when epsilon > 0 in family "
+            f"misspec (else R_sim holds every reward); got k={cfg.k}"
+        )
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,14 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from gvgap.errors import UserError
+from gvgap.experiments.base import short_repr
 
 try:
     import tomllib
@@ -49,6 +51,14 @@ SWEEP_KEYS = ("experiment", "seeds", "instance_seed", "description")
 DATA_KEYS = ("seeds", "instance_seed", "fixed", "grid")
 #: Top-level tables allowed in a sweep file.
 TABLES = ("sweep", "fixed", "grid")
+#: Most seeds in one sweep (seeds 0..MAX_SEEDS-1).
+MAX_SEEDS = 10_000
+#: Largest seed / instance seed: results.parquet stores them as int64.
+MAX_SEED = 2**63 - 1
+#: Most grid cells (configurations) in one sweep, counted before the grid is expanded.
+MAX_CELLS = 10_000
+#: Most runs (cells × seeds) in one sweep.
+MAX_RUNS = 200_000
 #: Second entropy word of every instance stream (keeps it disjoint from the run streams).
 INSTANCE_STREAM = 0x1A57A9CE
 
@@ -157,11 +167,29 @@ class SweepSpec:
 # ---------------------------------------------------------------- validation helpers
 
 
-def check_count(name: str, value: Any, lo: int) -> int:
-    """An integer ``>= lo`` (bools refused), or UserError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise UserError(f"{name} must be an integer >= {lo}, got {value!r}")
+def check_count(name: str, value: Any, lo: int, hi: int = MAX_SEED) -> int:
+    """An integer in ``[lo, hi]`` (bools refused), or UserError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge int"
+        bound = f">= {lo}" if hi == MAX_SEED else f"in [{lo}, {hi}]"
+        if hi == MAX_SEED and isinstance(value, int) and value > hi:
+            bound = f"in [{lo}, 2**63 - 1]"
+        raise UserError(f"{name} must be an integer {bound}, got {shown[:60]}")
     return value
+
+
+def check_size(where: str, n_cells: int, seeds: int) -> None:
+    """Refuse more than :data:`MAX_CELLS` grid cells or :data:`MAX_RUNS` runs (one line)."""
+    if n_cells > MAX_CELLS:
+        raise UserError(
+            f"{where} [grid] has {n_cells} cells (the product of its list lengths) > the limit "
+            f"{MAX_CELLS}; split the sweep into several files"
+        )
+    if n_cells * seeds > MAX_RUNS:
+        raise UserError(
+            f"{where} seeds: {n_cells} cells x {seeds} seeds = {n_cells * seeds} runs > the "
+            f"limit {MAX_RUNS}; use fewer seeds or cells"
+        )
 
 
 def _experiment_module(eid: Any, where: str) -> ModuleType:
@@ -178,7 +206,9 @@ def _experiment_module(eid: Any, where: str) -> ModuleType:
 
 def _check_table(where: str, table: Any, kind: str) -> dict[str, Any]:
     if not isinstance(table, dict):
-        raise UserError(f"{where} [{kind}] must be a table of field = value, got {table!r}")
+        raise UserError(
+            f"{where} [{kind}] must be a table of field = value, got {short_repr(table)}"
+        )
     return table
 
 
@@ -187,7 +217,9 @@ def _check_grid(where: str, grid: dict[str, Any], fixed: dict[str, Any]) -> None
         if name in fixed:
             raise UserError(f"{where} field {name!r} is in both [fixed] and [grid]; keep one")
         if not isinstance(values, list):
-            raise UserError(f"{where} [grid] {name} must be a list of values, got {values!r}")
+            raise UserError(
+                f"{where} [grid] {name} must be a list of values, got {short_repr(values)}"
+            )
         if not values:
             raise UserError(f"{where} [grid] {name} is an empty list; give at least one value")
 
@@ -239,12 +271,13 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
     unknown = sorted(set(data) - set(DATA_KEYS))
     if unknown:
         raise UserError(f"{where} unknown key {unknown[0]!r}; allowed: {', '.join(DATA_KEYS)}")
-    seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1)
+    seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1, MAX_SEEDS)
     inst = data.get("instance_seed")
     inst = None if inst is None else check_count(f"{where} instance_seed", inst, 0)
     fixed = _check_table(where, data.get("fixed", {}), "fixed")
     grid = _check_table(where, data.get("grid", {}), "grid")
     _check_grid(where, grid, fixed)
+    check_size(where, math.prod(len(v) for v in grid.values()), seeds)
     configs = _expand(module, where, fixed, grid)
     grid = {k: [json.loads(canonical_json(v)) for v in vs] for k, vs in grid.items()}
     return SweepSpec(eid, seeds, dict(fixed), grid, inst, source, configs)
@@ -260,6 +293,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: invalid TOML (not UTF-8 text): {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid sweep file: values nested too deeply") from None
     except OSError as exc:
         raise UserError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
 
@@ -296,14 +331,19 @@ def load_spec(target: str, seeds: int | None = None, quick: bool = False) -> Swe
     Args:
         target: experiment id or path to a sweep file.
         seeds: if given, replaces the number of seeds.
-        quick: use the experiment's ``QUICK`` grid (experiment ids only; ignored for files).
+        quick: use the experiment's ``QUICK`` grid (experiment ids only; refused for files).
 
     Raises:
         UserError: anything invalid, naming the field; nothing has run or been written.
     """
     if seeds is not None:
-        check_count("--seeds", seeds, 1)
+        check_count("--seeds", seeds, 1, MAX_SEEDS)
     if _is_file_target(str(target)):
+        if quick:
+            raise UserError(
+                f"--quick applies to experiment ids only (their QUICK grid), not to the sweep "
+                f"file {target}; drop --quick or give an experiment id"
+            )
         spec = spec_from_toml(target)
     else:
         module = _experiment_module(target, "")
@@ -312,5 +352,6 @@ def load_spec(target: str, seeds: int | None = None, quick: bool = False) -> Swe
             raise UserError(f"experiment {target!r} defines no {name}; pass a sweep .toml file")
         spec = spec_from_data(target, getattr(module, name), f"{target}:{name}")
     if seeds is not None:
+        check_size(f"{spec.source}:", len(spec.configs), seeds)
         spec = dataclasses.replace(spec, seeds=seeds)
     return spec
