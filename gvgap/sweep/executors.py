@@ -110,6 +110,33 @@ def import_ray() -> Any:
     return ray
 
 
+#: Seconds to wait for a TCP connection to a Ray head given by --address.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a Ray ``host:port`` (or ``ray://host:port``) that does not accept a TCP
+    connection within ``timeout`` seconds; ``auto`` and other forms are left to Ray.
+
+    Raises:
+        UserError: naming --address, the reason and the timeout.
+    """
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"--address {address}: no Ray cluster reachable there ({reason}, {timeout:g} s timeout)"
+        ) from None
+
+
 @contextlib.contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
     """Temporarily set environment variables (inherited by processes started meanwhile)."""

@@ -11,23 +11,24 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from tqdm import tqdm
 
 from gvgap.errors import UserError
 from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import get_experiment
 from gvgap.sweep.executors import (
     Chunk,
+    check_address,
     check_executor,
     execute_chunk,
     import_ray,
     open_executor,
     resolve_workers,
 )
+from gvgap.sweep.progress import make_progress
 from gvgap.sweep.spec import RunSpec, SweepSpec, check_count, config_record
-from gvgap.sweep.store import RunStore
+from gvgap.sweep.store import RunStore, os_reason
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 CHUNKS_PER_WORKER = 4
 #: Largest automatic chunk when an experiment does not set ``BATCH_SIZE``.
 DEFAULT_BATCH_SIZE = 32
+#: Longest file-name component and path (bytes) accepted for --out (POSIX NAME_MAX/PATH_MAX).
+NAME_MAX = 255
+PATH_MAX = 4096
+#: Invalid run files reported one per line before the rest are only counted.
+MAX_PROBLEM_LINES = 10
 
 
 def run_single(
@@ -76,11 +82,6 @@ def make_chunks(runs: list[RunSpec], size: int) -> list[Chunk]:
     return [runs[i : i + size] for i in range(0, len(runs), size)]
 
 
-def _progress(total: int, done: int, desc: str, show: bool | None) -> tqdm:
-    show = sys.stderr.isatty() if show is None else show
-    return tqdm(total=total, initial=done, desc=desc, unit="run", file=sys.stderr, disable=not show)
-
-
 def _check_args(executor: str, workers: int | None, chunk_size: int | None) -> int:
     """Validate executor / workers / chunk size before anything is touched; the worker count."""
     check_executor(executor)
@@ -92,6 +93,35 @@ def _check_args(executor: str, workers: int | None, chunk_size: int | None) -> i
     return n
 
 
+def _check_out(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path whose every component fits the file system's name limit."""
+    path = Path(out_dir)
+    for part in path.parts:
+        if len(part.encode()) > NAME_MAX:
+            raise UserError(
+                f"--out: a path component is {len(part.encode())} bytes long (> {NAME_MAX}, "
+                f"the file-system limit): {part[:40]}..."
+            )
+    if len(str(path.resolve()).encode()) > PATH_MAX - 64:
+        raise UserError(f"--out: path too long (> {PATH_MAX - 64} bytes)")
+    return path
+
+
+def warn(message: str) -> None:
+    """One ``gvgap: <message>`` line on stderr."""
+    print(f"gvgap: {message}", file=sys.stderr, flush=True)
+
+
+def _report_problems(problems: dict[str, str], planned: set[str]) -> None:
+    """One line per invalid run file (at most :data:`MAX_PROBLEM_LINES`, then a count)."""
+    items = sorted(problems.items())
+    for run_id, why in items[:MAX_PROBLEM_LINES]:
+        action = "re-running it" if run_id in planned else "ignoring it (not a run of this sweep)"
+        warn(f"runs/{run_id}.json: {why}; {action}")
+    if len(items) > MAX_PROBLEM_LINES:
+        warn(f"... and {len(items) - MAX_PROBLEM_LINES} more invalid run files")
+
+
 def run_sweep(
     spec: SweepSpec,
     out_dir: str | os.PathLike,
@@ -101,24 +131,32 @@ def run_sweep(
     *,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    append: bool = False,
 ) -> pd.DataFrame:
     """Run every run of ``spec`` not yet stored in ``out_dir``; return the tidy results.
 
+    Every argument and the directory are checked before anything is written (the spec's
+    configs were validated when it was loaded): a refused sweep changes nothing on disk.
+
     Args:
         spec: a validated sweep (:func:`gvgap.sweep.spec.load_spec`).
-        out_dir: the sweep directory (created; resumed when it holds this experiment).
+        out_dir: the sweep directory (created; resumed when it holds this spec).
         executor: ``"local"`` (process pool; one worker runs in this process) or ``"ray"``.
         workers: processes / Ray CPUs; default ``os.cpu_count()``.
         address: Ray cluster address; default starts a local cluster of ``workers`` CPUs.
         chunk_size: runs per task; default :func:`auto_chunk_size`.
-        progress: show a tqdm bar on stderr; default only when stderr is a terminal.
+        progress: progress on stderr: a tqdm bar on a terminal, else plain lines with an ETA
+            (:class:`gvgap.sweep.progress.Progress`); ``False`` for none.
+        append: allow a spec different from the one(s) already run in ``out_dir``; the
+            manifest then records every spec.
 
     Returns:
         the table written to ``out_dir/results.parquet`` (every finished run in the directory).
 
     Raises:
-        UserError: bad executor / workers, unwritable or foreign ``out_dir``, Ray missing or
-            unreachable, or a UserError raised by a run.
+        UserError: bad executor / workers, unwritable or foreign ``out_dir``, a different spec
+            without ``append``, Ray missing or unreachable, a full disk (the directory stays
+            resumable), or a UserError raised by a run.
 
     Note:
         The local pool starts workers with ``forkserver`` (``spawn`` where that is missing),
@@ -126,28 +164,42 @@ def run_sweep(
         ``if __name__ == "__main__":`` guard.
     """
     n_workers = _check_args(executor, workers, chunk_size)
-    store = RunStore(out_dir)
-    store.check(spec)
+    store = RunStore(_check_out(out_dir))
+    store.check(spec, append=append)
+    runs = spec.runs()
+    module = get_experiment(spec.experiment)
+    if executor == "ray" and address:
+        check_address(address)
+    store.prepare()
     with store.lock():
-        runs = spec.runs()
-        done = store.done_ids()
+        records, problems = store.scan()
+        planned = {r.run_id for r in runs}
+        _report_problems(problems, planned)
+        done = {r["run_id"] for r in records}
         pending = [r for r in runs if r.run_id not in done]
-        module = get_experiment(spec.experiment)
         size = chunk_size or auto_chunk_size(module, len(pending), n_workers)
         chunks = make_chunks(pending, size)
         n_workers = min(n_workers, max(1, len(chunks)))
-        if chunks:
-            with open_executor(executor, n_workers, address) as execute:
+        try:
+            if chunks:
+                with open_executor(executor, n_workers, address) as execute:
+                    store.write_manifest(spec, runs)
+                    bar = make_progress(
+                        len(runs), len(runs) - len(pending), spec.experiment, progress
+                    )
+                    _execute(execute, chunks, store, bar)
+            else:
                 store.write_manifest(spec, runs)
-                bar = _progress(len(runs), len(runs) - len(pending), spec.experiment, progress)
-                _execute(execute, chunks, store, bar)
-        else:
-            store.write_manifest(spec, runs)
-        return store.consolidate(spec.experiment)
+            return store.consolidate(spec.experiment)
+        except OSError as exc:
+            raise UserError(
+                f"--out {store.root}: cannot write ({os_reason(exc)}); finished runs are kept: "
+                "free space and run the same command again to resume"
+            ) from None
 
 
-def _execute(execute: Any, chunks: list[Chunk], store: RunStore, bar: tqdm) -> None:
-    """Store each run as its chunk returns, advancing the progress bar."""
+def _execute(execute: Any, chunks: list[Chunk], store: RunStore, bar: Any) -> None:
+    """Store each run as its chunk returns, advancing the progress display."""
     with bar:
         for records in execute(chunks):
             for record in records:

@@ -73,7 +73,8 @@ def config_record(cfg: Any) -> dict[str, Any]:
     return json.loads(canonical_json(dataclasses.asdict(cfg)))
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``obj``."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
@@ -96,7 +97,7 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """Stable id: 16 hex digits of SHA-256 over the canonical JSON of the run."""
-        return _digest(self.key())[:16]
+        return digest(self.key())[:16]
 
     def key(self) -> dict[str, Any]:
         """The identifying record of the run (what :attr:`run_id` hashes)."""
@@ -109,7 +110,7 @@ class RunSpec:
 
     def config_entropy(self) -> int:
         """A 128-bit integer from (experiment, config): the second word of the run stream."""
-        return int(_digest({"experiment": self.experiment, "config": self.config})[:32], 16)
+        return int(digest({"experiment": self.experiment, "config": self.config})[:32], 16)
 
     def rngs(self) -> tuple[Any, Any]:
         """``(rng, instance_rng)`` for this run, derived with SeedSequence (module docstring)."""

@@ -8,8 +8,16 @@ Layout of ``DIR``::
 
 Atomicity: every file is written to a hidden temporary file in the same directory and moved
 into place with :func:`os.replace`, so a reader (or a resumed sweep) sees either the old file
-or the new one, never a part. A crash or SIGKILL loses at most the runs in flight; leftover
-temporary files are removed and unreadable run files are re-run on the next start.
+or the new one, never a part. A crash, SIGKILL or full disk loses at most the runs in flight;
+leftover temporary files are removed on the next start.
+
+Integrity: each run file carries ``sha256``, a hash of its canonical JSON (experiment, config,
+seeds, metrics), and its name is the run id that (experiment, config, seeds) hash to. On
+resume a file that fails either check (edited, truncated, renamed, another experiment) is
+reported on one line and its run is re-run (:meth:`RunStore.scan`).
+
+One spec per directory: a sweep whose spec differs from the ones recorded in the manifest is
+refused unless ``append`` is given; the manifest then lists every spec run there.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from gvgap.errors import UserError
 from gvgap.provenance import git_sha
-from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json
+from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, digest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +44,8 @@ MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 RUNS = "runs"
 LOCK = ".lock"
+#: Keys every run record has.
+RECORD_KEYS = ("run_id", "experiment", "config", "seed", "instance_seed", "metrics")
 #: Columns of results.parquet around the Config fields.
 ID_COLUMNS = ("run_id", "experiment")
 SEED_COLUMNS = ("seed", "instance_seed")
@@ -99,6 +109,52 @@ def tidy_frame(records: list[dict[str, Any]], fields: list[str]) -> pd.DataFrame
     return df.sort_values(order, kind="mergesort", ignore_index=True)
 
 
+def spec_key(spec: dict[str, Any]) -> str:
+    """What makes two specs the same sweep: everything but where they were read from."""
+    return canonical_json({k: v for k, v in spec.items() if k != "source"})
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """A spec on one short line: seeds, fixed values and grid axes."""
+    parts = [f"seeds={spec.get('seeds')}"]
+    parts += [f"{k}={v}" for k, v in (spec.get("fixed") or {}).items()]
+    parts += [f"{k} in {v}" for k, v in (spec.get("grid") or {}).items()]
+    text = ", ".join(parts)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as a few words (its strerror, else its type)."""
+    return exc.strerror or type(exc).__name__
+
+
+def record_problem(rec: Any, stem: str) -> str | None:
+    """None for a valid run record stored as ``<stem>.json``, else what is wrong with it.
+
+    Valid: the :data:`RECORD_KEYS`, numeric metrics, a file name equal to the run id that
+    (experiment, config, seed, instance_seed) hash to, and (files written since checksums were
+    added) a ``sha256`` equal to the hash of everything else in the record.
+    """
+    if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
+        return "not a run record (keys missing)"
+    metrics = rec["metrics"]
+    if not isinstance(metrics, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    ):
+        return "its metrics are not numbers"
+    try:
+        run = RunSpec(rec["experiment"], rec["config"], rec["seed"], rec["instance_seed"])
+        ok = run.run_id == stem == rec["run_id"]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        return "its experiment, config or seeds do not match its run id (edited or renamed?)"
+    body = {k: v for k, v in rec.items() if k != "sha256"}
+    if "sha256" in rec and rec["sha256"] != digest(body):
+        return "its content does not match its sha256 (edited by hand?)"
+    return None
+
+
 class RunStore:
     """A sweep directory: manifest, one file per finished run, consolidated results."""
 
@@ -122,30 +178,62 @@ class RunStore:
         except (OSError, ValueError) as exc:
             raise UserError(f"--out {self.root}: cannot read {MANIFEST}: {exc}") from None
 
-    def check(self, spec: SweepSpec) -> None:
-        """Make sure ``spec`` may write here, creating the directory; writes nothing else.
+    def check(self, spec: SweepSpec, append: bool = False) -> None:
+        """Make sure ``spec`` may write here; reads only (:meth:`prepare` creates the dirs).
+
+        A directory without a manifest is accepted when it holds no run files (a start that
+        was interrupted before its first run) or only valid run files of this experiment.
 
         Raises:
-            UserError: naming --out, when the directory cannot be created or written, holds
-                a sweep of another experiment, or holds results without a manifest.
+            UserError: naming --out, when the directory holds a sweep of another experiment,
+                a different spec of this one (without ``append``), or results not made here.
         """
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root}: exists and is not a directory")
         manifest = self.read_manifest() if self.root.is_dir() else None
-        if manifest is not None and manifest.get("experiment") != spec.experiment:
+        if manifest is None:
+            self._check_orphans(spec)
+            return
+        if not isinstance(manifest, dict) or manifest.get("experiment") != spec.experiment:
+            other = manifest.get("experiment") if isinstance(manifest, dict) else None
             raise UserError(
-                f"--out {self.root} holds a sweep of {manifest.get('experiment')!r}, not "
+                f"--out {self.root} holds a sweep of {other!r}, not "
                 f"{spec.experiment!r}; refusing to mix them (choose another --out)"
             )
-        if manifest is None and ((self.root / RESULTS).exists() or self.runs_dir.exists()):
+        known = [
+            spec_key(e.get("spec", {})) for e in manifest.get("specs", []) if isinstance(e, dict)
+        ]
+        if known and spec_key(spec.to_json()) not in known and not append:
             raise UserError(
-                f"--out {self.root} holds results but no {MANIFEST}; refusing to overwrite"
+                f"--out {self.root} holds a different sweep of {spec.experiment} "
+                f"({describe(manifest['specs'][-1].get('spec', {}))}); pass --append to add "
+                f"this one ({describe(spec.to_json())}) or choose another --out"
             )
+
+    def _check_orphans(self, spec: SweepSpec) -> None:
+        """No manifest: refuse unless the run files (if any) are valid runs of ``spec``'s
+        experiment and there is no results.parquet without them."""
+        records, problems = self.scan()
+        foreign = [r for r in records if r["experiment"] != spec.experiment]
+        if foreign or problems or ((self.root / RESULTS).exists() and not records):
+            raise UserError(
+                f"--out {self.root} holds results but no {MANIFEST} (not a gvgap sweep of "
+                f"{spec.experiment}); refusing to overwrite (choose another --out)"
+            )
+
+    def prepare(self) -> None:
+        """Create ``DIR/runs`` and probe that it is writable.
+
+        Raises:
+            UserError: naming --out, when it cannot be created or written.
+        """
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.runs_dir / ".write-probe", b"")
-            (self.runs_dir / ".write-probe").unlink()
+            probe = self.runs_dir / ".write-probe"
+            atomic_write(probe, b"")
+            probe.unlink()
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise UserError(f"--out {self.root}: cannot write there ({reason})") from None
+            raise UserError(f"--out {self.root}: cannot write there ({os_reason(exc)})") from None
 
     def write_manifest(self, spec: SweepSpec, runs: list[RunSpec]) -> dict[str, Any]:
         """Merge ``spec`` and its runs into the manifest (a union with earlier sweeps here)."""
@@ -153,7 +241,7 @@ class RunStore:
         prov = provenance()
         entry = {"spec": spec.to_json(), **prov, "started": _now()}
         specs = list(old.get("specs", []))
-        if all(canonical_json(s["spec"]) != canonical_json(entry["spec"]) for s in specs):
+        if all(spec_key(s.get("spec", {})) != spec_key(entry["spec"]) for s in specs):
             specs.append(entry)
         planned = dict(old.get("runs", {}))
         planned.update({r.run_id: r.key() for r in runs})
@@ -172,13 +260,15 @@ class RunStore:
 
     # ------------------------------------------------------------ runs
 
-    def _read_run(self, path: Path) -> dict[str, Any] | None:
+    def _read_run(self, path: Path) -> tuple[dict[str, Any] | None, str | None]:
+        """``(record, None)`` for a valid run file, else ``(None, what is wrong)``."""
         try:
             rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        ok = isinstance(rec, dict) and rec.get("run_id") == path.stem and "metrics" in rec
-        return rec if ok else None
+        except OSError as exc:
+            return None, f"unreadable ({os_reason(exc)})"
+        except (ValueError, RecursionError):
+            return None, "not valid JSON (truncated or corrupt)"
+        return (rec, None) if (why := record_problem(rec, path.stem)) is None else (None, why)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -206,21 +296,32 @@ class RunStore:
                 tmp.unlink(missing_ok=True)
             yield
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every readable finished run, in file-name order."""
+    def scan(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Every valid run record (file-name order) and ``{run_id: problem}`` for the others."""
         if not self.runs_dir.is_dir():
-            return []
-        found = (self._read_run(p) for p in sorted(self.runs_dir.glob("*.json")))
-        return [r for r in found if r is not None]
+            return [], {}
+        records, problems = [], {}
+        for path in sorted(self.runs_dir.glob("*.json")):
+            rec, why = self._read_run(path)
+            if rec is None:
+                problems[path.stem] = why
+            else:
+                records.append(rec)
+        return records, problems
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every valid finished run, in file-name order."""
+        return self.scan()[0]
 
     def done_ids(self) -> set[str]:
-        """Ids of the finished runs (unreadable run files do not count)."""
+        """Ids of the finished runs (invalid run files do not count)."""
         return {r["run_id"] for r in self.records()}
 
     def write_run(self, record: dict[str, Any]) -> None:
-        """Store one finished run, atomically."""
+        """Store one finished run with its ``sha256``, atomically."""
+        body = {k: v for k, v in record.items() if k != "sha256"}
         path = self.runs_dir / f"{record['run_id']}.json"
-        atomic_write(path, json.dumps(record, sort_keys=True).encode())
+        atomic_write(path, json.dumps({**body, "sha256": digest(body)}, sort_keys=True).encode())
 
     # ------------------------------------------------------------ results
 
