@@ -5,13 +5,21 @@ this file parses arguments and turns :class:`~gvgap.errors.UserError` into one l
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from gvgap.errors import UserError
 
 EXIT_USAGE = 2
+#: Exit code of an environment failure (disk full, permission) outside input validation.
+EXIT_ENV = 1
+#: Largest seed accepted on the command line (results store seeds as int64).
+MAX_SEED = 2**63 - 1
+#: Most random instances per verify check.
+MAX_INSTANCES = 100_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +52,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_int(flag: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise UserError(f"{flag} must be an integer in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _check_path(flag: str, path: str | None) -> None:
+    """A path whose components fit NAME_MAX (255 bytes) and whose whole fits PATH_MAX."""
+    if path is None:
+        return
+    from gvgap.sweep.runner import NAME_MAX, PATH_MAX
+
+    if any(len(part.encode()) > NAME_MAX for part in path.split(os.sep)):
+        raise UserError(f"{flag}: a path component is longer than {NAME_MAX} bytes")
+    if len(os.path.abspath(path).encode()) > PATH_MAX - 64:
+        raise UserError(f"{flag}: path too long (> {PATH_MAX - 64} bytes)")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    _check_int("--seed", args.seed, 0, MAX_SEED)
+    _check_int("--instances", args.instances, 1, MAX_INSTANCES)
+    _check_path("--json", args.json)
+    if args.json is not None and os.path.isdir(args.json):
+        raise UserError(f"--json {args.json}: is a directory; give a file name")
     from gvgap.verify import run_verify
 
     return run_verify(instances=args.instances, seed=args.seed, json_path=args.json)
@@ -53,8 +84,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from gvgap.sweep.runner import run_single
 
-    metrics = run_single(args.id, _parse_sets(args.set), seed=args.seed)
+    _check_int("--seed", args.seed, 0, MAX_SEED)
+    metrics = run_single(args.id, _parse_sets(args.set), seed=args.seed, echo=sys.stderr)
     print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gvgap.experiments.registry import get_experiment
+    from gvgap.sweep.show import format_show
+
+    print(format_show(args.id, get_experiment(args.id)))
     return 0
 
 
@@ -62,9 +102,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from gvgap.sweep.runner import run_sweep
     from gvgap.sweep.spec import load_spec
 
+    _check_path("--out", args.out)
     spec = load_spec(args.target, seeds=args.seeds, quick=args.quick)
     df = run_sweep(
-        spec, args.out, executor=args.executor, workers=args.workers, address=args.address
+        spec,
+        args.out,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+        append=args.append,
     )
     n_runs = df["run_id"].nunique() if "run_id" in df.columns else 0
     print(f"{args.out}/results.parquet: {n_runs} runs, {len(df)} rows")
@@ -72,6 +118,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    _check_path("DIR", args.dir)
+    _check_path("--out", args.out)
     from gvgap.report import write_plots
 
     for path in write_plots(args.dir, args.out):
@@ -80,6 +128,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    _check_path("DIR", args.dir)
     from gvgap.report import write_report
 
     for path in write_report(args.dir):
@@ -88,6 +137,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    _check_path("--out", args.out)
     from gvgap.reproduce import reproduce
 
     return reproduce(args.out, quick=args.quick, executor=args.executor, workers=args.workers)
@@ -96,10 +146,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``gvgap`` argument parser."""
     p = _Parser(prog="gvgap", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"gvgap {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("list", help="experiments and problem families")
     s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser(
+        "show", help="every Config field of an experiment: type, default, allowed, meaning"
+    )
+    s.add_argument("id", help="experiment id (gvgap list)")
+    s.set_defaults(fn=cmd_show)
 
     s = sub.add_parser("verify", help="numeric checks of THEORY §6 items 1-8")
     s.add_argument("--instances", type=int, default=200, help="random instances per check")
@@ -107,9 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="write one record per check to this file")
     s.set_defaults(fn=cmd_verify)
 
-    s = sub.add_parser("run", help="run one experiment setting and print its metrics")
-    s.add_argument("id")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s = sub.add_parser(
+        "run",
+        help="run one experiment setting and print its metrics",
+        description="Run one setting; prints its metrics as JSON on stdout and the config it "
+        "used on stderr. Fields, defaults and allowed values: gvgap show ID.",
+    )
+    s.add_argument("id", help="experiment id (gvgap list)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a Config field (repeatable); gvgap show ID lists them",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_run)
 
@@ -122,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=None)
     s.add_argument(
         "--quick", action="store_true", help="use the experiment's QUICK grid (not for .toml)"
+    )
+    s.add_argument(
+        "--append",
+        action="store_true",
+        help="add a different spec to an existing DIR (the manifest records both)",
     )
     s.set_defaults(fn=cmd_sweep)
 
@@ -143,17 +216,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("gvgap")
+    except importlib.metadata.PackageNotFoundError:
+        from gvgap import __version__
+
+        return __version__
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (``gvgap run … | head``): stop quietly. Point stdout at
+    /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+#: OSErrors reported as one line (not a traceback) when they escape a command.
+ONE_LINE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EACCES: "permission denied",
+    errno.EROFS: "read-only file system",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gvgap`` console script."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.fn(args) or 0)
     except UserError as exc:
-        print(f"gvgap: error: {exc}", file=sys.stderr)
+        print(f"gvgap: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
-        print("gvgap: interrupted", file=sys.stderr)
+        print("gvgap: interrupted (run the same command again to resume)", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in ONE_LINE_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"gvgap: error: {ONE_LINE_ERRNOS[exc.errno]}{where}", file=sys.stderr)
+        return EXIT_ENV
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import pandas as pd
 from gvgap.errors import UserError
 from gvgap.experiments.registry import EXPERIMENTS
 from gvgap.sweep.executors import ray_session, resolve_workers
+from gvgap.sweep.progress import StageETA
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
 from gvgap.verify import format_table, run_checks
@@ -61,6 +62,15 @@ def robust_spec(eid: str, override: dict[str, Any], quick: bool, index: int) -> 
         "grid": grid,
     }
     return spec_from_data(eid, data, f"{eid}:ROBUSTNESS[{index}]")
+
+
+def planned_runs(eid: str, quick: bool) -> int:
+    """Runs of an experiment's main sweep plus its robustness sweeps (the ETA's weight)."""
+    module = EXPERIMENTS[eid]
+    n = len(load_spec(eid, quick=quick).runs())
+    for i, override in enumerate(getattr(module, "ROBUSTNESS", [])):
+        n += len(robust_spec(eid, override, quick, i).runs())
+    return n
 
 
 def run_experiment(
@@ -114,8 +124,10 @@ def reproduce(
         if executor == "ray"
         else contextlib.nullcontext()
     )
+    eta = StageETA({eid: planned_runs(eid, quick) for eid in EXPERIMENTS})  # overall ETA
     with session:
         for eid in EXPERIMENTS:
+            eta.start(eid)
             print(f"== {eid}", flush=True)
             df, verdicts[eid] = run_experiment(eid, out, quick, executor, workers)
             frames.append(df)
@@ -125,6 +137,7 @@ def reproduce(
                 f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}",
                 flush=True,
             )
+    eta.finish()
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     tmp = out / "results.parquet.tmp"
     results.to_parquet(tmp, index=False)

@@ -22,6 +22,14 @@ from gvgap.sweep.spec import load_spec
 GOOD = '[sweep]\nexperiment = "c1_gibbs"\nseeds = 2\n[grid]\nvocab = [2, 3]\n'
 
 
+H6 = '[sweep]\nexperiment = "h6_gap"\nseeds = 1\n'
+#: A 100 x 100 x 100 = 10^6-cell grid (over the 10^4-cell limit).
+BIG_GRID = "[grid]\n" + "\n".join(
+    f"{name} = [{', '.join(str(1 + i / 100) for i in range(100))}]"
+    for name in ("reward_scale", "ref_concentration", "pi_concentration")
+)
+
+
 def toml(body: str, head: str = '[sweep]\nexperiment = "c1_gibbs"\nseeds = 1\n') -> str:
     return head + body
 
@@ -94,6 +102,82 @@ CASES: dict[str, tuple[list[str], str | None, str]] = {
     "run_set_range": (["run", "c1_gibbs", "--set", "horizon=0"], None, "horizon"),
     "run_unknown_id": (["run", "h99_nope"], None, "h99_nope"),
     "run_seed_negative": (["run", "c1_gibbs", "--seed", "-1"], None, "--seed"),
+    # issue 8: refused before anything is written, one line each
+    "beta_nan_in_grid": (
+        ["sweep", "{f}", "--out", "{out}"],
+        toml("[grid]\nbeta = [0.5, nan]\n"),
+        "beta",
+    ),
+    "beta_inf": (["sweep", "{f}", "--out", "{out}"], toml("[fixed]\nbeta = inf\n"), "beta"),
+    "beta_huge": (
+        ["sweep", "{f}", "--out", "{out}"],
+        toml("[fixed]\nbeta = 1e9\n"),
+        "[0.001, 1000]",
+    ),
+    "epsilon_not_misspec": (
+        ["sweep", "{f}", "--out", "{out}"],
+        toml("[fixed]\nepsilon = 0.1\n", H6),
+        "epsilon",
+    ),
+    "tree_in_grid": (
+        ["sweep", "{f}", "--out", "{out}"],
+        toml("[grid]\nhorizon = [2, 30]\n"),
+        "tree too large",
+    ),
+    "memory_guard": (
+        ["sweep", "{f}", "--out", "{out}"],
+        toml("[fixed]\nvocab = 2\nhorizon = 23\n", H6),
+        "GiB",
+    ),
+    "instance_seed_2_70": (
+        ["sweep", "{f}", "--out", "{out}"],
+        '[sweep]\nexperiment = "c1_gibbs"\ninstance_seed = 1180591620717411303424\n',
+        "instance_seed",
+    ),
+    "lam_nan": (["sweep", "{f}", "--out", "{out}"], toml("[fixed]\nlam = nan\n", H6), "lam"),
+    "lam_inf": (["run", "h6_gap", "--set", "lam=inf"], None, "lam"),
+    "beta_run_huge": (["run", "h6_gap", "--set", "beta=1e9"], None, "beta"),
+    "horizon_1e18": (
+        ["sweep", "{f}", "--out", "{out}"],
+        toml("[fixed]\nhorizon = 1e18\n"),
+        "horizon",
+    ),
+    "horizon_1e6": (["run", "c1_gibbs", "--set", "horizon=1000000"], None, "tree too large"),
+    "seeds_1e9": (
+        ["sweep", "{f}", "--out", "{out}"],
+        '[sweep]\nexperiment = "c1_gibbs"\nseeds = 1000000000\n',
+        "seeds",
+    ),
+    "seeds_flag_1e9": (
+        ["sweep", "c1_gibbs", "--out", "{out}", "--seeds", "1000000000"],
+        None,
+        "--seeds",
+    ),
+    "grid_1e6_cells": (["sweep", "{f}", "--out", "{out}"], toml(BIG_GRID), "cells"),
+    "n_pairs_1e9": (["run", "h6_gap", "--set", "n_pairs=1e9"], None, "n_pairs"),
+    "k_1e9": (["sweep", "{f}", "--out", "{out}"], toml("[fixed]\nk = 1000000000\n", H6), "k"),
+    "nested_5000": (
+        ["sweep", "{f}", "--out", "{out}"],
+        toml(f"[fixed]\nvocab = {'[' * 5000}{']' * 5000}\n"),
+        "nested",
+    ),
+    "verify_seed_negative": (["verify", "--seed", "-1"], None, "--seed"),
+    "verify_json_dir": (["verify", "--instances", "1", "--json", "{tmp}"], None, "--json"),
+    "out_300_chars": (["sweep", "{f}", "--out", "{tmp}/" + "x" * 300], GOOD, "--out"),
+    "sweep_toml_quick": (["sweep", "{f}", "--out", "{out}", "--quick"], GOOD, "--quick"),
+    "spec_differs": (
+        ["sweep", "{f}", "--out", "{out}"],
+        GOOD.replace("seeds = 2", "seeds = 3"),
+        "--append",
+    ),
+    "ray_unreachable": (
+        ["sweep", "{f}", "--out", "{out}", "--executor", "ray", "--address", "127.0.0.1:1"],
+        GOOD,
+        "--address",
+    ),
+    "id_did_you_mean": (["run", "h6_gp"], None, "did you mean 'h6_gap'"),
+    "field_did_you_mean": (["run", "c1_gibbs", "--set", "vocabb=2"], None, "did you mean 'vocab'"),
+    "show_unknown": (["show", "c1_gibs"], None, "did you mean 'c1_gibbs'"),
 }
 
 
@@ -114,6 +198,30 @@ IN_PROCESS = frozenset(
         "run_seed_negative",
         "toml_is_dir",
         "workers_negative",
+        "beta_inf",
+        "beta_huge",
+        "epsilon_not_misspec",
+        "tree_in_grid",
+        "memory_guard",
+        "lam_nan",
+        "lam_inf",
+        "beta_run_huge",
+        "horizon_1e18",
+        "horizon_1e6",
+        "seeds_1e9",
+        "seeds_flag_1e9",
+        "grid_1e6_cells",
+        "n_pairs_1e9",
+        "k_1e9",
+        "nested_5000",
+        "verify_seed_negative",
+        "verify_json_dir",
+        "out_300_chars",
+        "sweep_toml_quick",
+        "spec_differs",
+        "id_did_you_mean",
+        "field_did_you_mean",
+        "show_unknown",
     }
 )
 

@@ -236,12 +236,35 @@ def estimate_memory(cfg: Any) -> int:
 
 
 def check_resources(cfg: Any) -> None:
-    """Refuse a Config whose tree cannot be enumerated or whose run would not fit in memory.
-
-    Computed from logarithms, so ``horizon = 10**6`` is refused at once (no V^H big integer).
+    """Refuse a Config whose β is outside :data:`BETA_RANGE`, whose tree cannot be enumerated
+    or whose run would not fit in memory (checks every experiment's Config shares).
 
     Raises:
         UserError: naming the fields, the estimate and the limit.
+    """
+    beta = getattr(cfg, "beta", None)
+    if isinstance(beta, float) and not BETA_RANGE[0] <= beta <= BETA_RANGE[1]:
+        raise UserError(
+            f"beta must be in [{BETA_RANGE[0]:g}, {BETA_RANGE[1]:g}] (the range where every "
+            f"learner and metric is exact in float64); got {beta}"
+        )
+    check_tree(cfg)
+    need, limit = estimate_memory(cfg), memory_limit()
+    if need > limit:
+        raise UserError(
+            f"this setting needs about {need / 2**30:.1f} GiB per run (vocab={cfg.vocab}, "
+            f"horizon={cfg.horizon}, k={getattr(cfg, 'k', '-')}, n_pairs="
+            f"{getattr(cfg, 'n_pairs', '-')}) > the {limit / 2**30:.1f} GiB limit "
+            "(GVGAP_MAX_MEMORY_GB); lower horizon, vocab, k or n_pairs"
+        )
+
+
+def check_tree(cfg: Any) -> None:
+    """Refuse m·V^H > :data:`MAX_LEAVES` leaves, computed from logarithms (so
+    ``horizon = 10**6`` is refused at once, without building V^H).
+
+    Raises:
+        UserError: naming n_prompts, vocab, horizon and the limit.
     """
     log2_n = tree_leaves_log2(cfg)
     if log2_n is None:
@@ -253,14 +276,6 @@ def check_resources(cfg: Any) -> None:
             f"*{cfg.vocab}**{cfg.horizon} ~ 2^{log2_n:.1f} leaves > max_leaves = 2^24; "
             "lower vocab, horizon or n_prompts"
         )
-    need, limit = estimate_memory(cfg), memory_limit()
-    if need > limit:
-        raise UserError(
-            f"this setting needs about {need / 2**30:.1f} GiB per run (vocab={cfg.vocab}, "
-            f"horizon={cfg.horizon}, k={getattr(cfg, 'k', '-')}, n_pairs="
-            f"{getattr(cfg, 'n_pairs', '-')}) > the {limit / 2**30:.1f} GiB limit "
-            "(GVGAP_MAX_MEMORY_GB); lower horizon, vocab, k or n_pairs"
-        )
 
 
 def make_config(config_cls: type, overrides: dict[str, Any] | None = None) -> Any:
@@ -271,6 +286,7 @@ def make_config(config_cls: type, overrides: dict[str, Any] | None = None) -> An
     """
     kwargs = {k: coerce_value(config_cls, k, v) for k, v in (overrides or {}).items()}
     cfg = config_cls(**kwargs)
+    check_tree(cfg)  # first: a Config's own validate() may build V^H as an integer
     check = getattr(cfg, "validate", None)
     if check is not None:
         check()

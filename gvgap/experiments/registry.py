@@ -33,5 +33,10 @@ def get_experiment(eid: str) -> ModuleType:
         UserError: unknown id, listing the known ones.
     """
     if eid not in EXPERIMENTS:
-        raise UserError(f"unknown experiment {eid!r}; known: {', '.join(EXPERIMENTS) or '(none)'}")
+        from gvgap.experiments.base import did_you_mean
+
+        raise UserError(
+            f"unknown experiment {eid!r}{did_you_mean(eid, EXPERIMENTS)}; "
+            f"known: {', '.join(EXPERIMENTS) or '(none)'}"
+        )
     return EXPERIMENTS[eid]

@@ -27,7 +27,7 @@ from gvgap.sweep.executors import (
     resolve_workers,
 )
 from gvgap.sweep.progress import make_progress
-from gvgap.sweep.spec import RunSpec, SweepSpec, check_count, config_record
+from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, check_count, config_record
 from gvgap.sweep.store import RunStore, os_reason
 
 if TYPE_CHECKING:
@@ -45,7 +45,11 @@ MAX_PROBLEM_LINES = 10
 
 
 def run_single(
-    exp_id: str, overrides: dict[str, Any], seed: int = 0, instance_seed: int | None = None
+    exp_id: str,
+    overrides: dict[str, Any],
+    seed: int = 0,
+    instance_seed: int | None = None,
+    echo: Any = None,
 ) -> dict[str, float]:
     """One setting of one experiment, in this process (``gvgap run``).
 
@@ -56,6 +60,7 @@ def run_single(
         overrides: Config field → value (strings from ``--set k=v`` are coerced by type).
         seed: data / learner seed (>= 0).
         instance_seed: problem-instance seed; defaults to ``seed``.
+        echo: a text stream that gets one line with the full config and seeds used.
 
     Raises:
         UserError: unknown experiment or field, bad value, negative seed.
@@ -64,6 +69,9 @@ def run_single(
     seed = check_count("--seed", seed, 0)
     inst = seed if instance_seed is None else check_count("--instance-seed", instance_seed, 0)
     config = config_record(make_config(module.Config, overrides))
+    if echo is not None:
+        line = canonical_json({"experiment": exp_id, "seed": seed, "instance_seed": inst})
+        print(f'gvgap: run {line[:-1]},"config":{canonical_json(config)}}}', file=echo)
     return execute_chunk([RunSpec(exp_id, config, seed, inst)])[0]["metrics"]
 
 
