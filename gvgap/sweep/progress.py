@@ -61,9 +61,9 @@ class PlainProgress:
         self.t0 = clock()
         self.last = self.t0
 
-    def line(self) -> str:
-        """The current progress line."""
-        elapsed = self.clock() - self.t0
+    def line(self, now: float | None = None) -> str:
+        """The progress line at time ``now`` (default: the clock's time)."""
+        elapsed = (self.clock() if now is None else now) - self.t0
         pct = 100.0 * self.n / self.total if self.total else 100.0
         eta = eta_seconds(self.n, self.total, self.start_n, elapsed)
         eta_s = "?" if eta is None else format_seconds(eta)
@@ -78,11 +78,11 @@ class PlainProgress:
         now = self.clock()
         if now - self.last >= self.interval and self.n < self.total:
             self.last = now
-            self._print()
+            self._print(now)
 
-    def _print(self) -> None:
+    def _print(self, now: float | None = None) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr must not stop a sweep
-            print(self.line(), file=self.file, flush=True)
+            print(self.line(now), file=self.file, flush=True)
 
     def __enter__(self) -> PlainProgress:
         return self
