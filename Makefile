@@ -1,34 +1,52 @@
 # Two entry points a fresh machine needs (see README):
-#   make reproduce   set up .venv and run the main job (gvgap reproduce --quick)
-#   make test        set up .venv and run the test suite (what .ci/run calls)
+#   make reproduce   .venv with the numpy core only (no torch, no Ray), then the main job
+#   make test        .venv with the CPU build of torch + gvgap[dev,ray,torch,hf], then lint
+#                    and the test suite (what .ci/run calls)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# CPU build of torch, installed only when the environment has no torch yet.
-# GPU users: make TORCH_SPEC='torch' (or install your own build first).
-TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,ray
+PYTHON ?= python3
+# CPU build of torch for `make test`, installed only when the environment has no torch yet.
+# GPU users: make TORCH_SPEC='torch' test (or install your own build first).
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TEST_EXTRAS ?= dev,ray,torch,hf
 
-.PHONY: setup reproduce test lint bench clean
+.PHONY: setup setup-test reproduce test lint pytest bench clean
 
-setup: $(VENV)/.installed
+$(PY):
+	$(PYTHON) -c "import sys; assert sys.version_info >= (3, 11), 'gvgap needs Python >= 3.11'"
+	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+# The main job's environment: gvgap and its numpy core (numpy, scipy, pandas, pyarrow,
+# matplotlib, seaborn, tqdm, threadpoolctl).
+setup: $(VENV)/.core
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
 	touch $@
+
+# The test environment: everything, so CI exercises the torch / Ray / LLM paths too.
+setup-test: $(VENV)/.test
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || \
+	  $(PY) -m pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX) || \
+	  $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(TEST_EXTRAS)]"
+	touch $(VENV)/.core $@
 
 reproduce: setup
 	$(VENV)/bin/gvgap reproduce --quick --out runs/quick
 
-test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+# `make test` = lint (ruff check + format check) then the whole test suite.
+test: setup-test lint pytest
 
-lint: setup
+pytest: setup-test
+	MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup-test
 	$(VENV)/bin/ruff check gvgap tests benchmarks
 	$(VENV)/bin/ruff format --check gvgap tests benchmarks
 
-bench: setup
+bench: setup-test
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:

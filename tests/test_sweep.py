@@ -161,7 +161,7 @@ def test_sweep_writes_tidy_results_and_manifest(tmp_path: Path) -> None:
 def test_resume_skips_finished_runs_and_unions(tmp_path: Path) -> None:
     sweep(small(seeds=1), tmp_path / "a")
     first = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "runs").glob("*.json")}
-    with pytest.raises(UserError, match="different sweep of c1_gibbs.*--append"):
+    with pytest.raises(UserError, match=r"different sweep of c1_gibbs.*--append"):
         sweep(small(seeds=3), tmp_path / "a")
     resumed = sweep(small(seeds=3), tmp_path / "a", append=True)
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())
