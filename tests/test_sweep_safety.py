@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -79,8 +80,9 @@ def test_run_files_carry_a_checksum(tmp_path: Path) -> None:
         (lambda r: r.update(experiment="h6_gap"), "run id"),
         (lambda r: r["config"].update(vocab=9), "run id"),
         (lambda r: r.update(seed=7), "run id"),
+        (lambda r: r.update(instance_seed=2**70), "instance_seed"),
     ],
-    ids=["metric", "experiment", "config", "seed"],
+    ids=["metric", "experiment", "config", "seed", "instance_seed_2_70"],
 )
 def test_edited_run_file_is_rerun_with_one_line(
     tmp_path: Path, reference: pd.DataFrame, capsys: pytest.CaptureFixture, edit, needle: str
@@ -303,11 +305,41 @@ def test_version_and_run_echo() -> None:
 
 
 def test_closed_stdout_pipe_exits_quietly() -> None:
-    cmd = [sys.executable, "-m", "gvgap.cli", "show", "h6_gap"]
+    cmd = [sys.executable, "-m", "gvgap.cli", "run", "c1_gibbs", "--set", "vocab=2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader went away before gvgap wrote (like `| head`)
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 0 and err == "", err
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert err.count("\n") == 1 and err.startswith("gvgap: run "), err  # only the config echo
+
+
+def test_default_install_is_the_numpy_core() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[ ]", d)[0].lower() for d in project["dependencies"]}
+    assert names == {
+        "numpy",
+        "scipy",
+        "pandas",
+        "pyarrow",
+        "matplotlib",
+        "seaborn",
+        "tqdm",
+        "threadpoolctl",
+    }
+    extras = project["optional-dependencies"]
+    assert {"torch", "ray", "hf", "dev"} <= set(extras)
+    assert any(d.startswith("torch>=2.3") for d in extras["hf"])
+    # the main job's modules import neither torch nor Ray
+    code = (
+        "import sys, gvgap.cli, gvgap.reproduce, gvgap.sweep.runner, gvgap.verify; "
+        "print(sorted({'torch', 'ray', 'transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_plain_progress_lines_have_an_eta() -> None:

@@ -137,6 +137,9 @@ def record_problem(rec: Any, stem: str) -> str | None:
     """
     if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
         return "not a run record (keys missing)"
+    seeds = (rec["seed"], rec["instance_seed"])
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in seeds):
+        return "its seed or instance_seed is not an integer in [0, 2**63 - 1]"
     metrics = rec["metrics"]
     if not isinstance(metrics, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
