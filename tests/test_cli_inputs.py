@@ -175,6 +175,11 @@ CASES: dict[str, tuple[list[str], str | None, str]] = {
         GOOD,
         "--address",
     ),
+    "address_without_ray": (
+        ["sweep", "{f}", "--out", "{out}", "--address", "127.0.0.1:1"],
+        GOOD,
+        "--address",
+    ),
     "id_did_you_mean": (["run", "h6_gp"], None, "did you mean 'h6_gap'"),
     "field_did_you_mean": (["run", "c1_gibbs", "--set", "vocabb=2"], None, "did you mean 'vocab'"),
     "show_unknown": (["show", "c1_gibs"], None, "did you mean 'c1_gibbs'"),
@@ -220,6 +225,7 @@ IN_PROCESS = frozenset(
         "sweep_toml_quick",
         "spec_differs",
         "id_did_you_mean",
+        "address_without_ray",
         "field_did_you_mean",
         "show_unknown",
     }

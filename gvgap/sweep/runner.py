@@ -70,8 +70,8 @@ def run_single(
     inst = seed if instance_seed is None else check_count("--instance-seed", instance_seed, 0)
     config = config_record(make_config(module.Config, overrides))
     if echo is not None:
-        line = canonical_json({"experiment": exp_id, "seed": seed, "instance_seed": inst})
-        print(f'gvgap: run {line[:-1]},"config":{canonical_json(config)}}}', file=echo)
+        key = RunSpec(exp_id, config, seed, inst).key()
+        print(f"gvgap: run {canonical_json(key)}", file=echo, flush=True)
     return execute_chunk([RunSpec(exp_id, config, seed, inst)])[0]["metrics"]
 
 
@@ -172,6 +172,8 @@ def run_sweep(
         ``if __name__ == "__main__":`` guard.
     """
     n_workers = _check_args(executor, workers, chunk_size)
+    if address and executor != "ray":
+        raise UserError("--address applies only to --executor ray")
     store = RunStore(_check_out(out_dir))
     store.check(spec, append=append)
     runs = spec.runs()

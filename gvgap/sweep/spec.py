@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from gvgap.errors import UserError
-from gvgap.experiments.base import short_repr
+from gvgap.experiments.base import did_you_mean, short_repr
 
 try:
     import tomllib
@@ -271,7 +271,10 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
     module = _experiment_module(eid, where)
     unknown = sorted(set(data) - set(DATA_KEYS))
     if unknown:
-        raise UserError(f"{where} unknown key {unknown[0]!r}; allowed: {', '.join(DATA_KEYS)}")
+        hint = did_you_mean(unknown[0], DATA_KEYS)
+        raise UserError(
+            f"{where} unknown key {unknown[0]!r}{hint}; allowed: {', '.join(DATA_KEYS)}"
+        )
     seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1, MAX_SEEDS)
     inst = data.get("instance_seed")
     inst = None if inst is None else check_count(f"{where} instance_seed", inst, 0)
@@ -310,11 +313,15 @@ def spec_from_toml(path: str | Path) -> SweepSpec:
     doc = _read_toml(path)
     unknown = sorted(set(doc) - set(TABLES))
     if unknown:
-        raise UserError(f"{path}: unknown table {unknown[0]!r}; allowed: {', '.join(TABLES)}")
+        hint = did_you_mean(unknown[0], TABLES)
+        raise UserError(f"{path}: unknown table {unknown[0]!r}{hint}; allowed: {', '.join(TABLES)}")
     sweep = _check_table(f"{path}:", doc.get("sweep"), "sweep") if "sweep" in doc else {}
     bad = sorted(set(sweep) - set(SWEEP_KEYS))
     if bad:
-        raise UserError(f"{path}: unknown [sweep] key {bad[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
+        hint = did_you_mean(bad[0], SWEEP_KEYS)
+        raise UserError(
+            f"{path}: unknown [sweep] key {bad[0]!r}{hint}; allowed: {', '.join(SWEEP_KEYS)}"
+        )
     if "experiment" not in sweep:
         raise UserError(f'{path}: [sweep] experiment is missing; add experiment = "<id>"')
     data = {k: v for k, v in sweep.items() if k in ("seeds", "instance_seed")}
