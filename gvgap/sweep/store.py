@@ -209,8 +209,9 @@ class RunStore:
         if known and spec_key(spec.to_json()) not in known and not append:
             raise UserError(
                 f"--out {self.root} holds a different sweep of {spec.experiment} "
-                f"({describe(manifest['specs'][-1].get('spec', {}))}); pass --append to add "
-                f"this one ({describe(spec.to_json())}) or choose another --out"
+                f"({describe(manifest['specs'][-1].get('spec', {}))}); to add this one "
+                f"({describe(spec.to_json())}) pass --append (gvgap sweep), else choose another "
+                "--out"
             )
 
     def _check_orphans(self, spec: SweepSpec) -> None:
