@@ -31,6 +31,9 @@ from gvgap.sweep.progress import PlainProgress, StageETA, format_seconds, make_p
 from gvgap.sweep.show import describe_fields, format_show, parse_attributes
 from gvgap.sweep.spec import spec_from_data
 
+#: h6_gap's SMOKE config without online DPO (a fast run of another experiment).
+SMOKE_H6 = {**dataclasses.asdict(h6_gap.SMOKE), "online_dpo": False}
+
 
 def small(seeds: int = 2) -> object:
     data = {"seeds": seeds, "fixed": {"n_policies": 2}, "grid": {"vocab": [2, 3]}}
@@ -129,6 +132,16 @@ def test_foreign_run_file_is_reported_not_dropped_silently(
     sweep(tmp_path)
     err = capsys.readouterr().err
     assert "0123456789abcdef" in err and "not a run of this sweep" in err
+    # a genuine run file of another experiment is reported too, not dropped silently
+    other = tmp_path.parent / "other"
+    runner.run_sweep(
+        spec_from_data("h6_gap", {"fixed": dict(SMOKE_H6)}, "t"), other, workers=1, progress=False
+    )
+    foreign = next((other / "runs").glob("*.json"))
+    (tmp_path / "runs" / foreign.name).write_bytes(foreign.read_bytes())
+    sweep(tmp_path)
+    err = capsys.readouterr().err
+    assert f"runs/{foreign.stem}.json: a run of h6_gap, not c1_gibbs; ignoring it" in err, err
 
 
 # ---------------------------------------------------------------- one spec per directory

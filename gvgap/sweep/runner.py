@@ -184,6 +184,9 @@ def run_sweep(
     with store.lock():
         records, problems = store.scan()
         planned = {r.run_id for r in runs}
+        for rec in records:
+            if rec["experiment"] != spec.experiment:
+                problems[rec["run_id"]] = f"a run of {rec['experiment']}, not {spec.experiment}"
         _report_problems(problems, planned)
         done = {r["run_id"] for r in records}
         pending = [r for r in runs if r.run_id not in done]
