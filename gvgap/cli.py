@@ -49,6 +49,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("problem families:")
     for name, fam in FAMILIES.items():
         print(f"  {name:<22} {fam.summary}")
+    print("fields of an experiment (type, default, allowed values, meaning): gvgap show ID")
     return 0
 
 
