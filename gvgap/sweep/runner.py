@@ -190,6 +190,11 @@ def run_sweep(
         _report_problems(problems, planned)
         done = {r["run_id"] for r in records}
         pending = [r for r in runs if r.run_id not in done]
+        if progress is not False and len(pending) < len(runs):
+            warn(
+                f"{spec.experiment}: resuming in {store.root}: {len(runs) - len(pending)} of "
+                f"{len(runs)} runs already stored, {len(pending)} to run"
+            )
         size = chunk_size or auto_chunk_size(module, len(pending), n_workers)
         chunks = make_chunks(pending, size)
         n_workers = min(n_workers, max(1, len(chunks)))
