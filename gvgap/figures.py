@@ -324,7 +324,8 @@ def experiment_specs(eid: str, df: pd.DataFrame, module: ModuleType | None) -> l
     if module is not None and callable(getattr(module, "plot", None)):
         doc = (module.plot.__doc__ or "").strip()
         caption = " ".join(doc.split("\n\n")[0].split()) or f"{eid}: the experiment's figure."
-        own.append(FigureSpec(eid, caption, module.plot))
+        uses = tuple(getattr(module, "PLOT_USES", (ALL,)))
+        own.append(FigureSpec(eid, caption, module.plot, uses))
     return own + generic_specs(eid, df)
 
 

@@ -90,17 +90,17 @@ COMMON_KNOBS = {
     "max_leaves": f"refuse trees with more than this many m·V^H leaves (default {_MAX})",
 }
 # Family knobs: name -> (default, description[, allowed values]); validated by type of default.
-_DICT = f"one of {', '.join(F.DICTIONARIES)}"
+_DICT = f"one of {', '.join(F.DICTIONARIES)}, ngram<n>, window<J>"
 _NGRAM = (2, "window length of the 'ngram' dictionary")
 _LINEAR = {
-    "dictionary": ("dense", f"feature dictionary, {_DICT}", F.DICTIONARIES),
+    "dictionary": ("dense", f"feature dictionary, {_DICT}"),
     "ngram_n": _NGRAM,
     "reward_scale": (2.0, "std of r* over the leaves of each prompt"),
     "per_prompt_weights": (False, "own w_x per prompt; features e_x ⊗ φ̃ (m k columns)"),
 }
 _POLICY = {
     "logit_scale": (1.0, "std of the random policy's node logits"),
-    "dictionary": ("position_token", f"R_sim dictionary, {_DICT}", F.DICTIONARIES),
+    "dictionary": ("position_token", f"R_sim dictionary, {_DICT}"),
     "ngram_n": _NGRAM,
 }
 _PLANNING = {
@@ -109,7 +109,7 @@ _PLANNING = {
     "motif": (None, "motif tokens (sequence or 'a,b,..'); None draws one at random"),
     "motif_len": (2, "length of a random motif, 1 <= motif_len <= H"),
     "reward_scale": (3.0, "reward of a completion that passes the check"),
-    "dictionary": ("position_token", f"k − 1 distractor features, {_DICT}", F.DICTIONARIES),
+    "dictionary": ("position_token", f"k − 1 distractor features, {_DICT}"),
     "ngram_n": _NGRAM,
 }
 _MISSPEC = {
@@ -318,6 +318,8 @@ def _family(name: str, summary: str, body: Callable[..., Out], own: dict[str, tu
             )
         b = _begin(name, rng, {key: v for key, v in locals().items() if key in COMMON_KNOBS})
         kn = {key: _knob(key, family_knobs.get(key, s[0]), *s[::2]) for key, s in own.items()}
+        if "dictionary" in kn:  # named or patterned (ngram<n>, window<J>); UserError if unknown
+            F.dictionary_size(kn["dictionary"], b.vocab, b.horizon, n=kn.get("ngram_n", 2))
         r, feats, extra = body(b, kn)
         env = make_env(
             vocab=b.vocab,

@@ -97,6 +97,11 @@ class ProblemConfig:
         ref_concentration: Dirichlet concentration of a random π_ref.
         lam: regularisation λ; negative = select on a held-out split (shared protocol).
         lam_grid: ``full`` or ``short`` λ grid for selection.
+        dictionary: feature dictionary of the family (``gvgap list``: dense, counts,
+            position_token, ngram<n>, window<J>); "" = the family's default.
+        per_prompt_weights: own r* weights w_x per prompt (families linear, misspec).
+        check: global check of family ``planning`` (sum_mod, ends_with_first, motif);
+            "" = the family's default.
     """
 
     family: str = "linear"
@@ -111,10 +116,36 @@ class ProblemConfig:
     ref_concentration: float = 1.0
     lam: float = -1.0
     lam_grid: str = "full"
+    dictionary: str = ""
+    per_prompt_weights: bool = False
+    check: str = ""
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
         validate_problem(self)
+        validate_knobs(self)
+
+
+#: Families that accept ``per_prompt_weights``.
+PER_PROMPT_FAMILIES = ("linear", "misspec")
+
+
+def validate_knobs(cfg) -> None:
+    """UserError naming the first bad family knob (``dictionary``, ``check``,
+    ``per_prompt_weights``) of a ProblemConfig."""
+    from gvgap.envs.features import CHECKS, dictionary_size
+
+    if cfg.dictionary:
+        dictionary_size(cfg.dictionary, 2, 1)  # names only: sizes are checked by the family
+    if cfg.check:
+        check_choice("check", cfg.check, CHECKS)
+        if cfg.family != "planning":
+            raise UserError(f"check applies only to family 'planning'; got family {cfg.family!r}")
+    if cfg.per_prompt_weights and cfg.family not in PER_PROMPT_FAMILIES:
+        raise UserError(
+            f"per_prompt_weights applies only to families {', '.join(PER_PROMPT_FAMILIES)}; "
+            f"got family {cfg.family!r}"
+        )
 
 
 def prepare(
@@ -140,14 +171,40 @@ def check_loop(cfg) -> None:
         )
 
 
-def robustness(*vocab_horizon: tuple[int, int]) -> list[dict]:
-    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H), then β = 0.3, then
-    a random π_ref."""
-    return [
+#: Dirichlet concentrations of the peaked-π_ref re-checks (smaller = more peaked).
+ROBUST_CONCENTRATIONS = (0.1, 0.3, 1.0)
+#: β values of the re-checks besides the default β = 1.
+ROBUST_BETAS = (0.1, 3.0)
+#: Prompts of the per-prompt-reward re-check.
+ROBUST_PROMPTS = 2
+
+
+def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
+    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
+    each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
+    ``per_prompt`` (families linear / misspec only), m = :data:`ROBUST_PROMPTS` prompts with
+    their own reward weights."""
+    out = [
         *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
-        {"beta": 0.3},
-        {"ref": "random", "ref_concentration": 1.0},
+        *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),
+        *({"beta": b} for b in ROBUST_BETAS),
     ]
+    if per_prompt:
+        out.append({"n_prompts": ROBUST_PROMPTS, "per_prompt_weights": True})
+    return out
+
+
+def family_knobs(cfg) -> dict:
+    """The optional family knobs a Config sets (``dictionary``, ``check``,
+    ``per_prompt_weights``); unset ones are left to the family's defaults."""
+    out: dict = {}
+    if getattr(cfg, "dictionary", ""):
+        out["dictionary"] = cfg.dictionary
+    if getattr(cfg, "check", ""):
+        out["check"] = cfg.check
+    if getattr(cfg, "per_prompt_weights", False):
+        out["per_prompt_weights"] = True
+    return out
 
 
 def build_env(cfg, instance_rng: np.random.Generator) -> TreeEnv:
@@ -163,6 +220,7 @@ def build_env(cfg, instance_rng: np.random.Generator) -> TreeEnv:
         epsilon=cfg.epsilon,
         ref=cfg.ref,
         ref_concentration=cfg.ref_concentration,
+        **family_knobs(cfg),
     )
 
 
@@ -184,6 +242,18 @@ def tabular_policy(env: TreeEnv) -> TabularPolicy:
     return TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
 
 
+def policy_class(name: str, env: TreeEnv):
+    """Π by ladder rung (``product``, ``markov<J>``, ``tabular``; :mod:`gvgap.policies.ladder`),
+    initialised at π_ref. ``tabular`` (and markov<J> with J ≥ H − 1) is :class:`TabularPolicy`,
+    the same set of policies, with exact soft RL."""
+    from gvgap.policies.ladder import MarkovPolicy, policy_order
+
+    order = policy_order(name, env.horizon)
+    if order >= env.horizon - 1:
+        return tabular_policy(env)
+    return MarkovPolicy(env.n_prompts, env.vocab, env.horizon, order, env.logpi_ref)
+
+
 def reward_class(name: str, env: TreeEnv):
     """R by name: ``linear`` (R_sim: env.features), ``tabular`` (global, isomorphic to Π),
     ``local`` (R(Π): r_π = β log π/π_ref of the tabular class, fitted by BT)."""
@@ -197,6 +267,98 @@ def reward_class(name: str, env: TreeEnv):
     return LocalReward(tabular_policy(env), env.logp_ref, env.beta)
 
 
+def check_reward_rung(name: str) -> None:
+    """UserError unless ``name`` is a reward rung: linear, tabular, local or window<J>."""
+    from gvgap.envs.features import parse_dictionary
+
+    if name not in RM_CLASSES and parse_dictionary(name)[0] != "window":
+        raise UserError(f"rm_class must be one of {', '.join(RM_CLASSES)}, window<J>; got {name!r}")
+
+
+def distractor_features(env: TreeEnv, n_extra: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_extra`` standardised distractor columns ``(N, n_extra)`` for a non-oracle RM.
+
+    Drawn without replacement from the columns of the instance's dictionary
+    (``env.info["dictionary"]``) that lie outside span{1, generating features}; ``dense``
+    (or an exhausted dictionary) is topped up with fresh N(0, 1) columns.
+    """
+    from gvgap.envs import features as F
+
+    tokens, name = env.tokens, env.info.get("dictionary", "dense")
+    cols = np.zeros((len(tokens), 0))
+    if name != "dense":
+        n = env.info.get("ngram_n", 2)
+        cand = F.standardize(F.dictionary(name, tokens, env.vocab, rng, n=n))
+        a = np.column_stack([np.ones(len(tokens)), env.features[0]])  # prompt 0's block
+        res = cand - a @ np.linalg.lstsq(a, cand, rcond=None)[0]
+        keep = np.flatnonzero(np.linalg.norm(res, axis=0) > 1e-6 * np.sqrt(len(tokens)))
+        pick = np.sort(rng.choice(keep, size=min(n_extra, keep.size), replace=False))
+        cols = cand[:, pick]
+    if cols.shape[1] < n_extra:
+        fresh = F.standardize(F.dense_random(len(tokens), n_extra - cols.shape[1], rng))
+        cols = np.concatenate([cols, fresh], axis=1)
+    return cols
+
+
+def reward_rung(
+    name: str, env: TreeEnv, *, n_distractors: int = 0, rng: np.random.Generator | None = None
+):
+    """R by ladder rung: ``linear`` (the generating features ``env.features``, plus
+    ``n_distractors`` distractor columns from ``rng``: the non-oracle RM), ``window<J>``
+    (per-prompt window features, :func:`gvgap.envs.features.position_window`), ``oracle``
+    (= linear), ``tabular``, ``local``."""
+    from gvgap.envs import features as F
+
+    if name == "oracle":
+        name = "linear"
+    check_reward_rung(name)
+    if name == "linear" and n_distractors > 0:
+        extra = distractor_features(env, n_distractors, rng)
+        if env.n_prompts > 1 and env.info.get("per_prompt_weights"):
+            extra = F.block_features(extra, env.n_prompts)
+        else:
+            extra = np.broadcast_to(extra, (env.n_prompts, *extra.shape))
+        return LinearReward(np.concatenate([env.features, extra], axis=-1))
+    if name in RM_CLASSES:
+        return reward_class(name, env)
+    return _window_rung(env, F.parse_dictionary(name)[1])
+
+
+def reward_dim(rc, env: TreeEnv) -> int:
+    """Dimension of a reward class modulo per-prompt constants: the rank of its centred
+    features (linear), m (N − 1) (tabular / local of the tabular class)."""
+    if isinstance(rc, LinearReward):
+        f = rc.features - rc.features.mean(axis=1, keepdims=True)
+        return int(np.linalg.matrix_rank(f.reshape(-1, f.shape[-1]), tol=1e-9))
+    return env.n_prompts * (env.n_leaves - 1)
+
+
+def _window_rung(env: TreeEnv, order: int) -> LinearReward:
+    """window<order> rewards with one weight vector per prompt (block features if m > 1)."""
+    from gvgap.envs import features as F
+
+    phi = F.position_window(env.tokens, env.vocab, order)
+    if env.n_prompts == 1:
+        return LinearReward(phi[None])
+    return LinearReward(F.block_features(phi, env.n_prompts))
+
+
+def isomorphic(env: TreeEnv, rc, order: int) -> bool:
+    """Whether Π(R) is the policy rung markov<order> (offline = online by theorem): a
+    reward class of full dimension with tabular Π, or, with uniform π_ref, span{1, R} =
+    span{1, window<order>} per prompt (the local rewards of markov<order>)."""
+    full = env.n_prompts * (env.n_leaves - 1)
+    d_r = reward_dim(rc, env)
+    if order >= env.horizon - 1:
+        return d_r == full
+    uniform = all(np.allclose(a, -np.log(env.vocab)) for a in env.logpi_ref)
+    if not uniform or not isinstance(rc, LinearReward):
+        return False
+    win = _window_rung(env, order)
+    both = LinearReward(np.concatenate([rc.features, win.features], axis=-1))
+    return d_r == reward_dim(win, env) == reward_dim(both, env)
+
+
 def draw_pairs(
     env: TreeEnv, n_pairs: int, rng: np.random.Generator, *, label: str = "bt", flip: float = 0.0
 ) -> Preferences:
@@ -204,9 +366,12 @@ def draw_pairs(
     return sample_pairs(env.logp_ref, env.r_star, env.rho, n_pairs, rng, label=label, flip=flip)
 
 
-def fit_dpo(env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = "dpo") -> Result:
-    """Offline DPO (or IPO) over the tabular class with the shared λ protocol."""
-    pol = tabular_policy(env)
+def fit_dpo(
+    env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = "dpo", policy=None
+) -> Result:
+    """Offline DPO (or IPO) over ``policy`` (default: the tabular class) with the shared λ
+    protocol."""
+    pol = tabular_policy(env) if policy is None else policy
     if loss == "dpo":
         return select_lambda(
             lambda d, lam: dpo(pol, env, d, lam=lam), data, split_seed=split_seed, grid=grid
@@ -219,9 +384,10 @@ def fit_dpo(env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = 
     )[0]
 
 
-def fit_rlhf(env: TreeEnv, data: Preferences, rm_name: str, grid, split_seed: int) -> Result:
-    """RM of class ``rm_name`` (shared λ protocol) + exact soft RL over Π."""
-    rc = reward_class(rm_name, env)
+def fit_rlhf(env: TreeEnv, data: Preferences, rm_name, grid, split_seed: int) -> Result:
+    """RM of class ``rm_name`` (a name for :func:`reward_class`, or a reward class object;
+    shared λ protocol) + exact soft RL over Π."""
+    rc = reward_class(rm_name, env) if isinstance(rm_name, str) else rm_name
     return select_lambda(
         lambda d, lam: rlhf(rc, env, d, lam=lam), data, split_seed=split_seed, grid=grid
     )[0]
