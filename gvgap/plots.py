@@ -30,7 +30,7 @@ from gvgap.stats import has_column, pair_runs, paired_difference, select, summar
 
 #: Axis labels (quantity and unit) of known columns and metrics.
 LABELS: dict[str, str] = {
-    "gap": "generation–verification gap",
+    "gap": "measured gap log(dim Π_min / dim R_min)",
     "log_gap": "log(#params of Π / #params of R_sim)  (nominal gap)",
     "horizon": "horizon H (tokens per completion)",
     "k": "verifier complexity k (features of R_sim)",
@@ -216,7 +216,7 @@ def advantage_vs_gap(
     df: pd.DataFrame,
     ax: Axes | None = None,
     *,
-    gap_col: str = "log_gap",
+    gap_col: str = "gap",
     n_col: str = "n_pairs",
     style_col: str | None = "rm_class",
     **kw: Any,
@@ -454,6 +454,8 @@ def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regre
         return ax
     gap = with_column(df, "gap")
     gaps = gap.groupby("generator")["gap"].median() if "generator" in gap else pd.Series()
+    lo = gap.groupby("generator")["gap"].min() if "generator" in gap else pd.Series()
+    hi = gap.groupby("generator")["gap"].max() if "generator" in gap else pd.Series()
     gens = sorted(adv["generator"].unique(), key=lambda g: (gaps.get(g, np.nan), g))
     trees = sorted(adv["tree"].unique(), key=str) if "tree" in adv else [None]
     prots = [p for p in H6_PROTOCOL_STYLE if "protocol" in adv and p in set(adv["protocol"])]
@@ -482,12 +484,15 @@ def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regre
             label=f"{'' if tree is None else f'V×H={tree}'}"
             f"{'' if prot is None else f', {prot}'} ({n_seeds} seeds)",
         )
-    ax.set_xticks(
-        range(len(gens)), [f"{g}\ngap {gaps.get(g, np.nan):.2f}" for g in gens], fontsize=8
-    )
+
+    def tick(g: str) -> str:
+        a, b = lo.get(g, np.nan), hi.get(g, np.nan)
+        return f"{g}\ngap {a:.2f}" + (f"–{b:.2f}" if b - a > 5e-3 else "")
+
+    ax.set_xticks(range(len(gens)), [tick(g) for g in gens], fontsize=8)
     _zero_line(ax)
     ax.set_xlabel("generator of r* (ordered by measured gap log(dim Π_min / dim R_min))")
     ax.set_ylabel(f"{metric}(offline) − {metric}(online)  (nats; 95% CI)")
     ax.set_title("H6: online advantage vs the measured gap")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, framealpha=0.6)
     return ax

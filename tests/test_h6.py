@@ -183,3 +183,43 @@ def test_large_gap_gives_an_advantage():
         out = M.run(cfg, rng=np.random.default_rng(seed), instance_rng=np.random.default_rng(seed))
         wins += out["online/regret"] < out["offline/regret"]
     assert wins >= 2
+
+
+def _tidy(spec):
+    """A tidy h6 frame: regret of offline / online per seed, bare gap per run."""
+    rows = []
+    for gen, tree, prot, gap, loc in spec:
+        for seed in range(4):
+            rid = f"{gen}{tree}{prot}{seed}"
+            base = {"run_id": rid, "experiment": "h6_gap", "generator": gen, "tree": tree}
+            base |= {"protocol": prot, "n_pairs": 16, "seed": seed, "instance_seed": seed}
+            for pipe, metric, val in (
+                ("offline", "regret", 1.0 + loc + 0.01 * seed),
+                ("online", "regret", 1.0),
+                ("", "gap", gap),
+                ("", "isomorphic", 0.0),
+            ):
+                rows.append({**base, "pipeline": pipe, "metric": metric, "value": val})
+    return pd.DataFrame(rows)
+
+
+def test_surface_plot_and_verdict_on_a_tidy_frame():
+    from matplotlib.figure import Figure
+
+    from gvgap import plots
+
+    df = _tidy(
+        [
+            ("sum_mod", "2x4", "well_specified", 2.7, 0.6),
+            ("dense", "2x4", "well_specified", 1.6, 0.4),
+            ("dense", "2x4", "common", 1.6, 0.8),
+        ]
+    )
+    ax = Figure().subplots()
+    plots.h6_surface(df, ax)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["V×H=2x4, well_specified (4 seeds)", "V×H=2x4, common (4 seeds)"]
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["dense", "sum_mod"]
+    v = M.verdict(df)
+    # 4 seeds: the smallest one-sided signed-rank p is 1/16 > 0.05, so nothing is decided
+    assert v.verdict == "inconclusive" and v.effect == pytest.approx(0.415)

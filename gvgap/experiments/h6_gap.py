@@ -161,7 +161,7 @@ QUICK = {
     "grid": {
         "generator": ["additive_full", "additive", "dense", "sum_mod"],
         "tree": _TREES,
-        "n_pairs": [HEADLINE_N],
+        "n_pairs": [HEADLINE_N, 64],
         "protocol": list(PROTOCOLS),
     },
 }
