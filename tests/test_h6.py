@@ -50,7 +50,8 @@ def test_fields_reachable_from_set_strings():
         ({"rm_features": 0}, "rm_features"),
         ({"dictionary": "fourier"}, "dictionary"),
         ({"check": "sum_mod"}, "check"),  # family linear has no check
-        ({"family": "planning", "per_prompt_weights": True}, "per_prompt_weights"),
+        ({"family": "policy_complex", "per_prompt_weights": True}, "per_prompt_weights"),
+        ({"family": "planning", "check": "motif", "per_prompt_weights": True}, "sum_mod"),
         ({"generator": "dense", "family": "planning"}, "family"),
         ({"generator": "nope"}, "generator"),
         ({"tree": "3by4"}, "tree"),
@@ -154,8 +155,9 @@ def test_robustness_list():
     assert [r["beta"] for r in rob if "beta" in r] == [0.1, 3.0]
     assert {"n_prompts": 2, "per_prompt_weights": True} in rob
     assert all("per_prompt_weights" not in r for r in C.robustness())
-    for o in M.ROBUSTNESS:  # every h6 re-check builds a valid config
-        make_config(M.Config, {**o, "generator": o.get("generator", "sum_mod")})
+    for o in M.ROBUSTNESS:  # every h6 re-check builds a valid config with every generator
+        for gen in ("additive_full", "additive", "dense", "sum_mod"):
+            make_config(M.Config, {**o, "generator": gen})
 
 
 def test_smoke_and_verdict_on_a_small_table():
@@ -223,3 +225,22 @@ def test_surface_plot_and_verdict_on_a_tidy_frame():
     v = M.verdict(df)
     # 4 seeds: the smallest one-sided signed-rank p is 1/16 > 0.05, so nothing is decided
     assert v.verdict == "inconclusive" and v.effect == pytest.approx(0.415)
+
+
+def test_planning_per_prompt_targets():
+    """sum_mod with per-prompt weights: prompt x rewards Σ a_h ≡ x (mod V); by hand at V=2,
+    H=2 the passing leaves are 00, 11 for x = 0 and 01, 10 for x = 1."""
+    from gvgap.envs import make_family
+
+    env = make_family(
+        "planning",
+        rng=np.random.default_rng(0),
+        vocab=2,
+        horizon=2,
+        n_prompts=2,
+        k=1,
+        per_prompt_weights=True,
+    )
+    np.testing.assert_array_equal(env.r_star, 3.0 * np.array([[1, 0, 0, 1], [0, 1, 1, 0]]))
+    assert env.features.shape == (2, 4, 2)
+    np.testing.assert_array_equal(env.features[1, :, 0], 0.0)  # prompt 1 uses block 1 only

@@ -111,6 +111,7 @@ _PLANNING = {
     "reward_scale": (3.0, "reward of a completion that passes the check"),
     "dictionary": ("position_token", f"k − 1 distractor features, {_DICT}"),
     "ngram_n": _NGRAM,
+    "per_prompt_weights": (False, "sum_mod only: prompt x asks Σ_h a_h ≡ target + x (mod V)"),
 }
 _MISSPEC = {
     **_LINEAR,
@@ -274,7 +275,20 @@ def _planning(b: SimpleNamespace, kn: dict) -> Out:
         cols.append(_features(b, kn["dictionary"], b.k - 1, kn["ngram_n"]))
     w = np.zeros(b.k)
     w[0] = kn["reward_scale"]
-    return w[0] * ind, np.concatenate(cols, axis=1), {**kn, "w_star": w}
+    feats = np.concatenate(cols, axis=1)
+    if not kn["per_prompt_weights"]:
+        return w[0] * ind, feats, {**kn, "w_star": w}
+    if kn["check"] != "sum_mod":
+        raise UserError(f"per_prompt_weights applies to check 'sum_mod' only; got {kn['check']!r}")
+    # prompt x: target (c + x) mod V; features e_x ⊗ [1[check_x], distractors]
+    out = np.zeros((b.m, len(b.tokens), b.m * b.k))
+    r = np.zeros((b.m, len(b.tokens)))
+    for x in range(b.m):  # a loop over prompts, not leaves
+        t = (kn["target"] + x) % b.vocab
+        ind_x = F.check_indicator(b.tokens, b.vocab, "sum_mod", target=t)
+        out[x, :, x * b.k : (x + 1) * b.k] = np.column_stack([ind_x, feats[:, 1:]])
+        r[x] = w[0] * ind_x
+    return r, out, {**kn, "w_star": np.tile(w, b.m)}
 
 
 def _misspec(b: SimpleNamespace, kn: dict) -> Out:

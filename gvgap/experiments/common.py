@@ -99,7 +99,8 @@ class ProblemConfig:
         lam_grid: ``full`` or ``short`` λ grid for selection.
         dictionary: feature dictionary of the family (``gvgap list``: dense, counts,
             position_token, ngram<n>, window<J>); "" = the family's default.
-        per_prompt_weights: own r* weights w_x per prompt (families linear, misspec).
+        per_prompt_weights: own r* per prompt: weights w_x (linear, misspec), target c + x
+            (planning sum_mod).
         check: global check of family ``planning`` (sum_mod, ends_with_first, motif);
             "" = the family's default.
     """
@@ -127,7 +128,7 @@ class ProblemConfig:
 
 
 #: Families that accept ``per_prompt_weights``.
-PER_PROMPT_FAMILIES = ("linear", "misspec")
+PER_PROMPT_FAMILIES = ("linear", "misspec", "planning")
 
 
 def validate_knobs(cfg) -> None:
@@ -141,6 +142,8 @@ def validate_knobs(cfg) -> None:
         check_choice("check", cfg.check, CHECKS)
         if cfg.family != "planning":
             raise UserError(f"check applies only to family 'planning'; got family {cfg.family!r}")
+    if cfg.per_prompt_weights and cfg.family == "planning" and cfg.check not in ("", "sum_mod"):
+        raise UserError(f"per_prompt_weights applies to check 'sum_mod' only; got {cfg.check!r}")
     if cfg.per_prompt_weights and cfg.family not in PER_PROMPT_FAMILIES:
         raise UserError(
             f"per_prompt_weights applies only to families {', '.join(PER_PROMPT_FAMILIES)}; "
@@ -182,8 +185,8 @@ ROBUST_PROMPTS = 2
 def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
     """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
     each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
-    ``per_prompt`` (families linear / misspec only), m = :data:`ROBUST_PROMPTS` prompts with
-    their own reward weights."""
+    ``per_prompt`` (families linear / misspec / planning with sum_mod only), m =
+    :data:`ROBUST_PROMPTS` prompts with their own reward weights (targets)."""
     out = [
         *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
         *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),

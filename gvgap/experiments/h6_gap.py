@@ -170,12 +170,9 @@ QUICK = {
 ROBUST_SEEDS = 10
 _AT = {"n_pairs": HEADLINE_N, "protocol": HEADLINE_PROTOCOL, "tree": POSITIVE_CELL[1]}
 #: Re-checks (fields leave the grid), at the headline n, protocol and tree: peaked π_ref
-#: (Dirichlet 0.1, 0.3, 1), β ∈ {0.1, 3}, and m = 2 prompts with per-prompt rewards (dense
-#: generator only: the planning family has no per-prompt weights; its largest-gap cell is
-#: then the positive control).
-ROBUSTNESS = [{**o, **_AT} for o in C.robustness()] + [
-    {"n_prompts": C.ROBUST_PROMPTS, "per_prompt_weights": True, "generator": "dense", **_AT}
-]
+#: (Dirichlet 0.1, 0.3, 1), β ∈ {0.1, 3}, and m = 2 prompts with per-prompt rewards (own w_x;
+#: sum_mod: own target c + x).
+ROBUSTNESS = [{**o, **_AT} for o in C.robustness(per_prompt=True)]
 
 
 #: The problem instance (drawn only from ``instance_rng``).

@@ -133,7 +133,14 @@ def _ci(d: np.ndarray) -> dict[str, float]:
     from gvgap.stats import mean_ci
 
     mean, lo, hi = mean_ci(d, rng=np.random.default_rng(0))
-    return {"mean": mean, "ci_low": lo, "ci_high": hi, **I.robust_summary(d)}
+    out = {"mean": mean, "ci_low": lo, "ci_high": hi, "p_improve": p_improve(d)}
+    return out | I.robust_summary(d)
+
+
+def p_improve(d: np.ndarray) -> float:
+    """Paired probability of improvement P(d > 0) + ½ P(d = 0) over the seeds."""
+    d = np.asarray(d, float)
+    return float(np.mean(d > 0) + 0.5 * np.mean(d == 0)) if d.size else float("nan")
 
 
 def describe(cells: pd.DataFrame) -> str:
@@ -143,7 +150,10 @@ def describe(cells: pd.DataFrame) -> str:
         key = "/".join(str(c[k]) for k in CELL if k in c)
         s = I.robust_summary(c["d"])
         tag = "isomorphic" if c["isomorphic"] else f"{c['outcome']} (pred {c['predicted']})"
-        parts.append(f"{key}: gap {c['gap']:.2f}, d̄ {s['mean']:.3g} (med {s['median']:.3g}) {tag}")
+        parts.append(
+            f"{key}: gap {c['gap']:.2f}, d̄ {s['mean']:.3g} (med {s['median']:.3g}, "
+            f"trim {s['trimmed_mean']:.3g}, P(d>0) {p_improve(c['d']):.2f}, {s['n']} seeds) {tag}"
+        )
     return "; ".join(parts)
 
 
