@@ -244,3 +244,13 @@ def test_planning_per_prompt_targets():
     np.testing.assert_array_equal(env.r_star, 3.0 * np.array([[1, 0, 0, 1], [0, 1, 1, 0]]))
     assert env.features.shape == (2, 4, 2)
     np.testing.assert_array_equal(env.features[1, :, 0], 0.0)  # prompt 1 uses block 1 only
+
+
+def test_dense_reward_depends_on_output_size_not_horizon():
+    """Dense r* is i.i.d. over leaf indices, π_ref uniform over leaves, tabular Π = every leaf
+    distribution, and DPO / RM losses live in leaf coordinates: (V, H) = (4, 2) and (2, 4)
+    are the same problem relabelled, so both pipelines return the same J (only the measured
+    gap could differ, and for dense r* it does not)."""
+    outs = [_run(generator="dense", tree=t, protocol="common") for t in ("4x2", "2x4")]
+    for key in ("offline/J", "online/J", "gap"):
+        assert outs[0][key] == pytest.approx(outs[1][key], abs=1e-6)
