@@ -11,6 +11,7 @@ from gvgap.errors import UserError
 from gvgap.experiments import common as C
 from gvgap.experiments import h6_gap as M
 from gvgap.experiments import h6_rule as R
+from gvgap.experiments import rungs as RG
 from gvgap.experiments.base import make_config
 
 
@@ -101,7 +102,7 @@ def test_protocols_pick_the_classes():
 def test_non_oracle_features_contain_the_generating_ones():
     cfg = make_config(M.Config, {"generator": "dense", "tree": "2x3"})
     env = C.build_env(cfg, np.random.default_rng(0))
-    rc = C.reward_rung("linear", env, n_distractors=4, rng=np.random.default_rng(1))
+    rc = RG.reward_rung("linear", env, n_distractors=4, rng=np.random.default_rng(1))
     assert rc.features.shape[-1] == 7
     res, _ = reward_residual(env, rc.features, shared=True)
     assert res < 1e-12  # r* ∈ span of the K candidates
@@ -208,7 +209,7 @@ def _tidy(spec):
 def test_surface_plot_and_verdict_on_a_tidy_frame():
     from matplotlib.figure import Figure
 
-    from gvgap import plots
+    from gvgap import plots_h6 as plots
 
     df = _tidy(
         [
@@ -254,3 +255,18 @@ def test_dense_reward_depends_on_output_size_not_horizon():
     outs = [_run(generator="dense", tree=t, protocol="common") for t in ("4x2", "2x4")]
     for key in ("offline/J", "online/J", "gap"):
         assert outs[0][key] == pytest.approx(outs[1][key], abs=1e-6)
+
+
+def test_online_projection_onto_a_rung():
+    """RL step onto a policy rung: the reverse-KL projection of π*_{r̂}. For additive r* with
+    a position×token RM, π*_{r̂} is already a product policy, so projecting onto the product
+    rung changes nothing; for dense r* the projection can only lower J (a subset of Π)."""
+    kw = {"generator": "additive_full", "tree": "2x3", "protocol": "common"}
+    tab, prod = _run(**kw), _run(**kw, online_policy_class="product")
+    assert prod["online/J"] == pytest.approx(tab["online/J"], abs=1e-6)
+    kw = {"generator": "dense", "tree": "2x3", "protocol": "common"}
+    tab, prod = _run(**kw), _run(**kw, online_policy_class="product")
+    assert prod["online/J"] <= tab["online/J"] + 1e-9
+    assert prod["online/grad_norm"] < 1e-4
+    with pytest.raises(UserError, match="online_policy_class"):
+        make_config(M.Config, {"online_policy_class": "lstm"})

@@ -36,6 +36,7 @@ from gvgap.envs.ladder import CONTAIN_TOL, ladder_gap, smallest_reward_rung
 from gvgap.errors import UserError
 from gvgap.experiments import common as C
 from gvgap.experiments import h6_rule as R
+from gvgap.experiments import rungs as RG
 from gvgap.policies.ladder import policy_order, rung_name
 
 ID = "h6_gap"
@@ -100,6 +101,8 @@ class Config(C.ProblemConfig):
         rm_class: online reward rung (linear = oracle features, window<J>, tabular, local) or
             auto (protocol).
         rm_features: K of the non_oracle RM (K = max(rm_features, k) candidate features).
+        online_policy_class: policy class of the online RL step: tabular (exact soft RL) or a
+            rung (product, markov<J>): the reverse-KL projection of π*_{r̂} onto it.
     """
 
     protocol: str = "well_specified"
@@ -108,6 +111,7 @@ class Config(C.ProblemConfig):
     policy_class: str = "auto"
     rm_class: str = "auto"
     rm_features: int = 8
+    online_policy_class: str = "tabular"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -139,8 +143,15 @@ class Config(C.ProblemConfig):
         C.check_range("rm_features", self.rm_features, 1)
         if self.policy_class != "auto":
             policy_order(self.policy_class, self.horizon)
+        try:
+            policy_order(self.online_policy_class, self.horizon)
+        except UserError:
+            raise UserError(
+                "online_policy_class must be one of product, markov1, ..., tabular; "
+                f"got {self.online_policy_class!r}"
+            ) from None
         if self.rm_class != "auto":
-            C.check_reward_rung(self.rm_class)
+            RG.check_reward_rung(self.rm_class)
 
 
 SMOKE = Config(generator="dense", tree="2x3", n_pairs=20, lam_grid="short")
@@ -194,7 +205,7 @@ def classes(cfg: Config, env, gap: dict, instance_rng: np.random.Generator):
     else:
         r_name = "linear"
     extra = max(cfg.rm_features, cfg.k) - cfg.k if cfg.protocol == "non_oracle" else 0
-    rc = C.reward_rung(r_name, env, n_distractors=extra, rng=instance_rng)
+    rc = RG.reward_rung(r_name, env, n_distractors=extra, rng=instance_rng)
     return C.policy_class(p_name, env), p_name, rc, r_name
 
 
@@ -212,13 +223,16 @@ def run(
     gap = ladder_gap(env)
     pol, p_name, rc, _r_name = classes(cfg, env, gap, instance_rng)
     off = C.fit_dpo(env, data, grid, split_seed, policy=pol)
-    on = C.fit_rlhf(env, data, rc, grid, split_seed)
+    on_pol = None
+    if policy_order(cfg.online_policy_class, env.horizon) < env.horizon - 1:
+        on_pol = C.policy_class(cfg.online_policy_class, env)
+    on = C.fit_rlhf(env, data, rc, grid, split_seed, policy=on_pol)
     out = {**_row("offline", env, off), **_row("online", env, on)}
     out |= C.gap_metrics(env) | gap
     order = policy_order(p_name, env.horizon)
     out["offline_dim"] = gap[f"dim_pi/{p_name}"]
-    out["online_dim"] = float(C.reward_dim(rc, env))
-    out["isomorphic"] = float(C.isomorphic(env, rc, order))
+    out["online_dim"] = float(RG.reward_dim(rc, env))
+    out["isomorphic"] = float(RG.isomorphic(env, rc, order))
     out["n_leaves"] = float(env.n_leaves)
     out["contain_tol"] = CONTAIN_TOL
     return out
@@ -258,6 +272,6 @@ def plot(df: pd.DataFrame, ax=None):
     """H6 surface: mean paired regret advantage offline − online (95% bootstrap CI) per
     generator (x, ordered by measured gap), tree V×H (colour) and protocol (marker/line
     style); one panel per n. Positive = online better; seeds per point in the legend."""
-    from gvgap.plots import h6_surface
+    from gvgap.plots_h6 import h6_surface
 
     return h6_surface(df, ax)
