@@ -56,6 +56,7 @@ def test_fields_reachable_from_set_strings():
         ({"generator": "dense", "family": "planning"}, "family"),
         ({"generator": "nope"}, "generator"),
         ({"tree": "3by4"}, "tree"),
+        ({"tree": "2x4", "vocab": 5}, "vocab"),
     ],
 )
 def test_bad_fields_raise_naming_the_field(overrides, field):

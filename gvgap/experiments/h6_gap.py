@@ -114,10 +114,9 @@ class Config(C.ProblemConfig):
     online_policy_class: str = "tabular"
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
         if self.tree:
-            set_(self, "vocab", _tree(self.tree)[0])
-            set_(self, "horizon", _tree(self.tree)[1])
+            v, h = _tree(self.tree)
+            self._preset("tree", {"vocab": v, "horizon": h})
         if not self.generator:
             return
         C.check_choice("generator", self.generator, tuple(GENERATORS))
@@ -127,14 +126,18 @@ class Config(C.ProblemConfig):
 
             spec["k"] = dictionary_size(spec["dictionary"], self.vocab, self.horizon)
         spec.setdefault("check", "")
+        self._preset("generator", spec)
+
+    def _preset(self, field: str, spec: dict) -> None:
+        """Write a preset's fields; UserError if one was set to another non-default value."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name, value in spec.items():
             if getattr(self, name) not in (value, defaults[name]):
                 raise UserError(
-                    f"{name}={getattr(self, name)!r} conflicts with generator="
-                    f"{self.generator!r} (which sets {name}={value!r}); set one of them"
+                    f"{name}={getattr(self, name)!r} conflicts with {field}="
+                    f"{getattr(self, field)!r} (which sets {name}={value!r}); set one of them"
                 )
-            set_(self, name, value)
+            object.__setattr__(self, name, value)
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field (rm_class: the ladder's names)."""
