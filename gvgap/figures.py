@@ -325,7 +325,9 @@ def experiment_specs(eid: str, df: pd.DataFrame, module: ModuleType | None) -> l
     if module is not None and callable(getattr(module, "plot", None)):
         doc = (module.plot.__doc__ or "").strip()
         caption = " ".join(doc.split("\n\n")[0].split()) or f"{eid}: the experiment's figure."
-        uses = tuple(getattr(module, "PLOT_USES", (ALL,)))
+        # columns the plot distinguishes: plot_uses(df) or PLOT_USES; the rest become facets
+        fn = getattr(module, "plot_uses", None)
+        uses = tuple(fn(df) if callable(fn) else getattr(module, "PLOT_USES", (ALL,)))
         own.append(FigureSpec(eid, caption, module.plot, uses))
     return own + generic_specs(eid, df)
 

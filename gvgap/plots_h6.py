@@ -1,5 +1,5 @@
 """The h6 surface figure (``h6_gap.plot``): paired regret differences per generator, tree and
-protocol on one panel; the other swept fields become facets (``h6_gap.PLOT_USES``)."""
+protocol on one panel; the other swept fields become facets (``h6_gap.plot_uses``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regre
     bootstrap CI; positive = online better) per generator (x, ordered by its median measured
     gap, printed under the name), tree V×H (colour, categorical palette) and protocol (marker
     and line style). Series are dodged horizontally so none hides another; the legend gives
-    the seeds per point. Other varying fields must be facets (``PLOT_USES`` of h6_gap)."""
+    the seeds per point. Other varying fields must be facets (``h6_gap.plot_uses``)."""
     ax = _axes(ax)
     by = [c for c in ("generator", "tree", "protocol") if c in df.columns]
     adv = paired_difference(
@@ -76,4 +76,38 @@ def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regre
     ax.set_ylabel(f"{metric}(offline) − {metric}(online)  (nats; 95% CI)")
     ax.set_title("H6: online advantage vs the measured gap")
     ax.legend(fontsize=7, ncol=2, framealpha=0.6)
+    return ax
+
+
+def h6_curves(
+    df: pd.DataFrame, ax: Axes | None = None, *, line: str | None, metric: str = "regret"
+) -> Axes:
+    """Paired ``metric`` difference offline − online vs n (log x, ticks at the n present), one
+    line per level of ``line`` (categorical palette, mean with 95% bootstrap CI)."""
+    from gvgap.plots import _log_ticks
+
+    ax = _axes(ax)
+    by = [c for c in ("n_pairs", line) if c]
+    adv = paired_difference(
+        df, metric=metric, a_pipeline="offline", b_pipeline="online", by=by, rng=_rng(None)
+    )
+    levels = sorted(adv[line].unique(), key=str) if line else [None]
+    colors = dict(zip(levels, sns.color_palette("colorblind", len(levels))))
+    for lv in levels:
+        g = (adv if line is None else adv[adv[line] == lv]).sort_values("n_pairs")
+        ax.errorbar(
+            g["n_pairs"],
+            g["mean"],
+            yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
+            color=colors[lv],
+            marker="o",
+            capsize=2,
+            label=f"{line}={lv} ({int(g['n'].min())} seeds)" if line else "all runs",
+        )
+    _log_ticks(ax, adv["n_pairs"].unique())
+    _zero_line(ax)
+    ax.set_xlabel("preference pairs n")
+    ax.set_ylabel(f"{metric}(offline) − {metric}(online)  (nats; 95% CI)")
+    ax.set_title("H6: online advantage vs n")
+    ax.legend(fontsize=7, framealpha=0.6)
     return ax

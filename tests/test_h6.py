@@ -271,3 +271,18 @@ def test_online_projection_onto_a_rung():
     assert prod["online/grad_norm"] < 1e-4
     with pytest.raises(UserError, match="online_policy_class"):
         make_config(M.Config, {"online_policy_class": "lstm"})
+
+
+def test_curve_figure_for_single_generator_tables():
+    from gvgap.figures import experiment_specs, facets
+
+    df = _tidy([("", "2x4", "common", 1.6, 0.3)])
+    df = pd.concat([df, _tidy([("", "2x4", "common", 1.6, 0.1)]).assign(n_pairs=64)])
+    df = df.assign(epsilon=np.where(df["seed"] % 2 == 0, 0.0, 0.5))
+    assert M.plot_uses(df) == ("n_pairs", "epsilon")
+    spec = experiment_specs("h6_gap", df, M)[0]
+    assert spec.uses == ("n_pairs", "epsilon") and facets(df, spec.uses) == ([{}], False)
+    from matplotlib.figure import Figure
+
+    ax = M.plot(df, Figure().subplots())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "64"]

@@ -267,14 +267,30 @@ def verdict(df: pd.DataFrame):
     )
 
 
-#: Columns the h6 figure distinguishes itself; other varying fields become panels.
-PLOT_USES = ("generator", "tree", "protocol")
+#: Columns the surface figure distinguishes itself; other varying fields become panels.
+SURFACE_USES = ("generator", "tree", "protocol")
+#: Candidates for the line of the n-curve figure (tables where ``generator`` does not vary).
+CURVE_LINES = ("epsilon", "k", "tree", "horizon", "protocol", "rm_class", "policy_class")
+
+
+def _curve_line(df: pd.DataFrame) -> str | None:
+    return next((c for c in CURVE_LINES if c in df.columns and df[c].nunique() > 1), None)
+
+
+def plot_uses(df: pd.DataFrame) -> tuple[str, ...]:
+    """Columns :func:`plot` distinguishes on ``df`` (the rest become facets)."""
+    if "generator" in df.columns and df["generator"].nunique() > 1:
+        return SURFACE_USES
+    return tuple(c for c in ("n_pairs", _curve_line(df)) if c)
 
 
 def plot(df: pd.DataFrame, ax=None):
-    """H6 surface: mean paired regret advantage offline − online (95% bootstrap CI) per
-    generator (x, ordered by measured gap), tree V×H (colour) and protocol (marker/line
-    style); one panel per n. Positive = online better; seeds per point in the legend."""
-    from gvgap.plots_h6 import h6_surface
+    """H6: paired regret difference offline − online (95% bootstrap CI; positive = online
+    better; seeds per point in the legend). With several generators: the surface per generator
+    (x, ordered by measured gap), tree V×H (colour) and protocol (marker); else vs n (log x)
+    with one line per level of the first varying of epsilon, k, tree, horizon, protocol."""
+    from gvgap.plots_h6 import h6_curves, h6_surface
 
-    return h6_surface(df, ax)
+    if "generator" in df.columns and df["generator"].nunique() > 1:
+        return h6_surface(df, ax)
+    return h6_curves(df, ax, line=_curve_line(df))
