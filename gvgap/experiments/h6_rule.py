@@ -63,6 +63,12 @@ def cell_table(df: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def at_cell(cells: pd.DataFrame, key: tuple) -> pd.Series:
+    """Rows whose leading cell keys (generator, tree, …) equal ``key``."""
+    cols = list(CELL[: len(key)])
+    return (cells[cols] == pd.Series(key, cols)).all(axis=1)
+
+
 def prediction(gap: float, gap_big: float, gap_small: float) -> str | None:
     """``greater`` (gap ≥ gap_big), ``equivalent`` (gap ≤ gap_small) or None."""
     if gap >= gap_big:
@@ -95,15 +101,9 @@ def rule(
     decisions = I.decide_family(list(cells.loc[test, "d"]), margin=margin)
     for i, dec in zip(cells.index[test], decisions):
         cells.at[i, "outcome"] = dec.outcome
-    keys = [c for c in CELL if c in cells.columns]
     ctrl = None
     if positive is not None:
-        hit = cells[
-            test
-            & (cells[keys[: len(positive)]] == pd.Series(positive, keys[: len(positive)])).all(
-                axis=1
-            )
-        ]
+        hit = cells[test & at_cell(cells, positive)]
         ctrl = hit.index[0] if not hit.empty else None
     if ctrl is None:
         ctrl = cells.loc[test, "gap"].idxmax()
@@ -176,9 +176,7 @@ def verdict(
     n = n_pairs if (cells["n_pairs"] == n_pairs).any() else cells["n_pairs"].min()
     cells = cells[cells["n_pairs"] == n]
     label, held, cells = rule(cells, positive=positive, gap_big=gap_big, gap_small=gap_small)
-    head = cells[
-        (cells[["generator", "tree"]] == pd.Series(headline, ["generator", "tree"])).all(axis=1)
-    ]
+    head = cells[at_cell(cells, headline)]
     head = head if not head.empty else cells[~cells["isomorphic"]].sort_values("gap").tail(1)
     eff = _ci(head.iloc[0]["d"]) if not head.empty else {"mean": nan, "ci_low": nan, "ci_high": nan}
     ctrl = cells[cells["control"]]
