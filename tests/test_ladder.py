@@ -130,3 +130,17 @@ def test_gap_window_reward_gives_markov1_policy():
     g = ladder_gap(env)
     assert g["pi_order_min"] == 1 and g["r_order_min"] == 1
     assert g["res_pi/product"] > 1e-3 and g["res_r/window0"] > 1e-3
+
+
+def test_patterned_dictionary_names():
+    from gvgap.envs.features import dictionary, dictionary_size
+
+    tokens = T.leaf_tokens(3, 3)
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(
+        dictionary("ngram2", tokens, 3, rng), dictionary("ngram", tokens, 3, rng, n=2)
+    )
+    # window1 at V=3, H=3: blocks V, V², V² → 3 + 9 + 9 = 21 columns
+    assert dictionary_size("window1", 3, 3) == 21 == dictionary("window1", tokens, 3, rng).shape[1]
+    with pytest.raises(UserError, match="dictionary"):
+        dictionary_size("windowX", 3, 3)

@@ -23,7 +23,9 @@ Families (knobs and defaults: ``FAMILIES[name].knobs``; ``gvgap list``):
 * ``planning`` — r* = reward_scale · 1[check(ξ)] for a global check whose optimal policy needs
   lookahead: ``sum_mod`` (Σ_h a_h ≡ target mod V), ``ends_with_first`` (a_H = a_1, H ≥ 2) or
   ``motif`` (a given token string occurs contiguously anywhere). ``features`` = [1[check],
-  k − 1 standardised distractor columns of ``dictionary``], so r* ∈ R_sim.
+  k − 1 standardised distractor columns of ``dictionary``], so r* ∈ R_sim. With
+  ``per_prompt_weights`` (sum_mod only) prompt x asks Σ_h a_h ≡ target + x (mod V) and the
+  features become the block map e_x ⊗ [1[check_x], distractors].
 * ``misspec`` — r* = r_lin + ε · reward_scale · u: r_lin as in ``linear``, u a residual
   (``noise``: i.i.d. N(0, 1); ``policy``: a policy_complex reward) projected off
   span{1, φ̃} per prompt and scaled to unit std. ``features`` = φ̃ only, so r* ∉ R_sim for
