@@ -48,7 +48,7 @@ def test_fields_reachable_from_set_strings():
         ({"protocol": "both"}, "protocol"),
         ({"policy_class": "markovy"}, "policy_class"),
         ({"rm_class": "quadratic"}, "rm_class"),
-        ({"rm_features": 0}, "rm_features"),
+        ({"rm_features": -1}, "rm_features"),
         ({"dictionary": "fourier"}, "dictionary"),
         ({"check": "sum_mod"}, "check"),  # family linear has no check
         ({"family": "policy_complex", "per_prompt_weights": True}, "per_prompt_weights"),

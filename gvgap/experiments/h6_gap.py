@@ -13,7 +13,8 @@ protocol, chosen by ``protocol``:
 * ``common``: offline = DPO over tabular Π; online = RM over the oracle (generating) features
   (the earlier design: it compares class sizes, not the gap).
 * ``non_oracle``: offline = DPO over tabular Π; online = RM over K = max(rm_features, k)
-  candidate features — the generating ones plus distractor columns of the same dictionary.
+  candidate features (default k + 5) — the generating ones plus distractor columns of the
+  same dictionary outside their span (fresh Gaussian columns for dense or when exhausted).
 
 ``policy_class`` / ``rm_class`` (not ``auto``) override either side. Verdict metric: paired
 regret difference d = regret(offline) − regret(online), regret = J(π*) − J(π) (ratio-free;
@@ -76,6 +77,8 @@ HEADLINE_PROTOCOL = "well_specified"
 HEADLINE_CELL = ("dense", "2x4")
 #: …and the positive control, which must show the advantage for the test to decide.
 POSITIVE_CELL = ("sum_mod", "2x4")
+#: Distractor columns of the non_oracle RM when ``rm_features`` = 0.
+NON_ORACLE_DISTRACTORS = 5
 #: Sample size of every tested cell (the smallest n, where the gap matters most).
 HEADLINE_N = 16
 
@@ -100,7 +103,8 @@ class Config(C.ProblemConfig):
         policy_class: offline policy rung (product, markov<J>, tabular) or auto (protocol).
         rm_class: online reward rung (linear = oracle features, window<J>, tabular, local) or
             auto (protocol).
-        rm_features: K of the non_oracle RM (K = max(rm_features, k) candidate features).
+        rm_features: K of the non_oracle RM: K = max(rm_features, k) candidate features;
+            0 = k + ``NON_ORACLE_DISTRACTORS`` (so the non-oracle RM always has distractors).
         online_policy_class: policy class of the online RL step: tabular (exact soft RL) or a
             rung (product, markov<J>): the reverse-KL projection of π*_{r̂} onto it.
     """
@@ -110,7 +114,7 @@ class Config(C.ProblemConfig):
     tree: str = ""
     policy_class: str = "auto"
     rm_class: str = "auto"
-    rm_features: int = 8
+    rm_features: int = 0
     online_policy_class: str = "tabular"
 
     def __post_init__(self) -> None:
@@ -143,7 +147,7 @@ class Config(C.ProblemConfig):
         """Raise UserError naming the first bad field (rm_class: the ladder's names)."""
         C.ProblemConfig.validate(dataclasses.replace(self, rm_class="linear"))
         C.check_choice("protocol", self.protocol, PROTOCOLS)
-        C.check_range("rm_features", self.rm_features, 1)
+        C.check_range("rm_features", self.rm_features, 0)
         if self.policy_class != "auto":
             policy_order(self.policy_class, self.horizon)
         try:
@@ -207,7 +211,9 @@ def classes(cfg: Config, env, gap: dict, instance_rng: np.random.Generator):
         r_name = smallest_reward_rung(gap)
     else:
         r_name = "linear"
-    extra = max(cfg.rm_features, cfg.k) - cfg.k if cfg.protocol == "non_oracle" else 0
+    extra = 0
+    if cfg.protocol == "non_oracle":
+        extra = max(cfg.rm_features, cfg.k) - cfg.k if cfg.rm_features else NON_ORACLE_DISTRACTORS
     rc = RG.reward_rung(r_name, env, n_distractors=extra, rng=instance_rng)
     return C.policy_class(p_name, env), p_name, rc, r_name
 
