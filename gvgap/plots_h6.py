@@ -62,8 +62,7 @@ def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regre
             marker=marker,
             ls=ls,
             capsize=2,
-            label=f"{'' if tree is None else f'V×H={tree}'}"
-            f"{'' if prot is None else f', {prot}'} ({n_seeds} seeds)",
+            label=", ".join(str(v) for v in (tree, prot) if v is not None) + f" ({n_seeds} seeds)",
         )
 
     def tick(g: str) -> str:
@@ -75,7 +74,10 @@ def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regre
     ax.set_xlabel("generator of r* (ordered by measured gap log(dim Π_min / dim R_min))")
     ax.set_ylabel(f"{metric}(offline) − {metric}(online)  (nats; 95% CI)")
     ax.set_title("H6: online advantage vs the measured gap")
-    ax.legend(fontsize=7, ncol=2, framealpha=0.6)
+    # below the axes, so that no series is hidden under the legend
+    ax.legend(
+        fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22), title="V×H, protocol"
+    )
     return ax
 
 

@@ -222,7 +222,7 @@ def test_surface_plot_and_verdict_on_a_tidy_frame():
     ax = Figure().subplots()
     plots.h6_surface(df, ax)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["V×H=2x4, well_specified (4 seeds)", "V×H=2x4, common (4 seeds)"]
+    assert labels == ["2x4, well_specified (4 seeds)", "2x4, common (4 seeds)"]
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["dense", "sum_mod"]
     v = M.verdict(df)
     # 4 seeds: the smallest one-sided signed-rank p is 1/16 > 0.05, so nothing is decided
