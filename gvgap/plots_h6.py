@@ -19,6 +19,15 @@ H6_PROTOCOL_STYLE = {
 }
 
 
+def _tree_key(tree: str) -> tuple:
+    """Order trees "VxH" by output size V^H, then horizon H (non-matching names last)."""
+    try:
+        v, h = (int(p) for p in str(tree).lower().split("x"))
+    except ValueError:
+        return (float("inf"), 0, str(tree))
+    return (v**h, h, str(tree))
+
+
 def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regret") -> Axes:
     """H6 surface on one panel: paired ``metric`` difference offline − online (mean, 95%
     bootstrap CI; positive = online better) per generator (x, ordered by its median measured
@@ -38,7 +47,7 @@ def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regre
     lo = gap.groupby("generator")["gap"].min() if "generator" in gap else pd.Series()
     hi = gap.groupby("generator")["gap"].max() if "generator" in gap else pd.Series()
     gens = sorted(adv["generator"].unique(), key=lambda g: (gaps.get(g, np.nan), g))
-    trees = sorted(adv["tree"].unique(), key=str) if "tree" in adv else [None]
+    trees = sorted(adv["tree"].unique(), key=_tree_key) if "tree" in adv else [None]
     prots = [p for p in H6_PROTOCOL_STYLE if "protocol" in adv and p in set(adv["protocol"])]
     prots = prots or [None]
     colors = dict(zip(trees, sns.color_palette("colorblind", len(trees))))
