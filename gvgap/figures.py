@@ -133,8 +133,9 @@ def save_figure(
 TIDY_COLUMNS = ("run_id", "experiment", "seed", "instance_seed", "pipeline", "metric", "value")
 #: A figure gets one panel per combination of the other varying settings, at most this many.
 MAX_PANELS = 6
-#: Candidates for the gap axis, best first (a column or a bare metric such as ``log_gap``).
-GAP_AXES = ("gap", "log_gap", "horizon", "k")
+#: Candidates for the gap axis, best first (a column or the bare measured ``gap``; never the
+#: nominal ``log_gap``).
+GAP_AXES = ("gap", "horizon", "k")
 ALL = "*"
 
 
@@ -324,7 +325,10 @@ def experiment_specs(eid: str, df: pd.DataFrame, module: ModuleType | None) -> l
     if module is not None and callable(getattr(module, "plot", None)):
         doc = (module.plot.__doc__ or "").strip()
         caption = " ".join(doc.split("\n\n")[0].split()) or f"{eid}: the experiment's figure."
-        own.append(FigureSpec(eid, caption, module.plot))
+        # columns the plot distinguishes: plot_uses(df) or PLOT_USES; the rest become facets
+        fn = getattr(module, "plot_uses", None)
+        uses = tuple(fn(df) if callable(fn) else getattr(module, "PLOT_USES", (ALL,)))
+        own.append(FigureSpec(eid, caption, module.plot, uses))
     return own + generic_specs(eid, df)
 
 

@@ -30,7 +30,7 @@ from gvgap.stats import has_column, pair_runs, paired_difference, select, summar
 
 #: Axis labels (quantity and unit) of known columns and metrics.
 LABELS: dict[str, str] = {
-    "gap": "generation–verification gap",
+    "gap": "measured gap log(dim Π_min / dim R_min)",
     "log_gap": "log(#params of Π / #params of R_sim)  (nominal gap)",
     "horizon": "horizon H (tokens per completion)",
     "k": "verifier complexity k (features of R_sim)",
@@ -216,7 +216,7 @@ def advantage_vs_gap(
     df: pd.DataFrame,
     ax: Axes | None = None,
     *,
-    gap_col: str = "log_gap",
+    gap_col: str = "gap",
     n_col: str = "n_pairs",
     style_col: str | None = "rm_class",
     **kw: Any,

@@ -23,7 +23,9 @@ Families (knobs and defaults: ``FAMILIES[name].knobs``; ``gvgap list``):
 * ``planning`` — r* = reward_scale · 1[check(ξ)] for a global check whose optimal policy needs
   lookahead: ``sum_mod`` (Σ_h a_h ≡ target mod V), ``ends_with_first`` (a_H = a_1, H ≥ 2) or
   ``motif`` (a given token string occurs contiguously anywhere). ``features`` = [1[check],
-  k − 1 standardised distractor columns of ``dictionary``], so r* ∈ R_sim.
+  k − 1 standardised distractor columns of ``dictionary``], so r* ∈ R_sim. With
+  ``per_prompt_weights`` (sum_mod only) prompt x asks Σ_h a_h ≡ target + x (mod V) and the
+  features become the block map e_x ⊗ [1[check_x], distractors].
 * ``misspec`` — r* = r_lin + ε · reward_scale · u: r_lin as in ``linear``, u a residual
   (``noise``: i.i.d. N(0, 1); ``policy``: a policy_complex reward) projected off
   span{1, φ̃} per prompt and scaled to unit std. ``features`` = φ̃ only, so r* ∉ R_sim for
@@ -90,17 +92,17 @@ COMMON_KNOBS = {
     "max_leaves": f"refuse trees with more than this many m·V^H leaves (default {_MAX})",
 }
 # Family knobs: name -> (default, description[, allowed values]); validated by type of default.
-_DICT = f"one of {', '.join(F.DICTIONARIES)}"
+_DICT = f"one of {', '.join(F.DICTIONARIES)}, ngram<n>, window<J>"
 _NGRAM = (2, "window length of the 'ngram' dictionary")
 _LINEAR = {
-    "dictionary": ("dense", f"feature dictionary, {_DICT}", F.DICTIONARIES),
+    "dictionary": ("dense", f"feature dictionary, {_DICT}"),
     "ngram_n": _NGRAM,
     "reward_scale": (2.0, "std of r* over the leaves of each prompt"),
     "per_prompt_weights": (False, "own w_x per prompt; features e_x ⊗ φ̃ (m k columns)"),
 }
 _POLICY = {
     "logit_scale": (1.0, "std of the random policy's node logits"),
-    "dictionary": ("position_token", f"R_sim dictionary, {_DICT}", F.DICTIONARIES),
+    "dictionary": ("position_token", f"R_sim dictionary, {_DICT}"),
     "ngram_n": _NGRAM,
 }
 _PLANNING = {
@@ -109,8 +111,9 @@ _PLANNING = {
     "motif": (None, "motif tokens (sequence or 'a,b,..'); None draws one at random"),
     "motif_len": (2, "length of a random motif, 1 <= motif_len <= H"),
     "reward_scale": (3.0, "reward of a completion that passes the check"),
-    "dictionary": ("position_token", f"k − 1 distractor features, {_DICT}", F.DICTIONARIES),
+    "dictionary": ("position_token", f"k − 1 distractor features, {_DICT}"),
     "ngram_n": _NGRAM,
+    "per_prompt_weights": (False, "sum_mod only: prompt x asks Σ_h a_h ≡ target + x (mod V)"),
 }
 _MISSPEC = {
     **_LINEAR,
@@ -274,7 +277,20 @@ def _planning(b: SimpleNamespace, kn: dict) -> Out:
         cols.append(_features(b, kn["dictionary"], b.k - 1, kn["ngram_n"]))
     w = np.zeros(b.k)
     w[0] = kn["reward_scale"]
-    return w[0] * ind, np.concatenate(cols, axis=1), {**kn, "w_star": w}
+    feats = np.concatenate(cols, axis=1)
+    if not kn["per_prompt_weights"]:
+        return w[0] * ind, feats, {**kn, "w_star": w}
+    if kn["check"] != "sum_mod":
+        raise UserError(f"per_prompt_weights applies to check 'sum_mod' only; got {kn['check']!r}")
+    # prompt x: target (c + x) mod V; features e_x ⊗ [1[check_x], distractors]
+    out = np.zeros((b.m, len(b.tokens), b.m * b.k))
+    r = np.zeros((b.m, len(b.tokens)))
+    for x in range(b.m):  # a loop over prompts, not leaves
+        t = (kn["target"] + x) % b.vocab
+        ind_x = F.check_indicator(b.tokens, b.vocab, "sum_mod", target=t)
+        out[x, :, x * b.k : (x + 1) * b.k] = np.column_stack([ind_x, feats[:, 1:]])
+        r[x] = w[0] * ind_x
+    return r, out, {**kn, "w_star": np.tile(w, b.m)}
 
 
 def _misspec(b: SimpleNamespace, kn: dict) -> Out:
@@ -318,6 +334,8 @@ def _family(name: str, summary: str, body: Callable[..., Out], own: dict[str, tu
             )
         b = _begin(name, rng, {key: v for key, v in locals().items() if key in COMMON_KNOBS})
         kn = {key: _knob(key, family_knobs.get(key, s[0]), *s[::2]) for key, s in own.items()}
+        if "dictionary" in kn:  # named or patterned (ngram<n>, window<J>); UserError if unknown
+            F.dictionary_size(kn["dictionary"], b.vocab, b.horizon, n=kn.get("ngram_n", 2))
         r, feats, extra = body(b, kn)
         env = make_env(
             vocab=b.vocab,

@@ -12,17 +12,24 @@ Dictionaries (``dictionary(name, ...)``):
 * ``counts``: Φ_{ξ v} = #{h : a_h = v} (D = V) — bag of tokens.
 * ``position_token``: Φ_{ξ, hV+v} = 1[a_h = v] (D = H V) — additive per-position scores.
 * ``ngram``: Φ_{ξ g} = #{h : (a_h..a_{h+n-1}) = g}, g read in base V with its first token
-  most significant (D = V^n) — local-window scores.
+  most significant (D = V^n) — local-window scores; ``ngram<n>`` (e.g. ``ngram2``) fixes n.
+* ``window<J>`` (J ≥ 0): Φ_{ξ,(h,c,v)} = 1[a_h = v, (a_{h−min(h,J)}..a_{h−1}) = c] — position-
+  dependent scores of (previous J tokens, token) (D = Σ_h V^{min(h,J)+1}). window0 is
+  position_token; window(H−1) spans every reward (the tabular rung). These are the reward
+  rungs paired with the policy rungs markovJ (:mod:`gvgap.policies.ladder`).
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
 from gvgap.errors import UserError
 
-#: Names accepted by :func:`dictionary`.
-DICTIONARIES = ("dense", "counts", "position_token", "ngram")
+#: Names accepted by :func:`dictionary` (plus the patterns ``ngram<n>`` and ``window<J>``).
+DICTIONARIES = ("dense", "counts", "position_token", "ngram", "ngram2", "window1", "window2")
+_PATTERN = re.compile(r"^(ngram|window)([0-9]+)$")
 #: Global checks accepted by :func:`check_indicator`.
 CHECKS = ("sum_mod", "ends_with_first", "motif")
 
@@ -89,6 +96,41 @@ def ngram_indicators(tokens: np.ndarray, vocab: int, n: int) -> np.ndarray:
     return out
 
 
+def position_window(tokens: np.ndarray, vocab: int, order: int) -> np.ndarray:
+    """Window indicators 1[a_h = v, last min(h, J) tokens before h = c] (``window<J>``).
+
+    Columns are laid out per position h in blocks of V^{min(h,J)} V, index c V + v with the
+    context c read in base V (first token most significant), like
+    :class:`gvgap.policies.ladder.MarkovPolicy`.
+
+    Args:
+        tokens: ``(N, H)``; vocab: V; order: J ≥ 0.
+
+    Returns:
+        ``(N, Σ_h V^{min(h,J)+1})`` float64 one-hot blocks.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n, horizon = tokens.shape
+    widths = [vocab ** (min(h, order) + 1) for h in range(horizon)]
+    out = np.zeros((n, sum(widths)))
+    start = 0
+    for h in range(horizon):  # positions, not leaves
+        lo = h - min(h, order)
+        powers = vocab ** np.arange(h - lo, -1, -1, dtype=np.int64)
+        out[np.arange(n), start + tokens[:, lo : h + 1] @ powers] = 1.0
+        start += widths[h]
+    return out
+
+
+def parse_dictionary(name: str, n: int = 2) -> tuple[str, int]:
+    """``(base name, integer)``: ``ngram<n>`` → (ngram, n); ``window<J>`` → (window, J);
+    ``ngram`` → (ngram, the given n); other names → (name, n)."""
+    match = _PATTERN.match(str(name))
+    if match is None:
+        return str(name), n
+    return match.group(1), int(match.group(2))
+
+
 def dense_random(n_leaves: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Dense random features Φ_{ξ j} ~ N(0, 1) i.i.d., shape ``(N, k)``."""
     return rng.standard_normal((n_leaves, k))
@@ -97,10 +139,16 @@ def dense_random(n_leaves: int, k: int, rng: np.random.Generator) -> np.ndarray:
 def dictionary_size(name: str, vocab: int, horizon: int, *, n: int = 2) -> int | None:
     """Number of columns D of a dictionary (None for ``dense``, which has any number)."""
     sizes = {"dense": None, "counts": vocab, "position_token": horizon * vocab}
+    name, n = parse_dictionary(name, n)
     if name == "ngram":
         return vocab**n
+    if name == "window":
+        return sum(vocab ** (min(h, n) + 1) for h in range(horizon))
     if name not in sizes:
-        raise UserError(f"dictionary must be one of {', '.join(DICTIONARIES)}; got {name!r}")
+        raise UserError(
+            f"dictionary must be one of {', '.join(DICTIONARIES)} (or ngram<n>, window<J>); "
+            f"got {name!r}"
+        )
     return sizes[name]
 
 
@@ -132,6 +180,7 @@ def dictionary(
         UserError: unknown name, or k outside [1, D].
     """
     size = dictionary_size(name, vocab, tokens.shape[1], n=n)
+    name, n = parse_dictionary(name, n)
     if name == "dense":
         if k is None or k < 1:
             raise UserError(f"k must be an integer >= 1 for dictionary 'dense', got {k}")
@@ -145,6 +194,7 @@ def dictionary(
         "counts": lambda: token_counts(tokens, vocab),
         "position_token": lambda: position_token(tokens, vocab),
         "ngram": lambda: ngram_indicators(tokens, vocab, n),
+        "window": lambda: position_window(tokens, vocab, n),
     }[name]
     phi = build()
     if k is None:

@@ -135,6 +135,12 @@ class ProblemConfig:
         ref_concentration: Dirichlet concentration of a random π_ref.
         lam: regularisation λ; negative = select on a held-out split (shared protocol).
         lam_grid: ``full`` or ``short`` λ grid for selection.
+        dictionary: feature dictionary of the family (``gvgap list``: dense, counts,
+            position_token, ngram<n>, window<J>); "" = the family's default.
+        per_prompt_weights: own r* per prompt: weights w_x (linear, misspec), target c + x
+            (planning sum_mod).
+        check: global check of family ``planning`` (sum_mod, ends_with_first, motif);
+            "" = the family's default.
     """
 
     family: str = "linear"
@@ -149,10 +155,38 @@ class ProblemConfig:
     ref_concentration: float = 1.0
     lam: float = -1.0
     lam_grid: str = "full"
+    dictionary: str = ""
+    per_prompt_weights: bool = False
+    check: str = ""
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
         validate_problem(self)
+        validate_knobs(self)
+
+
+#: Families that accept ``per_prompt_weights``.
+PER_PROMPT_FAMILIES = ("linear", "misspec", "planning")
+
+
+def validate_knobs(cfg) -> None:
+    """UserError naming the first bad family knob (``dictionary``, ``check``,
+    ``per_prompt_weights``) of a ProblemConfig."""
+    from gvgap.envs.features import CHECKS, dictionary_size
+
+    if cfg.dictionary:
+        dictionary_size(cfg.dictionary, 2, 1)  # names only: sizes are checked by the family
+    if cfg.check:
+        check_choice("check", cfg.check, CHECKS)
+        if cfg.family != "planning":
+            raise UserError(f"check applies only to family 'planning'; got family {cfg.family!r}")
+    if cfg.per_prompt_weights and cfg.family == "planning" and cfg.check not in ("", "sum_mod"):
+        raise UserError(f"per_prompt_weights applies to check 'sum_mod' only; got {cfg.check!r}")
+    if cfg.per_prompt_weights and cfg.family not in PER_PROMPT_FAMILIES:
+        raise UserError(
+            f"per_prompt_weights applies only to families {', '.join(PER_PROMPT_FAMILIES)}; "
+            f"got family {cfg.family!r}"
+        )
 
 
 def prepare(
@@ -178,14 +212,40 @@ def check_loop(cfg) -> None:
         )
 
 
-def robustness(*vocab_horizon: tuple[int, int]) -> list[dict]:
-    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H), then β = 0.3, then
-    a random π_ref."""
-    return [
+#: Dirichlet concentrations of the peaked-π_ref re-checks (smaller = more peaked).
+ROBUST_CONCENTRATIONS = (0.1, 0.3, 1.0)
+#: β values of the re-checks besides the default β = 1.
+ROBUST_BETAS = (0.1, 3.0)
+#: Prompts of the per-prompt-reward re-check.
+ROBUST_PROMPTS = 2
+
+
+def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
+    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
+    each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
+    ``per_prompt`` (families linear / misspec / planning with sum_mod only), m =
+    :data:`ROBUST_PROMPTS` prompts with their own reward weights (targets)."""
+    out = [
         *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
-        {"beta": 0.3},
-        {"ref": "random", "ref_concentration": 1.0},
+        *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),
+        *({"beta": b} for b in ROBUST_BETAS),
     ]
+    if per_prompt:
+        out.append({"n_prompts": ROBUST_PROMPTS, "per_prompt_weights": True})
+    return out
+
+
+def family_knobs(cfg) -> dict:
+    """The optional family knobs a Config sets (``dictionary``, ``check``,
+    ``per_prompt_weights``); unset ones are left to the family's defaults."""
+    out: dict = {}
+    if getattr(cfg, "dictionary", ""):
+        out["dictionary"] = cfg.dictionary
+    if getattr(cfg, "check", ""):
+        out["check"] = cfg.check
+    if getattr(cfg, "per_prompt_weights", False):
+        out["per_prompt_weights"] = True
+    return out
 
 
 def build_env(cfg, instance_rng: np.random.Generator) -> TreeEnv:
@@ -201,6 +261,7 @@ def build_env(cfg, instance_rng: np.random.Generator) -> TreeEnv:
         epsilon=cfg.epsilon,
         ref=cfg.ref,
         ref_concentration=cfg.ref_concentration,
+        **family_knobs(cfg),
     )
 
 
@@ -220,6 +281,18 @@ def lambda_grid(lam: float, grid_name: str = "full") -> tuple[float, ...]:
 def tabular_policy(env: TreeEnv) -> TabularPolicy:
     """The full policy class Π, initialised at π_ref."""
     return TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
+
+
+def policy_class(name: str, env: TreeEnv):
+    """Π by ladder rung (``product``, ``markov<J>``, ``tabular``; :mod:`gvgap.policies.ladder`),
+    initialised at π_ref. ``tabular`` (and markov<J> with J ≥ H − 1) is :class:`TabularPolicy`,
+    the same set of policies, with exact soft RL."""
+    from gvgap.policies.ladder import MarkovPolicy, policy_order
+
+    order = policy_order(name, env.horizon)
+    if order >= env.horizon - 1:
+        return tabular_policy(env)
+    return MarkovPolicy(env.n_prompts, env.vocab, env.horizon, order, env.logpi_ref)
 
 
 def reward_class(name: str, env: TreeEnv):
@@ -242,9 +315,12 @@ def draw_pairs(
     return sample_pairs(env.logp_ref, env.r_star, env.rho, n_pairs, rng, label=label, flip=flip)
 
 
-def fit_dpo(env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = "dpo") -> Result:
-    """Offline DPO (or IPO) over the tabular class with the shared λ protocol."""
-    pol = tabular_policy(env)
+def fit_dpo(
+    env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = "dpo", policy=None
+) -> Result:
+    """Offline DPO (or IPO) over ``policy`` (default: the tabular class) with the shared λ
+    protocol."""
+    pol = tabular_policy(env) if policy is None else policy
     if loss == "dpo":
         return select_lambda(
             lambda d, lam: dpo(pol, env, d, lam=lam), data, split_seed=split_seed, grid=grid
@@ -257,11 +333,18 @@ def fit_dpo(env: TreeEnv, data: Preferences, grid, split_seed: int, loss: str = 
     )[0]
 
 
-def fit_rlhf(env: TreeEnv, data: Preferences, rm_name: str, grid, split_seed: int) -> Result:
-    """RM of class ``rm_name`` (shared λ protocol) + exact soft RL over Π."""
-    rc = reward_class(rm_name, env)
+def fit_rlhf(
+    env: TreeEnv, data: Preferences, rm_name, grid, split_seed: int, policy=None
+) -> Result:
+    """RM of class ``rm_name`` (a name for :func:`reward_class`, or a reward class object;
+    shared λ protocol) + exact soft RL over Π (``policy=None``), or the reverse-KL projection
+    of π*_{r̂} onto ``policy`` (a ladder rung)."""
+    rc = reward_class(rm_name, env) if isinstance(rm_name, str) else rm_name
     return select_lambda(
-        lambda d, lam: rlhf(rc, env, d, lam=lam), data, split_seed=split_seed, grid=grid
+        lambda d, lam: rlhf(rc, env, d, lam=lam, policy=policy),
+        data,
+        split_seed=split_seed,
+        grid=grid,
     )[0]
 
 

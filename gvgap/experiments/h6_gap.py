@@ -1,202 +1,302 @@
-"""H6 — the generation–verification gap (THEORY §3 "proper learning", §4, §6 items 9–11).
+"""H6 — the generation–verification gap, dialled on both sides (THEORY §3, §4, §6 items 9–11).
 
-Design: one problem instance (family, V, H, k) and one preference dataset D of n pairs from
-π_ref labelled by the true BT model. Offline DPO searches all of Π (tabular autoregressive);
-RLHF fits a reward model from ``rm_class`` on the *same* D with the *same* λ protocol and
-runs exact soft RL; online DPO relabels on-policy best-vs-worst pairs with that RM. With a
-simple verifier (``rm_class="linear"``, r* ∈ R_sim) online searches Π(R_sim) — k parameters
-instead of m(V^H − 1) — so it should win at small n, more so at long horizons, and the
-difference should vanish as n grows. The isomorphic control (``rm_class="tabular"`` or
-``"local"``) must show no difference at all (the theorem), and the gap-removal controls
-(H ≤ 2; ``family="policy_complex"``: r* ∈ R(Π)) should show none either.
+Design. One instance (``generator`` → family, dictionary, check, k; ``tree`` → V, H) and one
+preference dataset D of n pairs from π_ref labelled by the true BT model. The gap is
+*measured* on the instance (:mod:`gvgap.envs.ladder`): the smallest policy rung containing
+π* (reverse-KL residual ≤ ``CONTAIN_TOL``), the smallest reward rung containing r*
+(least-squares residual), their dimensions ``dim_pi_min``, ``dim_r_min`` and
+``gap = log(dim_pi_min / dim_r_min)``. Two pipelines run on the same D with the same λ
+protocol, chosen by ``protocol``:
+
+* ``well_specified``: offline = DPO over the smallest policy rung containing π*; online = BT
+  RM over the smallest reward rung containing r*, then exact soft RL over tabular Π.
+* ``common``: offline = DPO over tabular Π; online = RM over the oracle (generating) features
+  (the earlier design: it compares class sizes, not the gap).
+* ``non_oracle``: offline = DPO over tabular Π; online = RM over K = max(rm_features, k)
+  candidate features (default k + 5) — the generating ones plus distractor columns of the
+  same dictionary outside their span (fresh Gaussian columns for dense or when exhausted).
+
+``policy_class`` / ``rm_class`` (not ``auto``) override either side. Verdict metric: paired
+regret difference d = regret(offline) − regret(online), regret = J(π*) − J(π) (ratio-free;
+positive = online better); KL(π‖π*) and win rate are recorded beside it, J_norm for plots.
+Prediction (under ``well_specified``): the advantage tracks the measured gap — it shows where
+gap ≥ ``GAP_BIG`` and is nil (TOST, margin ``REGRET_MARGIN``) where gap ≤ ``GAP_SMALL``, at
+either horizon of a pair of trees with equal V^H. Cells whose two classes are isomorphic
+(``isomorphic`` = 1: equal by theorem, checked in tests/verify) are reported, not tested.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from gvgap.experiments import analysis as A
+from gvgap.envs.ladder import CONTAIN_TOL, ladder_gap, smallest_reward_rung
+from gvgap.errors import UserError
 from gvgap.experiments import common as C
-from gvgap.experiments.base import Verdict
+from gvgap.experiments import h6_rule as R
+from gvgap.experiments import rungs as RG
+from gvgap.policies.ladder import policy_order, rung_name
 
 ID = "h6_gap"
 CLAIM = (
-    "With a generation-verification gap (simple r*, complex π*), online PFT (RM from "
-    "R_sim + soft RL) beats offline DPO on the same pairs at small n; the advantage "
-    "vanishes with no gap and as n grows."
+    "Online PFT (RM over the smallest reward class containing r* + soft RL) beats offline "
+    "DPO over the smallest policy class containing π* exactly where the measured "
+    "generation-verification gap log(dim Π_min / dim R_min) is large, and not where it is small."
 )
 NOTES = "H6"
 DESIGN_NOTE = __doc__
 
-#: Verdict thresholds (J_norm units): the headline advantage must exceed this (CI low end)…
-MIN_ADVANTAGE = 0.02
-#: …and the isomorphic control must stay within ±this (CI) for "supported".
-EQUIVALENCE_MARGIN = 0.01
+PROTOCOLS = ("well_specified", "common", "non_oracle")
+#: Instance generators: family knobs (k = "all" → every column of the dictionary).
+GENERATORS: dict[str, dict] = {
+    "additive_full": {"family": "linear", "dictionary": "position_token", "k": "all"},
+    "additive": {"family": "linear", "dictionary": "position_token", "k": 3},
+    "window1_full": {"family": "linear", "dictionary": "window1", "k": "all"},
+    "dense": {"family": "linear", "dictionary": "dense", "k": 3},
+    "sum_mod": {"family": "planning", "check": "sum_mod", "dictionary": "position_token", "k": 1},
+    "last_first": {
+        "family": "planning",
+        "check": "ends_with_first",
+        "dictionary": "position_token",
+        "k": 1,
+    },
+}
+# Verdict constants, fixed before reading results.
+#: Cells with measured gap ≥ this are predicted to show an online advantage.
+GAP_BIG = 1.5
+#: Cells with measured gap ≤ this are predicted to show none (TOST).
+GAP_SMALL = 0.75
+#: Equivalence margin of "no advantage" on the regret difference (nats of J).
+REGRET_MARGIN = R.REGRET_MARGIN
+#: Protocol of the hypothesis test.
+HEADLINE_PROTOCOL = "well_specified"
+#: Headline cell (generator, tree) reported as the verdict's effect…
+HEADLINE_CELL = ("dense", "2x4")
+#: …and the positive control, which must show the advantage for the test to decide.
+POSITIVE_CELL = ("sum_mod", "2x4")
+#: Distractor columns of the non_oracle RM when ``rm_features`` = 0.
+NON_ORACLE_DISTRACTORS = 5
+#: Sample size of every tested cell (the smallest n, where the gap matters most).
+HEADLINE_N = 16
+
+
+def _tree(tree: str) -> tuple[int, int]:
+    try:
+        v, h = (int(p) for p in tree.lower().split("x"))
+    except ValueError:
+        raise UserError(f"tree must look like 'VxH' (e.g. '3x4'); got {tree!r}") from None
+    return v, h
 
 
 @dataclass(frozen=True)
 class Config(C.ProblemConfig):
-    """One h6_gap setting.
-
-    Shared problem fields: :class:`common.ProblemConfig`.
+    """One h6_gap setting. Shared problem fields: :class:`common.ProblemConfig`.
 
     Attributes:
-        rm_class: linear (R_sim), tabular (isomorphic control) or local (R(Π)).
-        online_dpo: also run online DPO labelled by the RM.
-        online_samples: samples per prompt for online DPO's best-vs-worst pairs.
+        protocol: well_specified, common or non_oracle (module docstring).
+        generator: "" or a key of ``GENERATORS``; sets family, dictionary, check and k (the
+            resolved values are the recorded fields; setting both differently is an error).
+        tree: "" or "VxH" (e.g. "2x4"); sets vocab and horizon.
+        policy_class: offline policy rung (product, markov<J>, tabular) or auto (protocol).
+        rm_class: online reward rung (linear = oracle features, window<J>, tabular, local) or
+            auto (protocol).
+        rm_features: K of the non_oracle RM: K = max(rm_features, k) candidate features;
+            0 = k + ``NON_ORACLE_DISTRACTORS`` (so the non-oracle RM always has distractors).
+        online_policy_class: policy class of the online RL step: tabular (exact soft RL) or a
+            rung (product, markov<J>): the reverse-KL projection of π*_{r̂} onto it.
     """
 
-    rm_class: str = "linear"
-    online_dpo: bool = True
-    online_samples: int = 8
+    protocol: str = "well_specified"
+    generator: str = ""
+    tree: str = ""
+    policy_class: str = "auto"
+    rm_class: str = "auto"
+    rm_features: int = 0
+    online_policy_class: str = "tabular"
+
+    def __post_init__(self) -> None:
+        if self.tree:
+            v, h = _tree(self.tree)
+            self._preset("tree", {"vocab": v, "horizon": h})
+        if not self.generator:
+            return
+        C.check_choice("generator", self.generator, tuple(GENERATORS))
+        spec = dict(GENERATORS[self.generator])
+        if spec["k"] == "all":
+            from gvgap.envs.features import dictionary_size
+
+            spec["k"] = dictionary_size(spec["dictionary"], self.vocab, self.horizon)
+        spec.setdefault("check", "")
+        self._preset("generator", spec)
+
+    def _preset(self, field: str, spec: dict) -> None:
+        """Write a preset's fields; UserError if one was set to another non-default value."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, value in spec.items():
+            if getattr(self, name) not in (value, defaults[name]):
+                raise UserError(
+                    f"{name}={getattr(self, name)!r} conflicts with {field}="
+                    f"{getattr(self, field)!r} (which sets {name}={value!r}); set one of them"
+                )
+            object.__setattr__(self, name, value)
 
     def validate(self) -> None:
-        """Raise UserError naming the first bad field."""
-        super().validate()
-        C.check_range("online_samples", self.online_samples, 2)
+        """Raise UserError naming the first bad field (rm_class: the ladder's names)."""
+        C.ProblemConfig.validate(dataclasses.replace(self, rm_class="linear"))
+        C.check_choice("protocol", self.protocol, PROTOCOLS)
+        C.check_range("rm_features", self.rm_features, 0)
+        if self.policy_class != "auto":
+            policy_order(self.policy_class, self.horizon)
+        try:
+            policy_order(self.online_policy_class, self.horizon)
+        except UserError:
+            raise UserError(
+                "online_policy_class must be one of product, markov1, ..., tabular; "
+                f"got {self.online_policy_class!r}"
+            ) from None
+        if self.rm_class != "auto":
+            RG.check_reward_rung(self.rm_class)
 
 
-SMOKE = Config(vocab=2, horizon=3, n_pairs=20, lam_grid="short", online_samples=4)
+SMOKE = Config(generator="dense", tree="2x3", n_pairs=20, lam_grid="short")
+_TREES = ["4x2", "2x4"]  # equal output size V^H = 16, horizon 2 vs 4
 SETTINGS = {
     "seeds": 20,
-    "fixed": {"vocab": 3, "k": 3},
+    "fixed": {},
     "grid": {
-        "family": ["linear", "policy_complex"],
-        "horizon": [1, 2, 3, 4, 5],
-        "n_pairs": [16, 64, 256, 1024, 4096],
-        "rm_class": ["linear", "tabular"],
+        "generator": ["additive_full", "additive", "window1_full", "dense", "sum_mod"],
+        "tree": ["9x2", "3x4", "4x2", "2x4"],
+        "n_pairs": [16, 64, 256, 1024],
+        "protocol": list(PROTOCOLS),
     },
 }
 QUICK = {
-    "seeds": 5,
-    "fixed": {"vocab": 3, "k": 3, "lam_grid": "short", "online_dpo": False},
+    "seeds": 20,
+    "fixed": {"lam_grid": "short"},
     "grid": {
-        "family": ["linear", "policy_complex"],
-        "horizon": [1, 2, 4],
-        "n_pairs": [16, 128, 4096],
-        "rm_class": ["linear", "tabular"],
+        "generator": ["additive_full", "additive", "dense", "sum_mod"],
+        "tree": _TREES,
+        "n_pairs": [HEADLINE_N, 64],
+        "protocol": list(PROTOCOLS),
     },
 }
-#: Seeds of each robustness re-check in ``reproduce --quick`` (J_norm of DPO at small n is
-#: heavy-tailed, so 4 seeds are too few here).
-ROBUST_SEEDS = 8
-#: Re-checks of the verdict (fields leave the grid): other V, β and π_ref.
-ROBUSTNESS = [
-    {"vocab": 2, "horizon": 6, "family": "linear", "n_pairs": 64},
-    {"vocab": 4, "family": "linear", "n_pairs": 16},
-    {"beta": 0.5, "family": "linear"},
-    {"ref": "random", "family": "linear"},
-]
+#: Seeds of each robustness re-check in ``reproduce --quick`` (10: the smallest one-sided
+#: signed-rank p is 2^-10, enough for Holm over the few cells of a re-check).
+ROBUST_SEEDS = 10
+_AT = {"n_pairs": HEADLINE_N, "protocol": HEADLINE_PROTOCOL, "tree": POSITIVE_CELL[1]}
+#: Re-checks (fields leave the grid), at the headline n, protocol and tree: peaked π_ref
+#: (Dirichlet 0.1, 0.3, 1), β ∈ {0.1, 3}, and m = 2 prompts with per-prompt rewards (own w_x;
+#: sum_mod: own target c + x).
+ROBUSTNESS = [{**o, **_AT} for o in C.robustness(per_prompt=True)]
 
 
 #: The problem instance (drawn only from ``instance_rng``).
 build_env = C.build_env
 
 
-def run(
-    cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
-) -> dict[str, float]:
-    """DPO vs RLHF (vs online DPO) on one instance and one dataset."""
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    off = C.fit_dpo(env, data, grid, split_seed)
-    on = C.fit_rlhf(env, data, cfg.rm_class, grid, split_seed)
-    out = {**C.metric_row("dpo", env, off), **C.metric_row("rlhf", env, on)}
-    if cfg.online_dpo:
-        odpo = C.fit_online_dpo(env, on.r_hat, n_samples=cfg.online_samples, lam=on.lam)
-        out.update(C.metric_row("online_dpo", env, odpo))
-    out.update(C.gap_metrics(env))
+def classes(cfg: Config, env, gap: dict, instance_rng: np.random.Generator):
+    """(offline policy class, its rung name, online reward class, its rung name)."""
+    if cfg.policy_class != "auto":
+        p_name = rung_name(policy_order(cfg.policy_class, env.horizon), env.horizon)
+    elif cfg.protocol == "well_specified":
+        p_name = rung_name(int(gap["pi_order_min"]), env.horizon)
+    else:
+        p_name = "tabular"
+    if cfg.rm_class != "auto":
+        r_name = cfg.rm_class
+    elif cfg.protocol == "well_specified":
+        r_name = smallest_reward_rung(gap)
+    else:
+        r_name = "linear"
+    extra = 0
+    if cfg.protocol == "non_oracle":
+        extra = max(cfg.rm_features, cfg.k) - cfg.k if cfg.rm_features else NON_ORACLE_DISTRACTORS
+    rc = RG.reward_rung(r_name, env, n_distractors=extra, rng=instance_rng)
+    return C.policy_class(p_name, env), p_name, rc, r_name
+
+
+def _row(name: str, env, res) -> dict[str, float]:
+    out = C.metric_row(name, env, res)
+    out[f"{name}/regret"] = env.j_star - out[f"{name}/J"]
     return out
 
 
-def advantage(
-    df: pd.DataFrame,
-    *,
-    rng: np.random.Generator,
-    online: str = "rlhf",
-    offline: str = "dpo",
-    by: tuple[str, ...] = ("horizon", "n_pairs", "rm_class"),
-    metric: str = "J_norm",
-) -> pd.DataFrame:
-    """Paired online − offline difference of ``metric`` per setting, with 95% bootstrap CI."""
-    from gvgap.stats import paired_difference
+def run(
+    cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
+) -> dict[str, float]:
+    """Offline (DPO over a policy rung) vs online (RM over a reward rung + soft RL)."""
+    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
+    gap = ladder_gap(env)
+    pol, p_name, rc, _r_name = classes(cfg, env, gap, instance_rng)
+    off = C.fit_dpo(env, data, grid, split_seed, policy=pol)
+    on_pol = None
+    if policy_order(cfg.online_policy_class, env.horizon) < env.horizon - 1:
+        on_pol = C.policy_class(cfg.online_policy_class, env)
+    on = C.fit_rlhf(env, data, rc, grid, split_seed, policy=on_pol)
+    out = {**_row("offline", env, off), **_row("online", env, on)}
+    out |= C.gap_metrics(env) | gap
+    order = policy_order(p_name, env.horizon)
+    out["offline_dim"] = gap[f"dim_pi/{p_name}"]
+    out["online_dim"] = float(RG.reward_dim(rc, env))
+    out["isomorphic"] = float(RG.isomorphic(env, rc, order))
+    out["n_leaves"] = float(env.n_leaves)
+    out["contain_tol"] = CONTAIN_TOL
+    return out
 
-    by = [b for b in by if b in df.columns]
-    return paired_difference(
-        df, metric=metric, a_pipeline=online, b_pipeline=offline, by=by, rng=rng
+
+# ---------------------------------------------------------------- verdict
+
+
+def cell_table(df: pd.DataFrame, protocol: str = HEADLINE_PROTOCOL) -> pd.DataFrame:
+    """Per (generator, tree, n_pairs) cell of ``protocol``: the paired regret differences
+    offline − online (``d``, a list), the measured gap and the isomorphism flag."""
+    return R.cell_table(df, protocol)
+
+
+def verdict(df: pd.DataFrame):
+    """The rule of :mod:`gvgap.experiments.h6_rule` on the ``well_specified`` cells at n =
+    ``HEADLINE_N`` (fewest pairs present if absent): positive control ``POSITIVE_CELL`` must be
+    ``greater``; every non-isomorphic cell with gap ≥ GAP_BIG is predicted ``greater``, with
+    gap ≤ GAP_SMALL ``equivalent`` (margin REGRET_MARGIN); Holm across the cells."""
+    return R.verdict(
+        df,
+        claim=CLAIM,
+        protocol=HEADLINE_PROTOCOL,
+        n_pairs=HEADLINE_N,
+        headline=HEADLINE_CELL,
+        positive=POSITIVE_CELL,
+        gap_big=GAP_BIG,
+        gap_small=GAP_SMALL,
     )
 
 
-def verdict(df: pd.DataFrame) -> Verdict:
-    """Supported iff the headline advantage (family linear, largest H, smallest n, linear RM)
-    has CI low end above MIN_ADVANTAGE, every isomorphic-control setting (tabular/local RM)
-    stays within ±EQUIVALENCE_MARGIN, and the gap-removal control r* ∈ R(Π)
-    (``policy_complex``) shows no advantage (no CI low end above MIN_ADVANTAGE); against iff
-    the headline CI lies below 0. The detail reports the advantage at the largest n."""
-    by = ("family", "horizon", "n_pairs", "rm_class")
-    adv = advantage(df, rng=np.random.default_rng(0), by=by)
-    if "family" not in adv.columns:
-        adv = adv.assign(family="linear")
-    no_gap = adv[(adv["family"] == "policy_complex") & (adv["rm_class"] == "linear")]
-    adv = adv[adv["family"] != "policy_complex"]
-    lin = adv[adv["rm_class"] == "linear"]
-    ctrl = adv[adv["rm_class"] != "linear"]
-    if lin.empty:
-        return A.inconclusive(CLAIM, "no linear-RM runs")
-    head = lin[(lin["horizon"] == lin["horizon"].max()) & (lin["n_pairs"] == lin["n_pairs"].min())]
-    row = head.iloc[0]
-    ctrl_ok = ctrl.empty or bool(
-        ((ctrl["ci_low"] >= -EQUIVALENCE_MARGIN) & (ctrl["ci_high"] <= EQUIVALENCE_MARGIN)).all()
-    )
-    no_gap_ok = no_gap.empty or bool((no_gap["ci_low"] <= MIN_ADVANTAGE).all())
-    big_n = lin[(lin["horizon"] == row["horizon"]) & (lin["n_pairs"] == lin["n_pairs"].max())]
-    if row["ci_low"] > MIN_ADVANTAGE and ctrl_ok and no_gap_ok:
-        label = "supported"
-    elif row["ci_high"] < 0:
-        label = "against"
-    else:
-        label = "inconclusive"
-    tail = big_n.iloc[0]
-    detail = (
-        f"headline H={row['horizon']}, n={row['n_pairs']}; at n={tail['n_pairs']}: "
-        f"{A.ci_text(tail)}; isomorphic "
-        f"control within ±{EQUIVALENCE_MARGIN}: {ctrl_ok}; r* ∈ R(Π) (policy_complex) "
-        f"shows no advantage: {no_gap_ok}"
-    )
-    if not no_gap.empty:
-        worst = no_gap.loc[no_gap["mean"].idxmax()]
-        detail += f" (largest {A.ci_text(worst)})"
-    return A.verdict_at(CLAIM, label, row, df, detail)
+#: Columns the surface figure distinguishes itself; other varying fields become panels.
+SURFACE_USES = ("generator", "tree", "protocol")
+#: Candidates for the line of the n-curve figure (tables where ``generator`` does not vary).
+CURVE_LINES = ("epsilon", "k", "tree", "horizon", "protocol", "rm_class", "policy_class")
+
+
+def _curve_line(df: pd.DataFrame) -> str | None:
+    return next((c for c in CURVE_LINES if c in df.columns and df[c].nunique() > 1), None)
+
+
+def plot_uses(df: pd.DataFrame) -> tuple[str, ...]:
+    """Columns :func:`plot` distinguishes on ``df`` (the rest become facets)."""
+    if "generator" in df.columns and df["generator"].nunique() > 1:
+        return SURFACE_USES
+    return tuple(c for c in ("n_pairs", _curve_line(df)) if c)
 
 
 def plot(df: pd.DataFrame, ax=None):
-    """Headline: online − offline J_norm vs horizon (gap), one line per n, control dotted.
+    """H6: paired regret difference offline − online (95% bootstrap CI; positive = online
+    better; seeds per point in the legend). With several generators: the surface per generator
+    (x, ordered by measured gap), tree V×H (colour) and protocol (marker); else vs n (log x)
+    with one line per level of the first varying of epsilon, k, tree, horizon, protocol."""
+    from gvgap.plots_h6 import h6_curves, h6_surface
 
-    With a single horizon (e.g. ``sims/h6_no_gap.toml``) the x-axis is n instead.
-    """
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.gca()
-    if "family" in df.columns and (df["family"] != "policy_complex").any():
-        df = df[df["family"] != "policy_complex"]  # the no-gap control is in the verdict
-    by_h = df["horizon"].nunique() > 1 if "horizon" in df.columns else False
-    x, line = ("horizon", "n_pairs") if by_h else ("n_pairs", "horizon")
-    adv = advantage(df, rng=np.random.default_rng(0))
-    for (rm, v), g in adv.groupby(["rm_class", line]):
-        g = g.sort_values(x)
-        style = "-" if rm == "linear" else ":"
-        label = f"{rm} RM, {'n' if by_h else 'H'}={int(v)}"
-        A.errorbar_ci(ax, g[x], g, ls=style, marker="o", label=label)
-    ax.axhline(0.0, color="k", lw=0.8)
-    if by_h:
-        ax.set_xlabel("horizon H (generation complexity; gap grows with H)")
-    else:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("preference pairs n")
-    ax.set_ylabel("online − offline  J_norm  (95% CI)")
-    family = ", ".join(sorted(df["family"].unique())) if "family" in df.columns else ""
-    ax.set_title(f"H6: online advantage vs the gap ({family})")
-    ax.legend(fontsize=7, ncol=2)
-    return ax
+    if "generator" in df.columns and df["generator"].nunique() > 1:
+        return h6_surface(df, ax)
+    return h6_curves(df, ax, line=_curve_line(df))
