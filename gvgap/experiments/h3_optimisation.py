@@ -237,5 +237,6 @@ def plot(df: pd.DataFrame, ax=None):
     ax.set_xlabel("stochastic gradient steps (same budget for every pipeline)")
     ax.set_ylabel("J (mean over runs); regret = J(π*) − J")
     ax.set_title("H3: finite compute")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return ax
