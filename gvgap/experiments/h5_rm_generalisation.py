@@ -63,7 +63,7 @@ MARGIN = 0.01
 #: The headline cell, fixed before reading results.
 HEADLINE = {"vocab": 3, "horizon": 4, "n_pairs": 16}
 #: Data multipliers tried for the matched local RM (nested pool of max(FACTORS)·n pairs).
-FACTORS: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+FACTORS: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256)
 #: Best-of-N size of the headline comparison (exact law).
 HEAD_N = 16
 #: Relative tolerance below which fitted rewards are snapped to a tie.
