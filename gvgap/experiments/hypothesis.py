@@ -8,8 +8,10 @@ and a *positive control* contrast with the outcome that shows the test can detec
 it looks for. The rule (:func:`hypothesis_record`):
 
 1. per cell of the table, the paired differences d_i (same seed, instance and Config) of the
-   test contrast; :func:`gvgap.inference.decide_family` decides every cell with Holm's
-   correction across the cells present, and the headline cell's decision is read;
+   test contrast (a table holding one cell other than the headline — a robustness re-check
+   of ``gvgap reproduce`` — is read at that cell); :func:`gvgap.inference.decide_family`
+   decides every cell with Holm's correction across the cells present, and the headline
+   cell's decision is read;
 2. the positive control at the headline cell is decided on its own (:func:`decide`); it
    *detects* when its outcome is the expected one and its bootstrap 95% CI excludes 0;
 3. :func:`gvgap.inference.hypothesis_verdict` maps (outcome, prediction, control) to the
@@ -115,6 +117,8 @@ def hypothesis_record(
     cells = cells_of(df, by)
     keys = [{k: v for k, v in headline.items() if k in c} for c in cells]
     head_idx = [i for i, c in enumerate(cells) if all(c[k] == v for k, v in keys[i].items())]
+    if not head_idx and len(cells) == 1:  # one other setting (a robustness re-check): read it
+        headline, head_idx = {k: v for k, v in cells[0].items()}, [0]
     head = at_cell(df, headline)
     d_head = paired(head, test)
     if not head_idx or d_head.size < 2:
