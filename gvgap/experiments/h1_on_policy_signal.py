@@ -4,8 +4,9 @@ Design: one instance and one dataset D of n pairs from π_ref with true BT label
 over the tabular class Π (shared λ protocol, converged) gives π_off. We then draw the *same*
 B = ``budget`` × n on-policy pairs (ξ, ξ') ~ π_off once and label them four ways; each
 labelled set is added to D and DPO is refitted (λ fixed at π_off's selected λ, warm-started
-at π_off), so the label budget and the pairs are identical across arms and only the labeller
-differs:
+at π_off; the regulariser (λ/Σw) Ω against the weighted-mean loss is the same prior λ Ω
+against the summed log-likelihood, so the prior is unchanged as pairs are added), so the label
+budget and the pairs are identical across arms and only the labeller differs:
 
 - ``fresh`` (positive control): labels from the true BT model r* — new information, which
   must raise J (regret falls) if the test can detect information at all;
