@@ -48,8 +48,12 @@ font-size:13px}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;ve
 th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;height:auto}
 figcaption{font-size:13px;color:#555}.note{background:#fff6e5;padding:.4em .7em;
 border-left:3px solid #e0a030}code{background:#f3f3f3}pre{background:#f6f6f6;padding:.7em;
-overflow:auto;max-height:30em;font-size:12px}.v-supported,.v-PASS{color:#176b2c;font-weight:600}
-.v-against,.v-FAIL{color:#a4161a;font-weight:600}.v-inconclusive{color:#666;font-weight:600}"""
+overflow:auto;max-height:30em;font-size:12px}.v-PASS{color:#176b2c;font-weight:600}
+.v-FAIL{color:#a4161a;font-weight:600}.v-supported,.v-against{color:#1f3a68;font-weight:600}
+.v-inconclusive{color:#666;font-weight:600}"""
+#: Verdicts are on the hypothesis, so none is a failure: supported and against share one
+#: neutral colour (a verdict "against" H1 is often the expected result); only the theorem
+#: checks (PASS / FAIL) are coloured as success / failure.
 
 
 class Doc:
@@ -303,21 +307,47 @@ def verdict_section(doc: Doc) -> dict[str, Any]:
         return {}
     verdicts = {k: v if isinstance(v, dict) else {} for k, v in verdicts.items()}
     robust = any("robust" in v for v in verdicts.values())
-    header = ["id", "claim", "verdict", "effect", "95% CI", "n_runs", *(["robust"] * robust)]
+    header = [
+        "id",
+        "hypothesis (or claim)",
+        "verdict on the hypothesis",
+        "prediction held",
+        "effect",
+        "95% CI",
+        "positive control [95% CI]",
+        "n_runs",
+        *(["robust"] * robust),
+    ]
     rows = [
         [
             eid,
-            v.get("claim", ""),
+            v.get("hypothesis") or v.get("claim", ""),
             v.get("verdict", "?"),
+            _fmt(v.get("prediction_held")),
             _fmt(v.get("effect")),
             f"[{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]",
+            _control(v.get("positive_control")),
             _fmt(v.get("n_runs")),
             *([_fmt(v.get("robust"))] if robust else []),
         ]
         for eid, v in verdicts.items()
     ]
     doc.table(header, rows)
+    doc.para(
+        "Each verdict is on the hypothesis (supported / against / inconclusive), not on the "
+        "code: a hypothesis the paper argues against is expected to come out *against*. "
+        "“Prediction held” says whether the test's outcome is the one the hypothesis "
+        "predicts; the positive control is the effect that shows the test can detect what it "
+        "looks for (a control whose CI includes 0 makes the verdict inconclusive)."
+    )
     return verdicts
+
+
+def _control(pc: Any) -> str:
+    """``effect [lo, hi]`` of a ``positive_control`` record, ``–`` when absent."""
+    if not isinstance(pc, dict):
+        return "–"
+    return _ci(pc.get("effect"), pc.get("ci_low"), pc.get("ci_high"))
 
 
 def summary_table(df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[str], list[list]]:
@@ -362,11 +392,24 @@ def experiment_section(
     note = str(getattr(module, "DESIGN_NOTE", None) or "").strip()
     for i, part in enumerate(p for p in note.split("\n\n") if p.strip()):
         doc.para(("**Design.** " if i == 0 else "") + " ".join(part.split()))
+    hypothesis = getattr(module, "HYPOTHESIS", None) or (verdict or {}).get("hypothesis")
+    if hypothesis:
+        doc.para(f"**Hypothesis.** {hypothesis}")
+    if getattr(module, "PREDICTION", None):
+        doc.para(f"**Prediction (if the hypothesis holds).** {module.PREDICTION}")
     if verdict:
+        held = verdict.get("prediction_held")
+        eff = _ci(verdict.get("effect"), verdict.get("ci_low"), verdict.get("ci_high"))
         doc.para(
-            f"**Verdict: {verdict.get('verdict', '?')}**, effect "
-            f"{_ci(verdict.get('effect'), verdict.get('ci_low'), verdict.get('ci_high'))}, "
-            f"{_fmt(verdict.get('n_runs'))} runs. {verdict.get('detail', '')}"
+            f"**Verdict on the hypothesis: {verdict.get('verdict', '?')}**"
+            + ("" if held is None else f" (prediction held: {_fmt(held)})")
+            + f"; effect {eff}"
+            + (
+                f"; positive control {_control(verdict['positive_control'])}"
+                if isinstance(verdict.get("positive_control"), dict)
+                else ""
+            )
+            + f"; {_fmt(verdict.get('n_runs'))} runs. {verdict.get('detail', '')}"
         )
     for entry in figs:
         if "error" in entry:

@@ -62,6 +62,21 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+#: Identities that the hypothesis experiments used to report as evidence and now only
+#: cross-reference (a theorem cannot come out otherwise, so it is checked here, not in a
+#: verdict): check name → the experiments (and the identity) that rely on it.
+HYPOTHESIS_IDENTITIES: dict[str, tuple[str, ...]] = {
+    "relabel_no_information": (
+        "h1_on_policy_signal (exact BT relabelling by r̂ ∈ R(Π): fixed point = offline optimum)",
+        "h3_optimisation (local-RM labeller in the exact online loop from π_ref = DPO)",
+    ),
+    "isomorphic_reference_free": (
+        "h5_rm_generalisation (tabular global RM = local RM: the same BT problem)",
+    ),
+    "isomorphic_kl_ref": ("h5_rm_generalisation (tabular global RM = local RM with KL to π_ref)",),
+}
+
+
 def _instance(args: tuple[int, int, int]) -> float:
     check_idx, seed, i = args
     rng = np.random.default_rng(np.random.SeedSequence([seed, check_idx, i]))
@@ -86,6 +101,7 @@ def evaluate(check_idx: int, errors: list[float]) -> dict:
         "tolerance": check.tolerance,
         "passed": bool(stat <= check.tolerance),
         "statistic": detail,
+        "used_by": list(HYPOTHESIS_IDENTITIES.get(check.name, ())),
     }
 
 
@@ -109,6 +125,10 @@ def format_table(records: list[dict]) -> str:
             f"{r['item']:<8}{r['name']:<34}{r['instances']:>9}{r['max_error']:>12.2e}"
             f"{r['tolerance']:>11.0e}  {'PASS' if r['passed'] else 'FAIL'}"
         )
+    refs = [(r["name"], u) for r in records for u in r.get("used_by", ())]
+    if refs:
+        lines.append("identities behind the hypothesis experiments (not used as evidence):")
+        lines.extend(f"  {name}: {u}" for name, u in refs)
     return "\n".join(lines)
 
 

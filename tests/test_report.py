@@ -68,7 +68,18 @@ def make_run_dir(root: Path, *, extras: bool = True) -> Path:
                 "n_runs": 32,
                 "robust": True,
                 "detail": "headline H=3",
-            }
+            },
+            "h1": {
+                "claim": "h1 claim",
+                "hypothesis": "H1: samples carry information.",
+                "verdict": "against",
+                "prediction_held": False,
+                "effect": -0.1,
+                "ci_low": -0.2,
+                "ci_high": -0.05,
+                "n_runs": 20,
+                "positive_control": {"effect": 0.3, "ci_low": 0.2, "ci_high": 0.4},
+            },
         }
         (root / "verdicts.json").write_text(json.dumps(verdicts))
         checks = [
@@ -98,6 +109,18 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_against_is_not_coloured_as_a_failure(run_dir: Path) -> None:
+    """A verdict is on the hypothesis: "against" shares the neutral colour of "supported"
+    and is never given the failure (FAIL) style."""
+    page = (run_dir / "report.html").read_text()
+    assert '<td class="v-against">against</td>' in page
+    css = report.CSS
+    fail = re.search(r"\.v-FAIL\{([^}]*)\}", css).group(1)
+    against = re.search(r"[.,]v-against[^{]*\{([^}]*)\}", css).group(1)
+    supported = re.search(r"\.v-supported[^{]*\{([^}]*)\}", css).group(1)
+    assert against == supported and against != fail
+
+
 def test_report_files_and_self_contained_html(run_dir: Path) -> None:
     page = (run_dir / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page
@@ -111,7 +134,10 @@ def test_report_markdown_content(run_dir: Path) -> None:
     md = (run_dir / "report.md").read_text()
     for text in (
         "## Verdicts",
-        "| h6_gap | gap claim | supported | 0.3 | [0.2, 0.4] | 32 | yes |",
+        "| h6_gap | gap claim | supported | – | 0.3 | [0.2, 0.4] | – | 32 | yes |",
+        "| h1 | H1: samples carry information. | against | no | -0.1 | [-0.2, -0.05] "
+        "| 0.3 [0.2, 0.4] | 20 | – |",
+        "verdict on the hypothesis",
         "Online beats offline",
         "**Design.** Same pairs for every pipeline",
         "figures/h6_gap.png",

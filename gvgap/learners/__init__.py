@@ -15,6 +15,7 @@ from gvgap.learners.online import (
 )
 from gvgap.learners.optim import OptResult, minimize
 from gvgap.learners.result import Result
+from gvgap.learners.round import online_dpo_round
 from gvgap.learners.select import LAMBDA_GRID, select_lambda, val_bt_loglik
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "maxent_irl",
     "minimize",
     "online_dpo_exact",
+    "online_dpo_round",
     "online_dpo_sampled",
     "policy_gradient",
     "preference_fit",
