@@ -74,3 +74,17 @@ def test_float32_is_close():
     r32 = torch.as_tensor(env.r_star, dtype=torch.float32, device=placement().device)
     out = soft_vi_big(r32, env.beta, 4, 5, row_leaves=64, block_leaves=256)
     assert abs(float(out.log_z[0]) - env.soft_star.log_z[0]) < 1e-5
+
+
+def test_benchmark_script_runs_and_agrees_with_the_naive_baseline():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_softvi_torch.py"
+    spec = importlib.util.spec_from_file_location("bench_softvi_torch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    dev = placement().device.type
+    rows = mod.main(["--log2-leaves", "10", "--repeat", "1", "--device", dev])
+    assert [r["V"] for r in rows] == [2, 4, 32] and all(r["agree"] for r in rows)
+    assert all(r["ratio"] > 0 for r in rows)

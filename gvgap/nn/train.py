@@ -266,7 +266,7 @@ def rl_sampled(
     for _ in range(steps):
         lp = pol.leaf_logp()
         x = torch.multinomial(rho.cpu(), prompts_per_step, replacement=True, generator=gen)
-        probs = lp.detach()[x].exp().cpu()
+        probs = lp.detach()[x.to(lp.device)].exp().cpu()
         xi = torch.multinomial(probs, k, replacement=True, generator=gen).to(lp.device)
         x = x.to(lp.device)[:, None].expand(-1, k)
         lps = lp[x, xi]
