@@ -42,7 +42,8 @@ p = resolve('$DEVICE')
 print('torch', torch.__version__, 'device', p.device, p.dtype,
       torch.cuda.get_device_name() if p.is_cuda else 'cpu')"
 
-GVGAP_TEST_DEVICE=$DEVICE step tests 120 "$PY" -m pytest -q -p no:cacheprovider \
+export GVGAP_TEST_DEVICE=$DEVICE
+step tests 120 "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_nn_parity.py tests/test_nn_classes.py tests/test_nn_train.py \
     tests/test_nn_bigtree.py tests/test_nn_device.py
 
