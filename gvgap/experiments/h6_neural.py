@@ -243,9 +243,11 @@ def headline_cells(df: pd.DataFrame) -> list[tuple[str, int, int]]:
 
 def verdict(df: pd.DataFrame) -> Verdict:
     """Decide rlhf − dpo in J at the headline cells (signed rank, TOST δ, Holm); predicted
-    ``greater`` in every cell. Positive control: oracle − dpo must be ``greater`` in every
-    cell, else inconclusive. Reported beside it: the isomorphic control rl_local − dpo and
-    the no-gap control (policy_complex), and RM accuracies in and out of distribution."""
+    ``greater`` in every cell. The cells' outcomes combine as: all alike → that outcome; any
+    ``less`` → ``less`` (one cell contradicting the prediction decides against it); else
+    ``undetermined``. Effect and CI: the first headline cell's mean paired difference.
+    Positive control: oracle − dpo must be ``greater`` in every cell, else inconclusive.
+    Reported beside it: the isomorphic control rl_local − dpo, the no-gap control (policy_complex), and RM accuracies in and out of distribution."""
     from gvgap.inference import decide_family, hypothesis_verdict
     from gvgap.stats import mean_ci
 
@@ -265,7 +267,8 @@ def verdict(df: pd.DataFrame) -> Verdict:
     c0 = _cell(_diffs(df, "oracle"), *cells[0])
     ceff, clo, chi = mean_ci(c0, rng=np.random.default_rng(1))
     parts = [
-        f"{f} H={h} n={n}: {d.outcome} (mean {d.summary['mean']:.3g}, p>={d.p_greater:.2g})"
+        f"{f} H={h} n={n}: {d.outcome} (mean {d.summary['mean']:.3g}, Holm p: greater "
+        f"{d.p_greater:.2g}, less {d.p_less:.2g}, TOST {d.p_equivalent:.2g})"
         for (f, h, n), d in zip(cells, main)
     ]
     loc = decide_family(
