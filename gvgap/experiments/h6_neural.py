@@ -247,7 +247,8 @@ def verdict(df: pd.DataFrame) -> Verdict:
     ``less`` → ``less`` (one cell contradicting the prediction decides against it); else
     ``undetermined``. Effect and CI: the first headline cell's mean paired difference.
     Positive control: oracle − dpo must be ``greater`` in every cell, else inconclusive.
-    Reported beside it: the isomorphic control rl_local − dpo, the no-gap control (policy_complex), and RM accuracies in and out of distribution."""
+    Reported beside it: the isomorphic control rl_local − dpo, the no-gap control
+    (policy_complex), and RM accuracies in and out of distribution."""
     from gvgap.inference import decide_family, hypothesis_verdict
     from gvgap.stats import mean_ci
 
