@@ -117,10 +117,11 @@ SETTINGS = {
         "n_pairs": [64, 256, 1024],
     },
 }
-#: Quick: the headline cells and the no-gap control at a fixed λ (no selection refits).
+#: Quick: the headline cells and the no-gap control at a fixed λ (no selection refits), with
+#: the optimiser budget of sims/h6_neural.toml (less leaves the isomorphic control off).
 QUICK = {
     "seeds": 8,
-    "fixed": {"vocab": 3, "horizon": 3, "n_pairs": 64, "lam": 0.01, "steps": 100, "polish": 20},
+    "fixed": {"vocab": 3, "horizon": 3, "n_pairs": 64, "lam": 0.01, "steps": 150, "polish": 30},
     "grid": {"family": ["linear", "planning", "policy_complex"]},
 }
 
