@@ -16,6 +16,7 @@ EXPERIMENT_IDS: tuple[str, ...] = (
     "h4_data",
     "h5_rm_generalisation",
     "h6_gap",
+    "h6_neural",
 )
 
 

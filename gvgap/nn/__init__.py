@@ -2,4 +2,10 @@
 
 Device and dtype are chosen in one place, :mod:`gvgap.nn.device`; every torch module of gvgap
 (``gvgap.nn``, ``gvgap.llm``) asks it and never calls ``torch.device``/``.cuda()`` itself.
+
+Modules (each imports torch; this package's ``__init__`` does not, so the numpy core never
+needs it): ``policies`` (tabular, log-linear, MLP, transformer), ``rewards`` (scalar-head RM,
+local RM, tabular, linear), ``adapter`` (numpy protocol for any torch class), ``losses``,
+``train`` (exact / minibatch fits, λ protocol, exact and sampled RL), ``bigtree`` (soft value
+iteration and exact metrics on 10^8–10^9-leaf trees), ``tree`` (torch tree coordinates).
 """

@@ -1,0 +1,48 @@
+"""Torch twins of :mod:`gvgap.losses` (same equations, same weighted-mean convention).
+
+Each returns a scalar tensor; gradients come from autograd. ``weight`` ``(n,)`` weights rows
+and every loss is Σ w ℓ / Σ w (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from gvgap.nn.device import import_torch
+
+torch = import_torch()
+F = torch.nn.functional
+
+
+def _wmean(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (weight * loss).sum() / weight.sum()
+
+
+def bt_nll(margin: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """ℓ = −Σ w log σ(Δ) / Σ w for margins Δ = r(ξ⁺) − r(ξ⁻)."""
+    return _wmean(-F.logsigmoid(margin), weight)
+
+
+def dpo_loss(lp_c, lp_r, ref_c, ref_r, beta: float, weight) -> torch.Tensor:
+    """DPO: −log σ(β[(log π(ξ⁺) − log π_ref(ξ⁺)) − (log π(ξ⁻) − log π_ref(ξ⁻))])."""
+    return bt_nll(beta * ((lp_c - ref_c) - (lp_r - ref_r)), weight)
+
+
+def ipo_loss(lp_c, lp_r, ref_c, ref_r, tau: float, weight, length: float = 1.0) -> torch.Tensor:
+    """IPO: (h − 1/(2τ))², h the (length-normalised) difference of log-ratios."""
+    h = ((lp_c - ref_c) - (lp_r - ref_r)) / length
+    return _wmean((h - 1.0 / (2.0 * tau)) ** 2, weight)
+
+
+def sft_nll(lp_demo: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """SFT: −Σ w log π(ξ_i) / Σ w."""
+    return _wmean(-lp_demo, weight)
+
+
+def centred_sq(r: torch.Tensor) -> torch.Tensor:
+    """Ω(r) = (1/2m) Σ_x Σ_ξ (r(x,ξ) − mean_ξ' r(x,ξ'))²."""
+    c = r - r.mean(dim=1, keepdim=True)
+    return 0.5 * (c**2).sum() / r.shape[0]
+
+
+def reverse_kl_objective(logp, r, logp_ref, beta: float, rho) -> torch.Tensor:
+    """−J_r(π) = Σ_x ρ Σ_ξ P (β(log P − log P_ref) − r) = β E KL(P‖P*_r) − β E log Z_r."""
+    return (rho * (logp.exp() * (beta * (logp - logp_ref) - r)).sum(dim=1)).sum()
