@@ -8,6 +8,8 @@ RNG seeded explicitly, so the global RNG is left untouched and every rank builds
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -114,13 +116,13 @@ def sample(
     (a CPU generator: the same draws on every device and every rank).
     """
     lm.eval()
-    ids = prefix.to(placement.device)
+    kw = _cache_kw(lm)
     out, past = [], None
-    step = ids
+    step = prefix.to(placement.device)
     for _ in range(horizon):
         with autocast(placement):
-            res = lm(input_ids=step, past_key_values=past, use_cache=True)
-        past = res.past_key_values
+            res = lm(input_ids=step, use_cache=True, logits_to_keep=1, **{kw: past})
+        past = getattr(res, kw)
         logits = res.logits[:, -1, :n_content].float() / temperature
         probs = torch.softmax(logits, dim=-1).cpu().double()
         tok = torch.multinomial(probs, 1, generator=gen)
@@ -128,6 +130,12 @@ def sample(
         step = tok.to(placement.device)
     lm.train()
     return torch.cat(out, dim=1)
+
+
+def _cache_kw(lm: nn.Module) -> str:
+    """The KV-cache argument name: ``cache`` (transformers >= 5.x) or ``past_key_values``."""
+    params = inspect.signature(type(lm).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def n_params(module: nn.Module, non_embedding: bool = True) -> int:

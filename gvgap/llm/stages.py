@@ -78,7 +78,7 @@ def fit(
         dist.all_reduce_grads(params)
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, CLIP))
         opt.step()
-        loss_v = float(loss) * dist.world()[1]
+        loss_v = float(loss.detach()) * dist.world()[1]
     return {"loss": loss_v, "grad_norm": gnorm}
 
 
