@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_reproduce)
 
     s = sub.add_parser(
-        "llm", help="LLM-scale pipeline: gvgap llm run FILE.toml --out DIR",
+        "llm",
+        help="LLM-scale pipeline: gvgap llm run FILE.toml --out DIR",
         add_help=False,
         prefix_chars="+",  # every "-" option goes on to gvgap.llm.cli
     )

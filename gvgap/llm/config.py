@@ -234,7 +234,9 @@ def spec_from_data(data: dict[str, Any], source: str) -> LLMSpec:
         raise UserError(f"{source}: [llm] and [fixed] must be tables")
     extra = set(head) - {"tasks", "seeds", "instance_seed"}
     if extra:
-        raise UserError(f"[llm] {sorted(extra)[0]}: unknown key; allowed: tasks, seeds, instance_seed")
+        raise UserError(
+            f"[llm] {sorted(extra)[0]}: unknown key; allowed: tasks, seeds, instance_seed"
+        )
     tasks = head.get("tasks", list(TASKS))
     if not isinstance(tasks, list) or not tasks or any(t not in TASKS for t in tasks):
         raise UserError(f"[llm] tasks: a non-empty list from {', '.join(TASKS)}; got {tasks!r}")

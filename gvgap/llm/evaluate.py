@@ -61,8 +61,14 @@ def ref_rewards(
 
 
 def policy_metrics(
-    cfg: LLMConfig, task: Task, lm: nn.Module, sft: nn.Module, r_ref: torch.Tensor, seed: int,
-    name: str, placement: Placement,
+    cfg: LLMConfig,
+    task: Task,
+    lm: nn.Module,
+    sft: nn.Module,
+    r_ref: torch.Tensor,
+    seed: int,
+    name: str,
+    placement: Placement,
 ) -> dict[str, float]:
     """Gold reward, win rate and KL of one policy (module docstring)."""
     gen = stage_gen(seed, f"eval_{name}")
@@ -74,8 +80,14 @@ def policy_metrics(
 
 
 def implicit_rewards(
-    cfg: LLMConfig, task: Task, seqs: torch.Tensor, rm: RewardModel, local: nn.Module,
-    dpo: nn.Module, sft: nn.Module, placement: Placement,
+    cfg: LLMConfig,
+    task: Task,
+    seqs: torch.Tensor,
+    rm: RewardModel,
+    local: nn.Module,
+    dpo: nn.Module,
+    sft: nn.Module,
+    placement: Placement,
 ) -> dict[str, torch.Tensor]:
     """r̂ of each RM on rows ``seqs``: ``global``, ``local`` (β log π_local), ``dpo``."""
     lp_sft = logp_rows(sft, seqs, task, placement)
@@ -87,8 +99,15 @@ def implicit_rewards(
 
 
 def best_of_n(
-    cfg: LLMConfig, task: Task, sft: nn.Module, rm: RewardModel, local: nn.Module,
-    dpo: nn.Module, r_ref: torch.Tensor, seed: int, placement: Placement,
+    cfg: LLMConfig,
+    task: Task,
+    sft: nn.Module,
+    rm: RewardModel,
+    local: nn.Module,
+    dpo: nn.Module,
+    r_ref: torch.Tensor,
+    seed: int,
+    placement: Placement,
 ) -> dict[str, float]:
     """Best-of-N from π_ref reranked by each RM, for every N in ``bon_n``.
 
@@ -115,8 +134,14 @@ def best_of_n(
 
 
 def rm_validation(
-    cfg: LLMConfig, task: Task, val: Pairs, rm: RewardModel, local: nn.Module, dpo: nn.Module,
-    sft: nn.Module, placement: Placement,
+    cfg: LLMConfig,
+    task: Task,
+    val: Pairs,
+    rm: RewardModel,
+    local: nn.Module,
+    dpo: nn.Module,
+    sft: nn.Module,
+    placement: Placement,
 ) -> dict[str, float]:
     """Validation likelihood and accuracy of each RM (and of r*) on held-out pairs."""
     k = len(val["chosen"])
@@ -129,8 +154,12 @@ def rm_validation(
         delta = s[:k] - s[k:]
         lik, lik_se = mean_se(torch.sigmoid(delta))
         acc, acc_se = mean_se((delta > 0).double())
-        out.update({
-            f"rm_{name}/val_likelihood": lik, f"rm_{name}/val_likelihood_se": lik_se,
-            f"rm_{name}/val_accuracy": acc, f"rm_{name}/val_accuracy_se": acc_se,
-        })
+        out.update(
+            {
+                f"rm_{name}/val_likelihood": lik,
+                f"rm_{name}/val_likelihood_se": lik_se,
+                f"rm_{name}/val_accuracy": acc,
+                f"rm_{name}/val_accuracy_se": acc_se,
+            }
+        )
     return out

@@ -36,7 +36,9 @@ def neox_config(preset: ModelPreset, vocab_size: int, max_len: int) -> object:
     )
 
 
-def build_lm(model: str, vocab_size: int, max_len: int, seed: int, placement: Placement) -> nn.Module:
+def build_lm(
+    model: str, vocab_size: int, max_len: int, seed: int, placement: Placement
+) -> nn.Module:
     """A GPT-NeoX causal LM: preset name → random init from ``seed``; else a local directory.
 
     Args:

@@ -222,20 +222,31 @@ def run_one(
     flat = data["pairs"]
     pairs = {s: {k: flat[f"{s}_{k}"] for k in ("chosen", "rejected")} for s in ("train", "val")}
     tr = pairs["train"]
-    step("global_rm", lambda: st.stage_global_rm(cfg, task, sft, tr, seed, placement),
-         lambda: RewardModel(lm(), 0))
+    step(
+        "global_rm",
+        lambda: st.stage_global_rm(cfg, task, sft, tr, seed, placement),
+        lambda: RewardModel(lm(), 0),
+    )
     step("local_rm", lambda: st.stage_local_rm(cfg, task, sft, tr, seed, placement), lm)
     step("dpo", lambda: st.stage_dpo(cfg, task, sft, sft, tr, seed, placement), lm)
-    step("dpo_extra", lambda: st.stage_dpo(
-        cfg, task, models["dpo"], sft, tr, seed, placement, name="dpo_extra"), lm)
+    step(
+        "dpo_extra",
+        lambda: st.stage_dpo(cfg, task, models["dpo"], sft, tr, seed, placement, name="dpo_extra"),
+        lm,
+    )
     rm = models["global_rm"]
     for name, init, rounds in (
         ("online_dpo_sft", "sft", 1),
         ("online_dpo_dpo", "dpo", 1),
         ("online_dpo_iter", "sft", cfg.online_rounds),
     ):
-        step(name, lambda i=init, r=rounds, n=name: st.stage_online(
-            cfg, task, models[i], sft, rm, r, seed, placement, n), lm)
+        step(
+            name,
+            lambda i=init, r=rounds, n=name: st.stage_online(
+                cfg, task, models[i], sft, rm, r, seed, placement, n
+            ),
+            lm,
+        )
 
     def make_eval() -> tuple[dict, dict]:
         r_ref = ev.ref_rewards(cfg, task, sft, seed, placement)
@@ -269,8 +280,9 @@ def _rank_device(device: str) -> str:
     return device
 
 
-def run_spec(spec: LLMSpec, out: str | os.PathLike, stop_after: str | None = None,
-             stream: Any = None) -> Any:
+def run_spec(
+    spec: LLMSpec, out: str | os.PathLike, stop_after: str | None = None, stream: Any = None
+) -> Any:
     """Run every (config, seed) of ``spec`` into ``out``; write results.parquet; return it.
 
     Raises:

@@ -24,7 +24,12 @@ from gvgap.errors import UserError
 
 #: Pipelines of the table in the paper's order (best-of-N at the largest N is appended).
 TABLE_PIPELINES = (
-    "sft", "dpo", "dpo_extra", "online_dpo_sft", "online_dpo_dpo", "online_dpo_iter",
+    "sft",
+    "dpo",
+    "dpo_extra",
+    "online_dpo_sft",
+    "online_dpo_dpo",
+    "online_dpo_iter",
 )
 #: (online arm, offline arm it is set against): same start and the same number of DPO steps.
 COMPARISONS = (("online_dpo_sft", "dpo"), ("online_dpo_dpo", "dpo_extra"))
@@ -37,7 +42,9 @@ def bon_pipelines(df: pd.DataFrame) -> list[str]:
     if not names:
         return []
     n_max = max(int(p.rsplit("_n", 1)[1]) for p in names)
-    return [f"bon_{rm}_n{n_max}" for rm in ("global", "local", "dpo") if f"bon_{rm}_n{n_max}" in names]
+    return [
+        f"bon_{rm}_n{n_max}" for rm in ("global", "local", "dpo") if f"bon_{rm}_n{n_max}" in names
+    ]
 
 
 def table(df: pd.DataFrame, metric: str = "win_rate") -> pd.DataFrame:
@@ -107,8 +114,9 @@ def markdown_table(tab: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for pipe in dict.fromkeys(tab["pipeline"]):
         t = tab[tab.pipeline == pipe].set_index("task")
-        rows.append([pipe, *(_fmt(t.at[k, "mean"], t.at[k, "se"]) if k in t.index else "–"
-                              for k in tasks)])
+        rows.append(
+            [pipe, *(_fmt(t.at[k, "mean"], t.at[k, "se"]) if k in t.index else "–" for k in tasks)]
+        )
     return ["pipeline", *tasks], rows
 
 
@@ -140,9 +148,12 @@ def section(doc: Any, df: pd.DataFrame, png: Path | None) -> None:
         doc.note("The paper's direction: > 0 on `sum`; ≈ 0 on `short` and `rouge`.")
     rm = df[df.metric == "val_likelihood"].groupby(["task", "pipeline"])["value"].mean()
     if not rm.empty:
-        doc.heading(3, "RM validation likelihood (paper at 1.4B: DPO 0.526 < local 0.567 < global 0.593)")
-        doc.table(["task", "rm", "mean over seeds"],
-                  [[t, p, f"{v:.3f}"] for (t, p), v in rm.items()])
+        doc.heading(
+            3, "RM validation likelihood (paper at 1.4B: DPO 0.526 < local 0.567 < global 0.593)"
+        )
+        doc.table(
+            ["task", "rm", "mean over seeds"], [[t, p, f"{v:.3f}"] for (t, p), v in rm.items()]
+        )
 
 
 def write_section(run_dir: str | os.PathLike) -> list[Path]:

@@ -118,8 +118,15 @@ def sample_rows(
     """n completions per prompt: ``(len(prompts)·n, P)`` prompts (prompt-major) and ``(…, H)``."""
     rep = prompts.repeat_interleave(n, dim=0)
     ys = [
-        sample(lm, task.prefix(rep[i : i + CHUNK]), task.cfg.horizon, task.cfg.vocab,
-               temperature, gen, placement)
+        sample(
+            lm,
+            task.prefix(rep[i : i + CHUNK]),
+            task.cfg.horizon,
+            task.cfg.vocab,
+            temperature,
+            gen,
+            placement,
+        )
         for i in range(0, len(rep), CHUNK)
     ]
     return rep, torch.cat(ys)
@@ -134,7 +141,9 @@ def new_lm(cfg: LLMConfig, task: Task, seed: int, placement: Placement) -> nn.Mo
 # --------------------------------------------------------------------------- stages
 
 
-def stage_sft(cfg: LLMConfig, task: Task, seed: int, placement: Placement) -> tuple[nn.Module, dict]:
+def stage_sft(
+    cfg: LLMConfig, task: Task, seed: int, placement: Placement
+) -> tuple[nn.Module, dict]:
     """π_ref: maximum likelihood on demonstrations of the known generator."""
     gen = stage_gen(seed, "sft")
     prompts = task.train_prompts.repeat_interleave(cfg.demos_per_prompt, dim=0)
@@ -210,7 +219,11 @@ def stage_local_rm(
 
 
 def dpo_row_loss(
-    lm: nn.Module, pairs: Pairs, ref: dict[str, torch.Tensor], beta: float, task: Task,
+    lm: nn.Module,
+    pairs: Pairs,
+    ref: dict[str, torch.Tensor],
+    beta: float,
+    task: Task,
     placement: Placement,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-pair DPO loss of ``lm`` against precomputed reference log-probs ``ref``."""
@@ -228,8 +241,14 @@ def dpo_row_loss(
 
 
 def run_dpo(
-    cfg: LLMConfig, task: Task, init: nn.Module, sft: nn.Module, pairs: Pairs, steps: int,
-    gen: torch.Generator, placement: Placement,
+    cfg: LLMConfig,
+    task: Task,
+    init: nn.Module,
+    sft: nn.Module,
+    pairs: Pairs,
+    steps: int,
+    gen: torch.Generator,
+    placement: Placement,
 ) -> tuple[nn.Module, dict]:
     """DPO from ``init`` with π_ref = ``sft``; reference log-probs computed once."""
     ref = {k: logp_rows(sft, pairs[k], task, placement) for k in ("chosen", "rejected")}
@@ -239,8 +258,14 @@ def run_dpo(
 
 
 def stage_dpo(
-    cfg: LLMConfig, task: Task, init: nn.Module, sft: nn.Module, pairs: Pairs, seed: int,
-    placement: Placement, name: str = "dpo",
+    cfg: LLMConfig,
+    task: Task,
+    init: nn.Module,
+    sft: nn.Module,
+    pairs: Pairs,
+    seed: int,
+    placement: Placement,
+    name: str = "dpo",
 ) -> tuple[nn.Module, dict]:
     """Offline DPO on the preference pairs (``dpo_extra``: one more pass from the DPO model)."""
     return run_dpo(cfg, task, init, sft, pairs, cfg.dpo_steps, stage_gen(seed, name), placement)
@@ -257,13 +282,18 @@ def best_worst(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def online_pairs(
-    cfg: LLMConfig, task: Task, policy: nn.Module, rm: RewardModel, gen: torch.Generator,
+    cfg: LLMConfig,
+    task: Task,
+    policy: nn.Module,
+    rm: RewardModel,
+    gen: torch.Generator,
     placement: Placement,
 ) -> Pairs:
     """N samples per training prompt at temperature T; best and worst by the RM form a pair."""
     n = cfg.online_samples
-    rep, ys = sample_rows(policy, task, task.train_prompts, n, cfg.online_temperature, gen,
-                          placement)
+    rep, ys = sample_rows(
+        policy, task, task.train_prompts, n, cfg.online_temperature, gen, placement
+    )
     scores = rm_rows(rm, task.join(rep, ys), placement).view(-1, n)
     best, worst, ok = best_worst(scores)
     rows = torch.arange(len(task.train_prompts)) * n
@@ -275,8 +305,15 @@ def online_pairs(
 
 
 def stage_online(
-    cfg: LLMConfig, task: Task, init: nn.Module, sft: nn.Module, rm: RewardModel, rounds: int,
-    seed: int, placement: Placement, name: str,
+    cfg: LLMConfig,
+    task: Task,
+    init: nn.Module,
+    sft: nn.Module,
+    rm: RewardModel,
+    rounds: int,
+    seed: int,
+    placement: Placement,
+    name: str,
 ) -> tuple[nn.Module, dict]:
     """Online DPO: ``rounds`` × (sample from the current policy, relabel by the RM, DPO)."""
     gen = stage_gen(seed, name)
