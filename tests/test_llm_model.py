@@ -16,13 +16,13 @@ P64 = resolve("cpu", "float64")
 
 
 @pytest.fixture(scope="module")
-def setup():  # noqa: ANN201
+def setup():
     task = make_task(LLMConfig(task="sum", vocab=5, prompt_len=3, completion_len=4), 0)
     lm = build_lm("tiny", task.vocab_size, task.seq_len, 7, P64)
     return task, lm
 
 
-def test_build_is_deterministic_and_leaves_global_rng(setup) -> None:  # noqa: ANN001
+def test_build_is_deterministic_and_leaves_global_rng(setup) -> None:
     task, lm = setup
     state = torch.random.get_rng_state()
     again = build_lm("tiny", task.vocab_size, task.seq_len, 7, P64)
@@ -34,7 +34,7 @@ def test_build_is_deterministic_and_leaves_global_rng(setup) -> None:  # noqa: A
     assert n_params(lm) > 0 and next(lm.parameters()).dtype == torch.float64
 
 
-def test_logp_completion_is_sum_of_per_token_conditionals(setup) -> None:  # noqa: ANN001
+def test_logp_completion_is_sum_of_per_token_conditionals(setup) -> None:
     task, lm = setup
     gen = torch.Generator().manual_seed(0)
     x = task.eval_prompts[:3]
@@ -51,7 +51,7 @@ def test_logp_completion_is_sum_of_per_token_conditionals(setup) -> None:  # noq
     assert torch.allclose(got.detach(), want, atol=1e-10)
 
 
-def test_kv_cache_sampling_equals_naive_sampling(setup) -> None:  # noqa: ANN001
+def test_kv_cache_sampling_equals_naive_sampling(setup) -> None:
     task, lm = setup
     prefix = task.prefix(task.eval_prompts[:6])
     got = sample(lm, prefix, 4, 5, 0.7, torch.Generator().manual_seed(3), P64)
@@ -66,7 +66,7 @@ def test_kv_cache_sampling_equals_naive_sampling(setup) -> None:  # noqa: ANN001
     assert int(got.max()) < 5  # content tokens only
 
 
-def test_reward_model_shape_and_head(setup) -> None:  # noqa: ANN001
+def test_reward_model_shape_and_head(setup) -> None:
     task, lm = setup
     rm = RewardModel(lm, 0)
     seqs = task.join(task.eval_prompts[:4], torch.zeros((4, 4), dtype=torch.long))

@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from gvgap.cli import main  # noqa: E402
-from gvgap.llm.config import spec_from_data  # noqa: E402
-from gvgap.llm.pipeline import STAGES, StopRun, run_spec  # noqa: E402
+from gvgap.cli import main
+from gvgap.llm.config import spec_from_data
+from gvgap.llm.pipeline import STAGES, StopRunError, run_spec
 
 FIXED = {
     "vocab": 5,
@@ -37,7 +37,7 @@ TOML = '[llm]\ntasks = ["sum", "short"]\nseeds = 1\n[fixed]\n' + "\n".join(
 )
 
 
-def spec(tasks: list[str] = ["sum"]):  # noqa: ANN201, B006
+def spec(tasks: list[str] = ["sum"]):  # noqa: B006
     return spec_from_data({"llm": {"tasks": tasks, "seeds": 1}, "fixed": FIXED}, "test")
 
 
@@ -48,7 +48,7 @@ def test_resume_after_kill_gives_the_same_table(tmp_path: Path) -> None:
     pipes = set(full["pipeline"])
     assert {"sft", "dpo", "online_dpo_sft", "online_dpo_iter", "bon_global_n3"} <= pipes
     # killed right after "dpo" was checkpointed, then resumed
-    with pytest.raises(StopRun):
+    with pytest.raises(StopRunError):
         run_spec(spec(), tmp_path / "b", stop_after="dpo")
     stages = next((tmp_path / "b" / "stages").iterdir())
     assert sorted(p.name for p in stages.iterdir()) == sorted(
@@ -60,7 +60,7 @@ def test_resume_after_kill_gives_the_same_table(tmp_path: Path) -> None:
     assert len(list(stages.iterdir())) == len(STAGES)
 
 
-def test_cli_run_writes_table_figure_report(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_cli_run_writes_table_figure_report(tmp_path: Path, capsys) -> None:
     f = tmp_path / "p.toml"
     f.write_text(TOML)
     assert main(["llm", "run", str(f), "--out", str(tmp_path / "o")]) == 0
@@ -96,7 +96,7 @@ def test_bad_input_one_line_exit_2_nothing_written(
     tmp_path: Path,
     capsys,
     edit: str,
-    field: str,  # noqa: ANN001
+    field: str,
 ) -> None:
     f = tmp_path / "p.toml"
     f.write_text(TOML.replace(edit, field))
@@ -109,7 +109,7 @@ def test_bad_input_one_line_exit_2_nothing_written(
     assert not out.exists()
 
 
-def test_unreadable_file_and_foreign_dir(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_unreadable_file_and_foreign_dir(tmp_path: Path, capsys) -> None:
     assert main(["llm", "run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "cannot read" in capsys.readouterr().err
     f = tmp_path / "p.toml"

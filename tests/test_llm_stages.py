@@ -37,14 +37,14 @@ CFG = LLMConfig(
 
 
 @pytest.fixture(scope="module")
-def run():  # noqa: ANN201
+def run():
     task = make_task(CFG, 0)
     sft, info = st.stage_sft(CFG, task, 0, P)
     pairs = st.stage_pairs(CFG, task, sft, 0, P)
     return task, sft, info, pairs
 
 
-def test_sft_fits_demonstrations(run) -> None:  # noqa: ANN001
+def test_sft_fits_demonstrations(run) -> None:
     task, sft, info, _ = run
     # a fresh model is near uniform over V+2 tokens: per-token NLL ≈ log 7 = 1.95;
     # demonstrations have 3 uniform tokens (log 5 each) + a 0.8-planned last one, so a fit
@@ -57,7 +57,7 @@ def test_sft_fits_demonstrations(run) -> None:  # noqa: ANN001
     assert math.isfinite(info["grad_norm"])
 
 
-def test_pairs_are_labelled_by_gold_bt(run) -> None:  # noqa: ANN001
+def test_pairs_are_labelled_by_gold_bt(run) -> None:
     task, _, _, pairs = run
     tr = pairs["train"]
     assert tr["chosen"].shape == (24 * CFG.pairs_per_prompt, task.seq_len)
@@ -75,7 +75,7 @@ def test_pairs_are_labelled_by_gold_bt(run) -> None:  # noqa: ANN001
     assert bool((r_c >= r_r).all()) and bool((r_c > r_r).any())
 
 
-def test_dpo_loss_at_the_reference_is_log_two(run) -> None:  # noqa: ANN001
+def test_dpo_loss_at_the_reference_is_log_two(run) -> None:
     task, sft, _, pairs = run
     # π = π_ref ⇒ margin 0 ⇒ −log σ(0) = log 2 for every pair (DPO, Rafailov et al. eq. 7)
     tr = pairs["train"]
@@ -84,7 +84,7 @@ def test_dpo_loss_at_the_reference_is_log_two(run) -> None:  # noqa: ANN001
     assert torch.allclose(loss.detach(), torch.full((5,), math.log(2.0), dtype=torch.float64))
 
 
-def test_rm_stages_and_dpo_move_toward_the_labels(run) -> None:  # noqa: ANN001
+def test_rm_stages_and_dpo_move_toward_the_labels(run) -> None:
     task, sft, _, pairs = run
     tr = pairs["train"]
     rm, info_rm = st.stage_global_rm(CFG, task, sft, tr, 0, P)
@@ -123,7 +123,7 @@ def test_summarize_hand_values() -> None:
     assert ev.mean_se(torch.tensor([1.0, 3.0])) == pytest.approx((2.0, 1.0))  # s = √2, /√2
 
 
-def test_evaluation_of_sft_against_itself(run) -> None:  # noqa: ANN001
+def test_evaluation_of_sft_against_itself(run) -> None:
     task, sft, _, pairs = run
     r_ref = ev.ref_rewards(CFG, task, sft, 0, P)
     m = ev.policy_metrics(CFG, task, sft, sft, r_ref, 0, "sft", P)

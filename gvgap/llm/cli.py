@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     """Validate, run, write the report section, print the table."""
     spec = validate(args.file, args.out, args.stop_after)
     from gvgap.llm import dist
-    from gvgap.llm.pipeline import StopRun, run_spec
+    from gvgap.llm.pipeline import StopRunError, run_spec
     from gvgap.llm.report import markdown_table, table, write_section
 
     try:
         df = run_spec(spec, args.out, stop_after=args.stop_after)
-    except StopRun as stop:
+    except StopRunError as stop:
         print(f"stopped after stage {stop}; run again to resume", file=sys.stderr)
         return 0
     if not dist.is_main():

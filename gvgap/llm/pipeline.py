@@ -52,7 +52,7 @@ STAGES: tuple[tuple[str, str], ...] = (
 POLICIES = ("sft", "dpo", "dpo_extra", "online_dpo_sft", "online_dpo_dpo", "online_dpo_iter")
 
 
-class StopRun(Exception):
+class StopRunError(Exception):
     """Raised by the ``stop_after`` hook (tests of resumption: a kill after a stage)."""
 
 
@@ -208,7 +208,7 @@ def run_one(
         data[name], infos[name] = tensors, info
         progress.step(f"{cfg.task} seed {seed}: {name}", units[name], resumed)
         if name == stop_after:
-            raise StopRun(name)
+            raise StopRunError(name)
 
     step("sft", lambda: st.stage_sft(cfg, task, seed, placement), lm)
     sft = models["sft"]
@@ -287,7 +287,7 @@ def run_spec(
 
     Raises:
         UserError: ``out`` holds another spec or cannot be written (checked before writing).
-        StopRun: the ``stop_after`` hook fired (after that stage was checkpointed).
+        StopRunError: the ``stop_after`` hook fired (after that stage was checkpointed).
     """
     out = Path(out)
     check_out_dir(out, spec)
