@@ -137,3 +137,37 @@ def test_core_imports_without_torch() -> None:
         env={"PYTHONPATH": str(root)},
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_shipped_pipeline_files_validate() -> None:
+    from gvgap.llm.config import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = load_spec(root / "sims" / "llm_tiny.toml")
+    assert {c.task for c in tiny.configs} == {"sum", "short", "rouge"}
+    gpu = load_spec(root / "sims" / "llm_gpu.toml")
+    assert all(c.device == "cuda" and c.dtype == "bfloat16" for c in gpu.configs)
+
+
+def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes() -> None:
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "benchmarks/llm_gpu.py",
+        "--presets",
+        "tiny",
+        "--prompt",
+        "4",
+        "--completion",
+        "4",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--no-trl",
+    ]
+    res = subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, env={"PYTHONPATH": str(root)}, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert "tiny         gvgap" in res.stdout and "tiny         plain" in res.stdout

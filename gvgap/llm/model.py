@@ -91,12 +91,14 @@ def logp_completion(
 ) -> torch.Tensor:
     """log π(y | x) = Σ_t log π(y_t | x, y_<t), summed over completion tokens, ``(B,)``.
 
-    One forward over the full rows ``(B, L)``; the logits at position i predict token i+1.
+    One forward over the full rows ``(B, L)``; the logits at position i predict token i+1, and
+    the output layer is applied to the last H+1 positions only (``logits_to_keep``).
     Log-softmax is taken in float32 even under bf16 autocast.
     """
     seqs = seqs.to(placement.device)
+    keep = seqs.shape[1] - prefix_len + 1  # the output layer runs on completion positions only
     with autocast(placement):
-        logits = lm(input_ids=seqs).logits[:, prefix_len - 1 : -1]
+        logits = lm(input_ids=seqs, logits_to_keep=keep).logits[:, :-1]
     logp = torch.log_softmax(logits.float(), dim=-1)
     tok = seqs[:, prefix_len:, None]
     return logp.gather(-1, tok).squeeze(-1).sum(dim=1).to(placement.dtype)
