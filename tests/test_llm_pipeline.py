@@ -149,6 +149,7 @@ def test_shipped_pipeline_files_validate() -> None:
     assert all(c.device == "cuda" and c.dtype == "bfloat16" for c in gpu.configs)
 
 
+@pytest.mark.slow  # a subprocess importing transformers; the code path it times is tested fast
 def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes() -> None:
     root = Path(__file__).resolve().parents[1]
     cmd = [
@@ -171,3 +172,30 @@ def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "tiny         gvgap" in res.stdout and "tiny         plain" in res.stdout
+
+
+@pytest.mark.slow  # two CLI subprocesses; the same resume is covered fast by the hook test
+def test_sigkill_mid_run_then_resume_gives_the_same_table(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    f = tmp_path / "p.toml"
+    f.write_text(TOML.replace('"sum", "short"', '"sum"'))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "gvgap.cli", "llm", "run", str(f), "--out", str(out)]
+    env = {"PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("stages/*/global_rm/info.json")) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.parquet").exists(), "the run finished before it was killed"
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "global_rm resumed" in res.stderr
+    again = pd.read_parquet(out / "results.parquet")
+    pd.testing.assert_frame_equal(again, run_spec(spec(), tmp_path / "ref"))
