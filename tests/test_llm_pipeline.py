@@ -144,7 +144,7 @@ def test_shipped_pipeline_files_validate() -> None:
 
     root = Path(__file__).resolve().parents[1]
     tiny = load_spec(root / "sims" / "llm_tiny.toml")
-    assert {c.task for c in tiny.configs} == {"sum", "short", "rouge"}
+    assert {c.task for c in tiny.configs} == {"count", "short", "rouge"}
     gpu = load_spec(root / "sims" / "llm_gpu.toml")
     assert all(c.device == "cuda" and c.dtype == "bfloat16" for c in gpu.configs)
 

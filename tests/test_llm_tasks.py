@@ -42,6 +42,18 @@ def test_sum_reward_hand_values() -> None:
     assert task.gold(x, y).tolist() == [4.0, 0.0, 3.0, 3.0]
 
 
+def test_count_reward_hand_values() -> None:
+    # H = 4, s = 2: prompt (3, 2, ...) has keyword k = 3 and count c = min(2, 4) = 2;
+    # y with two 3s → r = 2; none → |0 − 2| = 2 → r = 2 (1 − 2/4) = 1; four → r = 1; one → 1.5
+    task = make_task(LLMConfig(task="count", vocab=5, completion_len=4, reward_scale=2.0), 0)
+    x = torch.tensor([[3, 2, 0, 0]] * 4)
+    y = torch.tensor([[3, 0, 3, 1], [0, 1, 2, 4], [3, 3, 3, 3], [4, 4, 3, 4]])
+    assert task.gold(x, y).tolist() == [2.0, 1.0, 1.0, 1.5]
+    # the short control: the same reward on 2 tokens, c = min(x_2, 2)
+    short = make_task(LLMConfig(task="short", vocab=5, short_len=2, reward_scale=2.0), 0)
+    assert short.gold(torch.tensor([[1, 4, 0, 0]]), torch.tensor([[1, 0]])).tolist() == [1.0]
+
+
 def test_rouge_reward_is_lcs_with_hidden_reference() -> None:
     cfg = LLMConfig(task="rouge", vocab=6, prompt_len=3, completion_len=4, reward_scale=2.0)
     task = make_task(cfg, 3)
@@ -55,7 +67,7 @@ def test_rouge_reward_is_lcs_with_hidden_reference() -> None:
     assert task.gold(x, y).tolist() == pytest.approx(want)
 
 
-@pytest.mark.parametrize("name", ["sum", "short", "rouge"])
+@pytest.mark.parametrize("name", ["sum", "count", "short", "rouge"])
 def test_skilled_demonstrator_is_optimal(name: str) -> None:
     task = make_task(LLMConfig(task=name, demo_skill=1.0), 0)
     y = task.demonstrate(task.train_prompts, torch.Generator().manual_seed(0))

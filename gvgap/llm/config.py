@@ -25,7 +25,7 @@ from typing import Any
 
 from gvgap.errors import UserError
 
-TASKS = ("sum", "short", "rouge")
+TASKS = ("sum", "count", "short", "rouge")
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,11 @@ class LLMConfig:
 
     Attributes:
         task: ``sum`` (gap: completion digits must sum to a prompt-set target mod V — the last
-            tokens must plan for the earlier ones), ``short`` (control: the same reward on a
-            ``short_len``-token completion, the paper's two-word summaries), ``rouge`` (control:
-            reward = LCS overlap with a hidden per-prompt reference, the paper's ROUGE-L).
+            tokens must plan for the earlier ones), ``count`` (gap: exactly c(x) copies of a
+            prompt-set keyword — the tokens must coordinate), ``short`` (control: the count
+            reward on a ``short_len``-token completion, the paper's two-word summaries),
+            ``rouge`` (control: reward = LCS overlap with a hidden per-prompt reference, the
+            paper's ROUGE-L). See :mod:`gvgap.llm.tasks`.
         vocab: content tokens 0..vocab-1 (two more ids are SEP and BOS).
         prompt_len: prompt tokens P.
         completion_len: completion tokens H of ``sum`` and ``rouge``.
@@ -74,7 +76,8 @@ class LLMConfig:
         model: a key of PRESETS, or a local checkpoint directory (HF ``save_pretrained``).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (gvgap.nn.device).
         dtype: ``float32``, ``bfloat16`` (autocast) or ``float64``.
-        lr: AdamW learning rate of every stage.
+        lr: AdamW learning rate of SFT.
+        pref_lr: AdamW learning rate of the preference stages (RMs, DPO, online DPO).
         batch_size: global batch (sequences or pairs) of every stage.
         sft_steps, rm_steps, dpo_steps, online_steps: optimiser steps per stage (online: per
             round).
@@ -101,6 +104,7 @@ class LLMConfig:
     device: str = "cpu"
     dtype: str = "float32"
     lr: float = 3e-3
+    pref_lr: float = 1e-3
     batch_size: int = 32
     sft_steps: int = 200
     rm_steps: int = 100
@@ -132,6 +136,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     "demos_per_prompt": (1, None),
     "pairs_per_prompt": (1, None),
     "lr": (1e-12, None),
+    "pref_lr": (1e-12, None),
     "batch_size": (1, None),
     "sft_steps": (0, None),
     "rm_steps": (0, None),
@@ -175,6 +180,8 @@ def check_config(cfg: LLMConfig) -> LLMConfig:
     """
     if cfg.task not in TASKS:
         raise UserError(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}")
+    if cfg.task in ("count", "short") and cfg.prompt_len < 2:
+        raise UserError(f"[fixed] prompt_len: task {cfg.task} needs >= 2, got {cfg.prompt_len}")
     if cfg.model not in PRESETS and not (Path(cfg.model) / "config.json").is_file():
         raise UserError(
             f"[fixed] model: one of {', '.join(PRESETS)} or a local checkpoint directory "

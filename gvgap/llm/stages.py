@@ -52,6 +52,7 @@ def fit(
     steps: int,
     cfg: LLMConfig,
     gen: torch.Generator,
+    lr: float | None = None,
 ) -> dict[str, float]:
     """AdamW on a per-row loss; data parallel across ranks (:mod:`gvgap.llm.dist`).
 
@@ -63,7 +64,7 @@ def fit(
         ``{"loss": last global-batch loss on this rank's shard × W, "grad_norm": last norm}``.
     """
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.pref_lr if lr is None else lr, weight_decay=0.0)
     batch = min(cfg.batch_size, n_rows)
     loss_v, gnorm = float("nan"), float("nan")
     if n_rows == 0:
@@ -153,7 +154,7 @@ def stage_sft(
     def row_loss(idx: torch.Tensor) -> torch.Tensor:
         return -logp_completion(lm, seqs[idx], task.prefix_len, placement) / cfg.horizon
 
-    return lm, fit(lm, row_loss, len(seqs), cfg.sft_steps, cfg, gen)
+    return lm, fit(lm, row_loss, len(seqs), cfg.sft_steps, cfg, gen, lr=cfg.lr)
 
 
 def label_pairs(

@@ -6,15 +6,20 @@ Sequences are integer tokens: content tokens ``0..V-1``, ``SEP = V``, ``BOS = V+
 - ``sum`` (gap present): target t(x) = Σ_i x_i mod V;
   r*(x, y) = s · (1 − d(Σ_j y_j mod V, t) / ⌊V/2⌋), d the circular distance on Z_V. Verifying
   is one sum; generating well needs the last tokens to plan for all earlier ones.
-- ``short`` (the paper's two-word-summary control): the same reward with H = 1 or 2, so the
-  policy class and the reward class nearly coincide.
+- ``count`` (gap present, learnable by tiny models): keyword k(x) = x_1, target count
+  c(x) = min(x_2, H); r*(x, y) = s · (1 − |#{j : y_j = k(x)} − c(x)| / H). Verifying is a
+  count; generating well needs the tokens to coordinate (exactly c keywords in all).
+- ``short`` (the paper's two-word-summary control): the ``count`` reward with H = 1 or 2, so
+  the policy class and the reward class nearly coincide.
 - ``rouge`` (the paper's ROUGE-L control): a hidden reference ρ(x)_i = σ_i[x_{(i mod P)+1}]
   (σ_i random permutations drawn by ``instance_seed``); r*(x, y) = s · LCS(y, ρ(x)) / H.
   Verifying is as hard as generating: both need ρ.
 
 The demonstrator (the known generator π_ref is fitted to) draws tokens uniformly and, with
-probability ``demo_skill`` per decision, plans: sum/short — the last token hits the target;
-rouge — token i copies ρ(x)_i. Its samples are diverse and non-degenerate.
+probability ``demo_skill`` per decision, plans: sum — the last token hits the target;
+count/short — exactly c(x) keywords at uniformly chosen positions (per row); rouge — token i
+copies ρ(x)_i.
+Its samples are diverse and non-degenerate.
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ class Task:
         """t(x) = Σ x mod V, ``(B,)``."""
         return prompts.sum(dim=1) % self.cfg.vocab
 
+    def count(self, prompts: torch.Tensor) -> torch.Tensor:
+        """c(x) = min(x_2, H), the keyword count of ``count``/``short``, ``(B,)``."""
+        return prompts[:, 1].clamp(max=self.cfg.horizon)
+
     def reference(self, prompts: torch.Tensor) -> torch.Tensor:
         """ρ(x)_i = σ_i[x_{i mod P}], ``(B, H)`` (the hidden ``rouge`` reference)."""
         h, p = self.cfg.horizon, self.cfg.prompt_len
@@ -86,6 +95,9 @@ class Task:
         if self.cfg.task == "rouge":
             lcs = lcs_length(completions, self.reference(prompts))
             return s * lcs.double() / self.cfg.horizon
+        if self.cfg.task in ("count", "short"):
+            hits = (completions == prompts[:, :1]).sum(dim=1)
+            return s * (1.0 - (hits - self.count(prompts)).abs().double() / self.cfg.horizon)
         diff = (completions.sum(dim=1) - self.target(prompts)) % v
         dist = torch.minimum(diff, v - diff).double()
         return s * (1.0 - dist / (v // 2))
@@ -97,9 +109,25 @@ class Task:
         plan = torch.rand((b, h), generator=gen) < self.cfg.demo_skill
         if self.cfg.task == "rouge":
             return torch.where(plan, self.reference(prompts), y)
+        if self.cfg.task in ("count", "short"):
+            return self._count_demo(prompts, plan[:, 0], gen)
         last = (self.target(prompts) - y[:, :-1].sum(dim=1)) % v
         y[:, -1] = torch.where(plan[:, -1], last, y[:, -1])
         return y
+
+    def _count_demo(
+        self, prompts: torch.Tensor, plan: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Planned rows: exactly c keywords at random positions; other rows: uniform tokens."""
+        b, h, v = prompts.shape[0], self.cfg.horizon, self.cfg.vocab
+        k, c = prompts[:, :1], self.count(prompts)[:, None]
+        # a non-keyword token: uniform on the V − 1 others (shift past k)
+        other = torch.randint(0, v - 1, (b, h), generator=gen)
+        other = other + (other >= k).long()
+        rank = torch.rand((b, h), generator=gen).argsort(dim=1).argsort(dim=1)
+        exact = rank < c  # c positions chosen uniformly
+        planned = torch.where(exact, k, other)
+        return torch.where(plan[:, None], planned, torch.randint(0, v, (b, h), generator=gen))
 
 
 def lcs_length(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
