@@ -46,7 +46,8 @@ def test_resume_after_kill_gives_the_same_table(tmp_path: Path) -> None:
     cols = {"run_id", "experiment", "task", "seed", "instance_seed", "pipeline", "metric", "value"}
     assert cols <= set(full.columns) and set(full["experiment"]) == {"llm"}
     pipes = set(full["pipeline"])
-    assert {"sft", "dpo", "online_dpo_sft", "online_dpo_iter", "bon_global_n3"} <= pipes
+    assert {"sft", "dpo", "online_dpo_sft", "online_dpo_iter", "online_dpo_gold"} <= pipes
+    assert {"bon_global_n3", "bon_local_n1", "bon_dpo_n3", "rm_global", "rm_gold"} <= pipes
     # killed right after "dpo" was checkpointed, then resumed
     with pytest.raises(StopRunError):
         run_spec(spec(), tmp_path / "b", stop_after="dpo")

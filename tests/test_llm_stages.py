@@ -103,6 +103,18 @@ def test_rm_stages_and_dpo_move_toward_the_labels(run) -> None:
     assert any(diff)
 
 
+def test_oracle_online_pairs_are_ordered_by_gold(run) -> None:
+    task, sft, _, _ = run
+    pairs = st.online_pairs(CFG, task, sft, None, torch.Generator().manual_seed(0), P)
+    p = task.prefix_len
+    x = pairs["chosen"][:, 1 : p - 1]
+    # best vs worst of N by r*: strictly ordered (tied groups give no pair)
+    assert bool(
+        (task.gold(x, pairs["chosen"][:, p:]) > task.gold(x, pairs["rejected"][:, p:])).all()
+    )
+    assert torch.equal(x, pairs["rejected"][:, 1 : p - 1])
+
+
 def test_best_worst_tie_rule() -> None:
     s = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
     best, worst, ok = st.best_worst(s)

@@ -46,10 +46,19 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("online_dpo_sft", "online_steps"),
     ("online_dpo_dpo", "online_steps"),
     ("online_dpo_iter", "online_steps"),
+    ("online_dpo_gold", "online_steps"),
     ("evaluate", "n_eval_prompts"),
 )
 #: Policies evaluated, in the order of the paper's table.
-POLICIES = ("sft", "dpo", "dpo_extra", "online_dpo_sft", "online_dpo_dpo", "online_dpo_iter")
+POLICIES = (
+    "sft",
+    "dpo",
+    "dpo_extra",
+    "online_dpo_sft",
+    "online_dpo_dpo",
+    "online_dpo_iter",
+    "online_dpo_gold",
+)
 
 
 class StopRunError(Exception):
@@ -235,15 +244,16 @@ def run_one(
         lm,
     )
     rm = models["global_rm"]
-    for name, init, rounds in (
-        ("online_dpo_sft", "sft", 1),
-        ("online_dpo_dpo", "dpo", 1),
-        ("online_dpo_iter", "sft", cfg.online_rounds),
+    for name, init, rounds, labeller in (
+        ("online_dpo_sft", "sft", 1, rm),
+        ("online_dpo_dpo", "dpo", 1, rm),
+        ("online_dpo_iter", "sft", cfg.online_rounds, rm),
+        ("online_dpo_gold", "sft", 1, None),  # oracle labeller: the positive control
     ):
         step(
             name,
-            lambda i=init, r=rounds, n=name: st.stage_online(
-                cfg, task, models[i], sft, rm, r, seed, placement, n
+            lambda i=init, r=rounds, n=name, lab=labeller: st.stage_online(
+                cfg, task, models[i], sft, lab, r, seed, placement, n
             ),
             lm,
         )

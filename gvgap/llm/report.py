@@ -30,9 +30,14 @@ TABLE_PIPELINES = (
     "online_dpo_sft",
     "online_dpo_dpo",
     "online_dpo_iter",
+    "online_dpo_gold",
 )
 #: (online arm, offline arm it is set against): same start and the same number of DPO steps.
-COMPARISONS = (("online_dpo_sft", "dpo"), ("online_dpo_dpo", "dpo_extra"))
+COMPARISONS = (
+    ("online_dpo_sft", "dpo"),
+    ("online_dpo_dpo", "dpo_extra"),
+    ("online_dpo_gold", "dpo"),  # positive control: the same loop labelled by r* itself
+)
 TASK_ORDER = ("sum", "count", "short", "rouge")
 
 

@@ -286,16 +286,22 @@ def online_pairs(
     cfg: LLMConfig,
     task: Task,
     policy: nn.Module,
-    rm: RewardModel,
+    rm: RewardModel | None,
     gen: torch.Generator,
     placement: Placement,
 ) -> Pairs:
-    """N samples per training prompt at temperature T; best and worst by the RM form a pair."""
+    """N samples per training prompt at temperature T; best and worst by the RM form a pair.
+
+    ``rm`` None labels by the gold reward r* itself (the oracle positive control).
+    """
     n = cfg.online_samples
     rep, ys = sample_rows(
         policy, task, task.train_prompts, n, cfg.online_temperature, gen, placement
     )
-    scores = rm_rows(rm, task.join(rep, ys), placement).view(-1, n)
+    if rm is None:
+        scores = task.gold(rep, ys).view(-1, n)
+    else:
+        scores = rm_rows(rm, task.join(rep, ys), placement).view(-1, n)
     best, worst, ok = best_worst(scores)
     rows = torch.arange(len(task.train_prompts)) * n
     prompts = task.train_prompts[ok]
@@ -310,13 +316,16 @@ def stage_online(
     task: Task,
     init: nn.Module,
     sft: nn.Module,
-    rm: RewardModel,
+    rm: RewardModel | None,
     rounds: int,
     seed: int,
     placement: Placement,
     name: str,
 ) -> tuple[nn.Module, dict]:
-    """Online DPO: ``rounds`` × (sample from the current policy, relabel by the RM, DPO)."""
+    """Online DPO: ``rounds`` × (sample from the current policy, relabel by the RM, DPO).
+
+    ``rm`` None: relabel by r* (oracle positive control, reported beside the RM arms).
+    """
     gen = stage_gen(seed, name)
     policy, info = init, {}
     for _ in range(rounds):
