@@ -5,7 +5,7 @@ Standard errors: with S ≥ 2 seeds, the SE of the mean over seeds of the per-se
 (s/√S: training and evaluation noise together); with one seed, the within-run SE over
 evaluation prompts (evaluation noise only — stated in the table).
 
-The paper's direction (§7): with the gap (``sum``) online DPO ≥ offline DPO; in the two
+The paper's direction (§7): with the gap (``sum``, ``count``) online DPO ≥ offline DPO; in the two
 controls (``short``, ``rouge``) no difference. The section prints the paired differences
 online − offline per task (paired by seed) with their SE; it fits no verdict thresholds.
 """
@@ -137,7 +137,7 @@ def section(doc: Any, df: pd.DataFrame, png: Path | None) -> None:
     )
     if png is not None:
         doc.figure(png, "Win rate vs π_ref, pipeline × task (±1 SE)")
-    for metric in ("win_rate", "reward", "kl_k3"):
+    for metric in ("win_rate", "reward", "kl_k1", "kl_k3"):
         tab = table(df, metric)
         if tab.empty:
             continue
@@ -152,7 +152,9 @@ def section(doc: Any, df: pd.DataFrame, png: Path | None) -> None:
             [[r.comparison, r.task, _fmt(r.mean, r.se), str(r.n_seeds)] for r in diff.itertuples()],
         )
         doc.note(
-            "The paper's direction: > 0 with the gap (`sum`, `count`); ≈ 0 on `short` and `rouge`."
+            "The paper's direction: > 0 with the gap (`sum`, `count`); ≈ 0 on `short` and "
+            "`rouge`. `online_dpo_gold` relabels by r* itself: the positive control (what the "
+            "online loop gives with a perfect labeller)."
         )
     rm = df[df.metric == "val_likelihood"].groupby(["task", "pipeline"])["value"].mean()
     if not rm.empty:
