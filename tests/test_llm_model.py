@@ -75,3 +75,15 @@ def test_reward_model_shape_and_head(setup) -> None:
     # r̂ = w·h_L + b with b = 0 at init
     h = lm.gpt_neox(input_ids=seqs).last_hidden_state[:, -1]
     assert torch.allclose(r, h @ rm.head.weight[0], atol=1e-10)
+
+
+def test_local_checkpoint_directory_loads_the_same_model(setup, tmp_path) -> None:
+    from gvgap.llm.config import make_config
+
+    task, lm = setup
+    lm.save_pretrained(tmp_path)
+    cfg = make_config({"model": str(tmp_path)}, "sum")  # a directory with config.json is valid
+    loaded = build_lm(cfg.model, task.vocab_size, task.seq_len, 0, P64)
+    seqs = task.join(task.eval_prompts[:2], torch.zeros((2, 4), dtype=torch.long))
+    a = logp_completion(lm, seqs, task.prefix_len, P64)
+    assert torch.allclose(a, logp_completion(loaded, seqs, task.prefix_len, P64))
