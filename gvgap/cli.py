@@ -144,6 +144,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce(args.out, quick=args.quick, executor=args.executor, workers=args.workers)
 
 
+def cmd_llm(args: argparse.Namespace) -> int:
+    from gvgap.llm.cli import main as llm_main  # lazy: torch/transformers only when asked
+
+    return llm_main(args.llm_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gvgap`` argument parser."""
     p = _Parser(prog="gvgap", description=__doc__.split("\n")[0])
@@ -214,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=["local", "ray"], default="local")
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(fn=cmd_reproduce)
+
+    s = sub.add_parser(
+        "llm",
+        help="LLM-scale pipeline: gvgap llm run FILE.toml --out DIR",
+        add_help=False,
+        prefix_chars="+",  # every "-" option goes on to gvgap.llm.cli
+    )
+    s.add_argument("llm_args", nargs=argparse.REMAINDER, help="see gvgap llm --help")
+    s.set_defaults(fn=cmd_llm)
     return p
 
 

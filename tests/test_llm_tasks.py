@@ -1,0 +1,92 @@
+"""Synthetic tasks: gold rewards against hand-derived values and brute force; demonstrator."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gvgap.llm.config import LLMConfig  # noqa: E402
+from gvgap.llm.tasks import lcs_length, make_task  # noqa: E402
+
+
+def brute_lcs(a: list[int], b: list[int]) -> int:
+    """Longest common subsequence by enumerating every subsequence of a."""
+    best = 0
+    for k in range(len(a) + 1):
+        for idx in itertools.combinations(range(len(a)), k):
+            sub = [a[i] for i in idx]
+            it = iter(b)
+            if all(any(x == y for y in it) for x in sub):
+                best = max(best, k)
+    return best
+
+
+def test_lcs_matches_brute_force() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 3, (60, 5), generator=gen)
+    b = torch.randint(0, 3, (60, 5), generator=gen)
+    got = lcs_length(a, b).tolist()
+    assert got == [brute_lcs(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
+
+
+def test_sum_reward_hand_values() -> None:
+    # V = 8, s = 4: prompt (1,2,3,4) has target t = 10 mod 8 = 2.
+    # y summing to 2 → d = 0 → r = 4; sum 6 → d = min(4, 4) = 4 = ⌊8/2⌋ → r = 0;
+    # sum 3 → d = 1 → r = 4 (1 − 1/4) = 3; sum 9 ≡ 1 → d = 1 → r = 3.
+    task = make_task(LLMConfig(task="sum", vocab=8, completion_len=3, reward_scale=4.0), 0)
+    x = torch.tensor([[1, 2, 3, 4]] * 4)
+    y = torch.tensor([[2, 0, 0], [6, 0, 0], [1, 1, 1], [3, 3, 3]])
+    assert task.gold(x, y).tolist() == [4.0, 0.0, 3.0, 3.0]
+
+
+def test_count_reward_hand_values() -> None:
+    # H = 4, s = 2: prompt (3, 2, ...) has keyword k = 3 and count c = min(2, 4) = 2;
+    # y with two 3s → r = 2; none → |0 − 2| = 2 → r = 2 (1 − 2/4) = 1; four → r = 1; one → 1.5
+    task = make_task(LLMConfig(task="count", vocab=5, completion_len=4, reward_scale=2.0), 0)
+    x = torch.tensor([[3, 2, 0, 0]] * 4)
+    y = torch.tensor([[3, 0, 3, 1], [0, 1, 2, 4], [3, 3, 3, 3], [4, 4, 3, 4]])
+    assert task.gold(x, y).tolist() == [2.0, 1.0, 1.0, 1.5]
+    # the short control: the same reward on 2 tokens, c = min(x_2, 2)
+    short = make_task(LLMConfig(task="short", vocab=5, short_len=2, reward_scale=2.0), 0)
+    assert short.gold(torch.tensor([[1, 4, 0, 0]]), torch.tensor([[1, 0]])).tolist() == [1.0]
+
+
+def test_rouge_reward_is_lcs_with_hidden_reference() -> None:
+    cfg = LLMConfig(task="rouge", vocab=6, prompt_len=3, completion_len=4, reward_scale=2.0)
+    task = make_task(cfg, 3)
+    x = task.eval_prompts[:5]
+    ref = task.reference(x)
+    # ρ(x)_i = σ_i[x_{i mod P}], σ_i permutations: check one entry by hand
+    assert ref[0, 3] == task.perms[3, x[0, 0]]
+    assert torch.equal(task.gold(x, ref), torch.full((5,), 2.0, dtype=torch.float64))
+    y = torch.randint(0, 6, (5, 4), generator=torch.Generator().manual_seed(1))
+    want = [2.0 * brute_lcs(a, b) / 4 for a, b in zip(y.tolist(), ref.tolist(), strict=True)]
+    assert task.gold(x, y).tolist() == pytest.approx(want)
+
+
+@pytest.mark.parametrize("name", ["sum", "count", "short", "rouge"])
+def test_skilled_demonstrator_is_optimal(name: str) -> None:
+    task = make_task(LLMConfig(task=name, demo_skill=1.0), 0)
+    y = task.demonstrate(task.train_prompts, torch.Generator().manual_seed(0))
+    assert y.shape == (len(task.train_prompts), task.cfg.horizon)
+    assert bool((task.gold(task.train_prompts, y) == task.cfg.reward_scale).all())
+
+
+def test_unskilled_demonstrator_is_diverse_and_below_optimum() -> None:
+    task = make_task(LLMConfig(task="sum", demo_skill=0.0, n_train_prompts=400), 0)
+    y = task.demonstrate(task.train_prompts, torch.Generator().manual_seed(0))
+    # Σy mod V is uniform on Z_8: E d = (0+1+2+3+4+3+2+1)/8 = 2, E r = 4 (1 − 2/4) = 2
+    r = task.gold(task.train_prompts, y)
+    assert abs(float(r.mean()) - 2.0) < 0.25
+    assert len({tuple(row) for row in y.tolist()}) > 350
+
+
+def test_instance_seed_draws_the_problem() -> None:
+    cfg = LLMConfig(task="rouge")
+    a, b, c = make_task(cfg, 0), make_task(cfg, 0), make_task(cfg, 1)
+    assert torch.equal(a.perms, b.perms) and torch.equal(a.train_prompts, b.train_prompts)
+    assert not torch.equal(a.perms, c.perms)
+    assert make_task(LLMConfig(task="short"), 0).seq_len == cfg.prompt_len + 2 + 2
