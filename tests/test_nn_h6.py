@@ -16,9 +16,17 @@ from gvgap.experiments.base import make_config
 
 
 def test_module_imports_without_torch():
+    # A meta-path finder that refuses torch (sys.modules['torch'] = None would confuse
+    # scipy's array-API probe, which reads sys.modules['torch'] as a module).
     code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "import gvgap.experiments.registry as r; assert 'h6_neural' in r.EXPERIMENTS"
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+        "import gvgap.experiments.registry as r; assert 'h6_neural' in r.EXPERIMENTS\n"
+        "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -31,8 +31,8 @@ from gvgap.sweep.progress import PlainProgress, StageETA, format_seconds, make_p
 from gvgap.sweep.show import describe_fields, format_show, parse_attributes
 from gvgap.sweep.spec import spec_from_data
 
-#: h6_gap's SMOKE config without online DPO (a fast run of another experiment).
-SMOKE_H6 = {**dataclasses.asdict(h6_gap.SMOKE), "online_dpo": False}
+#: h6_gap's SMOKE config (a fast run of another experiment).
+SMOKE_H6 = dataclasses.asdict(h6_gap.SMOKE)
 
 
 def small(seeds: int = 2) -> object:
@@ -232,7 +232,7 @@ def test_unreachable_ray_address_fails_fast() -> None:
 def test_memory_estimate_refuses_what_lbfgs_cannot_fit() -> None:
     # V = 2, H = 23: 2^23 leaves, P = 2^24 − 1 + m node parameters; L-BFGS alone keeps
     # 2·30 history vectors = 60·8·P bytes = 7.5 GiB, over the 8 GiB budget with the rest.
-    cfg = dataclasses.replace(h6_gap.SMOKE, vocab=2, horizon=23)
+    cfg = dataclasses.replace(h6_gap.SMOKE, tree="", vocab=2, horizon=23)
     assert base.estimate_memory(cfg) > 60 * 8 * 2**24
     with pytest.raises(UserError, match="GiB"):
         base.check_resources(cfg)
@@ -289,10 +289,14 @@ def test_show_lists_every_field_with_type_default_allowed_meaning() -> None:
         assert all(name in text for name in names)
     rows = {r["name"]: r for r in describe_fields(h6_gap)}
     assert rows["beta"]["allowed"] == "[0.03, 1000]"
-    assert rows["rm_class"]["allowed"] == "linear, tabular, local"
-    assert rows["online_dpo"] == {**rows["online_dpo"], "type": "bool", "default": "true"}
+    assert rows["rm_class"]["allowed"] == "auto, linear, window<J>, tabular, local"
+    assert rows["per_prompt_weights"] == {
+        **rows["per_prompt_weights"],
+        "type": "bool",
+        "default": "false",
+    }
     code, out, _ = cli(["show", "h6_gap"])
-    assert code == 0 and "online_samples" in out
+    assert code == 0 and "online_policy_class" in out
 
 
 def test_parse_attributes_joins_continuation_lines() -> None:

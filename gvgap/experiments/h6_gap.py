@@ -64,6 +64,15 @@ GENERATORS: dict[str, dict] = {
         "k": 1,
     },
 }
+#: Allowed values of this experiment's own fields (``gvgap show h6_gap``).
+ALLOWED = {
+    "protocol": ", ".join(PROTOCOLS),
+    "generator": '"", ' + ", ".join(GENERATORS),
+    "tree": '"" or "VxH"',
+    "policy_class": "auto, product, markov<J>, tabular",
+    "rm_class": "auto, linear, window<J>, tabular, local",
+    "online_policy_class": "tabular, product, markov<J>",
+}
 # Verdict constants, fixed before reading results.
 #: Cells with measured gap ≥ this are predicted to show an online advantage.
 GAP_BIG = 1.5

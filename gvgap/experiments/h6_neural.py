@@ -63,9 +63,12 @@ class Config(C.ProblemConfig):
     Attributes:
         arch: ``transformer`` (causal, over tokens) or ``mlp`` (over a prefix encoding), for
             the policy and the RM backbone alike.
-        width: hidden width. depth: layers. heads: attention heads (transformer).
+        width: hidden width.
+        depth: layers.
+        heads: attention heads (transformer).
         rm_init: ``fresh`` (own random weights) or ``policy`` (the policy's initial backbone).
-        steps: Adam steps per fit. lr: Adam learning rate.
+        steps: Adam steps per fit.
+        lr: Adam learning rate.
         polish: full-batch L-BFGS iterations after Adam.
         device: ``cpu``, ``cuda`` or ``auto`` (float64 on CPU, float32 on CUDA).
     """

@@ -82,8 +82,10 @@ def allowed_values(config_cls: type, name: str, default: Any) -> str:
 
 
 def describe_fields(module: ModuleType) -> list[dict[str, str]]:
-    """One row per Config field: name, type, default, allowed, meaning."""
+    """One row per Config field: name, type, default, allowed, meaning. A module's optional
+    ``ALLOWED`` dict (field -> text) states the allowed values of its own fields."""
     cls = module.Config
+    own = getattr(module, "ALLOWED", {})
     meanings = field_meanings(cls)
     rows = []
     for f in dataclasses.fields(cls):
@@ -97,7 +99,7 @@ def describe_fields(module: ModuleType) -> list[dict[str, str]]:
                 else str(default).lower()
                 if isinstance(default, bool)
                 else str(default),
-                "allowed": allowed_values(cls, f.name, default),
+                "allowed": own.get(f.name) or allowed_values(cls, f.name, default),
                 "meaning": meanings.get(f.name, "(undocumented)"),
             }
         )
