@@ -422,6 +422,18 @@ def experiment_section(
         doc.table(header, rows)
 
 
+#: ``experiment`` value of the rows written by ``gvgap llm run`` (its own section).
+LLM_EXPERIMENT = "llm"
+
+
+def llm_section(doc: Doc, root: Path, frame: pd.DataFrame) -> None:
+    """The LLM-scale section (:func:`gvgap.llm.report.section`) with its table figure."""
+    from gvgap.llm.report import section
+
+    png = root / "figures" / "llm_table.png"
+    section(doc, frame, png if png.exists() else None)
+
+
 def write_report(run_dir: str | os.PathLike) -> list[Path]:
     """Write ``report.md`` and the self-contained ``report.html`` into ``run_dir``.
 
@@ -454,6 +466,9 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     if not frames:
         doc.note("results.parquet holds no experiment rows.")
     for eid, frame in frames.items():
+        if eid == LLM_EXPERIMENT:
+            llm_section(doc, root, frame)
+            continue
         figs = index.get("experiments", {}).get(eid, [])
         experiment_section(doc, eid, frame, verdicts.get(eid), figs)
     md, page = root / "report.md", root / "report.html"

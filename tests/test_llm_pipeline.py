@@ -77,6 +77,10 @@ def test_cli_run_writes_table_figure_report(tmp_path: Path, capsys) -> None:
     assert main(["llm", "run", str(f), "--out", str(out)]) == 0
     assert "resumed" in capsys.readouterr().err
     pd.testing.assert_frame_equal(df, pd.read_parquet(out / "results.parquet"))
+    # `gvgap report DIR` on an llm run directory renders the LLM section with its figure
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "LLM-scale pipeline" in text and "llm_table.png" in text
 
 
 @pytest.mark.parametrize(
