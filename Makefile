@@ -5,12 +5,10 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
-# CPU build of torch for `make test`, installed only when the environment has no torch yet:
-# the PyTorch CPU index is an *extra* index (pip prefers its 2.13.0+cpu wheel; offline, or
-# behind a mirror that already serves the CPU wheel, it is skipped after one quick try).
+# CPU build of torch for `make test`, installed only when the environment has no torch yet
+# (pinned: an unpinned torch pulls a multi-GB CUDA build).
 # GPU users: make TORCH_SPEC='torch' test (or install your own build first).
 TORCH_SPEC  ?= torch==2.13.0
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TEST_EXTRAS ?= dev,ray,torch,hf
 
 .PHONY: setup setup-test reproduce test lint pytest bench clean
@@ -29,8 +27,7 @@ $(VENV)/.core: pyproject.toml | $(PY)
 # The test environment: everything, so CI exercises the torch / Ray / LLM paths too.
 setup-test: $(VENV)/.test
 $(VENV)/.test: pyproject.toml | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)" \
-	  --extra-index-url $(TORCH_INDEX) --retries 0 --timeout 10
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[$(TEST_EXTRAS)]"
 	touch $(VENV)/.core $@
 
