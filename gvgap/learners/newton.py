@@ -16,7 +16,7 @@ the *pair Laplacian* of the comparison graph plus the regulariser. Two parameter
 * **tabular** (r free per leaf; TabularReward, tabular DPO): the Laplacian is sparse; the
   Newton system is solved by Jacobi-preconditioned CG on the centred subspace, where μC = μI.
 * **linear** (r = Φ w): in the orthonormal coordinates z of the centred feature span
-  (Φ_c = U S Vᵀ, z = S Vᵀ w, so ‖C r‖ = ‖z‖) the Hessian is Dzᵀ W Dz + μ I, factorised by
+  (Φ_c t orthonormal, w = t z, so ‖C r‖ = ‖z‖) the Hessian is Dzᵀ W Dz + μ I, factorised by
   Cholesky (k×k, or the n×n Woodbury form when n < rank). The basis is computed once per
   feature map and shared by every fit (λ path, train/full refits).
 
@@ -26,22 +26,62 @@ Both are certified by the Euclidean norm of ∇f in those coordinates: a fit sto
 
 from __future__ import annotations
 
+import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular
 from scipy.sparse import coo_matrix
-from scipy.sparse.linalg import LinearOperator, cg
 from scipy.special import expit, log_expit
 
 #: Relative stopping tolerance on ‖∇f‖ (w.r.t. the gradient at the warm start).
 RTOL = 1e-10
 #: Newton iterations at most (each with an Armijo backtracking line search).
 MAX_ITER = 100
+#: Up to this many touched leaves the tabular Newton system is factorised densely (Cholesky);
+#: above, Jacobi-preconditioned CG on the sparse pair Laplacian.
+DENSE_MAX = 600
+#: Predicted decreases below this (relative to 1 + |f|) are not resolvable by f in float64.
+FLOOR = 1e-10
+#: Pivoted Cholesky of ΦcᵀΦc stops at pivots below this fraction of its largest diagonal.
+CHOL_RANK_TOL = 1e-10
 #: Eigenvalues of ΦcᵀΦc below this fraction of the largest span no reward direction.
 RANK_TOL = 1e-12
+
+
+#: Solutions of the fits run inside :func:`warm_path`, per problem space and λ.
+_WARM: ContextVar[dict | None] = ContextVar("gvgap_warm_path", default=None)
+
+
+@contextmanager
+def warm_path() -> Iterator[None]:
+    """Within this block, a fit given no explicit start begins at the stored solution of the
+    same problem space (the same leaf shape, or the same feature map) with the nearest λ (in
+    log λ): a warm-started λ path. Any start reaches the same certified optimum; the block's
+    fits run in a fixed order, so results stay deterministic. ``select_lambda`` uses it."""
+    token = _WARM.set({})
+    try:
+        yield
+    finally:
+        _WARM.reset(token)
+
+
+def _warm_get(space: tuple, lam: float) -> np.ndarray | None:
+    store = _WARM.get()
+    sols = None if store is None else store.get(space)
+    if not sols:
+        return None
+    return sols[min(sols, key=lambda lam2: abs(math.log(lam2) - math.log(lam)))]
+
+
+def _warm_put(space: tuple, lam: float, x: np.ndarray) -> None:
+    store = _WARM.get()
+    if store is not None:
+        store.setdefault(space, {})[lam] = x
 
 
 @dataclass(frozen=True)
@@ -67,7 +107,12 @@ def _newton(
     x0: np.ndarray,
     gtol: float,
 ) -> NewtonResult:
-    """Damped Newton: ``evaluate(x) -> (f, ∇f, solve)`` with solve(v) ≈ (∇²f)⁻¹ v."""
+    """Damped Newton: ``evaluate(x) -> (f, ∇f, solve)`` with solve(v) ≈ (∇²f)⁻¹ v.
+
+    Armijo backtracking on f while the predicted decrease −∇f·s (twice the Newton decrement)
+    is resolvable in float64; below ``FLOOR``·(1 + |f|) (deep in the quadratic region, where f
+    no longer resolves decreases) a full step is taken iff it reduces ‖∇f‖.
+    """
     x = x0
     f, g, solve = evaluate(x)
     gn = g0 = float(np.linalg.norm(g))
@@ -79,21 +124,22 @@ def _newton(
         slope = float(g @ step)
         if not np.all(np.isfinite(step)) or slope >= 0:
             step, slope = -g, -(gn**2)
+        if -slope <= FLOOR * (1.0 + abs(f)):
+            fn, g_new, solve_new = evaluate(x + step)
+            if float(np.linalg.norm(g_new)) >= gn:
+                break  # the floating-point floor of ∇f
+            x, f, g, solve = x + step, fn, g_new, solve_new
+            gn = float(np.linalg.norm(g))
+            continue
         t = 1.0
-        while t > 1e-12:
-            xn = x + t * step
-            fn = value(xn)
+        while fn_ok := t > 1e-12:
+            fn = value(x + t * step)
             if fn <= f + 1e-4 * t * slope:
                 break
             t *= 0.5
-        else:  # no decrease representable: at the floor of floating point
-            fn2, gn2, solve2 = evaluate(xn)
-            if np.linalg.norm(gn2) < gn:
-                x, f, g, solve = xn, fn2, gn2, solve2
-                gn = float(np.linalg.norm(g))
-                continue
+        if not fn_ok:
             break
-        x = xn
+        x = x + t * step
         f, g, solve = evaluate(x)
         gn = float(np.linalg.norm(g))
     return NewtonResult(x, f, gn, it, gn <= gtol)
@@ -140,26 +186,65 @@ def bt_newton_tabular(
         g = np.bincount(ic, a, size) - np.bincount(ir, a, size) + mu * rc
 
         def solve(v: np.ndarray) -> np.ndarray:
-            lap = coo_matrix(
-                (
-                    np.concatenate([c, c, -c, -c]),
-                    (np.concatenate([ic, ir, ic, ir]), np.concatenate([ic, ir, ir, ic])),
-                ),
-                shape=(size, size),
-            ).tocsr()
-            diag = lap.diagonal() + mu
-            op = LinearOperator((size, size), matvec=lambda u: lap @ u + mu * u, dtype=float)
-            pre = LinearOperator((size, size), matvec=lambda u: u / diag, dtype=float)
-            rhs = centre(v)
-            rtol = max(min(1e-3, float(np.linalg.norm(rhs))), 1e-14)  # forcing term
-            s, _ = cg(op, rhs, rtol=rtol, atol=0.0, maxiter=20 * size, M=pre)
+            # On the centred subspace (L + μC) s = v ⇔ (L + μI) s = v (L·1 = 0 per prompt), and
+            # L vanishes off the touched leaves: there s = v/μ; on them, a d × d system.
+            s = v / mu
+            s[touched] = _solve_touched(c, v[touched], mu)
             return centre(s)
 
         return f, g, solve
 
+    touched, local = np.unique(np.concatenate([ic, ir]), return_inverse=True)
+    lc, lr = local[: len(ic)], local[len(ic) :]
+    d = touched.size
+
+    def _solve_touched(c: np.ndarray, v: np.ndarray, mu: float) -> np.ndarray:
+        """(L_TT + μ I)⁻¹ v: dense Cholesky up to DENSE_MAX touched leaves, else Jacobi-PCG."""
+        if d <= DENSE_MAX:
+            idx = np.concatenate([lc * d + lc, lr * d + lr, lc * d + lr, lr * d + lc])
+            h = np.bincount(idx, np.concatenate([c, c, -c, -c]), d * d).reshape(d, d)
+            h[np.diag_indices(d)] += mu
+            return cho_solve(cho_factor(h), v)
+        lap = coo_matrix(
+            (
+                np.concatenate([c, c, -c, -c]),
+                (np.concatenate([lc, lr, lc, lr]), np.concatenate([lc, lr, lr, lc])),
+            ),
+            shape=(d, d),
+        ).tocsr()
+        rtol = max(min(1e-3, float(np.linalg.norm(v))), 1e-14)  # inexact-Newton forcing term
+        dinv = 1.0 / (lap.diagonal() + mu)
+        return _pcg(lambda u: lap @ u + mu * u, v, lambda u: dinv * u, rtol, 20 * d)
+
+    space = ("tabular", shape)
+    if r0 is None:
+        r0 = _warm_get(space, lam)
     x0 = centre(np.zeros(size) if r0 is None else np.asarray(r0, float).ravel())
     res = _newton(evaluate, value, x0, gtol)
+    _warm_put(space, lam, res.x)
     return NewtonResult(res.x.reshape(shape), res.fun, res.grad_norm, res.n_iter, res.converged)
+
+
+def _pcg(matvec, b: np.ndarray, precond, rtol: float, maxiter: int) -> np.ndarray:
+    """Preconditioned conjugate gradients for SPD systems (``precond(r)`` ≈ A⁻¹ r), stopping
+    at ‖b − A x‖ ≤ rtol ‖b‖."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = precond(r)
+    p = z.copy()
+    rz = float(r @ z)
+    stop = rtol * float(np.linalg.norm(b))
+    for _ in range(maxiter):
+        if float(np.linalg.norm(r)) <= stop:
+            break
+        q = matvec(p)
+        alpha = rz / float(p @ q)
+        x += alpha * p
+        r -= alpha * q
+        z = precond(r)
+        rz, rz_old = float(r @ z), rz
+        p = z + (rz / rz_old) * p
+    return x
 
 
 # ------------------------------------------------------------------------------ linear
@@ -167,20 +252,38 @@ def bt_newton_tabular(
 
 @dataclass(frozen=True)
 class FeatureBasis:
-    """Orthonormal coordinates of the centred feature span: Φ_c T = U (orthonormal columns),
-    ``T = V S⁻¹`` ``(k, rank)``; w = T z maps back (the minimum-norm w, as L-BFGS from 0)."""
+    """Orthonormal coordinates of the centred feature span: ``t`` ``(k, rank)`` with Φ_c t
+    orthonormal, and ``u = Φ t`` ``(m N, rank)`` (Φ_c t plus per-prompt constants, which
+    cancel in every margin). w = t z maps back (when the features are rank-deficient, the
+    solution supported on a maximal independent set of columns: r_w is unique, w is not),
+    and the pair-difference rows of a data set are rows of ``u``."""
 
     t: np.ndarray
+    u: np.ndarray
 
     @classmethod
     def of(cls, features: np.ndarray) -> FeatureBasis:
-        """From features ``(m, N, k)``: one Gram matrix and one symmetric eigensolve."""
+        """From features ``(m, N, k)``: the Gram matrix G = Φ_cᵀΦ_c and its pivoted Cholesky
+        factorisation Pᵀ G P = Rᵀ R (LAPACK ``pstrf``, which stops at the numerical rank r):
+        the r pivot columns span the centred feature space and Φ_c[:, piv] R₁₁⁻¹ is
+        orthonormal, so ``t`` = R₁₁⁻¹ on those rows (zero elsewhere). Falls back to an
+        eigendecomposition if ``pstrf`` reports an error."""
         k = features.shape[-1]
+        flat = features.reshape(-1, k)
         phi_c = (features - features.mean(axis=1, keepdims=True)).reshape(-1, k)
         gram = phi_c.T @ phi_c
-        evals, evecs = np.linalg.eigh(gram)
-        keep = evals > RANK_TOL * max(float(evals[-1]), 1e-300)
-        return cls(evecs[:, keep] / np.sqrt(evals[keep]))
+        scale = max(float(np.max(np.diag(gram))), 1e-300)
+        fac, piv, rank, info = lapack.dpstrf(gram, tol=CHOL_RANK_TOL * scale, lower=0)
+        if info < 0 or rank == 0:
+            evals, evecs = np.linalg.eigh(gram)
+            keep = evals > RANK_TOL * max(float(evals[-1]), 1e-300)
+            t = evecs[:, keep] / np.sqrt(evals[keep])
+            return cls(t, flat @ t)
+        sel = piv[:rank] - 1
+        r_inv = solve_triangular(np.triu(fac[:rank, :rank]), np.eye(rank), lower=False)
+        t = np.zeros((k, rank))
+        t[sel] = r_inv
+        return cls(t, flat[:, sel] @ r_inv)
 
 
 _BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -211,13 +314,15 @@ def bt_newton_linear(
     Returns:
         :class:`NewtonResult` with ``x`` = w ``(k,)`` (= T z) and ``grad_norm`` = ‖∇_z f‖.
     """
-    m = features.shape[0]
+    m, n_leaves = features.shape[:2]
+    rank = basis.t.shape[1]
+    if rank == m * (n_leaves - 1):  # the features reach every centred reward: R_sim = tabular
+        return _linear_via_tabular(features, basis, prompt, chosen, rejected, weight, lam, w0, gtol)
     w_total = float(weight.sum())
     wn = weight / w_total
     mu = lam / (w_total * m)
-    d = features[prompt, chosen] - features[prompt, rejected]  # (n, k)
-    dz = d @ basis.t  # (n, rank)
-    n, rank = dz.shape
+    dz = basis.u[prompt * n_leaves + chosen] - basis.u[prompt * n_leaves + rejected]  # (n, rank)
+    n = dz.shape[0]
     gram_n = dz @ dz.T if n < rank else None
 
     def value(z: np.ndarray) -> float:
@@ -230,21 +335,42 @@ def bt_newton_linear(
 
         def solve(v: np.ndarray) -> np.ndarray:
             if gram_n is None:  # (Dzᵀ W Dz + μ I)⁻¹ v by Cholesky of the rank × rank Hessian
-                h = dz.T @ (c[:, None] * dz)
+                a = np.sqrt(c)[:, None] * dz
+                h = a.T @ a  # one BLAS syrk
                 h[np.diag_indices_from(h)] += mu
-                return cho_solve(cho_factor(h), v)
+                return cho_solve(cho_factor(h, check_finite=False), v, check_finite=False)
             # Woodbury with M = μ I + W½ K W½ (n × n):  H⁻¹v = (v − Dzᵀ W½ M⁻¹ W½ Dz v)/μ
             sc = np.sqrt(c)
             mm = sc[:, None] * gram_n * sc[None, :]
             mm[np.diag_indices_from(mm)] += mu
-            inner = cho_solve(cho_factor(mm), sc * (dz @ v))
+            inner = cho_solve(cho_factor(mm, check_finite=False), sc * (dz @ v), check_finite=False)
             return (v - dz.T @ (sc * inner)) / mu
 
         return f, g, solve
 
+    space = ("linear", id(basis))
     if w0 is None:
-        z0 = np.zeros(rank)
-    else:  # the z whose T z is the projection of w0 on the span: z = S Vᵀ w0 = (TᵀT)⁻¹ Tᵀ w0
-        z0 = (basis.t.T @ np.asarray(w0, float)) / (basis.t**2).sum(axis=0)
+        z0 = _warm_get(space, lam)
+        z0 = np.zeros(rank) if z0 is None else z0
+    else:  # the z with the same centred reward: Φ_c t z = Φ_c w0, i.e. z = (Φ_c t)ᵀ Φ_c w0
+        r0 = (features.reshape(-1, features.shape[-1]) @ np.asarray(w0, float)).reshape(m, -1)
+        u_c = basis.u.reshape(m, -1, rank)
+        u_c = u_c - u_c.mean(axis=1, keepdims=True)
+        z0 = np.einsum("xnr,xn->r", u_c, r0 - r0.mean(axis=1, keepdims=True))
     res = _newton(evaluate, value, z0, gtol)
+    _warm_put(space, lam, res.x)
     return NewtonResult(basis.t @ res.x, res.fun, res.grad_norm, res.n_iter, res.converged)
+
+
+def _linear_via_tabular(features, basis, prompt, chosen, rejected, weight, lam, w0, gtol):
+    """Full-span features (rank m(N − 1)): {Φ_c w} is every centred reward, so the linear fit
+    *is* the tabular fit — solve it there (sparse, cheap) and map back, z = (Φ_c t)ᵀ r̂ (exact:
+    Φ_c t is an orthonormal basis of the centred rewards). ‖∇_z f‖ = ‖(Φ_c t)ᵀ ∇_r f‖ ≤ ‖∇_r f‖
+    (and equal, ∇_r f being centred), so the certificate carries over."""
+    m, n_leaves, k = features.shape
+    r0 = None if w0 is None else (features.reshape(-1, k) @ np.asarray(w0, float)).reshape(m, -1)
+    fit = bt_newton_tabular(prompt, chosen, rejected, weight, (m, n_leaves), lam, r0, gtol)
+    u_c = basis.u.reshape(m, n_leaves, -1)
+    u_c = (u_c - u_c.mean(axis=1, keepdims=True)).reshape(m * n_leaves, -1)
+    z = u_c.T @ fit.x.ravel()
+    return NewtonResult(basis.t @ z, fit.fun, fit.grad_norm, fit.n_iter, fit.converged)
