@@ -44,7 +44,7 @@ RTOL = 1e-10
 MAX_ITER = 100
 #: Up to this many touched leaves the tabular Newton system is factorised densely (Cholesky);
 #: above, Jacobi-preconditioned CG on the sparse pair Laplacian.
-DENSE_MAX = 600
+DENSE_MAX = 300
 #: Predicted decreases below this (relative to 1 + |f|) are not resolvable by f in float64.
 FLOOR = 1e-10
 #: Pivoted Cholesky of ΦcᵀΦc stops at pivots below this fraction of its largest diagonal.
