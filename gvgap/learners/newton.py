@@ -250,16 +250,17 @@ def _pcg(matvec, b: np.ndarray, precond, rtol: float, maxiter: int) -> np.ndarra
 # ------------------------------------------------------------------------------ linear
 
 
-@dataclass(frozen=True)
 class FeatureBasis:
     """Orthonormal coordinates of the centred feature span: ``t`` ``(k, rank)`` with Φ_c t
     orthonormal, and ``u = Φ t`` ``(m N, rank)`` (Φ_c t plus per-prompt constants, which
     cancel in every margin). w = t z maps back (when the features are rank-deficient, the
     solution supported on a maximal independent set of columns: r_w is unique, w is not),
-    and the pair-difference rows of a data set are rows of ``u``."""
+    and the pair-difference rows of a data set are rows of ``u``. ``t`` and ``u`` are formed
+    only when needed (the full-span path needs two triangular solves instead)."""
 
-    t: np.ndarray
-    u: np.ndarray
+    def __init__(self, flat: np.ndarray, rank: int, sel=None, r11=None, t=None):
+        self.flat, self.rank = flat, rank
+        self._sel, self._r11, self._t, self._u = sel, r11, t, None
 
     @classmethod
     def of(cls, features: np.ndarray) -> FeatureBasis:
@@ -277,13 +278,35 @@ class FeatureBasis:
         if info < 0 or rank == 0:
             evals, evecs = np.linalg.eigh(gram)
             keep = evals > RANK_TOL * max(float(evals[-1]), 1e-300)
-            t = evecs[:, keep] / np.sqrt(evals[keep])
-            return cls(t, flat @ t)
-        sel = piv[:rank] - 1
-        r_inv = solve_triangular(np.triu(fac[:rank, :rank]), np.eye(rank), lower=False)
-        t = np.zeros((k, rank))
-        t[sel] = r_inv
-        return cls(t, flat[:, sel] @ r_inv)
+            return cls(flat, int(keep.sum()), t=evecs[:, keep] / np.sqrt(evals[keep]))
+        # solve_triangular(lower=False) reads only the upper triangle: no triu copy needed
+        return cls(flat, int(rank), sel=piv[:rank] - 1, r11=fac[:rank, :rank])
+
+    @property
+    def t(self) -> np.ndarray:
+        """``(k, rank)``: w = t z."""
+        if self._t is None:
+            self._t = np.zeros((self.flat.shape[1], self.rank))
+            self._t[self._sel] = solve_triangular(self._r11, np.eye(self.rank), lower=False)
+        return self._t
+
+    @property
+    def u(self) -> np.ndarray:
+        """``(m N, rank)`` = Φ t."""
+        if self._u is None:
+            self._u = self.flat @ self.t
+        return self._u
+
+    def w_of_centred_reward(self, r_c: np.ndarray) -> np.ndarray:
+        """w = t (Φ_c t)ᵀ r_c for a centred reward r_c in the span (Φ_cᵀ r_c = Φᵀ r_c): with the
+        pivoted factor, two triangular solves, w[piv] = R₁₁⁻¹ R₁₁⁻ᵀ Φ[:, piv]ᵀ r_c."""
+        phit_r = self.flat.T @ r_c.ravel()
+        if self._t is not None or self._r11 is None:
+            return self.t @ (self.t.T @ phit_r)
+        z = solve_triangular(self._r11, phit_r[self._sel], trans="T", lower=False)
+        w = np.zeros(self.flat.shape[1])
+        w[self._sel] = solve_triangular(self._r11, z, lower=False)
+        return w
 
 
 _BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -315,7 +338,7 @@ def bt_newton_linear(
         :class:`NewtonResult` with ``x`` = w ``(k,)`` (= T z) and ``grad_norm`` = ‖∇_z f‖.
     """
     m, n_leaves = features.shape[:2]
-    rank = basis.t.shape[1]
+    rank = basis.rank
     if rank == m * (n_leaves - 1):  # the features reach every centred reward: R_sim = tabular
         return _linear_via_tabular(features, basis, prompt, chosen, rejected, weight, lam, w0, gtol)
     w_total = float(weight.sum())
@@ -364,13 +387,11 @@ def bt_newton_linear(
 
 def _linear_via_tabular(features, basis, prompt, chosen, rejected, weight, lam, w0, gtol):
     """Full-span features (rank m(N − 1)): {Φ_c w} is every centred reward, so the linear fit
-    *is* the tabular fit — solve it there (sparse, cheap) and map back, z = (Φ_c t)ᵀ r̂ (exact:
+    *is* the tabular fit — solve it there (sparse, cheap) and map back, w = t (Φ_c t)ᵀ r̂ (exact:
     Φ_c t is an orthonormal basis of the centred rewards). ‖∇_z f‖ = ‖(Φ_c t)ᵀ ∇_r f‖ ≤ ‖∇_r f‖
     (and equal, ∇_r f being centred), so the certificate carries over."""
     m, n_leaves, k = features.shape
     r0 = None if w0 is None else (features.reshape(-1, k) @ np.asarray(w0, float)).reshape(m, -1)
     fit = bt_newton_tabular(prompt, chosen, rejected, weight, (m, n_leaves), lam, r0, gtol)
-    u_c = basis.u.reshape(m, n_leaves, -1)
-    u_c = (u_c - u_c.mean(axis=1, keepdims=True)).reshape(m * n_leaves, -1)
-    z = u_c.T @ fit.x.ravel()
-    return NewtonResult(basis.t @ z, fit.fun, fit.grad_norm, fit.n_iter, fit.converged)
+    w = basis.w_of_centred_reward(fit.x)
+    return NewtonResult(w, fit.fun, fit.grad_norm, fit.n_iter, fit.converged)
