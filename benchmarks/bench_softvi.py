@@ -109,14 +109,14 @@ def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, r
     err = max(float(np.abs(a - b).max()) for a, b in zip(cand, lib.logpi))
     err = max(err, float(np.abs(log_z - lib.log_z).max()))
     err = max(err, float(np.abs(leaf_slices(lib.logpi) - T.node_to_leaf_logp(lib.logpi)).max()))
-    buf = SoftVIBuffers.empty(m, vocab, horizon)
-    into = T.soft_value_iteration(logpi_ref, r, beta, out=buf)
+    vibuf = SoftVIBuffers.empty(m, vocab, horizon)
+    into = T.soft_value_iteration(logpi_ref, r, beta, out=vibuf)
     err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(into.logpi, lib.logpi)))
     return {
         "softvi_out": best_of(
-            lambda: T.soft_value_iteration(logpi_ref, r, beta, out=buf), repeat, timer
+            lambda: T.soft_value_iteration(logpi_ref, r, beta, out=vibuf), repeat, timer
         ),
-        "mem": best_of(lambda: memory_pass(logpi_ref, r, beta, buf), repeat, timer),
+        "mem": best_of(lambda: memory_pass(logpi_ref, r, beta, vibuf), repeat, timer),
         "n": n,
         "exp": best_of(lambda: np.exp(x, out=buf), repeat, timer),
         "softvi": best_of(lambda: T.soft_value_iteration(logpi_ref, r, beta), repeat, timer),
