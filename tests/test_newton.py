@@ -194,3 +194,17 @@ def test_full_span_linear_rm_is_the_tabular_fit():
     centred = lambda r: r - r.mean(axis=1, keepdims=True)  # noqa: E731
     np.testing.assert_allclose(centred(fast.r_hat), centred(slow.r_hat), atol=1e-6)
     np.testing.assert_allclose(centred(fast.r_hat), centred(tab.r_hat), atol=1e-10)
+
+
+def test_warm_path_results_are_bit_identical_across_history():
+    """λ selection with warm starts is deterministic: the same call gives the same bits,
+    whatever ran before it in the process (warm starts never leak between calls)."""
+    cfg = ProblemConfig(vocab=2, horizon=4, n_pairs=40, k=4)
+    env, data, grid, split = prepare(cfg, np.random.default_rng(3), np.random.default_rng(4))
+    first = fit_rlhf(env, data, "linear", grid, split)
+    fit_dpo(env, data, grid, split)  # unrelated history in between
+    fit_rlhf(env, data, "tabular", grid, split)
+    again = fit_rlhf(env, data, "linear", grid, split)
+    assert first.lam == again.lam
+    np.testing.assert_array_equal(first.r_hat, again.r_hat)
+    np.testing.assert_array_equal(first.logp, again.logp)

@@ -371,7 +371,7 @@ def bt_newton_linear(
 
         return f, g, solve
 
-    space = ("linear", id(basis))
+    space = ("linear", basis)  # the store holds the basis: no id reuse within a path
     if w0 is None:
         z0 = _warm_get(space, lam)
         z0 = np.zeros(rank) if z0 is None else z0
