@@ -13,7 +13,11 @@ For each tree (≥ 1M leaves) it prints the best-of-K time of
   short length-V axis; log π* = Q − V_h with one log per state) and ``leaf_slices``
   (node → leaf by per-token slices),
 
-with every ratio to the unit measured in the same run. Nothing is asserted. ``--cpu`` times
+and, for the ``out=`` buffer API (issue 8): ``softvi_out`` (the library writing into reused
+:class:`~gvgap.theory.soft.SoftVIBuffers`) against ``mem``, a memory-only pass of the same
+loads and stores into the same buffers (per level: load log π_ref and V_{h+1}, store log π*
+by one add per edge, store V_h; r/β first), printed as the ratio ``out/mem`` (target ≤ 1.5).
+Every ratio is measured in the same run. Nothing is asserted. ``--cpu`` times
 with ``time.process_time`` (robust to other processes sharing the cores).
 """
 
@@ -27,6 +31,7 @@ import numpy as np
 
 from gvgap import theory as T
 from gvgap.envs.tree_env import random_ref_policy
+from gvgap.theory.soft import SoftVIBuffers
 
 TREES = ((4, 10, 1), (2, 20, 1), (32, 4, 1))  # (V, H, m): 1,048,576 leaves each
 
@@ -75,6 +80,19 @@ def leaf_slices(logpi: tuple[np.ndarray, ...]) -> np.ndarray:
     return acc
 
 
+def memory_pass(logpi_ref, r: np.ndarray, beta: float, buf: SoftVIBuffers) -> None:
+    """The loads and stores soft VI cannot avoid, with no other work: V_H = r/β; per level
+    log π*-buffer ← log π_ref + V_{h+1} (one add per edge), V_h ← one value per state."""
+    horizon = len(logpi_ref)
+    np.divide(r, beta, out=buf.values[horizon])
+    v = buf.values[horizon]
+    for h in range(horizon - 1, -1, -1):
+        q = buf.logpi[h]
+        np.add(logpi_ref[h], v.reshape(q.shape), out=q)
+        np.copyto(buf.values[h], q[..., 0])
+        v = buf.values[h]
+
+
 def best_of(fn, repeat: int, timer) -> float:
     """Best time (s) of ``repeat`` single calls."""
     return min(timeit.repeat(fn, number=1, repeat=repeat, timer=timer))
@@ -91,7 +109,14 @@ def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, r
     err = max(float(np.abs(a - b).max()) for a, b in zip(cand, lib.logpi))
     err = max(err, float(np.abs(log_z - lib.log_z).max()))
     err = max(err, float(np.abs(leaf_slices(lib.logpi) - T.node_to_leaf_logp(lib.logpi)).max()))
+    vibuf = SoftVIBuffers.empty(m, vocab, horizon)
+    into = T.soft_value_iteration(logpi_ref, r, beta, out=vibuf)
+    err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(into.logpi, lib.logpi)))
     return {
+        "softvi_out": best_of(
+            lambda: T.soft_value_iteration(logpi_ref, r, beta, out=vibuf), repeat, timer
+        ),
+        "mem": best_of(lambda: memory_pass(logpi_ref, r, beta, vibuf), repeat, timer),
         "n": n,
         "exp": best_of(lambda: np.exp(x, out=buf), repeat, timer),
         "softvi": best_of(lambda: T.soft_value_iteration(logpi_ref, r, beta), repeat, timer),
@@ -115,7 +140,7 @@ def main() -> None:
     print(
         f"{'V':>3} {'H':>3} {'N':>8} | {'exp ms':>7} | {'softVI':>7} {'ratio':>6} | "
         f"{'leaf':>6} {'ratio':>5} | {'VI-slc':>7} {'ratio':>6} | {'leaf-slc':>8} {'ratio':>5} |"
-        f" {'max|Δ|':>7}"
+        f" {'max|Δ|':>7} | {'mem ms':>6} {'out ms':>6} {'out/mem':>7}"
     )
     for vocab, horizon, m in TREES:
         t = measure(vocab, horizon, m, args.beta, args.repeat, timer, rng)
@@ -125,7 +150,9 @@ def main() -> None:
             f"{1e3 * t['softvi']:>7.1f} {t['softvi'] / u:>6.1f} | "
             f"{1e3 * t['leaf']:>6.1f} {t['leaf'] / u:>5.1f} | "
             f"{1e3 * t['vi_slices']:>7.1f} {t['vi_slices'] / u:>6.1f} | "
-            f"{1e3 * t['leaf_slices']:>8.1f} {t['leaf_slices'] / u:>5.1f} | {t['err']:>7.1e}"
+            f"{1e3 * t['leaf_slices']:>8.1f} {t['leaf_slices'] / u:>5.1f} | {t['err']:>7.1e} | "
+            f"{1e3 * t['mem']:>6.1f} {1e3 * t['softvi_out']:>6.1f} "
+            f"{t['softvi_out'] / t['mem']:>7.2f}"
         )
 
 

@@ -270,6 +270,8 @@ def manifest_section(doc: Doc, df: pd.DataFrame) -> None:
         return
     scalars = [[k, _fmt(v)] for k, v in manifest.items() if isinstance(v, (str, int, float, bool))]
     doc.table(["field", "value"], scalars)
+    for eid, why in (manifest.get("not_run") or {}).items():
+        doc.note(f"{eid} was NOT RUN: {why}. It has no verdict in this report.")
     brief = {
         k: f"<{len(v)} entries; see {MANIFEST}>" if isinstance(v, dict) and len(v) > 20 else v
         for k, v in manifest.items()

@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,40 @@ def planned_runs(eid: str, quick: bool) -> int:
     return n
 
 
+def robust_workers(executor: str, workers: int | None, n_sweeps: int) -> tuple[int | None, int]:
+    """(workers per robustness sweep, how many run at once). The re-checks of one experiment
+    are independent sweeps into separate directories, so with the local executor and at
+    least two workers per sweep to spare they run concurrently, splitting the workers; each
+    sweep's results do not depend on its worker count (the sweep runner guarantees
+    byte-identical tables), so neither do the verdicts. Otherwise: one after another, each
+    with every worker (Ray shares one session and schedules across sweeps itself)."""
+    if executor != "local" or n_sweeps < 2:
+        return workers, 1
+    total = resolve_workers(workers)
+    if total < 2 * n_sweeps:
+        return workers, 1
+    return total // n_sweeps, n_sweeps
+
+
+def run_ordered(jobs: list[Callable[[], Any]], concurrent: int) -> list[Any]:
+    """Results of ``jobs`` in their order, ``concurrent`` of them at a time (threads: each job
+    drives its own process pool)."""
+    if concurrent <= 1 or len(jobs) <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+        return [f.result() for f in [pool.submit(job) for job in jobs]]
+
+
+def missing_requirement(eid: str) -> str | None:
+    """Why experiment ``eid`` cannot run in this environment (an extra it needs is not
+    installed), or None. A module declares ``REQUIRES_TORCH = True`` when it needs torch."""
+    import importlib.util
+
+    if getattr(EXPERIMENTS[eid], "REQUIRES_TORCH", False) and not importlib.util.find_spec("torch"):
+        return "torch is not installed (pip install 'gvgap[torch]')"
+    return None
+
+
 def run_experiment(
     eid: str, out: Path, quick: bool, executor: str, workers: int | None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -82,24 +118,26 @@ def run_experiment(
         load_spec(eid, quick=quick), out / "sweeps" / eid, executor=executor, workers=workers
     )
     record = module.verdict(df).to_json()
-    checks = []
-    for i, override in enumerate(getattr(module, "ROBUSTNESS", [])):
+    overrides = list(getattr(module, "ROBUSTNESS", []))
+    share, concurrent = robust_workers(executor, workers, len(overrides))
+
+    def recheck(i: int) -> dict[str, Any]:
         rdf = run_sweep(
-            robust_spec(eid, override, quick, i),
+            robust_spec(eid, overrides[i], quick, i),
             out / "sweeps" / f"{eid}-robust{i}",
             executor=executor,
-            workers=workers,
+            workers=share,
         )
         rv = module.verdict(rdf)
-        checks.append(
-            {
-                "override": override,
-                "verdict": rv.verdict,
-                "effect": rv.effect,
-                "ci_low": rv.ci_low,
-                "ci_high": rv.ci_high,
-            }
-        )
+        return {
+            "override": overrides[i],
+            "verdict": rv.verdict,
+            "effect": rv.effect,
+            "ci_low": rv.ci_low,
+            "ci_high": rv.ci_high,
+        }
+
+    checks = run_ordered([lambda i=i: recheck(i) for i in range(len(overrides))], concurrent)
     record["robust"] = all(c["verdict"] == record["verdict"] for c in checks) if checks else None
     record["robustness"] = checks
     return df, record
@@ -124,9 +162,13 @@ def reproduce(
         if executor == "ray"
         else contextlib.nullcontext()
     )
-    eta = StageETA({eid: planned_runs(eid, quick) for eid in EXPERIMENTS})  # overall ETA
+    skipped = {eid: why for eid in EXPERIMENTS if (why := missing_requirement(eid))}
+    for eid, why in skipped.items():
+        print(f"== {eid}: NOT RUN, {why}; no verdict recorded", flush=True)
+    runnable = [eid for eid in EXPERIMENTS if eid not in skipped]
+    eta = StageETA({eid: planned_runs(eid, quick) for eid in runnable})  # overall ETA
     with session:
-        for eid in EXPERIMENTS:
+        for eid in runnable:
             eta.start(eid)
             print(f"== {eid}", flush=True)
             df, verdicts[eid] = run_experiment(eid, out, quick, executor, workers)
@@ -143,7 +185,9 @@ def reproduce(
     results.to_parquet(tmp, index=False)
     os.replace(tmp, out / "results.parquet")
     _write_json(out / "verdicts.json", verdicts)
-    _write_json(out / "manifest.json", _manifest(quick, time.perf_counter() - t0))
+    _write_json(
+        out / "manifest.json", _manifest(quick, time.perf_counter() - t0) | {"not_run": skipped}
+    )
     from gvgap.report import write_plots, write_report
 
     write_plots(out)

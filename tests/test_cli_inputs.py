@@ -112,7 +112,7 @@ CASES: dict[str, tuple[list[str], str | None, str]] = {
     "beta_huge": (
         ["sweep", "{f}", "--out", "{out}"],
         toml("[fixed]\nbeta = 1e9\n"),
-        "beta must be in [0.03, 1000]",
+        "beta must be in [0.001, 1000]",
     ),
     "epsilon_not_misspec": (
         ["sweep", "{f}", "--out", "{out}"],

@@ -265,7 +265,7 @@ def test_beta_range_edges_give_numbers(beta: float) -> None:
     assert all(math.isfinite(v) for v in metrics.values())
     for outside in (beta * 0.9, beta * 1.1):
         if not base.BETA_RANGE[0] <= outside <= base.BETA_RANGE[1]:
-            with pytest.raises(UserError, match=r"beta must be in \[0\.03, 1000\]"):
+            with pytest.raises(UserError, match=r"beta must be in \[0\.001, 1000\]"):
                 base.make_config(h6_gap.Config, {"beta": outside})
 
 
@@ -288,7 +288,7 @@ def test_show_lists_every_field_with_type_default_allowed_meaning() -> None:
         text = format_show(eid, module)
         assert all(name in text for name in names)
     rows = {r["name"]: r for r in describe_fields(h6_gap)}
-    assert rows["beta"]["allowed"] == "[0.03, 1000]"
+    assert rows["beta"]["allowed"] == "[0.001, 1000]"
     assert rows["rm_class"]["allowed"] == "auto, linear, window<J>, tabular, local"
     assert rows["per_prompt_weights"] == {
         **rows["per_prompt_weights"],

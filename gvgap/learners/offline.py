@@ -11,10 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from gvgap import losses
+from gvgap import theory as T
 from gvgap.data import Demos, Preferences
 from gvgap.envs.tree_env import TreeEnv
+from gvgap.errors import UserError
+from gvgap.learners.newton import bt_newton_tabular
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
+from gvgap.policies import TabularPolicy
 
 PREF_LOSSES = ("dpo", "ipo", "ipo_mean")
 
@@ -23,6 +27,21 @@ def scatter(values: np.ndarray, prompt: np.ndarray, leaf: np.ndarray, shape) -> 
     """Σ of per-row values into a leaf array ``shape = (m, N)`` (the adjoint of gather)."""
     m, n = shape
     return np.bincount(prompt * n + leaf, weights=values, minlength=m * n).reshape(shape)
+
+
+def check_lam(lam: float) -> float:
+    """λ as a float, or UserError: the regulariser strength must be finite and ≥ 0."""
+    lam = float(lam)
+    if not (np.isfinite(lam) and lam >= 0.0):
+        raise UserError(f"lam must be a finite number >= 0; got {lam}")
+    return lam
+
+
+def check_weight(total_weight: float) -> float:
+    """Σw of a data set, or ValueError if it carries no mass (the mean loss is undefined)."""
+    if not total_weight > 0.0:
+        raise ValueError(f"the data carry no weight (total weight {total_weight}); nothing to fit")
+    return total_weight
 
 
 def _reg(lam: float, r: np.ndarray, total_weight: float) -> tuple[float, np.ndarray]:
@@ -80,7 +99,11 @@ def preference_fit(
     """
     if loss not in PREF_LOSSES:
         raise ValueError(f"loss must be one of {PREF_LOSSES}, got {loss!r}")
+    lam = check_lam(lam)
+    check_weight(float(data.weight.sum()))
     beta = env.beta if beta is None else beta
+    if _reward_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef):
+        return _dpo_tabular(policy, env, data, lam=lam, beta=beta, theta0=theta0, gtol=gtol)
     tau = beta if tau is None else tau
     ref = env.logp_ref if logp_ref_loss is None else logp_ref_loss
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
@@ -105,6 +128,48 @@ def preference_fit(
     return Result.from_opt(loss, lp, beta * (lp - env.logp_ref), opt, lam)
 
 
+def _reward_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef) -> bool:
+    """Tabular DPO with λ > 0 against π_ref and no extra KL term is a BT fit in leaf-reward
+    coordinates (exact fast path); everything else goes through the generic optimiser."""
+    return (
+        type(policy) is TabularPolicy
+        and loss == "dpo"
+        and lam > 0.0
+        and logp_ref_loss is None
+        and kl_coef == 0.0
+    )
+
+
+def _dpo_tabular(policy, env: TreeEnv, data: Preferences, *, lam, beta, theta0, gtol) -> Result:
+    """DPO over the tabular class, exactly: the tabular class reaches every leaf reward modulo
+    per-prompt constants through r = β(log P_θ − log P_ref), and the DPO objective is the BT
+    objective of that r (``losses.dpo_loss``) plus (λ/Σw)Ω(r). So r̂ = the tabular BT fit
+    (:func:`~gvgap.learners.newton.bt_newton_tabular`, Newton + sparse CG, warm-started at
+    θ0's implicit reward) and π̂ = π*_{r̂} by soft value iteration (log P̂ = log P_ref + r̂/β −
+    log Z). ``grad_norm`` is ‖∇f‖ in leaf-reward coordinates."""
+    r0 = None
+    if theta0 is not None:
+        r0 = beta * (policy.leaf_logp(np.asarray(theta0, float)) - env.logp_ref)
+    fit = bt_newton_tabular(
+        data.prompt, data.chosen, data.rejected, data.weight, env.logp_ref.shape, lam, r0, gtol
+    )
+    sv = T.soft_value_iteration(env.logpi_ref, fit.x, beta)
+    lp = T.node_to_leaf_logp(sv.logpi)
+    r_hat = fit.x - beta * sv.log_z[:, None]  # = β(log P̂ − log P_ref), without cancellation
+    theta = np.concatenate([a.ravel() for a in sv.logpi])
+    return Result(
+        "dpo",
+        lp,
+        r_hat,
+        theta,
+        fit.fun,
+        fit.grad_norm,
+        fit.converged,
+        lam,
+        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates"},
+    )
+
+
 def dpo(policy, env: TreeEnv, data: Preferences, **kw) -> Result:
     """DPO (:func:`preference_fit` with ``loss="dpo"``)."""
     return preference_fit(policy, env, data, loss="dpo", **kw)
@@ -125,9 +190,10 @@ def sft(
     gtol: float = GTOL,
 ) -> Result:
     """SFT / MLE: minimise −mean log P_θ(ξ_i|x_i) + (λ/Σw) Ω(β(log P_θ − log P_ref)) over Π."""
+    lam = check_lam(lam)
     p, leaf, w = demos.prompt, demos.leaf, demos.weight
     shape = env.logp_ref.shape
-    w_total = float(w.sum())
+    w_total = check_weight(float(w.sum()))
     beta = env.beta
 
     def fg(theta):
@@ -172,6 +238,7 @@ def spin(
     −(β/2) ∇ mean log π(ξ_i) + λ ∇Ω, so fixed points are the SFT optima with λ_SFT = 2λ/β
     (THEORY §3, claim 6).
     """
+    lam = check_lam(lam)
     theta = policy.init_params() if theta0 is None else theta0
     lp = policy.leaf_logp(theta)
     history = []

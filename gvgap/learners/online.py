@@ -17,10 +17,12 @@ from gvgap.data import (
     sample_prompts,
 )
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.learners.offline import _reg, preference_fit, scatter, sft
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
+from gvgap.learners.offline import _reg, check_lam, check_weight, preference_fit, scatter, sft
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
 from gvgap.policies import SoftOptimalPolicy, TabularPolicy
+from gvgap.rewards import LinearReward, TabularReward
 
 
 def fit_reward(
@@ -33,9 +35,22 @@ def fit_reward(
     gtol: float = GTOL,
 ) -> Result:
     """Bradley–Terry maximum likelihood over a reward class:
-    r̂ = argmin_w −mean log σ(r_w(ξ⁺) − r_w(ξ⁻)) + (λ/Σw) Ω(r_w)."""
+    r̂ = argmin_w −mean log σ(r_w(ξ⁺) − r_w(ξ⁻)) + (λ/Σw) Ω(r_w).
+
+    For λ > 0 the tabular and linear classes are fitted exactly by Newton in reward
+    coordinates (:mod:`gvgap.learners.newton`; ``grad_norm`` = ‖∇f‖ there); other classes and
+    λ = 0 by the generic optimiser."""
+    lam = check_lam(lam)
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
-    w_total = float(w.sum())
+    w_total = check_weight(float(w.sum()))
+    if lam > 0.0 and type(reward_class) is TabularReward:
+        fit = bt_newton_tabular(p, c, r, w, shape, lam, w0, gtol)
+        return _rm_result(reward_class, fit.x.ravel(), fit, lam)
+    if lam > 0.0 and type(reward_class) is LinearReward:
+        fit = bt_newton_linear(
+            reward_class.features, feature_basis(reward_class), p, c, r, w, lam, w0, gtol
+        )
+        return _rm_result(reward_class, fit.x, fit, lam)
 
     def fg(wt):
         rew = reward_class.leaf_reward(wt)
@@ -45,6 +60,21 @@ def fit_reward(
 
     opt = minimize(fg, reward_class.init_params() if w0 is None else w0, gtol=gtol)
     return Result.from_opt("rm", None, reward_class.leaf_reward(opt.x), opt, lam)
+
+
+def _rm_result(reward_class, params: np.ndarray, fit, lam: float) -> Result:
+    """A Newton-fitted RM as a :class:`Result`."""
+    return Result(
+        "rm",
+        None,
+        reward_class.leaf_reward(params),
+        params,
+        fit.fun,
+        fit.grad_norm,
+        fit.converged,
+        lam,
+        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates"},
+    )
 
 
 def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: float = GTOL) -> Result:
@@ -134,8 +164,10 @@ def online_dpo_exact(
 
     ``pairs="bt"``: two samples, soft BT labels σ(r̂(a) − r̂(b)); ``pairs="best_worst"``:
     best vs worst of ``n_samples`` by r̂ (exact law, :func:`data.best_worst_pair_weights`).
-    Stops when max |Δ log P| < tol.
+    Stops when max |Δ log P| < tol, or when π_t yields no pair of positive weight (a collapsed
+    policy: every draw ties, so there is nothing to learn and π_t is a fixed point).
     """
+    lam = check_lam(lam)
     theta = policy.init_params() if theta0 is None else theta0
     lp = policy.leaf_logp(theta)
     deltas, res = [], None
@@ -146,11 +178,17 @@ def online_dpo_exact(
             data = expected_pairs(best_worst_pair_weights(lp, r_hat, n_samples, env.rho))
         else:
             raise ValueError(f"pairs must be 'bt' or 'best_worst', got {pairs!r}")
+        if not float(data.weight.sum()) > 0.0:
+            deltas.append(0.0)
+            break
         res = preference_fit(policy, env, data, lam=lam, theta0=theta, gtol=gtol)
         deltas.append(float(np.max(np.abs(res.logp - lp))))
         theta, lp = res.params, res.logp
         if deltas[-1] < tol:
             break
+    if res is None:  # π_0 itself yields no pairs
+        r0 = env.beta * (lp - env.logp_ref)
+        return Result("online_dpo", lp, r0, theta, float("nan"), 0.0, True, lam, {"deltas": deltas})
     return Result.from_loop(
         "online_dpo",
         res,

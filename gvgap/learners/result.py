@@ -18,7 +18,9 @@ class Result:
             implicit reward β(log P − log P_ref); used by the shared λ-selection protocol.
         params: the final parameter vector.
         loss: final training objective (regulariser included).
-        grad_norm: ‖∇‖ at the returned parameters (the convergence certificate).
+        grad_norm: ‖∇‖ at the returned parameters (the convergence certificate); for the
+            exact Newton solvers (``extra["solver"] == "newton_reward_coordinates"``) the
+            gradient in reward coordinates (``learners/newton.py``).
         converged: whether ``grad_norm`` ≤ the requested tolerance (all stages).
         lam: the regularisation strength used.
         extra: stage details (e.g. the RM's and the soft-RL stage's results, iterations).

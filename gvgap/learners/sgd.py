@@ -29,6 +29,9 @@ from gvgap.envs.tree_env import TreeEnv
 from gvgap.learners.offline import scatter
 
 OPTIMISERS = ("adam", "sgd")
+#: Plain SGD clips its step to this gradient norm (the DPO gradient scales with β, so an
+#: unclipped step at β = 1e3 overflows; Adam is scale-free and needs no clip).
+SGD_CLIP = 10.0
 
 
 def run_steps(
@@ -43,7 +46,8 @@ def run_steps(
     eps: float = 1e-8,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """``steps`` updates θ ← θ − lr · u(g) with g = ``grad(θ)`` (stochastic), u = Adam
-    (bias-corrected moments) or the identity (SGD).
+    (bias-corrected moments) or SGD with the gradient clipped to norm ``SGD_CLIP``:
+    u = g · min(1, SGD_CLIP / ‖g‖).
 
     Returns:
         the final θ and ``{step: θ after that many steps}`` for each checkpoint ≤ steps.
@@ -60,7 +64,8 @@ def run_steps(
             v = betas[1] * v + (1 - betas[1]) * g * g
             step = (m / (1 - betas[0] ** t)) / (np.sqrt(v / (1 - betas[1] ** t)) + eps)
         else:
-            step = g
+            norm = float(np.linalg.norm(g))
+            step = g * (SGD_CLIP / norm) if norm > SGD_CLIP else g
         theta -= lr * step
         if t in checkpoints:
             saved[t] = theta.copy()

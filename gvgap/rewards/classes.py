@@ -41,8 +41,9 @@ class LinearReward:
     """R_sim: r_w(x, ξ) = w · φ(x, ξ) with features ``(m, N, k)``; ``n_params = k``."""
 
     def __init__(self, features: np.ndarray):
-        self.features = np.asarray(features, dtype=np.float64)
+        self.features = np.ascontiguousarray(features, dtype=np.float64)
         self.n_params = int(self.features.shape[-1])
+        self._flat = self.features.reshape(-1, self.n_params)  # (m N, k) view for BLAS
 
     def init_params(self) -> np.ndarray:
         """w = 0."""
@@ -50,11 +51,11 @@ class LinearReward:
 
     def leaf_reward(self, w: np.ndarray) -> np.ndarray:
         """Φ w, ``(m, N)``."""
-        return self.features @ w
+        return (self._flat @ w).reshape(self.features.shape[:2])
 
     def vjp(self, w: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """Φᵀ g."""
-        return np.einsum("xnk,xn->k", self.features, g)
+        """Φᵀ g as one BLAS matrix–vector product over the flattened ``(m N, k)`` features."""
+        return self._flat.T @ np.ravel(g)
 
 
 class LocalReward:

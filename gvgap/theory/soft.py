@@ -34,29 +34,80 @@ class SoftVIResult:
         return logpi_ref[h] + self.values[h + 1].reshape(m, -1, vocab)
 
 
-def soft_value_iteration(logpi_ref: NodeLogp, r: np.ndarray, beta: float) -> SoftVIResult:
+@dataclass(frozen=True)
+class SoftVIBuffers:
+    """Preallocated outputs of :func:`soft_value_iteration` (``out=``): reused across calls,
+    they spare the page faults of fresh arrays (half the cost of a large tree). A result
+    computed into them is overwritten by the next call that uses them.
+
+    Attributes:
+        logpi: ``logpi[h]`` ``(m, V^h, V)``; values: ``values[h]`` ``(m, V^h)``, h = 0..H;
+        scratch: ``(m V^H,)`` work array.
+    """
+
+    logpi: tuple[np.ndarray, ...]
+    values: tuple[np.ndarray, ...]
+    scratch: np.ndarray
+
+    @classmethod
+    def empty(cls, n_prompts: int, vocab: int, horizon: int) -> SoftVIBuffers:
+        """Buffers for ``n_prompts`` prompts, V = ``vocab``, H = ``horizon``."""
+        m = n_prompts
+        return cls(
+            tuple(np.empty((m, vocab**h, vocab)) for h in range(horizon)),
+            tuple(np.empty((m, vocab**h)) for h in range(horizon + 1)),
+            np.empty(m * vocab**horizon),
+        )
+
+    def fits(self, logpi_ref: NodeLogp) -> bool:
+        """Whether these buffers have the shapes of this tree."""
+        return len(self.logpi) == len(logpi_ref) and all(
+            a.shape == b.shape for a, b in zip(self.logpi, logpi_ref)
+        )
+
+
+def soft_value_iteration(
+    logpi_ref: NodeLogp, r: np.ndarray, beta: float, *, out: SoftVIBuffers | None = None
+) -> SoftVIResult:
     """Soft-optimal policy π*_r ∝ π_ref · exp(r/β), exactly, by backward induction.
 
     Args:
         logpi_ref: reference node policy, ``logpi_ref[h]`` of shape ``(m, V^h, V)``.
         r: ``(m, V^H)`` trajectory rewards.
         beta: KL strength β > 0.
+        out: optional :class:`SoftVIBuffers` of this tree's shapes to write into (no fresh
+            allocation); the returned result views them.
 
     Returns:
-        :class:`SoftVIResult`. Cost ≈ one exp and a few adds per edge (benchmarks/).
+        :class:`SoftVIResult`. Cost per edge: one add, one exp, one token sum and one
+        subtract (benchmarks/bench_softvi.py).
     """
-    if beta <= 0:
+    if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     m = r.shape[0]
     horizon = len(logpi_ref)
-    values: list[np.ndarray] = [None] * (horizon + 1)  # type: ignore[list-item]
-    logpi: list[np.ndarray] = [None] * horizon  # type: ignore[list-item]
-    values[horizon] = np.asarray(r, dtype=np.float64) / beta
-    scratch = np.empty(values[horizon].size)  # reused by every level: no fresh pages
+    if out is None:
+        out = SoftVIBuffers.empty(m, logpi_ref[0].shape[-1], horizon)
+    elif not out.fits(logpi_ref):
+        raise ValueError("out: SoftVIBuffers of another tree shape")
+    values, logpi = out.values, out.logpi
+    np.divide(r, beta, out=values[horizon])
+    # Each level receives Ṽ_{h+1} = V_{h+1} − C (C: a per-prompt shift making max Ṽ = 0), so
+    # Q − C = log π_ref + Ṽ ≤ 0 never overflows exp, without a separate max/shift pass over
+    # the edges; the shifts live in C, on the (V times smaller) state arrays.
+    shift = values[horizon].max(axis=1)
+    v_shifted = None
     for h in range(horizon - 1, -1, -1):
-        vocab = logpi_ref[h].shape[-1]
-        q = logpi_ref[h] + values[h + 1].reshape(m, -1, vocab)
-        values[h], logpi[h] = _backup(q, scratch[: q.size].reshape(q.shape))
+        q = logpi[h]
+        if v_shifted is None:  # the leaf level: Ṽ_H = r/β − C straight into q
+            np.subtract(values[horizon].reshape(q.shape), shift[:, None, None], out=q)
+            q += logpi_ref[h]
+        else:
+            np.add(logpi_ref[h], v_shifted.reshape(q.shape), out=q)
+        log_tot = _backup_shifted(q, out.scratch[: q.size].reshape(q.shape))
+        np.add(log_tot, shift[:, None], out=values[h])
+        shift = values[h].max(axis=1)
+        v_shifted = values[h] - shift[:, None]
     return SoftVIResult(tuple(logpi), tuple(values), values[0][:, 0])
 
 
@@ -67,39 +118,27 @@ _TINY = 1e-280
 SLICE_MAX_VOCAB = 8
 
 
-def _backup(q: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One level of soft VI: V_h(s) = log Σ_a e^{Q(s,a)} and log π*(a|s) = Q(s,a) − V_h(s).
+def _backup_shifted(q: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """One level of soft VI on shifted Q-values: in place, q ← log π*(a|s) = q − log Σ_a e^q;
+    returns the per-state log Σ_a e^{q(s,a)} ``(m, S)``.
 
-        The log-sum-exp is stabilised by one shift per *prompt*, c_x = max Q (a long, fast
-    reduction), rather than per state; sums and broadcasts over tokens run on per-token slices
-    for small V (numpy's short-axis reductions are 4–15× slower than a contiguous pass).
-    States whose normaliser underflows under the shared shift (Q-gaps beyond ~645 nats) are
-    redone with their own maximum, so the result is exact for any reward range. ``q`` is
-    consumed.
-
-    Args:
-            q: ``(m, S, V)`` soft Q-values Q(s, a) = log π_ref(a|s) + V_{h+1}(s·a).
-            scratch: optional work array of q's shape (reused across levels).
-
-        Returns:
-            ``(m, S)`` values and ``(m, S, V)`` log-policy.
+    ``q`` ≤ 0 up to rounding (the caller's shift), so exp cannot overflow; states whose sum
+    underflows (all q below ≈ −645) are redone with their own maximum, so the result is exact
+    for any reward range. Sums and broadcasts over tokens run on per-token slices for small V
+    (numpy's short-axis reductions are 4–15× slower than a contiguous pass).
     """
-    m = q.shape[0]
-    c = q.reshape(m, -1).max(axis=1)
-    q -= c[:, None, None]
-    e = np.exp(q, out=scratch) if scratch is not None else np.exp(q)
+    e = np.exp(q, out=scratch)
     tot = _sum_tokens(e)
     log_tot = np.log(np.maximum(tot, _TINY))
     _subtract_per_state(q, log_tot)
-    values = c[:, None] + log_tot
     low = tot < _TINY
     if low.any():
-        z = q[low] + log_tot[low][:, None]  # back to Q − c for those states
+        z = q[low] + log_tot[low][:, None]  # back to the shifted Q for those states
         zmax = z.max(axis=-1, keepdims=True)
         lse = zmax + np.log(np.exp(z - zmax).sum(axis=-1, keepdims=True))
         q[low] = z - lse
-        values[low] = np.broadcast_to(c[:, None], low.shape)[low] + lse[:, 0]
-    return values, q
+        log_tot[low] = lse[:, 0]
+    return log_tot
 
 
 def _sum_tokens(e: np.ndarray) -> np.ndarray:
