@@ -237,8 +237,9 @@ def best_worst_pair_weights(
                 + np.clip(hi_m - lo_p, 0, None) ** n
             )
         lvl = np.tril(lvl, k=-1)  # best level i strictly above worst level j
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(mass > 0, 1.0 / mass, 0.0)
-        within = p[x] * share[inv]
+        # P(ξ | its level) = p_ξ / mass(level); computed as a quotient (not p · (1/mass)) so a
+        # denormal level mass cannot overflow to inf and turn 0 · inf into NaN.
+        level_mass = mass[inv]
+        within = np.divide(p[x], level_mass, out=np.zeros_like(p[x]), where=level_mass > 0)
         out[x] = rho[x] * lvl[inv][:, inv] * within[:, None] * within[None, :]
     return out

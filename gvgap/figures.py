@@ -283,6 +283,13 @@ def facets(df: pd.DataFrame, uses: tuple[str, ...]) -> tuple[list[dict[str, Any]
     return panels[:MAX_PANELS], len(panels) > MAX_PANELS
 
 
+def _facet_value(v: Any) -> str:
+    """A facet value for a title: integral floats as integers (``16.0`` → ``16``)."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def render(spec: FigureSpec, df: pd.DataFrame) -> tuple[Figure, list[dict[str, Any]], bool]:
     """Draw ``spec`` on a new (pyplot-free) Figure, one panel per facet."""
     panels, truncated = facets(df, spec.uses)
@@ -293,7 +300,9 @@ def render(spec: FigureSpec, df: pd.DataFrame) -> tuple[Figure, list[dict[str, A
     for ax, where in zip(axes, panels):
         spec.draw(stats.select(df, where), ax)
         if where:
-            ax.set_title(f"{ax.get_title()}\n" + ", ".join(f"{k}={v}" for k, v in where.items()))
+            ax.set_title(
+                f"{ax.get_title()}\n" + ", ".join(f"{k} = {_facet_value(v)}" for k, v in where.items())
+            )
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig, panels, truncated

@@ -255,3 +255,18 @@ def test_concat_and_subset():
     assert len(c) == 5
     np.testing.assert_array_equal(c.chosen, [0, 1, 2, 0, 1])
     np.testing.assert_array_equal(c.subset(np.array([4])).rejected, [3])
+
+
+def test_best_worst_law_finite_with_denormal_level_mass():
+    # A level whose mass is denormal (1e-320): 1/mass overflows to inf, and p · inf for a
+    # zero-probability leaf would be NaN. The law must stay finite and keep its total mass
+    # ρ (1 − Σ_i p_i^n) (module docstring); here Σ_i p_i^n ≈ 1 − n·1e-320 → total ≈ 0.
+    from gvgap.data import best_worst_pair_weights
+
+    p = np.array([[1.0, 1e-320, 0.0]])
+    with np.errstate(divide="ignore"):
+        logp = np.log(p)
+    r_hat = np.array([[0.0, 1.0, 2.0]])
+    w = best_worst_pair_weights(logp, r_hat, 4, np.ones(1))
+    assert np.all(np.isfinite(w))
+    assert w.sum() < 1e-300
