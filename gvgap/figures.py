@@ -300,9 +300,8 @@ def render(spec: FigureSpec, df: pd.DataFrame) -> tuple[Figure, list[dict[str, A
     for ax, where in zip(axes, panels):
         spec.draw(stats.select(df, where), ax)
         if where:
-            ax.set_title(
-                f"{ax.get_title()}\n" + ", ".join(f"{k} = {_facet_value(v)}" for k, v in where.items())
-            )
+            facet = ", ".join(f"{k} = {_facet_value(v)}" for k, v in where.items())
+            ax.set_title(f"{ax.get_title()}\n{facet}")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig, panels, truncated
