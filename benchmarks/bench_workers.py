@@ -45,8 +45,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t1, df1 = sweep_all(args.experiments, Path(tmp) / "w1", 1)
         tn, dfn = sweep_all(args.experiments, Path(tmp) / f"w{n}", n)
-    same = df1.sort_values(list(df1.columns)).reset_index(drop=True).equals(
-        dfn.sort_values(list(dfn.columns)).reset_index(drop=True)
+    same = (
+        df1.sort_values(list(df1.columns))
+        .reset_index(drop=True)
+        .equals(dfn.sort_values(list(dfn.columns)).reset_index(drop=True))
     )
     runs = df1["run_id"].nunique()
     print(f"quick sweeps of {', '.join(args.experiments)}: {runs} runs")
