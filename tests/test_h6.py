@@ -227,6 +227,9 @@ def test_surface_plot_and_verdict_on_a_tidy_frame():
     v = M.verdict(df)
     # 4 seeds: the smallest one-sided signed-rank p is 1/16 > 0.05, so nothing is decided
     assert v.verdict == "inconclusive" and v.effect == pytest.approx(0.415)
+    # verdicts.json contract (DESIGN §5): positive_control has effect, ci_low, ci_high
+    pc = v.to_json()["positive_control"]
+    assert {"effect", "ci_low", "ci_high"} <= set(pc) and pc["ci_low"] <= pc["effect"]
 
 
 def test_planning_per_prompt_targets():

@@ -198,5 +198,7 @@ def verdict(
         detail,
         hypothesis="advantage tracks the measured gap under well_specified classes",
         prediction_held=held,
-        positive_control=pc,
+        positive_control=None
+        if pc is None
+        else {"effect": pc["mean"], **{k: v for k, v in pc.items() if k != "mean"}},
     )
