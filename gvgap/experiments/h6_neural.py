@@ -125,7 +125,7 @@ SETTINGS = {
 #: budget. At λ = 0.01 the isomorphic control fails: RL from π_ref does not reach the peaked
 #: DPO policy in the budget (optimisation error, measured in the quick run).
 QUICK = {
-    "seeds": 8,
+    "seeds": 20,
     "fixed": {"vocab": 3, "horizon": 3, "n_pairs": 64, "lam": 1.0, "steps": 150, "polish": 30},
     "grid": {"family": ["linear", "planning", "policy_complex"]},
 }
