@@ -357,3 +357,23 @@ def test_a_single_other_cell_is_read_as_the_headline() -> None:
     v = h1.verdict(df)
     assert v.verdict == "against" and v.n_runs == 6
     assert h1.ROBUST_SEEDS >= 5
+
+
+def test_headline_effect_is_read_in_the_decided_cell_only() -> None:
+    """H4's grid sweeps extra_factor ∈ {1, 4}, which HEADLINE leaves open: the verdict is read
+    at HEAD_CELL (extra_factor = the Config default, what the quick run reads), and its effect,
+    positive control and n come from that cell alone, never from both cells pooled (which
+    would double n with duplicated seeds and mix the control's two settings)."""
+    rng = np.random.default_rng(5)
+    n = 20
+    tiny = 0.002 * rng.normal(size=n)
+    at_default = table(h4, tiny, np.full(n, 0.4) + 0.05 * rng.normal(size=n)).assign(
+        extra_factor=h4.Config.extra_factor
+    )
+    other = table(h4, 0.3 + tiny, np.full(n, -0.4), seed=1).assign(extra_factor=1.0)
+    other["run_id"] += n
+    v = h4.verdict(pd.concat([other, at_default], ignore_index=True))
+    assert v.n_runs == n, v.detail
+    assert v.effect == pytest.approx(tiny.mean(), abs=1e-12)
+    assert v.positive_control["effect"] > 0.3, v.detail
+    assert v.verdict == "supported", v.detail

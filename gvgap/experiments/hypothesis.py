@@ -84,7 +84,10 @@ def cells_of(df: pd.DataFrame, by: list[str]) -> list[dict]:
     if not by:
         return [{}]
     rows = df[by].drop_duplicates().sort_values(by)
-    return [dict(zip(by, r)) for r in rows.itertuples(index=False)]
+    return [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in zip(by, r)}
+        for r in rows.itertuples(index=False)
+    ]
 
 
 def detects(d: np.ndarray, expected: str, margin: float) -> tuple[bool, str]:
@@ -119,6 +122,8 @@ def hypothesis_record(
     head_idx = [i for i, c in enumerate(cells) if all(c[k] == v for k, v in keys[i].items())]
     if not head_idx and len(cells) == 1:  # one other setting (a robustness re-check): read it
         headline, head_idx = {k: v for k, v in cells[0].items()}, [0]
+    if head_idx:  # read the effect, control and n in the decided cell only (every ``by`` key)
+        headline = {**headline, **cells[head_idx[0]]}
     head = at_cell(df, headline)
     d_head = paired(head, test)
     if not head_idx or d_head.size < 2:
@@ -144,7 +149,9 @@ def hypothesis_record(
     s = dec.summary
     detail = (
         f"hypothesis: {hypothesis} Prediction: {prediction} Test {test.label} "
-        f"({test.metric}, headline {headline}, {len(cells)} cell(s), Holm): {dec.outcome}, "
+        f"({test.metric}, headline {headline}"
+        + (f" (first of {len(head_idx)} matching cells)" if len(head_idx) > 1 else "")
+        + f", {len(cells)} cell(s), Holm): {dec.outcome}, "
         f"median {s['median']:+.3g}, trimmed mean {s['trimmed_mean']:+.3g}, "
         f"p> {dec.p_greater:.2g}, p< {dec.p_less:.2g}, p_TOST(δ={margin:g}) "
         f"{dec.p_equivalent:.2g}. Positive control {control.label} ({control.metric}): "
