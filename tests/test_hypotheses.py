@@ -377,3 +377,15 @@ def test_headline_effect_is_read_in_the_decided_cell_only() -> None:
     assert v.effect == pytest.approx(tiny.mean(), abs=1e-12)
     assert v.positive_control["effect"] > 0.3, v.detail
     assert v.verdict == "supported", v.detail
+
+
+def test_h5_matched_pool_is_nested_in_d() -> None:
+    """H5's matched local RM is D plus more pairs (its design): the pool's first n pairs are D
+    itself, so every prefix of n·f pairs contains D (it used to be an independent draw)."""
+    cfg = h5.SMOKE
+    rng = np.random.default_rng(0)
+    env, data, _, _ = h5.C.prepare(cfg, rng, np.random.default_rng(1))
+    pool = h5.nested_pool(env, data, 4 * len(data), rng)
+    assert len(pool) == 4 * len(data)
+    for f in ("prompt", "chosen", "rejected", "weight"):
+        np.testing.assert_array_equal(getattr(pool, f)[: len(data)], getattr(data, f))

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, log_expit
 
+from gvgap.data import Preferences
 from gvgap.experiments import common as C
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
@@ -199,13 +200,20 @@ def _rm_rows(name: str, r: np.ndarray, env, dists: dict) -> dict[str, float]:
     return out
 
 
+def nested_pool(env, data: Preferences, n_total: int, rng: np.random.Generator) -> Preferences:
+    """The matched local RM's pool: D followed by ``n_total − |D|`` fresh pairs from μ = π_ref
+    (true BT labels), so that its first n·f pairs are D plus (f − 1)·n more (nested in f)."""
+    extra = C.draw_pairs(env, n_total - len(data), rng)
+    return Preferences.concat([data, extra])
+
+
 def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """RMs on D (and the matched local RM on more pairs): exact ID / OOD accuracy, best-of-N,
     validation likelihood; RLHF and the online DPO round beside."""
     env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    pool = C.draw_pairs(env, cfg.n_pairs * max(FACTORS), rng)
+    pool = nested_pool(env, data, cfg.n_pairs * max(FACTORS), rng)
     pol = C.tabular_policy(env)
     off = C.fit_dpo(env, data, grid, split_seed)
     lin = C.fit_rlhf(env, data, "linear", grid, split_seed)
