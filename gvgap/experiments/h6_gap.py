@@ -37,6 +37,7 @@ from gvgap.envs.ladder import CONTAIN_TOL, ladder_gap, smallest_reward_rung
 from gvgap.errors import UserError
 from gvgap.experiments import common as C
 from gvgap.experiments import h6_rule as R
+from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments import rungs as RG
 from gvgap.policies.ladder import policy_order, rung_name
 
@@ -227,12 +228,6 @@ def classes(cfg: Config, env, gap: dict, instance_rng: np.random.Generator):
     return C.policy_class(p_name, env), p_name, rc, r_name
 
 
-def _row(name: str, env, res) -> dict[str, float]:
-    out = C.metric_row(name, env, res)
-    out[f"{name}/regret"] = env.j_star - out[f"{name}/J"]
-    return out
-
-
 def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
@@ -245,7 +240,7 @@ def run(
     if policy_order(cfg.online_policy_class, env.horizon) < env.horizon - 1:
         on_pol = C.policy_class(cfg.online_policy_class, env)
     on = C.fit_rlhf(env, data, rc, grid, split_seed, policy=on_pol)
-    out = {**_row("offline", env, off), **_row("online", env, on)}
+    out = {**Hy.metric_rows("offline", env, off), **Hy.metric_rows("online", env, on)}
     out |= C.gap_metrics(env) | gap
     order = policy_order(p_name, env.horizon)
     out["offline_dim"] = gap[f"dim_pi/{p_name}"]

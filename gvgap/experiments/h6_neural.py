@@ -29,6 +29,7 @@ import pandas as pd
 
 from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
+from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
 
 ID = "h6_neural"
@@ -168,8 +169,7 @@ def _classes(cfg: Config, env, seed: int):
 
 
 def _row(name: str, env, res, r_hat=None) -> dict[str, float]:
-    out = C.metric_row(name, env, res)
-    out[f"{name}/regret"] = env.j_star - out[f"{name}/J"]
+    out = Hy.metric_rows(name, env, res)
     out[f"{name}/steps"] = float(res.extra.get("steps", 0))
     if r_hat is not None:
         out[f"{name}/acc_in"] = pair_accuracy(r_hat, env.r_star, env.logp_ref, env.rho)
