@@ -389,3 +389,24 @@ def test_h5_matched_pool_is_nested_in_d() -> None:
     assert len(pool) == 4 * len(data)
     for f in ("prompt", "chosen", "rejected", "weight"):
         np.testing.assert_array_equal(getattr(pool, f)[: len(data)], getattr(data, f))
+
+
+def test_reported_lines_and_notes_are_read_in_the_decided_cell() -> None:
+    """In a robustness re-check (one cell other than HEADLINE) the reported contrasts and
+    H5's match note come from that cell (they used to be read at HEADLINE: empty there)."""
+    rng = np.random.default_rng(4)
+    n = 8
+    df = table(h5, 0.3 + 0.05 * rng.normal(size=n), 0.3 + 0.05 * rng.normal(size=n))
+    extra = []
+    for i in range(n):
+        base = {"run_id": i, "seed": i, "instance_seed": i}
+        extra += [
+            {**base, "pipeline": "rm_linear", "metric": "acc_ref", "value": 0.9},
+            {**base, "pipeline": "rm_local_matched", "metric": "acc_ref", "value": 0.8},
+            {**base, "pipeline": "", "metric": "matched", "value": 1.0},
+            {**base, "pipeline": "", "metric": "match_factor", "value": 4.0},
+        ]
+    df = pd.concat([df, pd.DataFrame(extra).assign(**h5.HEADLINE)], ignore_index=True)
+    v = h5.verdict(df.assign(vocab=4))
+    assert "Matched ID accuracy in 100% of runs (median data factor 4)" in v.detail, v.detail
+    assert "ID acc linear − matched local (acc_ref) +0.1 [+0.1, +0.1]" in v.detail, v.detail

@@ -29,6 +29,7 @@ across the cells present; ≥ 20 seeds at the headline cell.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,24 +169,15 @@ def run(
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
-    """:func:`hypothesis.hypothesis_record`: test relabel − dpo (J, predicted ``greater``),
+    """:func:`hypothesis.module_verdict`: test relabel − dpo (J, predicted ``greater``),
     positive control fresh − dpo (J, expected ``greater``), margin ``MARGIN``."""
-    return Hy.hypothesis_record(
+    return Hy.module_verdict(
+        sys.modules[__name__],
         df,
-        claim=CLAIM,
-        hypothesis=HYPOTHESIS,
-        prediction=PREDICTION,
         predicted="greater",
-        test=TEST,
-        margin=MARGIN,
-        control=CONTROL,
         control_expected="greater",
-        control_margin=MARGIN,
-        headline=HEADLINE,
         by=["vocab", "horizon", "n_pairs", "budget"],
-        extra="Reported (not evidence): "
-        + Hy.contrast_lines(Hy.at_cell(df, HEADLINE), REPORTED)
-        + ". Exact relabelling is the theorem (gvgap verify: relabel_no_information).",
+        extra="Exact relabelling is the theorem (gvgap verify: relabel_no_information).",
     )
 
 

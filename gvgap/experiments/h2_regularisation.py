@@ -29,6 +29,7 @@ from π_ref and from DPO, with win rate. Bare metrics ``n_unmatched`` and ``kl_m
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -278,23 +279,15 @@ def run(
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
-    """:func:`hypothesis.hypothesis_record`: test online_matched − offline_envelope (J,
+    """:func:`hypothesis.module_verdict`: test online_matched − offline_envelope (J,
     predicted ``equivalent``), positive control dpo_onpolicy − dpo_unreg (J, expected
     ``greater``)."""
-    return Hy.hypothesis_record(
+    return Hy.module_verdict(
+        sys.modules[__name__],
         df,
-        claim=CLAIM,
-        hypothesis=HYPOTHESIS,
-        prediction=PREDICTION,
         predicted="equivalent",
-        test=TEST,
-        margin=MARGIN,
-        control=CONTROL,
         control_expected="greater",
-        control_margin=MARGIN,
-        headline=HEADLINE,
         by=["vocab", "horizon", "n_pairs", "rm_class"],
-        extra="Reported (not evidence): " + Hy.contrast_lines(Hy.at_cell(df, HEADLINE), REPORTED),
     )
 
 

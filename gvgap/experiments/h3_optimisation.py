@@ -30,6 +30,7 @@ with win rate.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,25 +201,16 @@ def _shift(saved: dict, half: int) -> dict:
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
-    """:func:`hypothesis.hypothesis_record`: test shortfall(dpo_sgd) − shortfall(rlhf_sgd)
+    """:func:`hypothesis.module_verdict`: test shortfall(dpo_sgd) − shortfall(rlhf_sgd)
     (predicted ``greater``), positive control shortfall(rlhf_slow) − shortfall(rlhf_sgd)
     (expected ``greater``), margin ``MARGIN``."""
-    return Hy.hypothesis_record(
+    return Hy.module_verdict(
+        sys.modules[__name__],
         df,
-        claim=CLAIM,
-        hypothesis=HYPOTHESIS,
-        prediction=PREDICTION,
         predicted="greater",
-        test=TEST,
-        margin=MARGIN,
-        control=CONTROL,
         control_expected="greater",
-        control_margin=MARGIN,
-        headline=HEADLINE,
         by=["vocab", "horizon", "n_pairs", "lr"],
-        extra="Reported (not evidence): "
-        + Hy.contrast_lines(Hy.at_cell(df, HEADLINE), REPORTED)
-        + ". Local labeller = DPO is the theorem (gvgap verify: relabel_no_information).",
+        extra="Local labeller = DPO is the theorem (gvgap verify: relabel_no_information).",
     )
 
 

@@ -27,6 +27,7 @@ must be ``greater`` (extra data for the RM is detectable).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,22 +192,15 @@ def run(
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
-    """:func:`hypothesis.hypothesis_record`: test rlhf_same − dpo (J, predicted
+    """:func:`hypothesis.module_verdict`: test rlhf_same − dpo (J, predicted
     ``equivalent``), positive control rlhf_extra − rlhf_same (J, expected ``greater``)."""
-    return Hy.hypothesis_record(
+    return Hy.module_verdict(
+        sys.modules[__name__],
         df,
-        claim=CLAIM,
-        hypothesis=HYPOTHESIS,
-        prediction=PREDICTION,
         predicted="equivalent",
-        test=TEST,
-        margin=MARGIN,
-        control=CONTROL,
         control_expected="greater",
-        control_margin=MARGIN,
-        headline=HEAD_CELL,
         by=["vocab", "horizon", "n_prompts", "n_pairs", "extra_factor"],
-        extra="Reported (not evidence): " + Hy.contrast_lines(Hy.at_cell(df, HEAD_CELL), REPORTED),
+        headline=HEAD_CELL,
     )
 
 

@@ -33,6 +33,7 @@ from DPO, with win rate.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,31 +259,26 @@ def run(
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
-    """:func:`hypothesis.hypothesis_record`: test acc_opt linear − matched local (predicted
+    """:func:`hypothesis.module_verdict`: test acc_opt linear − matched local (predicted
     ``greater``), positive control acc_opt matched local − local (expected ``greater``)."""
-    head = Hy.at_cell(df, HEADLINE)
+    return Hy.module_verdict(
+        sys.modules[__name__],
+        df,
+        predicted="greater",
+        control_expected="greater",
+        by=["vocab", "horizon", "n_pairs"],
+        extra=_match_note,
+    )
+
+
+def _match_note(head: pd.DataFrame) -> str:
+    """How often (and with how much more data) the local RM reached the linear RM's ID
+    accuracy, in the headline cell's rows ``head``."""
     m = head.loc[head["metric"] == "matched", "value"]
     f = head.loc[head["metric"] == "match_factor", "value"]
-    extra = (
-        f"Matched ID accuracy in {m.mean():.0%} of runs (median data factor {f.median():g})"
-        if len(m)
-        else "no match records"
-    )
-    return Hy.hypothesis_record(
-        df,
-        claim=CLAIM,
-        hypothesis=HYPOTHESIS,
-        prediction=PREDICTION,
-        predicted="greater",
-        test=TEST,
-        margin=MARGIN,
-        control=CONTROL,
-        control_expected="greater",
-        control_margin=MARGIN,
-        headline=HEADLINE,
-        by=["vocab", "horizon", "n_pairs"],
-        extra=f"{extra}. Reported (not evidence): " + Hy.contrast_lines(head, REPORTED),
-    )
+    if not len(m):
+        return "no match records."
+    return f"Matched ID accuracy in {m.mean():.0%} of runs (median data factor {f.median():g})."
 
 
 def plot(df: pd.DataFrame, ax=None):

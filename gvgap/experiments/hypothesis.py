@@ -23,6 +23,7 @@ with its bootstrap CI; the detail carries the robust summaries and the p-values.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,9 +115,14 @@ def hypothesis_record(
     control_margin: float,
     headline: dict,
     by: list[str],
-    extra: str = "",
+    reported: Sequence[Contrast] = (),
+    extra: str | Callable[[pd.DataFrame], str] = "",
 ) -> Verdict:
-    """The H1–H5 verdict (module docstring) from the tidy table ``df``."""
+    """The H1–H5 verdict (module docstring) from the tidy table ``df``.
+
+    ``reported`` contrasts (not evidence) and ``extra`` (a string, or a function of the
+    headline cell's rows) are read in the same cell as the decision and appended to the
+    detail."""
     cells = cells_of(df, by)
     keys = [{k: v for k, v in headline.items() if k in c} for c in cells]
     head_idx = [i for i, c in enumerate(cells) if all(c[k] == v for k, v in keys[i].items())]
@@ -147,6 +153,10 @@ def hypothesis_record(
     m, lo, hi = mean_ci(d_head)
     cm, clo, chi = mean_ci(d_ctrl)
     s = dec.summary
+    notes = [extra(head) if callable(extra) else extra]
+    if reported:
+        notes.append(f"Reported (not evidence): {contrast_lines(head, list(reported))}.")
+    extra = " ".join(n for n in notes if n)
     detail = (
         f"hypothesis: {hypothesis} Prediction: {prediction} Test {test.label} "
         f"({test.metric}, headline {headline}"
@@ -170,6 +180,37 @@ def hypothesis_record(
         hypothesis=hypothesis,
         prediction_held=held,
         positive_control={"effect": cm, "ci_low": clo, "ci_high": chi},
+    )
+
+
+def module_verdict(
+    module,
+    df: pd.DataFrame,
+    *,
+    predicted: str,
+    control_expected: str,
+    by: list[str],
+    headline: dict | None = None,
+    extra: str | Callable[[pd.DataFrame], str] = "",
+) -> Verdict:
+    """:func:`hypothesis_record` with a hypothesis module's constants (CLAIM, HYPOTHESIS,
+    PREDICTION, TEST, CONTROL, MARGIN for both contrasts, HEADLINE unless ``headline`` is
+    given, REPORTED)."""
+    return hypothesis_record(
+        df,
+        claim=module.CLAIM,
+        hypothesis=module.HYPOTHESIS,
+        prediction=module.PREDICTION,
+        predicted=predicted,
+        test=module.TEST,
+        margin=module.MARGIN,
+        control=module.CONTROL,
+        control_expected=control_expected,
+        control_margin=module.MARGIN,
+        headline=module.HEADLINE if headline is None else headline,
+        by=by,
+        reported=module.REPORTED,
+        extra=extra,
     )
 
 
