@@ -162,11 +162,15 @@ def test_robustness_list():
             make_config(M.Config, {**o, "generator": gen})
 
 
-def test_smoke_and_verdict_on_a_small_table():
-    from gvgap.sweep.spec import load_spec  # noqa: F401  (import check only)
-
+def test_smoke_regret_and_gap_follow_their_definitions():
     out = M.run(M.SMOKE, rng=np.random.default_rng(0), instance_rng=np.random.default_rng(0))
     assert {"offline/regret", "online/regret", "dim_pi_min", "dim_r_min", "gap"} <= set(out)
+    env = M.build_env(M.SMOKE, np.random.default_rng(0))  # the instance is drawn first
+    for p in ("offline", "online"):  # regret = J(π*) − J(π) ≥ 0 (π* maximises J, THEORY §2)
+        assert out[f"{p}/regret"] == pytest.approx(env.j_star - out[f"{p}/J"], abs=1e-12)
+        assert out[f"{p}/regret"] >= -1e-9
+    # gap = log(dim_pi_min / dim_r_min) (envs/ladder.py)
+    assert out["gap"] == pytest.approx(np.log(out["dim_pi_min"] / max(out["dim_r_min"], 1.0)))
 
 
 def test_tabular_rm_with_tabular_policy_is_exact():
