@@ -150,6 +150,15 @@ def test_rule_returns_supported_against_and_inconclusive():
     assert R.rule(noisy, **KW)[0] == "inconclusive"
 
 
+def test_rule_without_control_cell_or_measured_gap_is_inconclusive():
+    """No positive-control cell present and no gap measured (NaN gaps): the rule has no cell
+    that can show detection, so inconclusive (it used to raise on an all-NaN idxmax)."""
+    cells = _cells([("dense", "2x4", np.nan, False, 0.5), ("additive", "2x4", np.nan, False, 0.0)])
+    label, held, out = R.rule(cells, **KW)
+    assert (label, held) == ("inconclusive", None)
+    assert not out["control"].any() and out["outcome"].notna().all()
+
+
 def test_robustness_list():
     rob = C.robustness((2, 5), per_prompt=True)
     assert {"vocab": 2, "horizon": 5} in rob

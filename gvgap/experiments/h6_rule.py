@@ -105,8 +105,11 @@ def rule(
     if positive is not None:
         hit = cells[test & at_cell(cells, positive)]
         ctrl = hit.index[0] if not hit.empty else None
-    if ctrl is None:
-        ctrl = cells.loc[test, "gap"].idxmax()
+    gaps = cells.loc[test, "gap"]
+    if ctrl is None and gaps.notna().any():
+        ctrl = gaps.idxmax()
+    if ctrl is None:  # no positive-control cell and no measured gap: nothing can detect
+        return "inconclusive", None, cells
     cells.at[ctrl, "control"] = True
     detects = cells.at[ctrl, "outcome"] == "greater"
     labels = []
