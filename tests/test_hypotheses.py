@@ -23,6 +23,7 @@ from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import EXPERIMENTS
 from gvgap.learners.sgd import dpo_grad, rloo_grad, run_steps
 from gvgap.policies import TabularPolicy
+from gvgap.theory import metrics as TM
 
 matplotlib.use("Agg")
 
@@ -115,11 +116,11 @@ def test_pairwise_accuracy_blocks_match_and_extremes() -> None:
     assert h5.pairwise_accuracy(0 * r, r, q, rho) == pytest.approx(0.5)
     noisy = r + rng.normal(size=r.shape)
     full = h5.pairwise_accuracy(noisy, r, q, rho)
-    old, h5.BLOCK = h5.BLOCK, 7
+    old, TM.ACC_BLOCK = TM.ACC_BLOCK, 7
     try:
         assert h5.pairwise_accuracy(noisy, r, q, rho) == pytest.approx(full, abs=1e-12)
     finally:
-        h5.BLOCK = old
+        TM.ACC_BLOCK = old
 
 
 def test_snap_ties_merges_only_near_ties() -> None:

@@ -46,6 +46,7 @@ from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
 from gvgap.learners import best_of_n, dpo, fit_reward, online_dpo_round, select_lambda
 from gvgap.rewards import LocalReward
+from gvgap.theory.metrics import pairwise_accuracy
 
 ID = "h5_rm_generalisation"
 HYPOTHESIS = "H5: global reward models generalise better out of distribution than local ones."
@@ -70,8 +71,6 @@ FACTORS: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256)
 HEAD_N = 16
 #: Relative tolerance below which fitted rewards are snapped to a tie.
 TIE_TOL = 1e-5
-#: Rows per block in the N² accuracy sums (bounds memory at ~8 MB per block array).
-BLOCK = 1024
 TEST = Hy.Contrast("OOD acc linear − matched local", "rm_linear", "rm_local_matched", "acc_opt")
 CONTROL = Hy.Contrast("OOD acc matched local − local", "rm_local_matched", "rm_local", "acc_opt")
 REPORTED = [
@@ -150,36 +149,6 @@ def snap_ties(r: np.ndarray, tol: float = TIE_TOL) -> np.ndarray:
         starts = np.flatnonzero(new_level)
         out[x, order] = v[starts][np.cumsum(new_level) - 1]
     return out
-
-
-def pairwise_accuracy(
-    r_hat: np.ndarray, r_star: np.ndarray, logq: np.ndarray, rho: np.ndarray, *, tie: float = 0.5
-) -> float:
-    """Exact ranking accuracy of ``r_hat`` against ``r_star`` on pairs ξ, ξ' ~ q i.i.d.
-
-    acc = Σ_x ρ Σ_{ξ,ξ'} q q c / Σ_x ρ Σ_{ξ,ξ'} q q 1[r*(ξ) ≠ r*(ξ')] (module docstring);
-    pairs that r* ties are excluded; r̂ ties score ``tie``. Exact r* / r̂ equality defines
-    ties (snap r̂ first, :func:`snap_ties`).
-
-    Args:
-        r_hat, r_star, logq: ``(m, N)``; rho: ``(m,)``.
-
-    Returns:
-        accuracy in [0, 1]; nan if q puts no mass on pairs with distinct r*.
-    """
-    num = den = 0.0
-    q_all = np.exp(logq)
-    for x in range(r_star.shape[0]):
-        q, rs, rh = q_all[x], r_star[x], r_hat[x]
-        for lo in range(0, rs.size, BLOCK):
-            sl = slice(lo, lo + BLOCK)
-            s_star = np.sign(rs[sl, None] - rs[None, :])
-            s_hat = np.sign(rh[sl, None] - rh[None, :])
-            w = q[sl, None] * q[None, :] * (s_star != 0)
-            score = np.where(s_hat == s_star, 1.0, np.where(s_hat == 0, tie, 0.0))
-            num += rho[x] * float((w * score).sum())
-            den += rho[x] * float(w.sum())
-    return num / den if den > 0 else float("nan")
 
 
 def val_loglik(r_hat: np.ndarray, r_star: np.ndarray, logq: np.ndarray, rho: np.ndarray) -> float:

@@ -31,6 +31,7 @@ from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
+from gvgap.theory.metrics import pairwise_accuracy
 
 ID = "h6_neural"
 CLAIM = (
@@ -139,13 +140,7 @@ def pair_accuracy(r_hat: np.ndarray, r_star: np.ndarray, logp_mu: np.ndarray, rh
     """
     if r_hat.shape[1] > MAX_ACC_LEAVES:
         return float("nan")
-    mu = np.exp(logp_mu)
-    ds = np.sign(r_star[:, :, None] - r_star[:, None, :])
-    dh = np.sign(r_hat[:, :, None] - r_hat[:, None, :])
-    w = rho[:, None, None] * mu[:, :, None] * mu[:, None, :] * (ds != 0)
-    score = np.where(dh == ds, 1.0, np.where(dh == 0, 0.5, 0.0))
-    tot = w.sum()
-    return float((w * score).sum() / tot) if tot > 0 else float("nan")
+    return pairwise_accuracy(r_hat, r_star, logp_mu, rho)
 
 
 def _classes(cfg: Config, env, seed: int):

@@ -13,6 +13,8 @@ from gvgap.theory.tree import NodeLogp, leaf_marginals
 
 #: Above this many distinct reward values per prompt, win rates bin rewards (error ≤ δ/4).
 WIN_RATE_EXACT_LEVELS = 4096
+#: Rows per block in the N² pairwise-accuracy sums (bounds memory at ~8 MB per block array).
+ACC_BLOCK = 1024
 
 
 def _xlogy_diff(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
@@ -121,3 +123,33 @@ def best_of_n_logp(logp_base: np.ndarray, r_hat: np.ndarray, n: int) -> np.ndarr
         out[x] = p[x] * share[inv]
     with np.errstate(divide="ignore"):
         return np.log(out)
+
+
+def pairwise_accuracy(
+    r_hat: np.ndarray, r_star: np.ndarray, logq: np.ndarray, rho: np.ndarray, *, tie: float = 0.5
+) -> float:
+    """Exact ranking accuracy of ``r_hat`` against ``r_star`` on pairs ξ, ξ' ~ q i.i.d.
+
+    acc = Σ_x ρ Σ_{ξ,ξ'} q q c / Σ_x ρ Σ_{ξ,ξ'} q q 1[r*(ξ) ≠ r*(ξ')], with c = 1 where r̂
+    orders the pair as r* does, ``tie`` where r̂ ties it, 0 otherwise; pairs that r* ties are
+    excluded. Exact r* / r̂ equality defines ties (snap numerically tied r̂ first).
+
+    Args:
+        r_hat, r_star, logq: ``(m, N)``; rho: ``(m,)``.
+
+    Returns:
+        accuracy in [0, 1]; nan if q puts no mass on pairs with distinct r*.
+    """
+    num = den = 0.0
+    q_all = np.exp(logq)
+    for x in range(r_star.shape[0]):
+        q, rs, rh = q_all[x], r_star[x], r_hat[x]
+        for lo in range(0, rs.size, ACC_BLOCK):
+            sl = slice(lo, lo + ACC_BLOCK)
+            s_star = np.sign(rs[sl, None] - rs[None, :])
+            s_hat = np.sign(rh[sl, None] - rh[None, :])
+            w = q[sl, None] * q[None, :] * (s_star != 0)
+            score = np.where(s_hat == s_star, 1.0, np.where(s_hat == 0, tie, 0.0))
+            num += rho[x] * float((w * score).sum())
+            den += rho[x] * float(w.sum())
+    return num / den if den > 0 else float("nan")
