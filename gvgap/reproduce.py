@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -43,9 +44,22 @@ def _writable_dir(out: Path) -> None:
         raise UserError(f"--out: directory {str(out)!r} is not writable")
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, so the file is strict JSON (a
+    bare ``NaN`` is not JSON); containers are copied, other values kept."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

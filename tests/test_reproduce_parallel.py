@@ -56,3 +56,17 @@ def test_experiment_needing_torch_is_reported_not_run_without_it(monkeypatch) ->
     )
     assert "torch" in R.missing_requirement("h6_neural")
     assert R.missing_requirement("h6_gap") is None
+
+
+def test_verdict_files_are_strict_json(tmp_path) -> None:
+    import json
+
+    from gvgap import reproduce as R
+
+    path = tmp_path / "v.json"
+    R._write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    assert json.loads(path.read_text(), parse_constant=lambda c: 1 / 0) == {
+        "a": None,
+        "b": [1.0, None],
+        "c": {"d": 2},
+    }
