@@ -59,3 +59,9 @@ def test_bench_fit_certifies_every_fit() -> None:
 def test_bench_workers_tables_identical() -> None:
     out = run_script("benchmarks/bench_workers.py", "--workers", "2", "--experiments", "c1_gibbs")
     assert "results identical across worker counts: True" in out, out
+
+
+def test_bench_reproduce_one_vs_two_workers_identical() -> None:
+    out = run_script("benchmarks/bench_reproduce.py", "--workers", "2", "--experiments", "c1_gibbs")
+    assert "results.parquet and verdicts.json identical: True" in out, out
+    assert re.search(r"^\s+2\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M), out
