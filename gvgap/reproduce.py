@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,10 +114,13 @@ def run_ordered(
     jobs: list[Callable[[], Any]],
     concurrent: int,
     on_result: Callable[[int, Any], None] | None = None,
+    abort: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Results of ``jobs`` in their order, ``concurrent`` of them at a time (threads: each job
     drives a sweep on a process pool or Ray). ``on_result(i, result)`` is called once per
-    job as it finishes, one call at a time."""
+    job as it finishes, one call at a time. On the first error (or Ctrl-C) jobs not started
+    are dropped and ``abort()`` is called (e.g. cancel the pool's queued chunks, so that the
+    running jobs fail fast instead of finishing their sweeps), then the error is raised."""
     lock = threading.Lock()
 
     def run(i: int) -> Any:
@@ -129,14 +132,21 @@ def run_ordered(
 
     if concurrent <= 1 or len(jobs) <= 1:
         return [run(i) for i in range(len(jobs))]
-    with ThreadPoolExecutor(max_workers=concurrent) as threads:
-        futures = [threads.submit(run, i) for i in range(len(jobs))]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    threads = ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="gvgap-sweep")
+    futures = [threads.submit(run, i) for i in range(len(jobs))]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)  # every job done, or one failed
+        failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            raise failed.exception()
+        results = [f.result() for f in futures]
+    except BaseException:
+        threads.shutdown(wait=False, cancel_futures=True)
+        if abort is not None:
+            abort()
+        raise
+    threads.shutdown()
+    return results
 
 
 def missing_requirement(eid: str) -> str | None:
@@ -207,6 +217,7 @@ def run_experiments(
         [lambda j=j: run_sweep_job(j, executor, workers, pool, progress) for j in jobs],
         concurrent,
         finished,
+        abort=None if pool is None else lambda: pool.close(cancel=True),
     )
     progress.close()
     frames = [done[i][0] for i, j in enumerate(jobs) if j.index is None]

@@ -101,3 +101,21 @@ def test_reproduce_same_tables_and_verdicts_with_one_and_two_workers(tmp_path, c
     assert set(figs) == set(eids) and all("files" in f for f in figs["h1_on_policy_signal"])
     log = capsys.readouterr().out
     assert "== h1_on_policy_signal: verdict" in log and "2 workers" in log
+
+
+def test_run_ordered_first_error_aborts_the_running_jobs():
+    """A job failing while an earlier one still runs: the error is raised at once and
+    ``abort`` is called, which here is what lets the running job finish (reproduce cancels
+    the shared pool's queued chunks); without it the run would wait for every sweep."""
+    release = threading.Event()
+
+    def running():
+        assert release.wait(60), "abort was not called"
+        return "stopped"
+
+    def boom():
+        raise RuntimeError("sweep failed")
+
+    with pytest.raises(RuntimeError, match="sweep failed"):
+        run_ordered([running, boom], 2, abort=release.set)
+    assert release.is_set()

@@ -402,3 +402,17 @@ def test_shared_progress_counts_every_sweep_once_and_closes_once() -> None:
     assert buf.getvalue().splitlines() == [
         "gvgap: reproduce 100/100 runs (100%), 0:01 elapsed, ETA 0:00"
     ]
+
+
+def test_closed_shared_pool_unblocks_a_draining_sweep() -> None:
+    """A sweep waiting on chunks of a shared pool that is closed under it (reproduce after a
+    Ctrl-C or a failing sweep) raises CancelledError instead of waiting forever: a future
+    cancelled by the pool's shutdown never wakes ``concurrent.futures.wait``."""
+    from concurrent.futures import CancelledError, Future
+
+    stop = threading.Event()
+    never = Future()  # a chunk that will not finish
+    threading.Timer(0.2, stop.set).start()
+    with pytest.raises(CancelledError):
+        list(executors._as_finished({never}, stop))
+    assert never.cancelled()  # the drained sweep cancels what it still waited for

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,8 @@ def run_in_process(chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
 
 #: Seconds between a pool worker's checks that the sweep process is still alive.
 PARENT_POLL_S = 0.5
+#: Seconds between a sweep's checks that its shared pool is still open.
+STOP_POLL_S = 0.5
 
 
 def _alive(pid: int) -> bool:
@@ -244,12 +246,19 @@ def _submit_all(pool: ProcessPoolExecutor, chunks: Iterable[Chunk]) -> set[Futur
     return {pool.submit(execute_chunk, c) for c in chunks}
 
 
-def _as_finished(pending: set[Future]) -> Iterator[list[Record]]:
+def _as_finished(
+    pending: set[Future], stop: threading.Event | None = None
+) -> Iterator[list[Record]]:
     """Yield each chunk's records as it finishes; on an error or an early stop, the chunks
-    still queued are cancelled (other users of a shared pool keep theirs)."""
+    still queued are cancelled (other users of a shared pool keep theirs). ``stop`` set (a
+    shared pool closed under this sweep) raises CancelledError within :data:`STOP_POLL_S`:
+    ``wait`` alone never returns for futures cancelled by the pool's shutdown."""
     try:
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            timeout = None if stop is None else STOP_POLL_S
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            if stop is not None and stop.is_set():
+                raise CancelledError("the shared process pool was closed")
             for fut in done:
                 yield fut.result()
     finally:
@@ -282,20 +291,24 @@ class SharedPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self._stop = threading.Event()
         self._pool = _process_pool(workers)
         with _environ(SINGLE_THREAD_ENV):  # start the forkserver and a worker in this env now:
             self._pool.submit(os.getpid).result()  # sweeps submit later, from many threads
 
     def execute(self, chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
         """The executor contract of :func:`open_executor`: chunks → record lists."""
-        return _as_finished(_submit_all(self._pool, chunks))
+        return _as_finished(_submit_all(self._pool, chunks), self._stop)
 
     def submit(self, fn: Any, *args: Any) -> Future:
         """Run ``fn(*args)`` (a picklable, module-level function) on a worker."""
         return self._pool.submit(fn, *args)
 
     def close(self, cancel: bool = False) -> None:
-        """Shut the workers down (``cancel``: drop queued tasks first)."""
+        """Shut the workers down (``cancel``: drop queued tasks first, and make every sweep
+        still draining this pool raise CancelledError instead of waiting)."""
+        if cancel:
+            self._stop.set()
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
