@@ -9,7 +9,7 @@ PYTHON ?= python3
 # (pinned: an unpinned torch pulls a multi-GB CUDA build).
 # GPU users: make TORCH_SPEC='torch' test (or install your own build first).
 TORCH_SPEC  ?= torch==2.13.0
-TEST_EXTRAS ?= dev,ray,torch,hf
+TEST_EXTRAS ?= dev,ray,torch,hf,fast
 
 .PHONY: setup setup-test reproduce test lint pytest bench clean
 

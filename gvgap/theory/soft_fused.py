@@ -1,0 +1,178 @@
+"""Fused soft value iteration with numba (optional; ``pip install gvgap[fast]``).
+
+One pass per level over the states: for each state s, with the per-prompt shift C of V_{h+1}
+(C = max_s V_{h+1}, as in the numpy path of :mod:`gvgap.theory.soft`),
+
+    q_a = log π_ref(a|s) + (V_{h+1}(s·a) − C),   T = Σ_a e^{q_a},
+    V_h(s) = log T + C,   log π*(a|s) = q_a − log T,
+
+q and e^q stay in registers / L1 (the numpy path makes four passes over the edges). A state whose
+T underflows (< 1e-280) is redone with its own maximum, exactly as in the numpy path, so the two
+agree to rounding for any reward range. The max of V_h (next level's C) is taken on the way.
+
+Selected by ``GVGAP_SOFTVI`` = ``numpy`` | ``numba`` | ``auto`` (default: numba if importable).
+numba is imported and the kernel compiled on first use only (importing gvgap stays numpy-only);
+no cache on disk (``cache=False``): the JIT cost is paid once per process and V (see
+benchmarks/README.md for the measured time).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+#: Same underflow threshold as gvgap.theory.soft._TINY.
+_TINY = 1e-280
+
+
+#: Edges per block: the block's Q, e^Q and per-state sums stay in L1.
+_BLOCK = 512
+# exp(x) = 2^k p(x − k ln 2), k = round(x / ln 2) by the 1.5·2^52 rounding trick; 2^k from the
+# low mantissa bits of that sum shifted into the exponent field. Everything vectorises (SIMD).
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238  # ln 2 split so k·_LN2_HI is exact for |k| < 2^11
+_LN2_LO = 1.9082149292705877e-10
+_MAGIC = 6755399441055744.0  # 1.5 · 2^52
+_BIAS = 1023 << 52
+_MANT = (1 << 52) - 1
+_SQRT2 = 1.4142135623730951
+_LOG_TINY = math.log(_TINY)  # T below _TINY (or 0, subnormal: log → ≤ −708) is redone
+
+
+@functools.cache
+def available() -> bool:
+    """Whether numba imports here (tried once, on first call)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _make_level(vocab: int):
+    """The level kernel with the token count V as a compile-time constant (unrolled token
+    loops, SIMD over states), compiled on first use per V and kept in memory."""
+    import numba
+
+    opts = {"cache": False, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
+    body = numba.njit(inline="always", **opts)(_level_body)
+
+    def level(logpi_ref, v_next, shift, logpi, v_out, pb, tb, lt):
+        body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt)
+
+    return numba.njit(**opts)(level)
+
+
+def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt):
+    """One backward level, fused. ``logpi_ref``/``logpi`` ``(m, S·V)`` (flat edges),
+    ``v_next`` ``(m, S·V)``, ``v_out`` ``(m, S)``; ``shift`` ``(m,)``: C of V_{h+1} in, C of V_h
+    out. ``pb``, ``tb`` ``(_BLOCK·V,)`` and ``lt`` ``(_BLOCK,)``: scratch."""
+    m, n_states = v_out.shape
+    tbi = tb.view(np.int64)
+    lti = lt.view(np.int64)
+    for x in range(m):
+        lp_row, v_row, out_row = logpi_ref[x], v_next[x], logpi[x]
+        c = shift[x]
+        mx = -np.inf
+        for s0 in range(0, n_states, _BLOCK):
+            ns = min(_BLOCK, n_states - s0)
+            ne = ns * vocab
+            e0 = s0 * vocab
+            q_blk = out_row[e0 : e0 + ne]
+            lp_blk = lp_row[e0 : e0 + ne]
+            v_blk = v_row[e0 : e0 + ne]
+            for i in range(ne):  # Q (shifted)
+                q_blk[i] = lp_blk[i] + (v_blk[i] - c)
+            for i in range(ne):  # e^q: |r| ≤ ln2/2, 2^k's rounding sum into tb
+                q = q_blk[i]
+                xc = q if q > -708.0 else -708.0
+                xc = xc if xc < 709.0 else 709.0
+                t = xc * _LOG2E + _MAGIC
+                kf = t - _MAGIC
+                r = (xc - kf * _LN2_HI) - kf * _LN2_LO
+                p = 1 / 479001600 + r * (1 / 6227020800)  # Taylor to r^13: |err| < 5e-18
+                p = 1 / 39916800 + r * p
+                p = 1 / 3628800 + r * p
+                p = 1 / 362880 + r * p
+                p = 1 / 40320 + r * p
+                p = 1 / 5040 + r * p
+                p = 1 / 720 + r * p
+                p = 1 / 120 + r * p
+                p = 1 / 24 + r * p
+                p = 1 / 6 + r * p
+                p = 0.5 + r * p
+                p = 1.0 + r * p
+                p = 1.0 + r * p
+                pb[i] = p
+                tb[i] = t
+            for i in range(ne):  # e^q = p · 2^k (2^k built in tb's bits)
+                tbi[i] = (tbi[i] << 52) + _BIAS
+                pb[i] *= tb[i]
+            for j in range(ns):  # T = Σ_a e^q per state; log T = e ln 2 + log m, m in [√½, √2)
+                tot = 0.0
+                for a in range(vocab):
+                    tot += pb[j * vocab + a]
+                lt[j] = tot
+                bits = lti[j]
+                lti[j] = (bits & _MANT) | _BIAS
+                mt = lt[j]
+                big = mt > _SQRT2
+                mt = mt * 0.5 if big else mt
+                e = float((bits >> 52) - 1023) + (1.0 if big else 0.0)
+                u = (mt - 1.0) / (mt + 1.0)
+                u2 = u * u
+                w = 1 / 19 + u2 * (1 / 21 + u2 * 1 / 23)
+                w = 1 / 11 + u2 * (1 / 13 + u2 * (1 / 15 + u2 * (1 / 17 + u2 * w)))
+                w = 1.0 + u2 * (1 / 3 + u2 * (1 / 5 + u2 * (1 / 7 + u2 * (1 / 9 + u2 * w))))
+                lt[j] = e * _LN2_HI + (e * _LN2_LO + 2.0 * u * w)
+            lo = 0.0
+            bm = -np.inf
+            for j in range(ns):  # V_h, its running max, and the smallest log T
+                lj = lt[j]
+                v = lj + c
+                v_out[x, s0 + j] = v
+                bm = v if v > bm else bm
+                lo = lj if lj < lo else lo
+            if lo < _LOG_TINY:  # some T < 1e-280: the shared shift underflowed there
+                bm = -np.inf
+                for j in range(ns):
+                    if lt[j] < _LOG_TINY:
+                        i0 = e0 + j * vocab  # this state's own maximum
+                        zmax = -np.inf
+                        for a in range(vocab):
+                            zmax = max(zmax, out_row[i0 + a])
+                        acc = 0.0
+                        for a in range(vocab):
+                            acc += math.exp(out_row[i0 + a] - zmax)
+                        lt[j] = zmax + math.log(acc)
+                    v = lt[j] + c
+                    v_out[x, s0 + j] = v
+                    bm = max(bm, v)
+            mx = max(mx, bm)
+            for j in range(ns):
+                for a in range(vocab):
+                    q_blk[j * vocab + a] -= lt[j]
+        shift[x] = mx
+
+
+def fused_into(logpi_ref, r: np.ndarray, beta: float, values, logpi) -> None:
+    """Soft VI by the fused kernel into preallocated ``values``/``logpi`` (SoftVIBuffers).
+
+    Args:
+        logpi_ref: ``logpi_ref[h]`` ``(m, V^h, V)`` float64, C-contiguous.
+        r: ``(m, V^H)`` rewards; beta: β > 0.
+        values: ``values[h]`` ``(m, V^h)``, h = 0..H; logpi: ``logpi[h]`` ``(m, V^h, V)``.
+    """
+    horizon = len(logpi_ref)
+    np.divide(r, beta, out=values[horizon])  # V_H = r/β and its shift: numpy's SIMD passes
+    shift = values[horizon].max(axis=1)
+    vocab = logpi_ref[0].shape[-1]
+    pb, tb, lt = np.empty(_BLOCK * vocab), np.empty(_BLOCK * vocab), np.empty(_BLOCK)
+    m = r.shape[0]
+    level = _make_level(vocab)
+    for h in range(horizon - 1, -1, -1):
+        lp_ref = np.ascontiguousarray(logpi_ref[h]).reshape(m, -1)
+        level(lp_ref, values[h + 1], shift, logpi[h].reshape(m, -1), values[h], pb, tb, lt)
