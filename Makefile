@@ -1,6 +1,6 @@
 # Two entry points a fresh machine needs (see README):
 #   make reproduce   .venv with the numpy core only (no torch, no Ray), then the main job
-#   make test        .venv with the CPU build of torch + gvgap[dev,ray,torch,hf], then lint
+#   make test        .venv with the CPU build of torch + gvgap[dev,ray,torch,hf,fast], then lint
 #                    and the test suite (what .ci/run calls)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

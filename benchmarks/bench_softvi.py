@@ -16,7 +16,11 @@ For each tree (≥ 1M leaves) it prints the best-of-K time of
 and, for the ``out=`` buffer API (issue 8): ``softvi_out`` (the library writing into reused
 :class:`~gvgap.theory.soft.SoftVIBuffers`) against ``mem``, a memory-only pass of the same
 loads and stores into the same buffers (per level: load log π_ref and V_{h+1}, store log π*
-by one add per edge, store V_h; r/β first), printed as the ratio ``out/mem`` (target ≤ 1.5).
+by one add per edge, store V_h; r/β first), printed as the ratio ``out/mem`` (target ≤ 1.5),
+and beside it ``fused/mem``: the numba kernel (``backend="numba"``, gvgap/theory/soft_fused.py)
+into the same buffers, after a warm-up call whose time (the JIT, once per V) is printed as
+``jit s``; its max |Δ| to the numpy path is in ``max|Δ|``. Without numba those columns read
+``n/a``. All library calls not marked fused use ``backend="numpy"``.
 Every ratio is measured in the same run. Nothing is asserted. ``--cpu`` times
 with ``time.process_time`` (robust to other processes sharing the cores).
 """
@@ -31,6 +35,7 @@ import numpy as np
 
 from gvgap import theory as T
 from gvgap.envs.tree_env import random_ref_policy
+from gvgap.theory import soft_fused
 from gvgap.theory.soft import SoftVIBuffers
 
 TREES = ((4, 10, 1), (2, 20, 1), (32, 4, 1))  # (V, H, m): 1,048,576 leaves each
@@ -104,22 +109,41 @@ def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, r
     logpi_ref = random_ref_policy(m, vocab, horizon, 1.0, rng)
     r = rng.standard_normal((m, vocab**horizon))
     x, buf = rng.standard_normal(n), np.empty(n)
-    lib = T.soft_value_iteration(logpi_ref, r, beta)
+    lib = T.soft_value_iteration(logpi_ref, r, beta, backend="numpy")
     cand, log_z = soft_vi_slices(logpi_ref, r, beta)
     err = max(float(np.abs(a - b).max()) for a, b in zip(cand, lib.logpi))
     err = max(err, float(np.abs(log_z - lib.log_z).max()))
     err = max(err, float(np.abs(leaf_slices(lib.logpi) - T.node_to_leaf_logp(lib.logpi)).max()))
     vibuf = SoftVIBuffers.empty(m, vocab, horizon)
-    into = T.soft_value_iteration(logpi_ref, r, beta, out=vibuf)
+    into = T.soft_value_iteration(logpi_ref, r, beta, out=vibuf, backend="numpy")
     err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(into.logpi, lib.logpi)))
+    fused, jit = float("nan"), float("nan")
+    if soft_fused.available():
+        fbuf = SoftVIBuffers.empty(m, vocab, horizon)
+        t0 = time.perf_counter()  # first call: JIT for this V (if not compiled yet) + one run
+        got = T.soft_value_iteration(logpi_ref, r, beta, out=fbuf, backend="numba")
+        jit = time.perf_counter() - t0
+        err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(got.logpi, lib.logpi)))
+        err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(got.values, lib.values)))
+        fused = best_of(
+            lambda: T.soft_value_iteration(logpi_ref, r, beta, out=fbuf, backend="numba"),
+            repeat,
+            timer,
+        )
     return {
+        "fused": fused,
+        "jit": jit,
         "softvi_out": best_of(
-            lambda: T.soft_value_iteration(logpi_ref, r, beta, out=vibuf), repeat, timer
+            lambda: T.soft_value_iteration(logpi_ref, r, beta, out=vibuf, backend="numpy"),
+            repeat,
+            timer,
         ),
         "mem": best_of(lambda: memory_pass(logpi_ref, r, beta, vibuf), repeat, timer),
         "n": n,
         "exp": best_of(lambda: np.exp(x, out=buf), repeat, timer),
-        "softvi": best_of(lambda: T.soft_value_iteration(logpi_ref, r, beta), repeat, timer),
+        "softvi": best_of(
+            lambda: T.soft_value_iteration(logpi_ref, r, beta, backend="numpy"), repeat, timer
+        ),
         "leaf": best_of(lambda: T.node_to_leaf_logp(lib.logpi), repeat, timer),
         "vi_slices": best_of(lambda: soft_vi_slices(logpi_ref, r, beta), repeat, timer),
         "leaf_slices": best_of(lambda: leaf_slices(lib.logpi), repeat, timer),
@@ -140,7 +164,8 @@ def main() -> None:
     print(
         f"{'V':>3} {'H':>3} {'N':>8} | {'exp ms':>7} | {'softVI':>7} {'ratio':>6} | "
         f"{'leaf':>6} {'ratio':>5} | {'VI-slc':>7} {'ratio':>6} | {'leaf-slc':>8} {'ratio':>5} |"
-        f" {'max|Δ|':>7} | {'mem ms':>6} {'out ms':>6} {'out/mem':>7}"
+        f" {'max|Δ|':>7} | {'mem ms':>6} {'out ms':>6} {'out/mem':>7} | {'fused ms':>8}"
+        f" {'fused/mem':>9} {'jit s':>5}"
     )
     for vocab, horizon, m in TREES:
         t = measure(vocab, horizon, m, args.beta, args.repeat, timer, rng)
@@ -152,7 +177,8 @@ def main() -> None:
             f"{1e3 * t['vi_slices']:>7.1f} {t['vi_slices'] / u:>6.1f} | "
             f"{1e3 * t['leaf_slices']:>8.1f} {t['leaf_slices'] / u:>5.1f} | {t['err']:>7.1e} | "
             f"{1e3 * t['mem']:>6.1f} {1e3 * t['softvi_out']:>6.1f} "
-            f"{t['softvi_out'] / t['mem']:>7.2f}"
+            f"{t['softvi_out'] / t['mem']:>7.2f} | {1e3 * t['fused']:>8.1f} "
+            f"{t['fused'] / t['mem']:>9.2f} {t['jit']:>5.2f}".replace("nan", "n/a")
         )
 
 
