@@ -112,9 +112,22 @@ def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt):
                 tbi[i] = (tbi[i] << 52) + _BIAS
                 pb[i] *= tb[i]
             for j in range(ns):  # T = Σ_a e^q per state; log T = e ln 2 + log m, m in [√½, √2)
-                tot = 0.0
-                for a in range(vocab):
-                    tot += pb[j * vocab + a]
+                if vocab % 8 == 0:  # 8 accumulators (numpy's pairwise order), no long chain
+                    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
+                    for a in range(j * vocab, (j + 1) * vocab, 8):
+                        t0 += pb[a]
+                        t1 += pb[a + 1]
+                        t2 += pb[a + 2]
+                        t3 += pb[a + 3]
+                        t4 += pb[a + 4]
+                        t5 += pb[a + 5]
+                        t6 += pb[a + 6]
+                        t7 += pb[a + 7]
+                    tot = ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
+                else:
+                    tot = 0.0
+                    for a in range(vocab):
+                        tot += pb[j * vocab + a]
                 lt[j] = tot
                 bits = lti[j]
                 lti[j] = (bits & _MANT) | _BIAS
