@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import numpy as np
 
@@ -56,23 +57,38 @@ def _make_level(vocab: int):
     """The level kernel with the token count V as a compile-time constant (unrolled token
     loops, SIMD over states), compiled on first use per V and kept in memory."""
     import numba
+    from llvmlite import ir
+    from numba.extending import intrinsic
 
+    def bitcast(src, dst, ir_type):
+        @intrinsic
+        def cast(typingctx, x):
+            return dst(src), lambda context, builder, sig, args: builder.bitcast(args[0], ir_type)
+
+        return cast
+
+    f64, i64 = numba.types.float64, numba.types.int64
+    casts = {
+        "_as_f64": bitcast(i64, f64, ir.DoubleType()),
+        "_as_i64": bitcast(f64, i64, ir.IntType(64)),
+    }
+    # _level_body with the bit casts bound in its own globals (this module's stay untouched)
+    fn = types.FunctionType(_level_body.__code__, {**globals(), **casts}, "_level_body")
     opts = {"cache": False, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
-    body = numba.njit(inline="always", **opts)(_level_body)
+    body = numba.njit(inline="always", **opts)(fn)
 
-    def level(logpi_ref, v_next, shift, logpi, v_out, pb, tb, lt):
-        body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt)
+    def level(logpi_ref, v_next, shift, logpi, v_out, pb, lt):
+        body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, lt)
 
     return numba.njit(**opts)(level)
 
 
-def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt):
+def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, lt):
     """One backward level, fused. ``logpi_ref``/``logpi`` ``(m, S·V)`` (flat edges),
     ``v_next`` ``(m, S·V)``, ``v_out`` ``(m, S)``; ``shift`` ``(m,)``: C of V_{h+1} in, C of V_h
-    out. ``pb``, ``tb`` ``(_BLOCK·V,)`` and ``lt`` ``(_BLOCK,)``: scratch."""
+    out. ``pb`` ``(_BLOCK·V,)`` and ``lt`` ``(_BLOCK,)``: scratch. ``_as_f64``/``_as_i64``: bit
+    casts, bound by :func:`_make_level`."""
     m, n_states = v_out.shape
-    tbi = tb.view(np.int64)
-    lti = lt.view(np.int64)
     for x in range(m):
         lp_row, v_row, out_row = logpi_ref[x], v_next[x], logpi[x]
         c = shift[x]
@@ -84,10 +100,9 @@ def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt):
             q_blk = out_row[e0 : e0 + ne]
             lp_blk = lp_row[e0 : e0 + ne]
             v_blk = v_row[e0 : e0 + ne]
-            for i in range(ne):  # Q (shifted)
-                q_blk[i] = lp_blk[i] + (v_blk[i] - c)
-            for i in range(ne):  # e^q: |r| ≤ ln2/2, 2^k's rounding sum into tb
-                q = q_blk[i]
+            for i in range(ne):  # Q (shifted) and e^Q = p(r) 2^k, |r| ≤ ln2/2
+                q = lp_blk[i] + (v_blk[i] - c)
+                q_blk[i] = q
                 xc = q if q > -708.0 else -708.0
                 xc = xc if xc < 709.0 else 709.0
                 t = xc * _LOG2E + _MAGIC
@@ -106,11 +121,7 @@ def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt):
                 p = 0.5 + r * p
                 p = 1.0 + r * p
                 p = 1.0 + r * p
-                pb[i] = p
-                tb[i] = t
-            for i in range(ne):  # e^q = p · 2^k (2^k built in tb's bits)
-                tbi[i] = (tbi[i] << 52) + _BIAS
-                pb[i] *= tb[i]
+                pb[i] = p * _as_f64((_as_i64(t) << 52) + _BIAS)  # noqa: F821
             for j in range(ns):  # T = Σ_a e^q per state; log T = e ln 2 + log m, m in [√½, √2)
                 if vocab % 8 == 0:  # 8 accumulators (numpy's pairwise order), no long chain
                     t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
@@ -128,10 +139,8 @@ def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, tb, lt):
                     tot = 0.0
                     for a in range(vocab):
                         tot += pb[j * vocab + a]
-                lt[j] = tot
-                bits = lti[j]
-                lti[j] = (bits & _MANT) | _BIAS
-                mt = lt[j]
+                bits = _as_i64(tot)  # noqa: F821
+                mt = _as_f64((bits & _MANT) | _BIAS)  # noqa: F821
                 big = mt > _SQRT2
                 mt = mt * 0.5 if big else mt
                 e = float((bits >> 52) - 1023) + (1.0 if big else 0.0)
@@ -183,9 +192,9 @@ def fused_into(logpi_ref, r: np.ndarray, beta: float, values, logpi) -> None:
     np.divide(r, beta, out=values[horizon])  # V_H = r/β and its shift: numpy's SIMD passes
     shift = values[horizon].max(axis=1)
     vocab = logpi_ref[0].shape[-1]
-    pb, tb, lt = np.empty(_BLOCK * vocab), np.empty(_BLOCK * vocab), np.empty(_BLOCK)
+    pb, lt = np.empty(_BLOCK * vocab), np.empty(_BLOCK)
     m = r.shape[0]
     level = _make_level(vocab)
     for h in range(horizon - 1, -1, -1):
         lp_ref = np.ascontiguousarray(logpi_ref[h]).reshape(m, -1)
-        level(lp_ref, values[h + 1], shift, logpi[h].reshape(m, -1), values[h], pb, tb, lt)
+        level(lp_ref, values[h + 1], shift, logpi[h].reshape(m, -1), values[h], pb, lt)
