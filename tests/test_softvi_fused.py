@@ -21,8 +21,8 @@ numba = pytest.importorskip(
 )
 
 BETA = 0.5
-#: (V, H): trees small enough to be fast; V=2, H=11 and V=3, H=7 have levels of more than one
-#: 512-state block (1024 and 729 states), so block boundaries and a partial block are covered.
+#: (V, H): trees small enough to be fast; V=2, H=11 and V=3, H=7 have levels of several
+#: 128-state blocks (1024 and 729 states), so block boundaries and a partial block are covered.
 TREES = ((2, 11), (3, 7), (4, 5), (32, 2))
 
 
