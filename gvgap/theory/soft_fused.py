@@ -106,8 +106,8 @@ def _values_max(lt, v_out, c):
 def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, lt):
     """One backward level, fused. ``logpi_ref``/``logpi`` ``(m, S·V)`` (flat edges),
     ``v_next`` ``(m, S·V)``, ``v_out`` ``(m, S)``; ``shift`` ``(m,)``: C of V_{h+1} in, C of V_h
-    out. ``pb`` ``(_BLOCK·V,)`` and ``lt`` ``(_BLOCK,)``: scratch. ``_as_f64``/``_as_i64``: bit
-    bound, bound by :func:`_make_level`."""
+    out. ``pb`` ``(_BLOCK·V,)`` and ``lt`` ``(_BLOCK,)``: scratch. ``_as_f64``, ``_as_i64``
+    (bit casts) and ``_values_max``: bound by :func:`_make_level`."""
     m, n_states = v_out.shape
     for x in range(m):
         lp_row, v_row, out_row = logpi_ref[x], v_next[x], logpi[x]
