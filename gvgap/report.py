@@ -183,10 +183,11 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 def _modules() -> dict[str, ModuleType]:
     try:
         from gvgap.experiments.registry import EXPERIMENTS
+
+        return dict(EXPERIMENTS)  # imports every module (the registry is lazy)
     except Exception as exc:  # a broken experiment module must not take the report down
         warnings.warn(f"experiment registry unavailable: {exc!r}", stacklevel=2)
         return {}
-    return dict(EXPERIMENTS)
 
 
 def experiment_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:

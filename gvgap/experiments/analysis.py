@@ -4,11 +4,14 @@ picking the headline setting, Verdict records, CI error bars)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gvgap.experiments.base import Verdict
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 
 def fmt(v) -> str:
@@ -39,6 +42,8 @@ def paired_vs(
 ) -> pd.DataFrame:
     """Paired ``pipeline − baseline`` difference of ``metric`` per setting (95% bootstrap CI)
     for every pipeline present, tagged in ``column``; empty frame when none is present."""
+    import pandas as pd
+
     from gvgap.stats import paired_difference
 
     present = set(df["pipeline"].unique())

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy.special import expit
 
 from gvgap.data import Preferences, label_pairs, sample_leaves, sample_prompts
@@ -41,6 +41,9 @@ from gvgap.experiments import common as C
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
 from gvgap.learners import dpo, online_dpo_round
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 ID = "h1_on_policy_signal"
 HYPOTHESIS = "H1: on-policy samples carry information absent from D."

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy.optimize import brentq
 
 from gvgap import losses
@@ -44,6 +44,9 @@ from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, minimize, online_dpo_round, preference_fit, select_lambda
 from gvgap.learners.offline import scatter
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 ID = "h2_regularisation"
 HYPOTHESIS = (

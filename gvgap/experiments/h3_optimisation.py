@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gvgap import theory as T
 from gvgap.experiments import common as C
@@ -43,6 +43,9 @@ from gvgap.experiments.base import Verdict
 from gvgap.learners import online_dpo_round
 from gvgap.learners.round import round_pairs, tempered_leaf_logp
 from gvgap.learners.sgd import dpo_grad, rloo_grad, rm_grad, run_steps
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 ID = "h3_optimisation"
 HYPOTHESIS = "H3: online PFT wins because it is computationally easier to optimise."

@@ -29,9 +29,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gvgap.data import Preferences
 from gvgap.envs.tree_env import TreeEnv
@@ -39,6 +39,9 @@ from gvgap.experiments import common as C
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, online_dpo_round, rlhf, select_lambda
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 ID = "h4_data"
 HYPOTHESIS = "H4: the online advantage comes from the RM being trained on more / wider data."

@@ -35,9 +35,9 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy.special import expit, log_expit
 
 from gvgap.data import Preferences
@@ -47,6 +47,9 @@ from gvgap.experiments.base import Verdict
 from gvgap.learners import best_of_n, dpo, fit_reward, online_dpo_round, select_lambda
 from gvgap.rewards import LocalReward
 from gvgap.theory.metrics import pairwise_accuracy
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 ID = "h5_rm_generalisation"
 HYPOTHESIS = "H5: global reward models generalise better out of distribution than local ones."

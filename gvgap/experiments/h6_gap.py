@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gvgap.envs.ladder import CONTAIN_TOL, ladder_gap, smallest_reward_rung
 from gvgap.errors import UserError
@@ -40,6 +40,9 @@ from gvgap.experiments import h6_rule as R
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments import rungs as RG
 from gvgap.policies.ladder import policy_order, rung_name
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 ID = "h6_gap"
 CLAIM = (

@@ -23,15 +23,18 @@ from π* ⊗ π*, where RL goes), for the explicit RM and the implicit RM of DPO
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
 from gvgap.theory.metrics import pairwise_accuracy
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 ID = "h6_neural"
 CLAIM = (

@@ -21,11 +21,15 @@ Rule (:func:`rule`):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from gvgap import inference as I
 from gvgap.experiments.base import Verdict
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 #: Equivalence margin δ of "no advantage" on the regret difference (nats of J; J* − J_ref is
 #: about 1–3 nats in the h6 generators, so δ is a few percent of the attainable improvement).
@@ -38,6 +42,8 @@ CELL = ("generator", "tree", "n_pairs")
 def cell_table(df: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """One row per cell of ``protocol``: ``generator, tree, n_pairs, gap, isomorphic, d``
     (``d``: array of paired differences offline − online of ``regret``), ``n``."""
+    import pandas as pd
+
     from gvgap.stats import pair_runs
 
     sub = df[df["protocol"] == protocol] if "protocol" in df.columns else df
@@ -65,6 +71,8 @@ def cell_table(df: pd.DataFrame, protocol: str) -> pd.DataFrame:
 
 def at_cell(cells: pd.DataFrame, key: tuple) -> pd.Series:
     """Rows whose leading cell keys (generator, tree, …) equal ``key``."""
+    import pandas as pd
+
     cols = list(CELL[: len(key)])
     return (cells[cols] == pd.Series(key, cols)).all(axis=1)
 

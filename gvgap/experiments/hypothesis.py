@@ -25,12 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gvgap.experiments.base import Verdict
 from gvgap.inference import decide, decide_family, hypothesis_verdict
+
+if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,8 @@ def synthetic_table(
 ) -> pd.DataFrame:
     """A tidy table with pipeline ``base`` at 0 and each pipeline of ``diffs`` at ``d_i``
     per seed i, at Config values ``cell`` (for the verdict-rule unit tests)."""
+    import pandas as pd
+
     rows = []
     n = len(next(iter(diffs.values())))
     for i in range(n):

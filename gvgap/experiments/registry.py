@@ -1,8 +1,14 @@
-"""Explicit registry of experiments: id -> module (DESIGN §2)."""
+"""Explicit registry of experiments: id -> module (DESIGN §2).
+
+The ids are known up front; a module is imported only when it is first looked up, so
+``gvgap run c1_gibbs`` imports c1_gibbs alone, not the h1-h6 modules and their
+pandas/scipy.stats/learner imports.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 from gvgap.errors import UserError
@@ -20,15 +26,40 @@ EXPERIMENT_IDS: tuple[str, ...] = (
 )
 
 
-def _load() -> dict[str, ModuleType]:
-    return {eid: importlib.import_module(f"gvgap.experiments.{eid}") for eid in EXPERIMENT_IDS}
+class LazyRegistry(Mapping[str, ModuleType]):
+    """Read-only mapping id -> experiment module that imports a module on first lookup.
+
+    Membership, ``len`` and iteration (ids in ``ids`` order) import nothing; ``[eid]``,
+    ``.get``, ``.items()`` and ``.values()`` import the modules they return, one at a time.
+    """
+
+    def __init__(self, ids: tuple[str, ...], package: str = "gvgap.experiments") -> None:
+        self._ids = ids
+        self._package = package
+
+    def __getitem__(self, eid: str) -> ModuleType:
+        if eid not in self._ids:
+            raise KeyError(eid)
+        return importlib.import_module(f"{self._package}.{eid}")  # cached in sys.modules
+
+    def __contains__(self, eid: object) -> bool:
+        return eid in self._ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"LazyRegistry({', '.join(self._ids)})"
 
 
-EXPERIMENTS: dict[str, ModuleType] = _load()
+EXPERIMENTS: Mapping[str, ModuleType] = LazyRegistry(EXPERIMENT_IDS)
 
 
 def get_experiment(eid: str) -> ModuleType:
-    """The experiment module for ``eid``.
+    """The experiment module for ``eid`` (imports that module only).
 
     Raises:
         UserError: unknown id, listing the known ones.

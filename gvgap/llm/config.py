@@ -25,6 +25,18 @@ from typing import Any
 
 from gvgap.errors import UserError
 
+#: Policies the pipeline evaluates, in the order of the paper's table (best-of-N arms are
+#: added by the pipeline and appended by the report).
+POLICIES = (
+    "sft",
+    "dpo",
+    "dpo_extra",
+    "online_dpo_sft",
+    "online_dpo_dpo",
+    "online_dpo_iter",
+    "online_dpo_gold",
+)
+
 TASKS = ("sum", "count", "short", "rouge")
 
 

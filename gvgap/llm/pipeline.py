@@ -30,7 +30,7 @@ import torch
 
 from gvgap.errors import UserError
 from gvgap.llm import dist
-from gvgap.llm.config import LLMConfig, LLMSpec, config_record
+from gvgap.llm.config import POLICIES, LLMConfig, LLMSpec, config_record
 from gvgap.sweep.store import atomic_write, provenance, tidy_frame
 
 MANIFEST = "llm_manifest.json"
@@ -48,16 +48,6 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("online_dpo_iter", "online_steps"),
     ("online_dpo_gold", "online_steps"),
     ("evaluate", "n_eval_prompts"),
-)
-#: Policies evaluated, in the order of the paper's table.
-POLICIES = (
-    "sft",
-    "dpo",
-    "dpo_extra",
-    "online_dpo_sft",
-    "online_dpo_dpo",
-    "online_dpo_iter",
-    "online_dpo_gold",
 )
 
 

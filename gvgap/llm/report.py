@@ -21,17 +21,10 @@ import numpy as np
 import pandas as pd
 
 from gvgap.errors import UserError
+from gvgap.llm.config import POLICIES
 
 #: Pipelines of the table in the paper's order (best-of-N at the largest N is appended).
-TABLE_PIPELINES = (
-    "sft",
-    "dpo",
-    "dpo_extra",
-    "online_dpo_sft",
-    "online_dpo_dpo",
-    "online_dpo_iter",
-    "online_dpo_gold",
-)
+TABLE_PIPELINES = POLICIES
 #: (online arm, offline arm it is set against): same start and the same number of DPO steps.
 COMPARISONS = (
     ("online_dpo_sft", "dpo"),
