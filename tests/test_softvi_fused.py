@@ -21,9 +21,11 @@ numba = pytest.importorskip(
 )
 
 BETA = 0.5
-#: (V, H): trees small enough to be fast; V=2, H=11 and V=3, H=7 have levels of several
-#: 128-state blocks (1024 and 729 states), so block boundaries and a partial block are covered.
-TREES = ((2, 11), (3, 7), (4, 5), (32, 2))
+#: (V, H): trees small enough to be fast; V=2, H=11 and V=3, H=7 have levels of many blocks
+#: (soft_fused._BLOCK_EDGES edges each), so block boundaries and a partial block are covered.
+#: V < 8 runs the kernel with V compiled in, V = 10 and 32 the one with V a run-time argument
+#: (10: a state's tokens are not a whole number of SIMD vectors).
+TREES = ((2, 11), (3, 7), (4, 5), (10, 3), (32, 2))
 
 
 def ref_policy(m, vocab, horizon, rng, peaked):
@@ -114,3 +116,14 @@ def test_switch(monkeypatch):
     assert soft.softvi_backend(1 << 30) == "numpy"
     with pytest.raises(UserError, match="numba is not installed"):
         soft.softvi_backend(4, "numba")
+
+
+def test_exp_polynomial_accuracy():
+    # The Chebyshev interpolant of degree n of e^r on [−a, a] has relative error about
+    # 2 (a/2)^{n+1}/(n+1)! (interpolation remainder at Chebyshev points, e^r ≈ 1 there):
+    # 1.1e-16·... for n = 10, a = ln2/2 that is 2·0.1733^11/11! ≈ 2.3e-16; allow rounding on top.
+    coef = soft_fused._exp_coefficients(soft_fused._EXP_DEG)
+    half = np.log(2.0) / 2
+    r = np.linspace(-half, half, 10001)
+    p = np.polynomial.polynomial.polyval(r, coef)
+    assert np.abs(p / np.exp(r) - 1).max() < 2e-15

@@ -6,12 +6,13 @@ One pass per level over the states: for each state s, with the per-prompt shift 
     q_a = log π_ref(a|s) + (V_{h+1}(s·a) − C),   T = Σ_a e^{q_a},
     V_h(s) = log T + C,   log π*(a|s) = q_a − log T,
 
-q and e^q stay in L1, in blocks of 128 states (the numpy path makes four passes over the edges).
-e^q and log T are SIMD polynomials (Taylor to r^13 after k ln 2 reduction; 2 atanh series), not
-libm calls, which do not vectorise: relative error ~1e-16, so the parity with numpy's exp/log is
-at rounding level (max |Δ| ~ 5e-15 measured). A state whose
-T underflows (< 1e-280) is redone with its own maximum, exactly as in the numpy path, so the two
-agree to rounding for any reward range. The max of V_h (next level's C) is taken on the way.
+in blocks of _BLOCK_EDGES edges whose q and e^q stay in L1 (the numpy path makes four passes
+over the edges). e^q and log T are SIMD polynomials (a degree-10 Chebyshev interpolant of e^r
+after k ln 2 reduction; the atanh series of log m), not libm calls, which do not vectorise:
+relative error ≲ 1.5e-15, so the parity with numpy's exp/log is ~1e-14 (measured ≤ 8e-15 on
+2^20 leaves, H ≤ 20). A state whose T underflows (< 1e-280) is redone with its own maximum, as
+in the numpy path, so the two agree to rounding for any reward range. The max of V_h (next
+level's C) is taken on the way. V_H = r/β and its max are one pass too.
 
 Selected by ``GVGAP_SOFTVI`` = ``numpy`` | ``numba`` | ``auto`` (default: numba if importable).
 numba is imported and the kernel compiled on first use only (importing gvgap stays numpy-only);
@@ -31,26 +32,14 @@ import numpy as np
 _TINY = 1e-280
 
 
-#: Edges per block (8 KB per float64 array): the block's Q, e^Q and per-state sums stay in L1.
-_BLOCK_EDGES = 1024
-#: Degree of the Taylor polynomial of e^r on |r| ≤ ln2/2: remainder (ln2/2)^12/12! < 7e-15
-#: relative, below the 1e-12 parity after H ≤ 20 levels (errors add once per level).
+#: Edges per block (2 KB per float64 array): a block's Q and e^Q stay in L1 between its passes,
+#: and the passes that touch no new memory are short, so the hardware prefetcher keeps the
+#: loads of log π_ref and V_{h+1} streaming (measured best of 128…2048: benchmarks/README.md).
+_BLOCK_EDGES = 256
+#: Degree of the polynomial for e^r on |r| ≤ ln2/2 (see :func:`_exp_coefficients`): relative
+#: error 1.4e-15, so after H ≤ 20 levels (errors add once per level) still ≪ the 1e-12 parity.
 _EXP_DEG = 10
-
-
-def _exp_coefficients(deg: int) -> tuple[float, ...]:
-    """Monomial coefficients (r^0 first) of the degree-``deg`` polynomial interpolating e^r at
-    the Chebyshev points of [−ln2/2, ln2/2]: near-minimax, max relative error 1.4e-15 at degree
-    10 (1.8e-14 at 9, against 3e-13 / 9e-12 for the Taylor polynomials of the same degree)."""
-    from numpy.polynomial import Chebyshev, Polynomial
-
-    half = math.log(2.0) / 2
-    p = Chebyshev.interpolate(np.exp, deg, domain=[-half, half]).convert(kind=Polynomial)
-    return tuple(float(c) for c in p.coef)
-
-
-_EXP_COEF = _exp_coefficients(_EXP_DEG)
-#: Terms of the atanh series of log m (see :func:`_log_inplace`).
+#: Terms of the atanh series of log m (see :func:`_log_values`).
 _LOG_TERMS = 9
 _ODD_INV = tuple(1.0 / (2 * k + 1) for k in range(_LOG_TERMS))
 # exp(x) = 2^k p(x − k ln 2), k = round(x / ln 2) by the 1.5·2^52 rounding trick; 2^k from the
@@ -67,8 +56,18 @@ _SQRT2 = 1.4142135623730951
 _CONST_VOCAB_BELOW = 8
 _ABS_MASK = (1 << 63) - 1  # all bits but the sign
 _KEY_NEG_INF = -0x7FF0000000000001  # order key of −inf (see _block_max)
-_PF_LOCALITY = 2
 _LOG_TINY = math.log(_TINY)  # T below _TINY (or 0, subnormal: log → ≤ −708) is redone
+
+
+def _exp_coefficients(deg: int) -> tuple[float, ...]:
+    """Monomial coefficients (r^0 first) of the degree-``deg`` polynomial interpolating e^r at
+    the Chebyshev points of [−ln2/2, ln2/2]: near-minimax, max relative error 1.4e-15 at degree
+    10 (1.8e-14 at 9, against 3e-13 / 9e-12 for the Taylor polynomials of the same degree)."""
+    from numpy.polynomial import Chebyshev, Polynomial
+
+    half = math.log(2.0) / 2
+    p = Chebyshev.interpolate(np.exp, deg, domain=[-half, half]).convert(kind=Polynomial)
+    return tuple(float(c) for c in p.coef)
 
 
 @functools.cache
@@ -97,32 +96,15 @@ def _make_level(vocab: int):
 
         return cast
 
-    @intrinsic
-    def prefetch(typingctx, arr, idx):
-        """llvm.prefetch of &arr[idx] (read, into L2: locality _PF_LOCALITY, data cache)."""
-
-        def codegen(context, builder, sig, args):
-            from numba.core import cgutils
-
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
-            i8p = ir.IntType(8).as_pointer()
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, *[ir.IntType(32)] * 3])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-            i32 = ir.IntType(32)
-            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(_PF_LOCALITY), i32(1)])
-            return context.get_dummy_value()
-
-        return numba.types.none(arr, idx), codegen
-
     f64, i64 = numba.types.float64, numba.types.int64
     # the helpers below, jitted with these names bound in one shared namespace (this module's
-    # globals stay untouched); each inlined into the level kernel
+    # globals stay untouched), each with its own fastmath flags (numba's inline="always" would
+    # compile it with its caller's); LLVM inlines them and a constant V propagates into them
     ns = {
         **globals(),
         "_as_f64": bitcast(i64, f64, ir.DoubleType()),
         "_as_i64": bitcast(f64, i64, ir.IntType(64)),
-        "_prefetch": prefetch,
+        "_EXP_COEF": _exp_coefficients(_EXP_DEG),
     }
     base = {"cache": False, "nogil": True, "error_model": "numpy"}
     for fn, fastmath in _HELPERS:
@@ -141,7 +123,7 @@ def _make_level(vocab: int):
         def level(logpi_ref, v_next, shift, logpi, v_out, pb, lt, vocab_rt):
             body(logpi_ref, v_next, shift, logpi, v_out, vocab_rt, pb, lt)
 
-    return numba.njit(fastmath={"contract"}, **base)(level)
+    return numba.njit(fastmath={"contract"}, **base)(level), ns["_leaf_values"]
 
 
 def _exp_shifted(lp_blk, v_blk, c, q_blk, pb):
@@ -162,9 +144,9 @@ def _exp_shifted(lp_blk, v_blk, c, q_blk, pb):
         t = xc * _LOG2E + _MAGIC
         kf = t - _MAGIC
         r = (xc - kf * _LN2_HI) - kf * _LN2_LO
-        p = _EXP_COEF[_EXP_DEG]
+        p = _EXP_COEF[_EXP_DEG]  # noqa: F821
         for d in range(_EXP_DEG - 1, -1, -1):  # unrolled: constant trip count
-            p = _EXP_COEF[d] + r * p
+            p = _EXP_COEF[d] + r * p  # noqa: F821
         pb[i] = _as_f64(_as_i64(p) + (_as_i64(t) << 52))  # noqa: F821
 
 
@@ -245,6 +227,19 @@ def _subtract_log(q_blk, lt, vocab):
             q_blk[j * vocab + a] -= lt[j]
 
 
+def _leaf_values(r, beta, v_out, shift):
+    """V_H = r/β into ``v_out`` ``(m, V^H)`` and its per-prompt max (the shift C) into
+    ``shift`` ``(m,)``, in one pass (the max by order keys, as in :func:`_block_max`)."""
+    for x in range(r.shape[0]):
+        key_max = _KEY_NEG_INF
+        for i in range(r.shape[1]):
+            v = r[x, i] / beta
+            v_out[x, i] = v
+            bits = _as_i64(v)  # noqa: F821
+            key_max = max(key_max, bits ^ ((bits >> 63) & _ABS_MASK))
+        shift[x] = _unkey(key_max)
+
+
 def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, lt):
     """One backward level, fused. ``logpi_ref``/``logpi`` ``(m, S·V)`` (flat edges),
     ``v_next`` ``(m, S·V)``, ``v_out`` ``(m, S)``; ``shift`` ``(m,)``: C of V_{h+1} in, C of V_h
@@ -280,6 +275,7 @@ _HELPERS = (
     (_redo_underflow, set()),
     (_subtract_log, set()),
     (_level_body, {"contract"}),
+    (_leaf_values, set()),
 )
 
 
@@ -292,13 +288,13 @@ def fused_into(logpi_ref, r: np.ndarray, beta: float, values, logpi) -> None:
         values: ``values[h]`` ``(m, V^h)``, h = 0..H; logpi: ``logpi[h]`` ``(m, V^h, V)``.
     """
     horizon = len(logpi_ref)
-    np.divide(r, beta, out=values[horizon])  # V_H = r/β and its shift: numpy's SIMD passes
-    shift = values[horizon].max(axis=1)
     vocab = logpi_ref[0].shape[-1]
+    level, leaf_values = _make_level(vocab if vocab < _CONST_VOCAB_BELOW else 0)
+    shift = np.empty(r.shape[0])
+    leaf_values(np.ascontiguousarray(r, dtype=np.float64), float(beta), values[horizon], shift)
     blk = max(1, _BLOCK_EDGES // vocab)  # states per block
     pb, lt = np.empty(blk * vocab), np.empty(blk)
     m = r.shape[0]
-    level = _make_level(vocab if vocab < _CONST_VOCAB_BELOW else 0)
     for h in range(horizon - 1, -1, -1):
         lp_ref = np.ascontiguousarray(logpi_ref[h]).reshape(m, -1)
         level(lp_ref, values[h + 1], shift, logpi[h].reshape(m, -1), values[h], pb, lt, vocab)
