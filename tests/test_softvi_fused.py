@@ -121,7 +121,7 @@ def test_switch(monkeypatch):
 def test_exp_polynomial_accuracy():
     # The Chebyshev interpolant of degree n of e^r on [−a, a] has relative error about
     # 2 (a/2)^{n+1}/(n+1)! (interpolation remainder at Chebyshev points, e^r ≈ 1 there):
-    # 1.1e-16·... for n = 10, a = ln2/2 that is 2·0.1733^11/11! ≈ 2.3e-16; allow rounding on top.
+    # for n = 10, a = ln2/2: 2·0.1733^11/11! ≈ 2.3e-16; allowed: that plus rounding.
     coef = soft_fused._exp_coefficients(soft_fused._EXP_DEG)
     half = np.log(2.0) / 2
     r = np.linspace(-half, half, 10001)
