@@ -102,9 +102,9 @@ def memory_pass(logpi_ref, r: np.ndarray, beta: float, buf: SoftVIBuffers) -> No
 @functools.cache
 def _numba_memory_level():
     """The numba memory-only level (compiled on first use): :func:`memory_pass`'s loads and
-    stores in the fused kernel's loop order — per prompt, blocks of ``soft_fused._BLOCK_EDGES``
-    edges: log π*-buffer ← log π_ref + V_{h+1} (one add per edge), V_h ← the block's first
-    token per state (one store per state)."""
+    stores in the fused kernel's loop order — per prompt, blocks of
+    ``soft_fused.block_states(V)`` states: log π*-buffer ← log π_ref + V_{h+1} (one add per
+    edge), V_h ← the block's first token per state (one store per state)."""
     import numba
 
     opts = {"cache": False, "nogil": True, "error_model": "numpy", "_nrt": False}  # as the kernel
@@ -137,7 +137,7 @@ def numba_memory_pass(logpi_ref, r: np.ndarray, beta: float, buf: SoftVIBuffers)
     level, leaf = _numba_memory_level()
     horizon, m = len(logpi_ref), r.shape[0]
     vocab = logpi_ref[0].shape[-1]
-    block = max(1, soft_fused._BLOCK_EDGES // vocab)  # states per block, as in fused_into
+    block = soft_fused.block_states(vocab)  # as in the fused kernel
     leaf(r, beta, buf.values[horizon])
     for h in range(horizon - 1, -1, -1):
         out = buf.logpi[h].reshape(m, -1)

@@ -36,6 +36,9 @@ _TINY = 1e-280
 #: and the passes that touch no new memory are short, so the hardware prefetcher keeps the
 #: loads of log π_ref and V_{h+1} streaming (measured best of 128…2048: benchmarks/README.md).
 _BLOCK_EDGES = 256
+#: ... but at least this many states, so that the per-state loops (log, max) of a large V run
+#: whole SIMD vectors (16 states: two 8-wide vectors).
+_MIN_BLOCK_STATES = 16
 #: Degree of the polynomial for e^r on |r| ≤ ln2/2 (see :func:`_exp_coefficients`): relative
 #: error 1.4e-15, so after H ≤ 20 levels (errors add once per level) still ≪ the 1e-12 parity.
 _EXP_DEG = 10
@@ -285,8 +288,8 @@ def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, lt):
 
 
 #: (helper, fastmath flags) in :func:`_make_level`: ``contract`` lets a·b + c be one FMA; the
-#: max and the token sums may also reorder (``reassoc``, and no NaN/inf/−0 care for the max:
-#: V_h is finite there), which is what makes them SIMD reductions.
+#: token sums may also reorder (``reassoc``), which makes them SIMD reductions for V ≥ 8. Not on
+#: the exp/log code: it would let LLVM fold the rounding trick and the two-part ln 2.
 _HELPERS = (
     (_exp_shifted, {"contract"}),
     (_token_sums, {"reassoc"}),
@@ -298,6 +301,11 @@ _HELPERS = (
     (_level_body, {"contract"}),
     (_leaf_values, set()),
 )
+
+
+def block_states(vocab: int) -> int:
+    """States per block of the fused kernel: _BLOCK_EDGES // V, at least _MIN_BLOCK_STATES."""
+    return max(_MIN_BLOCK_STATES, _BLOCK_EDGES // vocab)
 
 
 def fused_into(logpi_ref, r: np.ndarray, beta: float, values, logpi) -> None:
@@ -313,7 +321,7 @@ def fused_into(logpi_ref, r: np.ndarray, beta: float, values, logpi) -> None:
     level, leaf_values = _make_level(vocab if vocab < _CONST_VOCAB_BELOW else 0)
     shift = np.empty(r.shape[0])
     leaf_values(np.ascontiguousarray(r, dtype=np.float64), float(beta), values[horizon], shift)
-    blk = max(1, _BLOCK_EDGES // vocab)  # states per block
+    blk = block_states(vocab)
     pb, lt = np.empty(blk * vocab), np.empty(blk)
     m = r.shape[0]
     for h in range(horizon - 1, -1, -1):
