@@ -6,18 +6,19 @@ One pass per level over the states: for each state s, with the per-prompt shift 
     q_a = log π_ref(a|s) + (V_{h+1}(s·a) − C),   T = Σ_a e^{q_a},
     V_h(s) = log T + C,   log π*(a|s) = q_a − log T,
 
-in blocks of _BLOCK_EDGES edges whose q and e^q stay in L1 (the numpy path makes four passes
-over the edges). e^q and log T are SIMD polynomials (a degree-10 Chebyshev interpolant of e^r
-after k ln 2 reduction; the atanh series of log m), not libm calls, which do not vectorise:
-relative error ≲ 1.5e-15, so the parity with numpy's exp/log is ~1e-14 (measured ≤ 8e-15 on
-2^20 leaves, H ≤ 20). A state whose T underflows (< 1e-280) is redone with its own maximum, as
-in the numpy path, so the two agree to rounding for any reward range. The max of V_h (next
-level's C) is taken on the way. V_H = r/β and its max are one pass too.
+in blocks of :func:`block_states` states (256 edges, ≥ 16 states) whose q and e^q stay in L1
+(the numpy path makes four passes over the edges). e^q and log T are SIMD polynomials (degree-10
+Chebyshev interpolant of e^r after k ln 2 reduction; 7-term one of the atanh series of log m),
+not libm calls, which do not vectorise: error ≲ 1.5e-15 relative, so the parity with numpy's
+exp/log is ~1e-14 (measured ≤ 8e-15 on 2^20 leaves, H ≤ 20). A state whose T underflows
+(< 1e-280) is redone with its own maximum, as in the numpy path, so the two agree to rounding
+for any reward range. The max of V_h (next level's C) is taken on the way; V_H = r/β and its
+max are one pass too.
 
 Selected by ``GVGAP_SOFTVI`` = ``numpy`` | ``numba`` | ``auto`` (default: numba if importable).
 numba is imported and the kernel compiled on first use only (importing gvgap stays numpy-only);
-no cache on disk (``cache=False``): the JIT cost is paid once per process and V (see
-benchmarks/README.md for the measured time).
+no cache on disk (``cache=False``): the JIT cost is paid once per process and V < 8 (V is
+compiled in there), once for all V ≥ 8 (see benchmarks/README.md for the measured time).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _TINY = 1e-280
 
 #: Edges per block (2 KB per float64 array): a block's Q and e^Q stay in L1 between its passes,
 #: and the passes that touch no new memory are short, so the hardware prefetcher keeps the
-#: loads of log π_ref and V_{h+1} streaming (measured best of 128…2048: benchmarks/README.md).
+#: loads of log π_ref and V_{h+1} streaming (best of 128…2048 measured, benchmarks/README.md).
 _BLOCK_EDGES = 256
 #: ... but at least this many states, so that the per-state loops (log, max) of a large V run
 #: whole SIMD vectors (16 states: two 8-wide vectors).
@@ -85,7 +86,7 @@ def _log_coefficients(terms: int) -> tuple[float, ...]:
 
 
 def _atanh_ratio(s: np.ndarray) -> np.ndarray:
-    """g(s) = atanh(√s)/√s for s > 0 (the Chebyshev points of :func:`_log_coefficients` are)."""
+    """g(s) = atanh(√s)/√s for s > 0 (all Chebyshev points of :func:`_log_coefficients` are)."""
     u = np.sqrt(s)
     return np.arctanh(u) / u
 
@@ -119,7 +120,8 @@ def _make_level(vocab: int):
     f64, i64 = numba.types.float64, numba.types.int64
     # the helpers below, jitted with these names bound in one shared namespace (this module's
     # globals stay untouched), each with its own fastmath flags (numba's inline="always" would
-    # compile it with its caller's); LLVM inlines them and a constant V propagates into them
+    # compile it with its caller's); a constant V reaches them as a literal, so they are
+    # compiled for it
     ns = {
         **globals(),
         "_as_f64": bitcast(i64, f64, ir.DoubleType()),
