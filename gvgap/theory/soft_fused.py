@@ -102,10 +102,8 @@ def available() -> bool:
 
 
 @functools.cache
-def _make_level(vocab: int):
-    """The level kernel, compiled on first use and kept in memory: for ``vocab`` = V > 0 with V
-    a compile-time constant (token loops unrolled, SIMD across states), for ``vocab`` = 0 with V
-    a run-time argument (SIMD along each state's V tokens; one compilation for all large V)."""
+def jitted() -> dict:
+    """The helpers below by name, jitted on first call (numba is imported here) and kept."""
     import numba
     from llvmlite import ir
     from numba.extending import intrinsic
@@ -118,10 +116,9 @@ def _make_level(vocab: int):
         return cast
 
     f64, i64 = numba.types.float64, numba.types.int64
-    # the helpers below, jitted with these names bound in one shared namespace (this module's
-    # globals stay untouched), each with its own fastmath flags (numba's inline="always" would
-    # compile it with its caller's); a constant V reaches them as a literal, so they are
-    # compiled for it
+    # jitted with these names bound in one shared namespace (this module's globals stay
+    # untouched), each with its own fastmath flags (numba's inline="always" would compile it
+    # with its caller's); a constant V reaches them as a literal, so they are compiled for it
     ns = {
         **globals(),
         "_as_f64": bitcast(i64, f64, ir.DoubleType()),
@@ -129,15 +126,27 @@ def _make_level(vocab: int):
         "_EXP_COEF": _exp_coefficients(_EXP_DEG),
         "_LOG_COEF": _log_coefficients(_LOG_TERMS),
     }
-    # _nrt=False: no reference counting of the per-block array views (atomic increments, ~10%
-    # of the run time at 256-edge blocks); the kernel allocates nothing
-    base = {"cache": False, "nogil": True, "error_model": "numpy", "_nrt": False}
     for fn, fastmath in _HELPERS:
-        ns[fn.__name__] = numba.njit(fastmath=fastmath, **base)(
+        ns[fn.__name__] = numba.njit(fastmath=fastmath, **JIT_OPTIONS)(
             types.FunctionType(fn.__code__, ns, fn.__name__)
         )
-    body = ns["_level_body"]
+    return ns
 
+
+#: numba options of every function here. _nrt=False: no reference counting of the per-block
+#: array views (atomic increments, ~10% of the run time at 256-edge blocks); nothing allocates.
+JIT_OPTIONS = {"cache": False, "nogil": True, "error_model": "numpy", "_nrt": False}
+
+
+@functools.cache
+def _make_level(vocab: int):
+    """The level kernel, compiled on first use and kept in memory: for ``vocab`` = V > 0 with V
+    a compile-time constant (token loops unrolled, SIMD across states), for ``vocab`` = 0 with V
+    a run-time argument (SIMD along each state's V tokens; one compilation for all large V).
+    Returns it and the leaf pass :func:`_leaf_values`."""
+    import numba
+
+    body = jitted()["_level_body"]
     if vocab:
 
         def level(logpi_ref, v_next, shift, logpi, v_out, pb, lt, vocab_rt):
@@ -148,7 +157,7 @@ def _make_level(vocab: int):
         def level(logpi_ref, v_next, shift, logpi, v_out, pb, lt, vocab_rt):
             body(logpi_ref, v_next, shift, logpi, v_out, vocab_rt, pb, lt)
 
-    return numba.njit(fastmath={"contract"}, **base)(level), ns["_leaf_values"]
+    return numba.njit(**JIT_OPTIONS)(level), jitted()["_leaf_values"]
 
 
 def _exp_shifted(lp_blk, v_blk, c, q_blk, pb):
