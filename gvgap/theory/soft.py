@@ -20,7 +20,7 @@ from gvgap.theory.tree import NodeLogp, node_to_leaf_logp
 #: :mod:`gvgap.theory.soft_fused`; needs ``gvgap[fast]``) or ``auto`` (default).
 SOFTVI_ENV = "GVGAP_SOFTVI"
 #: ``auto`` uses the fused kernel from this many edges m·V^H on (when numba is importable):
-#: below it the first call's JIT (~1 s per V, benchmarks/README.md) outweighs the gain.
+#: below it the first call's JIT (1–3 s per V, benchmarks/README.md) outweighs the gain.
 FUSED_MIN_LEAVES = 1 << 20
 
 
