@@ -298,7 +298,7 @@ def _level_body(logpi_ref, v_next, shift, logpi, v_out, vocab, pb, lt):
         shift[x] = _unkey(key_max)
 
 
-#: (helper, fastmath flags) in :func:`_make_level`: ``contract`` lets a·b + c be one FMA; the
+#: (helper, fastmath flags) for :func:`jitted`: ``contract`` lets a·b + c be one FMA; the
 #: token sums may also reorder (``reassoc``), which makes them SIMD reductions for V ≥ 8. Not on
 #: the exp/log code: it would let LLVM fold the rounding trick and the two-part ln 2.
 _HELPERS = (
