@@ -2,17 +2,17 @@
 
 Run: ``python benchmarks/bench_vs_naive.py [--small] [--seeds S] [--ks 2,8] [--ns 32,256]``.
 
-Per cell (k, n) and seed: gvgap draws the instance and data exactly as ``h6_gap.run`` does
-(family ``linear``, V = 4, H = 5, dense features, ``online_dpo`` off, full λ grid) — untimed,
-shared by both codes. Timed: (a) gvgap: ``fit_dpo`` (tabular DPO, λ selected) + ``fit_rlhf``
-(linear RM, λ selected, exact soft RL) + J of both, which is what the naive script outputs
-(gvgap's full metric rows — win rate, KLs — are timed apart and added in one line); (b) the
-naive script's :func:`naive_script.fit_cell` on the same arrays and split seed. Both run in
+Per cell (k, n) and seed: gvgap draws the instance and data with the experiments' shared
+:func:`common.prepare` (family ``linear``, V = 4, H = 5, dictionary ``dense``, full λ grid) —
+untimed, shared by both codes. Timed: (a) gvgap: ``fit_dpo`` (tabular DPO, λ selected) +
+``fit_rlhf`` (linear RM, λ selected, exact soft RL) + J of both, which is what the naive script
+outputs (gvgap's full metric rows — win rate, KLs — are timed apart and added in one line); (b)
+the naive script's :func:`naive_script.fit_cell` on the same arrays and split seed. Both run in
 this process with the same BLAS setting (gvgap's: 1 thread). gvgap fits to its own standard
-(‖∇‖ ≤ 1e-9 absolute and 1e-10 relative, certified); the naive script stops at scipy
-L-BFGS-B's defaults (its final ‖∇‖ is printed). Prints per-cell CPU seconds of each side,
-their ratio, the worst gvgap ‖∇‖ and the largest |ΔJ| between the two codes, then the totals
-and the overall ratio (CPU and wall). Nothing is asserted.
+(‖∇‖ ≤ 1e-9 absolute and 1e-10 relative, certified); the naive script stops at scipy L-BFGS-B's
+defaults (its final ‖∇‖ is printed). Prints per-cell CPU seconds of each side, their ratio, the
+worst gvgap ‖∇‖ and the largest |ΔJ| between the two codes, then the totals and the overall
+ratio (CPU and wall). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import numpy as np
 
 from gvgap import theory as T
 from gvgap.experiments import common as C
-from gvgap.experiments import h6_gap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import naive_script as NV
@@ -43,7 +42,9 @@ def _since(t0: tuple[float, float]) -> np.ndarray:
 
 def run_cell(k: int, n: int, seed: int) -> dict:
     """One (k, n, seed): both codes on the same instance and data."""
-    cfg = h6_gap.Config(vocab=4, horizon=5, k=k, n_pairs=n, online_dpo=False)
+    cfg = C.ProblemConfig(
+        family="linear", dictionary="dense", vocab=4, horizon=5, k=k, n_pairs=n, lam_grid="full"
+    )
     env, data, grid, split = C.prepare(
         cfg, np.random.default_rng(seed), np.random.default_rng([1, seed])
     )

@@ -141,7 +141,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     _check_path("--out", args.out)
     from gvgap.reproduce import reproduce
 
-    return reproduce(args.out, quick=args.quick, executor=args.executor, workers=args.workers)
+    return reproduce(
+        args.out,
+        quick=args.quick,
+        executor=args.executor,
+        workers=args.workers,
+        experiments=args.experiments,
+    )
 
 
 def cmd_llm(args: argparse.Namespace) -> int:
@@ -219,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/reproduce")
     s.add_argument("--executor", choices=["local", "ray"], default="local")
     s.add_argument("--workers", type=int, default=None)
+    s.add_argument(
+        "--experiments",
+        nargs="+",
+        metavar="ID",
+        default=None,
+        help="run only these experiments (default: all; verify always runs)",
+    )
     s.set_defaults(fn=cmd_reproduce)
 
     s = sub.add_parser(

@@ -13,6 +13,7 @@ the target directory and moved into place, so a reader never sees a partial file
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 import re
@@ -340,48 +341,77 @@ def experiment_specs(eid: str, df: pd.DataFrame, module: ModuleType | None) -> l
     return own + generic_specs(eid, df)
 
 
+def experiment_figures(
+    eid: str,
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    module: ModuleType | str | None,
+    extra_meta: dict[str, Any] | None = None,
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Render and save every figure of one experiment table (module-level, and ``module``
+    may be given by name, so it can run on a pool worker).
+
+    A figure whose drawing raises is skipped with a warning and listed with its error.
+
+    Returns:
+        ``(paths written, [{"name", "caption", "files"} or {"name", "error"}])``.
+    """
+    if isinstance(module, str):
+        module = importlib.import_module(module)
+    written: list[Path] = []
+    entries: list[dict[str, Any]] = []
+    base = {**figure_meta(eid, df), **(extra_meta or {})}
+    for spec in experiment_specs(eid, df, module):
+        try:
+            fig, panels, truncated = render(spec, df)
+        except Exception as exc:  # one bad figure must not lose the others
+            warnings.warn(f"figure {spec.name} failed: {exc!r}", stacklevel=2)
+            entries.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        meta = {
+            **base,
+            "figure": spec.name,
+            "caption": spec.caption,
+            "panels": panels,
+            "panels_truncated": truncated,
+        }
+        paths = save_figure(fig, out_dir, spec.name, meta=meta)
+        written += paths
+        entries.append(
+            {"name": spec.name, "caption": spec.caption, "files": [p.name for p in paths]}
+        )
+    return written, entries
+
+
 def write_figures(
     frames: dict[str, pd.DataFrame],
     out_dir: str | os.PathLike,
     *,
     modules: dict[str, ModuleType],
     extra_meta: dict[str, Any] | None = None,
+    pool: Any = None,
 ) -> tuple[list[Path], dict[str, list[dict[str, Any]]]]:
-    """Render and save every figure of every experiment table.
-
-    A figure whose drawing raises is skipped with a warning and listed with its error.
+    """Render and save every figure of every experiment table (:func:`experiment_figures`).
 
     Args:
         frames: experiment id → its tidy table.
         out_dir: target directory.
         modules: experiment id → module (for its ``plot``); ids not present get generic plots.
         extra_meta: merged into every sidecar's ``meta`` (e.g. the results file's hash).
+        pool: anything with ``submit(fn, *args) -> Future`` (a
+            :class:`gvgap.sweep.executors.SharedPool`): one experiment per task; default here.
 
     Returns:
         ``(paths written, {experiment: [{"name", "caption", "files"} or {"name", "error"}]})``.
     """
-    written: list[Path] = []
-    index: dict[str, list[dict[str, Any]]] = {}
-    for eid, df in frames.items():
-        entries = index[eid] = []
-        base = {**figure_meta(eid, df), **(extra_meta or {})}
-        for spec in experiment_specs(eid, df, modules.get(eid)):
-            try:
-                fig, panels, truncated = render(spec, df)
-            except Exception as exc:  # one bad figure must not lose the others
-                warnings.warn(f"figure {spec.name} failed: {exc!r}", stacklevel=2)
-                entries.append({"name": spec.name, "error": f"{type(exc).__name__}: {exc}"})
-                continue
-            meta = {
-                **base,
-                "figure": spec.name,
-                "caption": spec.caption,
-                "panels": panels,
-                "panels_truncated": truncated,
-            }
-            paths = save_figure(fig, out_dir, spec.name, meta=meta)
-            written += paths
-            entries.append(
-                {"name": spec.name, "caption": spec.caption, "files": [p.name for p in paths]}
-            )
-    return written, index
+    if pool is None:
+        jobs = [(eid, df, out_dir, modules.get(eid), extra_meta) for eid, df in frames.items()]
+        results = [experiment_figures(*job) for job in jobs]
+    else:  # modules by name: a worker imports its own
+        jobs = [
+            (eid, df, out_dir, modules[eid].__name__ if eid in modules else None, extra_meta)
+            for eid, df in frames.items()
+        ]
+        results = [f.result() for f in [pool.submit(experiment_figures, *job) for job in jobs]]
+    written = [path for paths, _ in results for path in paths]
+    return written, {job[0]: entries for job, (_, entries) in zip(jobs, results, strict=True)}

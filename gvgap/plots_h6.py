@@ -28,6 +28,13 @@ def _tree_key(tree: str) -> tuple:
     return (v**h, h, str(tree))
 
 
+def _level_key(value: object) -> tuple:
+    """Numbers in numeric order (k = 1, 2, 4, 16, not 1, 16, 2, 4), then names."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regret") -> Axes:
     """H6 surface on one panel: paired ``metric`` difference offline − online (mean, 95%
     bootstrap CI; positive = online better) per generator (x, ordered by its median measured
@@ -102,7 +109,8 @@ def h6_curves(
     adv = paired_difference(
         df, metric=metric, a_pipeline="offline", b_pipeline="online", by=by, rng=_rng(None)
     )
-    levels = sorted(adv[line].unique(), key=str) if line else [None]
+    key = _tree_key if line == "tree" else _level_key
+    levels = sorted(adv[line].unique(), key=key) if line else [None]
     colors = dict(zip(levels, sns.color_palette("colorblind", len(levels))))
     for lv in levels:
         g = (adv if line is None else adv[adv[line] == lv]).sort_values("n_pairs")

@@ -213,12 +213,15 @@ def _atomic_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+def write_plots(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, pool: Any = None
+) -> list[Path]:
     """Draw every figure of a run directory into ``out_dir`` (default ``run_dir/figures``).
 
     Per experiment in ``results.parquet``: its module's ``plot(df, ax)`` and the generic plots
     its columns allow (:func:`gvgap.figures.generic_specs`), each saved as PNG + PDF + JSON
-    sidecar; then ``index.json`` (figures per experiment, failures with their error).
+    sidecar; then ``index.json`` (figures per experiment, failures with their error). With
+    ``pool`` (a :class:`gvgap.sweep.executors.SharedPool`), one experiment per worker.
 
     Returns:
         the files written, ``index.json`` last.
@@ -230,7 +233,11 @@ def write_plots(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     digest = _sha256(results_path(run_dir))
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / FIGURES
     paths, index = F.write_figures(
-        experiment_frames(df), out, modules=_modules(), extra_meta={"results_sha256": digest}
+        experiment_frames(df),
+        out,
+        modules=_modules(),
+        extra_meta={"results_sha256": digest},
+        pool=pool,
     )
     _atomic_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
     return [*paths, out / INDEX]

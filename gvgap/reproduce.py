@@ -12,18 +12,20 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from gvgap.errors import UserError
-from gvgap.experiments.registry import EXPERIMENTS
-from gvgap.sweep.executors import ray_session, resolve_workers
-from gvgap.sweep.progress import StageETA
+from gvgap.experiments.registry import EXPERIMENTS, get_experiment
+from gvgap.sweep.executors import SharedPool, ray_session, resolve_workers, shared_pool
+from gvgap.sweep.progress import SharedProgress, make_progress
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
 from gvgap.verify import format_table, run_checks
@@ -33,6 +35,8 @@ QUICK_VERIFY_INSTANCES = 50
 FULL_VERIFY_INSTANCES = 200
 #: Seeds of each robustness re-check in ``--quick`` (at most the QUICK seeds).
 QUICK_ROBUST_SEEDS = 4
+#: Fields of a re-check's verdict kept in the experiment's ``robustness`` list.
+ROBUST_FIELDS = ("verdict", "effect", "ci_low", "ci_high")
 
 
 def _writable_dir(out: Path) -> None:
@@ -80,37 +84,59 @@ def robust_spec(eid: str, override: dict[str, Any], quick: bool, index: int) -> 
     return spec_from_data(eid, data, f"{eid}:ROBUSTNESS[{index}]")
 
 
-def planned_runs(eid: str, quick: bool) -> int:
-    """Runs of an experiment's main sweep plus its robustness sweeps (the ETA's weight)."""
-    module = EXPERIMENTS[eid]
-    n = len(load_spec(eid, quick=quick).runs())
-    for i, override in enumerate(getattr(module, "ROBUSTNESS", [])):
-        n += len(robust_spec(eid, override, quick, i).runs())
-    return n
+@dataclass(frozen=True)
+class SweepJob:
+    """One sweep of ``gvgap reproduce``: an experiment's main sweep (``index`` None) or its
+    robustness re-check ``index`` (``override`` fixed), into its own directory."""
+
+    eid: str
+    spec: SweepSpec
+    out: Path
+    index: int | None = None
+    override: dict[str, Any] | None = None
 
 
-def robust_workers(executor: str, workers: int | None, n_sweeps: int) -> tuple[int | None, int]:
-    """(workers per robustness sweep, how many run at once). The re-checks of one experiment
-    are independent sweeps into separate directories, so with the local executor and at
-    least two workers per sweep to spare they run concurrently, splitting the workers; each
-    sweep's results do not depend on its worker count (the sweep runner guarantees
-    byte-identical tables), so neither do the verdicts. Otherwise: one after another, each
-    with every worker (Ray shares one session and schedules across sweeps itself)."""
-    if executor != "local" or n_sweeps < 2:
-        return workers, 1
-    total = resolve_workers(workers)
-    if total < 2 * n_sweeps:
-        return workers, 1
-    return total // n_sweeps, n_sweeps
+def sweep_jobs(eid: str, out: Path, quick: bool) -> list[SweepJob]:
+    """The main sweep of ``eid``, then one sweep per ``ROBUSTNESS`` override."""
+    jobs = [SweepJob(eid, load_spec(eid, quick=quick), out / "sweeps" / eid)]
+    for i, override in enumerate(getattr(EXPERIMENTS[eid], "ROBUSTNESS", [])):
+        spec = robust_spec(eid, override, quick, i)
+        jobs.append(SweepJob(eid, spec, out / "sweeps" / f"{eid}-robust{i}", i, dict(override)))
+    return jobs
 
 
-def run_ordered(jobs: list[Callable[[], Any]], concurrent: int) -> list[Any]:
+def verdict_record(eid: str, df: pd.DataFrame) -> dict[str, Any]:
+    """``EXPERIMENTS[eid].verdict(df)`` as JSON (module-level: runs on a pool worker)."""
+    return EXPERIMENTS[eid].verdict(df).to_json()
+
+
+def run_ordered(
+    jobs: list[Callable[[], Any]],
+    concurrent: int,
+    on_result: Callable[[int, Any], None] | None = None,
+) -> list[Any]:
     """Results of ``jobs`` in their order, ``concurrent`` of them at a time (threads: each job
-    drives its own process pool)."""
+    drives a sweep on a process pool or Ray). ``on_result(i, result)`` is called once per
+    job as it finishes, one call at a time."""
+    lock = threading.Lock()
+
+    def run(i: int) -> Any:
+        result = jobs[i]()
+        if on_result is not None:
+            with lock:
+                on_result(i, result)
+        return result
+
     if concurrent <= 1 or len(jobs) <= 1:
-        return [job() for job in jobs]
-    with ThreadPoolExecutor(max_workers=concurrent) as pool:
-        return [f.result() for f in [pool.submit(job) for job in jobs]]
+        return [run(i) for i in range(len(jobs))]
+    with ThreadPoolExecutor(max_workers=concurrent) as threads:
+        futures = [threads.submit(run, i) for i in range(len(jobs))]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def missing_requirement(eid: str) -> str | None:
@@ -123,45 +149,119 @@ def missing_requirement(eid: str) -> str | None:
     return None
 
 
-def run_experiment(
-    eid: str, out: Path, quick: bool, executor: str, workers: int | None
+def run_sweep_job(
+    job: SweepJob, executor: str, workers: int, pool: SharedPool | None, progress: Any
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Main sweep + robustness sweeps of one experiment; returns its results and verdict."""
-    module = EXPERIMENTS[eid]
+    """One sweep and its verdict record (the verdict on a pool worker when there is a pool)."""
     df = run_sweep(
-        load_spec(eid, quick=quick), out / "sweeps" / eid, executor=executor, workers=workers
+        job.spec, job.out, executor=executor, workers=workers, pool=pool, progress=progress
     )
-    record = module.verdict(df).to_json()
-    overrides = list(getattr(module, "ROBUSTNESS", []))
-    share, concurrent = robust_workers(executor, workers, len(overrides))
+    if pool is not None:
+        return df, pool.submit(verdict_record, job.eid, df).result()
+    return df, verdict_record(job.eid, df)
 
-    def recheck(i: int) -> dict[str, Any]:
-        rdf = run_sweep(
-            robust_spec(eid, overrides[i], quick, i),
-            out / "sweeps" / f"{eid}-robust{i}",
-            executor=executor,
-            workers=share,
-        )
-        rv = module.verdict(rdf)
-        return {
-            "override": overrides[i],
-            "verdict": rv.verdict,
-            "effect": rv.effect,
-            "ci_low": rv.ci_low,
-            "ci_high": rv.ci_high,
-        }
 
-    checks = run_ordered([lambda i=i: recheck(i) for i in range(len(overrides))], concurrent)
-    record["robust"] = all(c["verdict"] == record["verdict"] for c in checks) if checks else None
-    record["robustness"] = checks
-    return df, record
+def experiment_record(
+    main: dict[str, Any], rechecks: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> dict[str, Any]:
+    """The verdict record of an experiment: its main sweep's, plus ``robustness`` (each
+    re-check's override and verdict) and ``robust`` (every re-check agrees; None if none)."""
+    checks = [
+        {"override": override, **{k: rec[k] for k in ROBUST_FIELDS}} for override, rec in rechecks
+    ]
+    robust = all(c["verdict"] == main["verdict"] for c in checks) if checks else None
+    return {**main, "robust": robust, "robustness": checks}
+
+
+def run_experiments(
+    eids: list[str],
+    out: Path,
+    quick: bool,
+    executor: str,
+    workers: int,
+    pool: SharedPool | None,
+) -> tuple[list[pd.DataFrame], dict[str, dict[str, Any]]]:
+    """Every sweep of every experiment at once (one after another with one local worker),
+    each verdict line printed as its experiment completes; results in registry order."""
+    jobs = [job for eid in eids for job in sweep_jobs(eid, out, quick)]
+    left = {eid: sum(j.eid == eid for j in jobs) for eid in eids}
+    done: dict[int, tuple[pd.DataFrame, dict[str, Any]]] = {}
+    total = sum(len(j.spec.runs()) for j in jobs)
+    progress = SharedProgress(make_progress(total, 0, "reproduce"))
+    verdicts: dict[str, dict[str, Any]] = {}
+
+    def finished(i: int, result: tuple[pd.DataFrame, dict[str, Any]]) -> None:
+        done[i] = result
+        eid = jobs[i].eid
+        left[eid] -= 1
+        if left[eid] == 0:
+            v = verdicts[eid] = _assemble(eid, jobs, done)
+            print(
+                f"== {eid}: verdict {v['verdict']}  effect {v['effect']:.4g} "
+                f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}",
+                flush=True,
+            )
+
+    concurrent = len(jobs) if (pool is not None or executor == "ray") else 1
+    run_ordered(
+        [lambda j=j: run_sweep_job(j, executor, workers, pool, progress) for j in jobs],
+        concurrent,
+        finished,
+    )
+    progress.close()
+    frames = [done[i][0] for i, j in enumerate(jobs) if j.index is None]
+    return frames, {eid: verdicts[eid] for eid in eids}
+
+
+def _assemble(eid: str, jobs: list[SweepJob], done: dict[int, Any]) -> dict[str, Any]:
+    mine = [i for i, j in enumerate(jobs) if j.eid == eid]
+    main = next(done[i][1] for i in mine if jobs[i].index is None)
+    rechecks = [(jobs[i].override, done[i][1]) for i in mine if jobs[i].index is not None]
+    return experiment_record(main, rechecks)
+
+
+@contextlib.contextmanager
+def backend(executor: str, workers: int) -> Iterator[SharedPool | None]:
+    """What every sweep of the job shares: one local process pool (``workers`` > 1), one Ray
+    session (started once: ~5 s), or nothing (one worker: everything in this process)."""
+    if executor == "ray":
+        with ray_session(workers, None):
+            yield None
+    elif workers > 1:
+        with shared_pool(workers) as pool:
+            yield pool
+    else:
+        yield None
 
 
 def reproduce(
-    out: str | Path, *, quick: bool = False, executor: str = "local", workers: int | None = None
+    out: str | Path,
+    *,
+    quick: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    experiments: list[str] | None = None,
 ) -> int:
-    """Run the main job; exit code 0 iff every theorem check passed."""
+    """Run the main job; exit code 0 iff every theorem check passed.
+
+    Every sweep (main and re-checks, all experiments) runs at once on one shared process
+    pool (or Ray session); verdicts and figures run on the same pool.
+
+    Args:
+        out: run directory (created; re-running resumes).
+        quick: the QUICK sweeps, fewer seeds per re-check and fewer verify instances.
+        executor: ``local`` or ``ray``.
+        workers: processes / Ray CPUs (default: every CPU).
+        experiments: a subset of the registry, in registry order (default: all).
+    """
     out = Path(out)
+    if experiments is None:
+        selected = list(EXPERIMENTS)
+    else:
+        for eid in experiments:
+            get_experiment(eid)  # UserError (with a did-you-mean) on an unknown id
+        selected = [e for e in EXPERIMENTS if e in set(experiments)]
+    n_workers = resolve_workers(workers)
     _writable_dir(out)
     t0 = time.perf_counter()
     n_inst = QUICK_VERIFY_INSTANCES if quick else FULL_VERIFY_INSTANCES
@@ -169,42 +269,26 @@ def reproduce(
     records = run_checks(n_inst, seed=0, workers=workers)
     print(format_table(records), flush=True)
     _write_json(out / "verify.json", records)
-    frames, verdicts = [], {}
-    # One Ray session for every sweep (run_sweep reuses a running one; starting costs ~5 s).
-    session = (
-        ray_session(resolve_workers(workers), None)
-        if executor == "ray"
-        else contextlib.nullcontext()
-    )
-    skipped = {eid: why for eid in EXPERIMENTS if (why := missing_requirement(eid))}
+    skipped = {eid: why for eid in selected if (why := missing_requirement(eid))}
     for eid, why in skipped.items():
         print(f"== {eid}: NOT RUN, {why}; no verdict recorded", flush=True)
-    runnable = [eid for eid in EXPERIMENTS if eid not in skipped]
-    eta = StageETA({eid: planned_runs(eid, quick) for eid in runnable})  # overall ETA
-    with session:
-        for eid in runnable:
-            eta.start(eid)
-            print(f"== {eid}", flush=True)
-            df, verdicts[eid] = run_experiment(eid, out, quick, executor, workers)
-            frames.append(df)
-            v = verdicts[eid]
-            print(
-                f"   verdict: {v['verdict']}  effect {v['effect']:.4g} "
-                f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}",
-                flush=True,
-            )
-    eta.finish()
-    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    tmp = out / "results.parquet.tmp"
-    results.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "results.parquet")
-    _write_json(out / "verdicts.json", verdicts)
-    _write_json(
-        out / "manifest.json", _manifest(quick, time.perf_counter() - t0) | {"not_run": skipped}
-    )
-    from gvgap.report import write_plots, write_report
+    runnable = [eid for eid in selected if eid not in skipped]
+    print(f"== {len(runnable)} experiments at once on {n_workers} workers ({executor})", flush=True)
+    with backend(executor, n_workers) as pool:
+        frames, verdicts = run_experiments(runnable, out, quick, executor, n_workers, pool)
+        results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        tmp = out / "results.parquet.tmp"
+        results.to_parquet(tmp, index=False)
+        os.replace(tmp, out / "results.parquet")
+        _write_json(out / "verdicts.json", verdicts)
+        _write_json(
+            out / "manifest.json",
+            _manifest(quick, time.perf_counter() - t0) | {"not_run": skipped},
+        )
+        from gvgap.report import write_plots, write_report
 
-    write_plots(out)
+        print("== figures", flush=True)
+        write_plots(out, pool=pool)
     for path in write_report(out):
         print(path)
     print(f"done in {time.perf_counter() - t0:.0f} s -> {out}")

@@ -136,3 +136,30 @@ def test_misspecification_crossover() -> None:
     assert_labelled(ax)
     assert ax.get_xscale() == "log"
     assert len(curves(ax)) == 2  # one per ε
+
+
+def test_h6_curves_legend_orders_numeric_levels_numerically() -> None:
+    """k = 1, 2, 4, 16, 32 in the legend, not the string order 1, 16, 2, 32, 4."""
+    import matplotlib.pyplot as plt
+
+    from gvgap.plots_h6 import h6_curves
+
+    rows = [
+        {
+            "run_id": f"{k}-{s}",
+            "seed": s,
+            "instance_seed": s,
+            "k": k,
+            "n_pairs": 16,
+            "pipeline": p,
+            "metric": "regret",
+            "value": v,
+        }
+        for k in (1, 2, 4, 16, 32)
+        for s in range(3)
+        for p, v in (("offline", 1.0 + s), ("online", 0.5))
+    ]
+    ax = h6_curves(pd.DataFrame(rows), line="k")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [lb.split(" ")[0] for lb in labels] == ["k=1", "k=2", "k=4", "k=16", "k=32"]
+    plt.close(ax.figure)

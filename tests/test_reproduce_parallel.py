@@ -1,23 +1,14 @@
-"""reproduce: robustness re-checks run concurrently when workers allow (issue 8)."""
+"""reproduce: every sweep at once on one shared pool; verdicts and figures on it too (issue 8)."""
 
 from __future__ import annotations
 
+import json
 import threading
 
+import pandas as pd
 import pytest
 
-from gvgap.reproduce import robust_workers, run_ordered
-
-
-def test_robust_workers_split_only_with_two_workers_per_sweep_to_spare():
-    """16 workers, 4 re-checks: 4 sweeps at once with 4 workers each; 2 workers (the 2-core
-    default) or Ray: one after another with every worker, as before."""
-    assert robust_workers("local", 16, 4) == (4, 4)
-    assert robust_workers("local", 8, 4) == (2, 4)
-    assert robust_workers("local", 7, 4) == (7, 1)
-    assert robust_workers("local", 2, 4) == (2, 1)
-    assert robust_workers("ray", 16, 4) == (16, 1)
-    assert robust_workers("local", 16, 1) == (16, 1)
+from gvgap.reproduce import experiment_record, reproduce, run_ordered
 
 
 def test_run_ordered_runs_jobs_at_once_and_keeps_their_order():
@@ -70,3 +61,43 @@ def test_verdict_files_are_strict_json(tmp_path) -> None:
         "b": [1.0, None],
         "c": {"d": 2},
     }
+
+
+def test_run_ordered_reports_each_result_once_as_it_finishes():
+    seen = []
+    out = run_ordered([lambda i=i: i + 10 for i in range(5)], 3, lambda i, r: seen.append((i, r)))
+    assert out == [10, 11, 12, 13, 14]
+    assert sorted(seen) == [(i, i + 10) for i in range(5)]
+
+
+def test_experiment_record_robust_iff_every_recheck_agrees():
+    main = {"verdict": "against", "effect": 1.0, "ci_low": 0.5, "ci_high": 1.5, "n_runs": 20}
+    agree = {"verdict": "against", "effect": 0.8, "ci_low": 0.1, "ci_high": 1.2, "n_runs": 6}
+    other = {**agree, "verdict": "inconclusive"}
+    rec = experiment_record(main, [({"beta": 0.1}, agree), ({"beta": 3.0}, agree)])
+    assert rec["robust"] is True and rec["n_runs"] == 20
+    assert rec["robustness"][0] == {
+        "override": {"beta": 0.1},
+        **{k: agree[k] for k in agree if k != "n_runs"},
+    }
+    assert experiment_record(main, [({}, agree), ({}, other)])["robust"] is False
+    assert experiment_record(main, [])["robust"] is None
+
+
+def test_reproduce_same_tables_and_verdicts_with_one_and_two_workers(tmp_path, capsys):
+    """The main job on two experiments (one with six re-checks): sweeps, re-checks, verdicts
+    and figures on one shared pool of 2 workers give the same results.parquet and
+    verdicts.json as everything in this process."""
+    eids = ["c1_gibbs", "h1_on_policy_signal"]
+    for w in (1, 2):
+        assert reproduce(tmp_path / f"w{w}", quick=True, workers=w, experiments=eids) == 0
+    one, two = (pd.read_parquet(tmp_path / f"w{w}" / "results.parquet") for w in (1, 2))
+    pd.testing.assert_frame_equal(one, two)
+    assert set(one["experiment"]) == set(eids)
+    v1, v2 = (json.loads((tmp_path / f"w{w}" / "verdicts.json").read_text()) for w in (1, 2))
+    assert v1 == v2 and list(v1) == eids
+    assert len(v1["h1_on_policy_signal"]["robustness"]) == 6
+    figs = json.loads((tmp_path / "w2" / "figures" / "index.json").read_text())["experiments"]
+    assert set(figs) == set(eids) and all("files" in f for f in figs["h1_on_policy_signal"])
+    log = capsys.readouterr().out
+    assert "== h1_on_policy_signal: verdict" in log and "2 workers" in log

@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -27,7 +28,12 @@ from gvgap.errors import UserError
 from gvgap.experiments import base, h6_gap
 from gvgap.experiments.registry import EXPERIMENTS
 from gvgap.sweep import executors, runner, store
-from gvgap.sweep.progress import PlainProgress, StageETA, format_seconds, make_progress
+from gvgap.sweep.progress import (
+    PlainProgress,
+    SharedProgress,
+    format_seconds,
+    make_progress,
+)
 from gvgap.sweep.show import describe_fields, format_show, parse_attributes
 from gvgap.sweep.spec import spec_from_data
 
@@ -374,14 +380,25 @@ def test_plain_progress_lines_have_an_eta() -> None:
     assert isinstance(make_progress(5, 0, "x", None), PlainProgress)  # stderr is not a tty
 
 
-def test_stage_eta_weights_stages_by_runs() -> None:
-    clock = iter([0.0, 0.0, 20.0, 50.0]).__next__
+def test_shared_progress_counts_every_sweep_once_and_closes_once() -> None:
+    """Four threads × 25 updates on one display: 100 counted (the lock), one final line; a
+    sweep leaving its ``with`` block does not print it (reproduce runs 44 sweeps at once)."""
+    clock = iter([0.0] + [1.0] * 200).__next__
     buf = io.StringIO()
-    eta = StageETA({"a": 10, "b": 30}, file=buf, clock=clock)
-    eta.start("a")
-    eta.start("b")  # 10 of 40 runs in 20 s → 2 s/run, 30 left → ETA 60 s
-    eta.finish()
-    lines = buf.getvalue().splitlines()
-    assert lines[0] == "gvgap: reproduce: a (1/2), 0% of runs done, 0:00 elapsed, ETA ?"
-    assert lines[1] == "gvgap: reproduce: b (2/2), 25% of runs done, 0:20 elapsed, ETA 1:00"
-    assert lines[2] == "gvgap: reproduce: all stages done in 0:50"
+    shared = SharedProgress(PlainProgress(100, 0, "reproduce", file=buf, clock=clock))
+
+    def sweep() -> None:
+        with make_progress(100, 0, "x", shared) as bar:
+            for _ in range(25):
+                bar.update(1)
+
+    threads = [threading.Thread(target=sweep) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shared.display.n == 100 and buf.getvalue() == ""
+    shared.close()
+    assert buf.getvalue().splitlines() == [
+        "gvgap: reproduce 100/100 runs (100%), 0:01 elapsed, ETA 0:00"
+    ]

@@ -395,3 +395,24 @@ def test_make_env_reward_forms_and_features():
     assert env.features.shape == (2, 4, 4)
     np.testing.assert_allclose(env.rho, [0.5, 0.5])
     np.testing.assert_array_equal(env.tokens, T.leaf_tokens(2, 2))
+
+
+def test_log_softmax_matches_its_definition_and_keeps_minus_inf_rows() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, 3, 5)) * 50
+    want = (
+        z
+        - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - z.max(-1, keepdims=True)
+    )
+    np.testing.assert_allclose(T.log_softmax(z), want, atol=1e-12)
+    # a row of -inf (a state no token can reach) stays -inf, without NaN
+    rows = np.array([[-np.inf, -np.inf], [0.0, -np.inf]])
+    with np.errstate(all="raise"):
+        out = T.log_softmax(rows)
+    assert np.all(out[0] == -np.inf) and out[1, 0] == 0.0 and out[1, 1] == -np.inf
+
+
+def test_win_rate_sigmoid_within_absolute_rounding_of_expit() -> None:
+    x = np.linspace(-800, 800, 100_001)
+    assert np.max(np.abs(T.metrics._sigmoid(x) - expit(x))) <= 2.3e-16

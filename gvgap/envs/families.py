@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from types import MappingProxyType, SimpleNamespace
 
 import numpy as np
-from scipy.special import log_softmax
 
 from gvgap.envs import features as F
 from gvgap.envs.gap import gap_descriptor
@@ -72,6 +71,7 @@ from gvgap.theory import (
     check_tree_size,
     leaf_tokens,
     local_reward,
+    log_softmax,
     node_to_leaf_logp,
 )
 from gvgap.theory.tree import NodeLogp
@@ -229,7 +229,7 @@ def _policy_reward(b: SimpleNamespace, logit_scale: float) -> np.ndarray:
     """β (log P_π − log P_ref) for π with node logits ~ N(0, logit_scale²), ``(m, N)``."""
     shapes = [(b.m, b.vocab**h, b.vocab) for h in range(b.horizon)]
     z = [logit_scale * b.rngs["extra"].standard_normal(s) for s in shapes]
-    logp_pi = node_to_leaf_logp(tuple(log_softmax(a, axis=-1) for a in z))
+    logp_pi = node_to_leaf_logp(tuple(log_softmax(a) for a in z))
     return local_reward(logp_pi, node_to_leaf_logp(b.logpi_ref), b.beta)
 
 

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax, xlogy
 
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.theory import kl
+from gvgap.theory import kl, log_softmax
 
 #: Above this many leaves (m V^H) ``kl_markov_rev`` is not computed (NaN).
 REVERSE_KL_MAX_LEAVES = 1 << 22
@@ -97,14 +96,16 @@ def _markov_kls(logp: np.ndarray, vocab: int, horizon: int) -> tuple[np.ndarray,
         return np.einsum(*ops, [0] if skip is None else [0, skip + 1], optimize="greedy")
 
     def rev_kl(q: np.ndarray) -> np.ndarray:
-        return xlogy(q, q).sum(axis=(1, 2)) - expect(q, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q_log_q = np.where(q > 0, q * np.log(q), 0.0)  # 0 log 0 = 0
+        return q_log_q.sum(axis=(1, 2)) - expect(q, None)
 
     q = np.maximum(marg, 1e-300)
     q /= q.sum(axis=-1, keepdims=True)
     old = rev_kl(q)
     for _ in range(_MF_SWEEPS):  # coordinate ascent: each update lowers KL(Q ‖ P)
         for h in range(horizon):
-            q[:, h] = softmax(expect(q, h), axis=-1)
+            q[:, h] = np.exp(log_softmax(expect(q, h)))
         new = rev_kl(q)
         if np.all(old - new < _MF_TOL):
             return fwd, np.maximum(new, 0.0)

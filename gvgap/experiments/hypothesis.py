@@ -253,7 +253,8 @@ def metric_rows(name: str, env, res) -> dict[str, float]:
 
 
 def plot_contrasts(df: pd.DataFrame, contrasts: list[Contrast], *, title: str, ax=None):
-    """Mean paired difference (95% bootstrap CI) of each contrast, one point per cell."""
+    """Mean paired difference (95% bootstrap CI) of each contrast, one point per contrast;
+    its tick names the metric (J and win rate share the axis) and the paired seeds behind it."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
@@ -263,7 +264,7 @@ def plot_contrasts(df: pd.DataFrame, contrasts: list[Contrast], *, title: str, a
         m, lo, hi = mean_ci(d)
         if not np.isfinite(m):
             continue
-        labels.append((i, f"{c.label} ({c.metric})"))
+        labels.append((i, f"{c.label} ({c.metric}; {len(d)} seeds)"))
         err = [[max(m - lo, 0.0)], [max(hi - m, 0.0)]] if np.isfinite(lo) else None
         ax.errorbar([i], [m], yerr=err, marker="o", ls="none", capsize=3, color="C0")
     ax.axhline(0.0, color="k", lw=0.8)

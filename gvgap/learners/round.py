@@ -18,7 +18,6 @@ iterates the round (the iterated variant). The paper's defaults are N = 25, T = 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_softmax
 
 from gvgap import theory as T
 from gvgap.data import Preferences, best_worst_pair_weights, expected_pairs
@@ -48,7 +47,7 @@ def tempered_leaf_logp(node_logp, temperature: float) -> np.ndarray:
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return T.node_to_leaf_logp(tuple(log_softmax(z / temperature, axis=-1) for z in node_logp))
+    return T.node_to_leaf_logp(tuple(T.log_softmax(z / temperature) for z in node_logp))
 
 
 def round_pairs(

@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from gvgap import theory as T
-from gvgap.theory.tree import NodeLogp
+from gvgap.theory.tree import NodeLogp, log_softmax
 
 
 class PolicyClass(Protocol):
@@ -19,11 +19,6 @@ class PolicyClass(Protocol):
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray: ...
     def vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray: ...
     def node_logp(self, theta: np.ndarray) -> NodeLogp: ...
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    zmax = z.max(axis=-1, keepdims=True)
-    return z - zmax - np.log(np.exp(z - zmax).sum(axis=-1, keepdims=True))
 
 
 def edge_sums(g: np.ndarray, vocab: int, horizon: int) -> list[np.ndarray]:
@@ -80,7 +75,7 @@ class TabularPolicy:
 
     def node_logp(self, theta: np.ndarray) -> NodeLogp:
         """log π_θ(a|s) per depth."""
-        return tuple(_log_softmax(z) for z in self.unflatten(theta))
+        return tuple(log_softmax(z) for z in self.unflatten(theta))
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
         """log P_θ(ξ|x), ``(m, V^H)``."""
@@ -147,7 +142,7 @@ class LogLinearPolicy:
             z = f @ theta
             if self.offset is not None:
                 z = z + self.offset[h]
-            out.append(_log_softmax(z))
+            out.append(log_softmax(z))
         return tuple(out)
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:

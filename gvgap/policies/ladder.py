@@ -23,8 +23,8 @@ import numpy as np
 
 from gvgap import theory as T
 from gvgap.errors import UserError
-from gvgap.policies.classes import _log_softmax, _logits_vjp
-from gvgap.theory.tree import NodeLogp
+from gvgap.policies.classes import _logits_vjp
+from gvgap.theory.tree import NodeLogp, log_softmax
 
 #: Policy rung names accepted besides ``markov<J>``.
 POLICY_RUNGS = ("product", "tabular")
@@ -105,7 +105,7 @@ class MarkovPolicy:
             z = theta[idx]
             if self.offset is not None:
                 z = z + self.offset[h]
-            out.append(_log_softmax(z))
+            out.append(log_softmax(z))
         return tuple(out)
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:

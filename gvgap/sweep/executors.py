@@ -229,29 +229,86 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
-    """Run chunks on a local process pool, yielding records as chunks finish.
-
-    Workers start (forkserver, else spawn) with :data:`SINGLE_THREAD_ENV` and exit when this
-    process dies. On an error or an early stop, queued chunks are cancelled.
-    """
-    pool = ProcessPoolExecutor(
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool whose workers start (forkserver, else spawn) single-threaded and exit when this
+    process dies."""
+    return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=_mp_context(),
         initializer=_init_worker,
         initargs=(os.getpid(),),
     )
+
+
+def _submit_all(pool: ProcessPoolExecutor, chunks: Iterable[Chunk]) -> set[Future]:
+    return {pool.submit(execute_chunk, c) for c in chunks}
+
+
+def _as_finished(pending: set[Future]) -> Iterator[list[Record]]:
+    """Yield each chunk's records as it finishes; on an error or an early stop, the chunks
+    still queued are cancelled (other users of a shared pool keep theirs)."""
     try:
-        with _environ(SINGLE_THREAD_ENV):
-            pending: set[Future] = {pool.submit(execute_chunk, c) for c in chunks}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield fut.result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
+    """Run chunks on a local process pool of their own, yielding records as chunks finish."""
+    pool = _process_pool(workers)
+    try:
+        with _environ(SINGLE_THREAD_ENV):  # the workers start at the first submissions
+            pending = _submit_all(pool, chunks)
+        yield from _as_finished(pending)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+class SharedPool:
+    """One local process pool shared by many concurrent sweeps and jobs (``gvgap
+    reproduce``: every sweep of every experiment, their verdicts and the figures).
+
+    Its workers take tasks first come, first served, so no CPU idles while any sweep has
+    chunks left (a pool per sweep idles at each sweep's tail). Thread-safe: sweeps run in
+    threads of the caller. Results do not depend on the sharing: a run's record depends only
+    on its RunSpec.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = _process_pool(workers)
+        with _environ(SINGLE_THREAD_ENV):  # start the forkserver and a worker in this env now:
+            self._pool.submit(os.getpid).result()  # sweeps submit later, from many threads
+
+    def execute(self, chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
+        """The executor contract of :func:`open_executor`: chunks → record lists."""
+        return _as_finished(_submit_all(self._pool, chunks))
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        """Run ``fn(*args)`` (a picklable, module-level function) on a worker."""
+        return self._pool.submit(fn, *args)
+
+    def close(self, cancel: bool = False) -> None:
+        """Shut the workers down (``cancel``: drop queued tasks first)."""
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+@contextlib.contextmanager
+def shared_pool(workers: int) -> Iterator[SharedPool]:
+    """A :class:`SharedPool` of ``workers`` processes for the ``with`` block."""
+    pool = SharedPool(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.close(cancel=True)
+        raise
+    pool.close()
 
 
 @contextlib.contextmanager

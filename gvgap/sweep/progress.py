@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -105,12 +106,44 @@ class NoProgress:
         return None
 
 
-def make_progress(total: int, done: int, desc: str, show: bool | None = None) -> Any:
+class SharedProgress:
+    """One display advanced by many concurrent sweeps (threads): ``update`` takes a lock,
+    and leaving a sweep's ``with`` block does not close it; :meth:`close` does, once.
+
+    Args:
+        display: a tqdm bar or :class:`PlainProgress` (:func:`make_progress`).
+    """
+
+    def __init__(self, display: Any) -> None:
+        self.display = display
+        self._lock = threading.Lock()
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more finished items."""
+        with self._lock:
+            self.display.update(n)
+
+    def __enter__(self) -> SharedProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        """Print the last line (or close the bar)."""
+        with self._lock:
+            self.display.__exit__(None, None, None)
+
+
+def make_progress(total: int, done: int, desc: str, show: bool | Any | None = None) -> Any:
     """A progress display for ``total`` items of which ``done`` are finished.
 
     ``show=None``: a tqdm bar when stderr is a terminal, else :class:`PlainProgress` lines;
-    ``True``: the same choice, forced on; ``False``: nothing.
+    ``True``: the same choice, forced on; ``False``: nothing; a :class:`SharedProgress`:
+    that display itself.
     """
+    if isinstance(show, SharedProgress):
+        return show
     if show is False:
         return NoProgress()
     if sys.stderr.isatty():
@@ -120,67 +153,3 @@ def make_progress(total: int, done: int, desc: str, show: bool | None = None) ->
             total=total, initial=done, desc=desc, unit="run", file=sys.stderr, mininterval=0.5
         )
     return PlainProgress(total, done, desc)
-
-
-class StageETA:
-    """Overall progress of a job made of weighted stages (``gvgap reproduce``: one stage per
-    experiment, weighted by its planned runs), as one plain line per stage on stderr.
-
-    The ETA assumes the remaining weight goes at the rate of the weight done so far::
-
-        gvgap: reproduce: h3_optimisation (4/7), 41% of runs done, 1:02 elapsed, ETA 1:29
-
-    Args:
-        weights: stage name → weight (e.g. planned runs), in the order the stages run.
-        label: the job's name in the lines.
-        file: where lines go (stderr).
-        clock: time source (tests pass a fake one).
-    """
-
-    def __init__(
-        self,
-        weights: dict[str, float],
-        label: str = "reproduce",
-        file: TextIO | None = None,
-        clock: Any = time.monotonic,
-    ) -> None:
-        self.weights, self.label, self.clock = dict(weights), label, clock
-        self.file = file if file is not None else sys.stderr
-        self.total = float(sum(self.weights.values())) or 1.0
-        self.done = 0.0
-        self.current: str | None = None
-        self.t0 = clock()
-
-    def line(self, name: str) -> str:
-        """The line printed when stage ``name`` starts."""
-        elapsed = self.clock() - self.t0
-        index = list(self.weights).index(name) + 1 if name in self.weights else 0
-        eta = eta_seconds(self.done, self.total, 0.0, elapsed)
-        eta_s = "?" if eta is None else format_seconds(eta)
-        return (
-            f"gvgap: {self.label}: {name} ({index}/{len(self.weights)}), "
-            f"{100 * self.done / self.total:.0f}% of runs done, "
-            f"{format_seconds(elapsed)} elapsed, ETA {eta_s}"
-        )
-
-    def start(self, name: str) -> None:
-        """Close the running stage (its weight counts as done) and announce ``name``."""
-        self._close()
-        self.current = name
-        with contextlib.suppress(OSError, ValueError):
-            print(self.line(name), file=self.file, flush=True)
-
-    def _close(self) -> None:
-        if self.current is not None:
-            self.done += self.weights.get(self.current, 0.0)
-            self.current = None
-
-    def finish(self) -> None:
-        """Close the last stage and print the total time."""
-        self._close()
-        with contextlib.suppress(OSError, ValueError):
-            print(
-                f"gvgap: {self.label}: all stages done in {format_seconds(self.clock() - self.t0)}",
-                file=self.file,
-                flush=True,
-            )

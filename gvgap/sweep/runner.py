@@ -8,6 +8,7 @@ atomicity and resume guarantees and :mod:`gvgap.sweep.spec` for run ids and seed
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -19,6 +20,7 @@ from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import get_experiment
 from gvgap.sweep.executors import (
     Chunk,
+    SharedPool,
     check_address,
     check_executor,
     execute_chunk,
@@ -138,8 +140,9 @@ def run_sweep(
     address: str | None = None,
     *,
     chunk_size: int | None = None,
-    progress: bool | None = None,
+    progress: bool | Any | None = None,
     append: bool = False,
+    pool: SharedPool | None = None,
 ) -> pd.DataFrame:
     """Run every run of ``spec`` not yet stored in ``out_dir``; return the tidy results.
 
@@ -154,9 +157,14 @@ def run_sweep(
         address: Ray cluster address; default starts a local cluster of ``workers`` CPUs.
         chunk_size: runs per task; default :func:`auto_chunk_size`.
         progress: progress on stderr: a tqdm bar on a terminal, else plain lines with an ETA
-            (:class:`gvgap.sweep.progress.Progress`); ``False`` for none.
+            (:class:`gvgap.sweep.progress.PlainProgress`); ``False`` for none; or a
+            :class:`gvgap.sweep.progress.SharedProgress` shared with other sweeps, which this
+            sweep only advances.
         append: allow a spec different from the one(s) already run in ``out_dir``; the
             manifest then records every spec.
+        pool: with ``executor="local"``, run the chunks on this shared process pool instead
+            of a pool of this sweep's own (concurrent sweeps in threads; ``workers`` then only
+            sizes the chunks).
 
     Returns:
         the table written to ``out_dir/results.parquet`` (every finished run in the directory).
@@ -200,7 +208,12 @@ def run_sweep(
         n_workers = min(n_workers, max(1, len(chunks)))
         try:
             if chunks:
-                with open_executor(executor, n_workers, address) as execute:
+                executing = (
+                    contextlib.nullcontext(pool.execute)
+                    if pool is not None and executor == "local"
+                    else open_executor(executor, n_workers, address)
+                )
+                with executing as execute:
                     store.write_manifest(spec, runs)
                     bar = make_progress(
                         len(runs), len(runs) - len(pending), spec.experiment, progress

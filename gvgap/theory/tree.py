@@ -145,6 +145,13 @@ def _lse_last(x: np.ndarray) -> np.ndarray:
         return safe + np.log(np.exp(x - safe[..., None]).sum(axis=-1))
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, any shape: z_i − log Σ_j e^{z_j}. A row of −∞ (no
+    mass) stays −∞, without NaN. numpy only, so that importing gvgap does not load scipy."""
+    lse = _lse_last(z)[..., None]
+    return z - np.where(np.isfinite(lse), lse, 0.0)
+
+
 def log_normalize_leaf(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax over leaves: ``(m, N) -> (m, N)``."""
-    return logits - _lse_last(logits)[:, None]
+    return log_softmax(logits)
