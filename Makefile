@@ -1,6 +1,6 @@
 # Two entry points a fresh machine needs (see README):
 #   make reproduce   .venv with the numpy core only (no torch, no Ray), then the main job
-#   make test        .venv with the CPU build of torch + gvgap[dev,ray,torch,hf], then lint
+#   make test        .venv with the CPU build of torch + gvgap[dev,ray,torch,hf,fast], then lint
 #                    and the test suite (what .ci/run calls)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +9,7 @@ PYTHON ?= python3
 # (pinned: an unpinned torch pulls a multi-GB CUDA build).
 # GPU users: make TORCH_SPEC='torch' test (or install your own build first).
 TORCH_SPEC  ?= torch==2.13.0
-TEST_EXTRAS ?= dev,ray,torch,hf
+TEST_EXTRAS ?= dev,ray,torch,hf,fast
 
 .PHONY: setup setup-test reproduce test lint pytest bench clean
 

@@ -47,6 +47,12 @@ def test_bench_softvi_kernels_agree_with_the_library() -> None:
     for ln in rows:
         max_delta = float(ln.split("|")[6])
         assert max_delta < 1e-12, ln
+    # the issue-8 table: the fused kernel against the numpy path (n/a without numba)
+    fused = [ln for ln in out.splitlines() if re.match(r"\s*\d+\s+\d+ \|", ln)]
+    assert len(fused) == 3, out
+    for ln in fused:
+        max_delta = ln.split("|")[5].strip()
+        assert max_delta == "n/a" or float(max_delta) < 1e-12, ln
 
 
 def test_bench_fit_certifies_every_fit() -> None:

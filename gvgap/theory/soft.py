@@ -7,11 +7,21 @@ One exponential per tree edge: the softmax weights of the log-sum-exp are π* it
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from gvgap.errors import UserError
+from gvgap.theory import soft_fused
 from gvgap.theory.tree import NodeLogp, node_to_leaf_logp
+
+#: Environment switch for the soft VI kernel: ``numpy`` (reference), ``numba`` (fused kernel of
+#: :mod:`gvgap.theory.soft_fused`; needs ``gvgap[fast]``) or ``auto`` (default).
+SOFTVI_ENV = "GVGAP_SOFTVI"
+#: ``auto`` uses the fused kernel from this many edges m·V^H on (when numba is importable):
+#: below it the first call's JIT (1–3 s per V, benchmarks/README.md) outweighs the gain.
+FUSED_MIN_LEAVES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,33 @@ class SoftVIBuffers:
         )
 
 
+def softvi_backend(n_leaves: int, backend: str | None = None) -> str:
+    """The kernel soft VI uses for a tree of ``n_leaves`` = m·V^H: ``"numpy"`` or ``"numba"``.
+
+    Args:
+        n_leaves: m·V^H.
+        backend: ``numpy`` | ``numba`` | ``auto``; None reads ``$GVGAP_SOFTVI`` (default auto).
+
+    Raises:
+        UserError: an unknown value, or ``numba`` asked for where numba is not installed.
+    """
+    mode = (os.environ.get(SOFTVI_ENV, "auto") if backend is None else backend).strip().lower()
+    if mode not in ("auto", "numpy", "numba"):
+        raise UserError(f"{SOFTVI_ENV}: expected numpy, numba or auto, got {mode!r}")
+    if mode == "numba" and not soft_fused.available():
+        raise UserError(f"{SOFTVI_ENV}=numba: numba is not installed (pip install 'gvgap[fast]')")
+    if mode == "auto":
+        return "numba" if n_leaves >= FUSED_MIN_LEAVES and soft_fused.available() else "numpy"
+    return mode
+
+
 def soft_value_iteration(
-    logpi_ref: NodeLogp, r: np.ndarray, beta: float, *, out: SoftVIBuffers | None = None
+    logpi_ref: NodeLogp,
+    r: np.ndarray,
+    beta: float,
+    *,
+    out: SoftVIBuffers | None = None,
+    backend: str | None = None,
 ) -> SoftVIResult:
     """Soft-optimal policy π*_r ∝ π_ref · exp(r/β), exactly, by backward induction.
 
@@ -77,6 +112,8 @@ def soft_value_iteration(
         beta: KL strength β > 0.
         out: optional :class:`SoftVIBuffers` of this tree's shapes to write into (no fresh
             allocation); the returned result views them.
+        backend: ``numpy`` | ``numba`` | ``auto`` (see :func:`softvi_backend`); None reads
+            ``$GVGAP_SOFTVI``. Both kernels agree to rounding (tests/test_softvi_fused.py).
 
     Returns:
         :class:`SoftVIResult`. Cost per edge: one add, one exp, one token sum and one
@@ -91,6 +128,9 @@ def soft_value_iteration(
     elif not out.fits(logpi_ref):
         raise ValueError("out: SoftVIBuffers of another tree shape")
     values, logpi = out.values, out.logpi
+    if softvi_backend(r.size, backend) == "numba":
+        soft_fused.fused_into(logpi_ref, r, beta, values, logpi)
+        return SoftVIResult(tuple(logpi), tuple(values), values[0][:, 0])
     np.divide(r, beta, out=values[horizon])
     # Each level receives Ṽ_{h+1} = V_{h+1} − C (C: a per-prompt shift making max Ṽ = 0), so
     # Q − C = log π_ref + Ṽ ≤ 0 never overflows exp, without a separate max/shift pass over
