@@ -416,3 +416,16 @@ def test_closed_shared_pool_unblocks_a_draining_sweep() -> None:
     with pytest.raises(CancelledError):
         list(executors._as_finished({never}, stop))
     assert never.cancelled()  # the drained sweep cancels what it still waited for
+
+
+def test_shared_progress_counts_resumed_runs_outside_the_rate() -> None:
+    """Resumed runs count as done but not toward this session's rate: 60 of 100 stored,
+    10 run in 10 s → 1 s per run, 30 left → ETA 0:30 (not 7:51 as when they were missing)."""
+    clock = iter([0.0, 10.0, 10.0]).__next__
+    buf = io.StringIO()
+    shared = SharedProgress(PlainProgress(100, 0, "reproduce", file=buf, clock=clock, interval=5))
+    shared.resumed(60)
+    shared.update(10)
+    assert buf.getvalue().splitlines() == [
+        "gvgap: reproduce 70/100 runs (70%), 0:10 elapsed, ETA 0:30"
+    ]

@@ -123,6 +123,15 @@ class SharedProgress:
         with self._lock:
             self.display.update(n)
 
+    def resumed(self, n: int) -> None:
+        """Count ``n`` runs found already stored: done, but not at this session's rate (the
+        ETA's rate counts only what runs now)."""
+        with self._lock:
+            self.display.n += n
+            for attr in ("start_n", "initial"):  # PlainProgress / tqdm
+                if hasattr(self.display, attr):
+                    setattr(self.display, attr, getattr(self.display, attr) + n)
+
     def __enter__(self) -> SharedProgress:
         return self
 

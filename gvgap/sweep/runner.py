@@ -28,7 +28,7 @@ from gvgap.sweep.executors import (
     open_executor,
     resolve_workers,
 )
-from gvgap.sweep.progress import make_progress
+from gvgap.sweep.progress import SharedProgress, make_progress
 from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, check_count, config_record
 from gvgap.sweep.store import RunStore, os_reason
 
@@ -198,6 +198,8 @@ def run_sweep(
         _report_problems(problems, planned)
         done = {r["run_id"] for r in records}
         pending = [r for r in runs if r.run_id not in done]
+        if isinstance(progress, SharedProgress):
+            progress.resumed(len(runs) - len(pending))
         if progress is not False and len(pending) < len(runs):
             warn(
                 f"{spec.experiment}: resuming in {store.root}: {len(runs) - len(pending)} of "
