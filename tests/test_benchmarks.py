@@ -29,7 +29,9 @@ def run_script(*args: str) -> str:
 
 
 def test_bench_vs_naive_both_codes_reach_the_same_objective() -> None:
-    out = run_script("benchmarks/bench_vs_naive.py", "--ks", "2,128", "--ns", "32", "--seeds", "1")
+    # n = 256: at n = 32 the 8 validation pairs can let a 1e-5 fit difference flip the
+    # selected λ (|ΔJ| up to 0.14 measured), which says nothing about the fits
+    out = run_script("benchmarks/bench_vs_naive.py", "--ks", "2,128", "--ns", "256", "--seeds", "1")
     rows = [ln.split() for ln in out.splitlines() if re.match(r"\s*\d+\s+\d+\s", ln)]
     assert len(rows) == 2, out
     for row in rows:
