@@ -411,3 +411,19 @@ def test_reported_lines_and_notes_are_read_in_the_decided_cell() -> None:
     v = h5.verdict(df.assign(vocab=4))
     assert "Matched ID accuracy in 100% of runs (median data factor 4)" in v.detail, v.detail
     assert "ID acc linear − matched local (acc_ref) +0.1 [+0.1, +0.1]" in v.detail, v.detail
+
+
+def test_headline_rows_on_a_recheck_table_are_its_rows_not_empty() -> None:
+    """A robustness re-check overrides the headline's vocab: its figure shows its one cell
+    (as its verdict does); a table holding the headline keeps only the headline's rows; a
+    table of two other cells shows nothing rather than pooling them."""
+    from gvgap.experiments import hypothesis as Hy
+
+    base = Hy.synthetic_table({"a": np.ones(3)}, cell={"vocab": 3, "n_pairs": 16})
+    other = base.assign(vocab=2)
+    head = {"vocab": 3, "n_pairs": 16}
+    assert len(Hy.headline_rows(other, head)) == len(other)
+    both = pd.concat([base, other])
+    assert (Hy.headline_rows(both, head)["vocab"] == 3).all()
+    two_others = pd.concat([other, base.assign(vocab=4)])
+    assert Hy.headline_rows(two_others, head).empty

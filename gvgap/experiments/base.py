@@ -43,6 +43,8 @@ class Verdict:
     ``inconclusive``), never on whether the code "worked": an experiment whose prediction is
     "no effect" and finds none reports ``prediction_held=True``. ``positive_control`` is the
     effect (with its CI) of the arm that shows the test can detect what it looks for.
+    ``n_runs`` counts the paired runs behind ``effect`` (the decided cell's seeds), in every
+    experiment.
     """
 
     claim: str

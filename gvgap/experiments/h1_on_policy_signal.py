@@ -187,7 +187,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
 def plot(df: pd.DataFrame, ax=None):
     """Every contrast against offline DPO at the headline cell (95% CIs)."""
     return Hy.plot_contrasts(
-        Hy.at_cell(df, HEADLINE),
+        Hy.headline_rows(df, HEADLINE),
         [CONTROL, TEST, *REPORTED],
         title="H1: labels on on-policy pairs (fresh vs RM relabelling)",
         ax=ax,

@@ -297,7 +297,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
 def plot(df: pd.DataFrame, ax=None):
     """Every contrast at the headline cell (95% CIs)."""
     return Hy.plot_contrasts(
-        Hy.at_cell(df, HEADLINE),
+        Hy.headline_rows(df, HEADLINE),
         [CONTROL, TEST, *REPORTED],
         title="H2: regularisation on the data vs on-policy, at matched KL",
         ax=ax,

@@ -223,7 +223,7 @@ def plot(df: pd.DataFrame, ax=None):
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
-    head = Hy.at_cell(df, HEADLINE)
+    head = Hy.headline_rows(df, HEADLINE)
     for i, p in enumerate(("dpo_sgd", "rlhf_sgd", "round_sgd", "dpo_slow", "rlhf_slow")):
         g = head[head["pipeline"] == p]
         xs, ys = [], []

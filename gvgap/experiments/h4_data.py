@@ -210,7 +210,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
 def plot(df: pd.DataFrame, ax=None):
     """Every contrast at the headline cell (95% CIs)."""
     return Hy.plot_contrasts(
-        Hy.at_cell(df, HEAD_CELL),
+        Hy.headline_rows(df, HEAD_CELL),
         [CONTROL, TEST, *REPORTED],
         title="H4: identical data, pooling controlled",
         ax=ax,

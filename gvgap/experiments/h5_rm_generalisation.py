@@ -256,7 +256,7 @@ def _match_note(head: pd.DataFrame) -> str:
 def plot(df: pd.DataFrame, ax=None):
     """Every contrast at the headline cell (95% CIs)."""
     return Hy.plot_contrasts(
-        Hy.at_cell(df, HEADLINE),
+        Hy.headline_rows(df, HEADLINE),
         [CONTROL, TEST, *REPORTED],
         title="H5: OOD generalisation at matched in-distribution accuracy",
         ax=ax,

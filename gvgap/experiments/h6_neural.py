@@ -298,7 +298,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
         float(eff),
         float(lo),
         float(hi),
-        int(df["run_id"].nunique()),
+        len(d0),  # runs behind the effect (the first headline cell's pairs)
         "; ".join(parts),
         hypothesis="rlhf − dpo in J > 0 at the headline cells",
         prediction_held=held,

@@ -205,7 +205,7 @@ def verdict(
         float(eff["mean"]),
         float(eff["ci_low"]),
         float(eff["ci_high"]),
-        int(df["run_id"].nunique()) if "run_id" in df.columns else 0,
+        len(head.iloc[0]["d"]) if not head.empty else 0,  # runs behind the effect
         detail,
         hypothesis="advantage tracks the measured gap under well_specified classes",
         prediction_held=held,

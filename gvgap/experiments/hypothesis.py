@@ -55,6 +55,17 @@ def at_cell(df: pd.DataFrame, cell: dict) -> pd.DataFrame:
     return df[mask]
 
 
+def headline_rows(df: pd.DataFrame, headline: dict) -> pd.DataFrame:
+    """The rows a figure shows: the headline cell's, or, on a table of one other setting (a
+    robustness re-check, where the headline's values were overridden), all rows: the same
+    rule as :func:`hypothesis_record`, so a re-check's figure is not silently empty."""
+    rows = at_cell(df, headline)
+    keys = [k for k in headline if k in df.columns]
+    if rows.empty and keys and len(df.drop_duplicates(keys)) == 1:
+        return df
+    return rows
+
+
 def paired(df: pd.DataFrame, c: Contrast) -> np.ndarray:
     """The paired differences a_i − b_i of ``c`` over the runs of ``df`` (finite only)."""
     from gvgap.stats import pair_runs
