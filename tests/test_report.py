@@ -17,7 +17,7 @@ import pytest
 from matplotlib.figure import Figure
 from test_plots import synthetic
 
-from gvgap import figures, report
+from gvgap import figures, report, report_doc
 from gvgap.errors import UserError
 
 
@@ -114,7 +114,7 @@ def test_against_is_not_coloured_as_a_failure(run_dir: Path) -> None:
     and is never given the failure (FAIL) style."""
     page = (run_dir / "report.html").read_text()
     assert '<td class="v-against">against</td>' in page
-    css = report.CSS
+    css = report_doc.CSS
     fail = re.search(r"\.v-FAIL\{([^}]*)\}", css).group(1)
     against = re.search(r"[.,]v-against[^{]*\{([^}]*)\}", css).group(1)
     supported = re.search(r"\.v-supported[^{]*\{([^}]*)\}", css).group(1)

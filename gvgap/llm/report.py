@@ -119,7 +119,7 @@ def markdown_table(tab: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def section(doc: Any, df: pd.DataFrame, png: Path | None) -> None:
-    """Append the LLM section to a :class:`gvgap.report.Doc`."""
+    """Append the LLM section to a :class:`gvgap.report_doc.Doc`."""
     doc.heading(2, "LLM-scale pipeline (gold reward known)")
     doc.para(
         "GPT-NeoX models trained from scratch on synthetic languages (THEORY §5): `sum` and "
@@ -166,7 +166,8 @@ def write_section(run_dir: str | os.PathLike) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gvgap.report import Doc, _atomic_text
+    from gvgap.report import _atomic_text
+    from gvgap.report_doc import Doc
 
     root = Path(run_dir)
     try:
