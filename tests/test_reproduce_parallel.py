@@ -119,3 +119,14 @@ def test_run_ordered_first_error_aborts_the_running_jobs():
     with pytest.raises(RuntimeError, match="sweep failed"):
         run_ordered([running, boom], 2, abort=release.set)
     assert release.is_set()
+
+
+def test_reproduce_refuses_bad_arguments_before_writing(tmp_path):
+    from gvgap.errors import UserError
+
+    out = tmp_path / "never"
+    with pytest.raises(UserError, match="workers"):
+        reproduce(out, quick=True, workers=0)
+    with pytest.raises(UserError, match="did you mean 'h6_gap'"):
+        reproduce(out, quick=True, experiments=["h6gap"])
+    assert not out.exists()
