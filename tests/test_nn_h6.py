@@ -102,3 +102,15 @@ def test_verdict_goes_each_way(adv, oracle, expected):
     assert v.positive_control is not None and v.n_runs == 12
     if expected == "supported":
         assert v.ci_low > 0 and v.prediction_held
+
+
+def test_cell_holds_an_unnamed_varying_field_at_its_default():
+    """A sweep that also varied ``width``: the headline cell reads the default width only
+    (12 seeds), never the pool of both widths (24)."""
+    frame = _frame(0.3, 0.5)
+    wide = frame.assign(width=E.Config.width * 2, value=frame["value"] + 100.0)
+    both = pd.concat([frame.assign(width=E.Config.width), wide])
+    both["run_id"] = both["run_id"] + both["width"].astype(str)
+    d = E._cell(E._diffs(both, "rlhf"), "linear", 3, 64)
+    assert d.size == 12
+    np.testing.assert_allclose(d, E._cell(E._diffs(frame, "rlhf"), "linear", 3, 64))

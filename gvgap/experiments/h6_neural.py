@@ -22,7 +22,7 @@ from π* ⊗ π*, where RL goes), for the explicit RM and the implicit RM of DPO
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -226,10 +226,18 @@ def _diffs(df: pd.DataFrame, a: str, b: str = "dpo", metric: str = "J") -> pd.Da
 
 
 def _cell(pairs: pd.DataFrame, family: str, horizon: int, n: int) -> np.ndarray:
+    """Paired differences at (family, H, n). Any other Config field that a sweep varied
+    (arch, width, β, …) is held at its Config default (else its smallest value), so a
+    cell never pools over a setting the verdict does not name."""
     sel = pairs
     for col, val in (("family", family), ("horizon", horizon), ("n_pairs", n)):
         if col in sel.columns:
             sel = sel[sel[col] == val]
+    for f in fields(Config):
+        if f.name in sel.columns and sel[f.name].nunique() > 1:
+            values = sel[f.name]
+            held = f.default if (values == f.default).any() else values.min()
+            sel = sel[values == held]
     return sel["diff"].to_numpy(dtype=np.float64)
 
 
