@@ -24,10 +24,19 @@ import pandas as pd
 
 from gvgap.errors import UserError
 from gvgap.experiments.registry import EXPERIMENTS, get_experiment
-from gvgap.sweep.executors import SharedPool, ray_session, resolve_workers, shared_pool
+from gvgap.sweep.executors import (
+    SharedPool,
+    SharedRay,
+    check_executor,
+    import_ray,
+    ray_session,
+    resolve_workers,
+    shared_pool,
+)
 from gvgap.sweep.progress import SharedProgress, make_progress
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
+from gvgap.sweep.store import RunStore
 from gvgap.verify import format_table, run_checks
 
 #: Instances per theorem check in ``--quick`` (the full run uses 200).
@@ -120,7 +129,9 @@ def run_ordered(
     drives a sweep on a process pool or Ray). ``on_result(i, result)`` is called once per
     job as it finishes, one call at a time. On the first error (or Ctrl-C) jobs not started
     are dropped and ``abort()`` is called (e.g. cancel the pool's queued chunks, so that the
-    running jobs fail fast instead of finishing their sweeps), then the error is raised."""
+    running jobs fail fast instead of finishing their sweeps); the running jobs are waited
+    for (nothing may still use the pool or Ray session when the caller closes it), then the
+    error is raised."""
     lock = threading.Lock()
 
     def run(i: int) -> Any:
@@ -144,6 +155,7 @@ def run_ordered(
         threads.shutdown(wait=False, cancel_futures=True)
         if abort is not None:
             abort()
+        threads.shutdown(wait=True)
         raise
     threads.shutdown()
     return results
@@ -160,13 +172,17 @@ def missing_requirement(eid: str) -> str | None:
 
 
 def run_sweep_job(
-    job: SweepJob, executor: str, workers: int, pool: SharedPool | None, progress: Any
+    job: SweepJob,
+    executor: str,
+    workers: int,
+    pool: SharedPool | SharedRay | None,
+    progress: Any,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One sweep and its verdict record (the verdict on a pool worker when there is a pool)."""
+    """One sweep and its verdict record (the verdict on a worker of a local shared pool)."""
     df = run_sweep(
         job.spec, job.out, executor=executor, workers=workers, pool=pool, progress=progress
     )
-    if pool is not None:
+    if isinstance(pool, SharedPool):
         return df, pool.submit(verdict_record, job.eid, df).result()
     return df, verdict_record(job.eid, df)
 
@@ -189,7 +205,7 @@ def run_experiments(
     quick: bool,
     executor: str,
     workers: int,
-    pool: SharedPool | None,
+    pool: SharedPool | SharedRay | None,
 ) -> tuple[list[pd.DataFrame], dict[str, dict[str, Any]]]:
     """Every sweep of every experiment at once (one after another with one local worker),
     each verdict line printed as its experiment completes; results in registry order."""
@@ -212,7 +228,7 @@ def run_experiments(
                 flush=True,
             )
 
-    concurrent = len(jobs) if (pool is not None or executor == "ray") else 1
+    concurrent = len(jobs) if pool is not None else 1
     run_ordered(
         [lambda j=j: run_sweep_job(j, executor, workers, pool, progress) for j in jobs],
         concurrent,
@@ -232,12 +248,12 @@ def _assemble(eid: str, jobs: list[SweepJob], done: dict[int, Any]) -> dict[str,
 
 
 @contextlib.contextmanager
-def backend(executor: str, workers: int) -> Iterator[SharedPool | None]:
+def backend(executor: str, workers: int) -> Iterator[SharedPool | SharedRay | None]:
     """What every sweep of the job shares: one local process pool (``workers`` > 1), one Ray
     session (started once: ~5 s), or nothing (one worker: everything in this process)."""
     if executor == "ray":
-        with ray_session(workers, None):
-            yield None
+        with ray_session(workers, None) as ray:
+            yield SharedRay(ray, 2 * workers)
     elif workers > 1:
         with shared_pool(workers) as pool:
             yield pool
@@ -273,6 +289,19 @@ def reproduce(
             get_experiment(eid)  # UserError (with a did-you-mean) on an unknown id
         selected = [e for e in EXPERIMENTS if e in set(experiments)]
     n_workers = resolve_workers(workers)
+    check_executor(executor)
+    if executor == "ray":
+        import_ray()  # UserError when the extra is missing, before anything is written
+    skipped = {eid: why for eid in selected if (why := missing_requirement(eid))}
+    runnable = [eid for eid in selected if eid not in skipped]
+    if not runnable:
+        raise UserError(
+            "experiments: none can run here: "
+            + "; ".join(f"{eid}: {why}" for eid, why in skipped.items())
+        )
+    for eid in runnable:  # every sweep directory may take its spec (reads only)
+        for job in sweep_jobs(eid, out, quick):
+            RunStore(job.out).check(job.spec)
     _writable_dir(out)
     t0 = time.perf_counter()
     n_inst = QUICK_VERIFY_INSTANCES if quick else FULL_VERIFY_INSTANCES
@@ -280,10 +309,8 @@ def reproduce(
     records = run_checks(n_inst, seed=0, workers=workers)
     print(format_table(records), flush=True)
     _write_json(out / "verify.json", records)
-    skipped = {eid: why for eid in selected if (why := missing_requirement(eid))}
     for eid, why in skipped.items():
         print(f"== {eid}: NOT RUN, {why}; no verdict recorded", flush=True)
-    runnable = [eid for eid in selected if eid not in skipped]
     print(f"== {len(runnable)} experiments at once on {n_workers} workers ({executor})", flush=True)
     with backend(executor, n_workers) as pool:
         frames, verdicts = run_experiments(runnable, out, quick, executor, n_workers, pool)
@@ -299,7 +326,7 @@ def reproduce(
         from gvgap.report import write_plots, write_report
 
         print("== figures", flush=True)
-        write_plots(out, pool=pool)
+        write_plots(out, pool=pool if isinstance(pool, SharedPool) else None)
     for path in write_report(out):
         print(path)
     print(f"done in {time.perf_counter() - t0:.0f} s -> {out}")

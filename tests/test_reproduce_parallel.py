@@ -130,3 +130,38 @@ def test_reproduce_refuses_bad_arguments_before_writing(tmp_path):
     with pytest.raises(UserError, match="did you mean 'h6_gap'"):
         reproduce(out, quick=True, experiments=["h6gap"])
     assert not out.exists()
+
+
+def test_reproduce_checks_every_sweep_directory_before_writing(tmp_path):
+    """A re-check's directory that cannot take its sweep (here a plain file) is refused
+    before verify runs: nothing is written."""
+    from gvgap.errors import UserError
+
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "h1_on_policy_signal-robust5").write_text("not a directory")
+    with pytest.raises(UserError, match="robust5: exists and is not a directory"):
+        reproduce(tmp_path, quick=True, workers=2, experiments=["h1_on_policy_signal"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweeps"]
+
+
+def test_shared_pool_cancel_ends_a_running_task():
+    """close(cancel=True) ends the worker of a chunk that is already running (cancelling
+    its future cannot), so an aborted reproduce does not wait for long chunks."""
+    import os
+    import time
+
+    from gvgap.sweep.executors import SharedPool
+
+    pool = SharedPool(1)
+    pid = pool.submit(os.getpid).result()
+    pool.submit(time.sleep, 120)
+    time.sleep(0.5)  # the sleep is running in that worker
+    pool.close(cancel=True)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the running worker was not ended")

@@ -37,3 +37,52 @@ def test_out_of_another_shape_is_refused():
     logpi_ref = T.uniform_node_logp(1, 2, 3)
     with pytest.raises(ValueError, match="out"):
         T.soft_value_iteration(logpi_ref, np.zeros((1, 8)), 1.0, out=SoftVIBuffers.empty(1, 2, 2))
+
+
+def _small_tree(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    logpi_ref = random_ref_policy(2, 3, 4, 1.0, rng)
+    return logpi_ref, rng.normal(size=(2, 3**4))
+
+
+def test_backend_switch_without_numba(monkeypatch):
+    """Runs without numba too: the env switch is validated, auto and numpy use numpy, and an
+    explicit numba where it cannot run is one clear error."""
+    from gvgap.errors import UserError
+    from gvgap.theory import soft, soft_fused
+
+    monkeypatch.setattr(soft_fused, "available", lambda: False)
+    monkeypatch.setenv(soft.SOFTVI_ENV, "fortran")
+    with pytest.raises(UserError, match="GVGAP_SOFTVI"):
+        soft.softvi_backend(4)
+    monkeypatch.delenv(soft.SOFTVI_ENV)
+    assert soft.softvi_backend(1 << 30) == "numpy"
+    with pytest.raises(UserError, match="numba is not installed"):
+        soft.softvi_backend(4, "numba")
+
+
+def test_auto_falls_back_to_numpy_once_when_the_fused_kernel_fails(monkeypatch):
+    """A numba that cannot compile the kernel: auto warns once and answers with numpy (same
+    numbers), later calls skip the kernel; an explicit numba request names the reason."""
+    from gvgap.errors import UserError
+    from gvgap.theory import soft, soft_fused
+
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("cannot compile")
+
+    monkeypatch.setattr(soft_fused, "DISABLED", [])
+    monkeypatch.setattr(soft_fused, "_numba_imports", lambda: True)
+    monkeypatch.setattr(soft_fused, "fused_into", broken)
+    monkeypatch.setattr(soft, "FUSED_MIN_LEAVES", 1)
+    logpi_ref, r = _small_tree()
+    want = T.soft_value_iteration(logpi_ref, r, 0.5, backend="numpy")
+    with pytest.warns(UserWarning, match="cannot compile"):
+        got = T.soft_value_iteration(logpi_ref, r, 0.5, backend="auto")
+    np.testing.assert_array_equal(got.log_z, want.log_z)
+    T.soft_value_iteration(logpi_ref, r, 0.5, backend="auto")
+    assert len(calls) == 1
+    with pytest.raises(UserError, match="cannot compile"):
+        T.soft_value_iteration(logpi_ref, r, 0.5, backend="numba")

@@ -429,3 +429,20 @@ def test_shared_progress_counts_resumed_runs_outside_the_rate() -> None:
     assert buf.getvalue().splitlines() == [
         "gvgap: reproduce 70/100 runs (70%), 0:10 elapsed, ETA 0:30"
     ]
+
+
+def test_shared_progress_resumed_runs_leave_the_tqdm_rate_alone() -> None:
+    """On a terminal (tqdm): 600 resumed runs then 1 new one must not read as 600 runs in
+    this session's first interval (which showed ETA 0:00 and thousands of runs/s)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, file=io.StringIO(), mininterval=0, miniters=1)
+    shared = SharedProgress(bar)
+    shared.resumed(600)
+    time.sleep(0.01)
+    shared.update(1)
+    d = bar.format_dict
+    assert d["n"] == 601 and d["n"] - d["initial"] == 1  # the session's own runs
+    # rate × elapsed ≈ the runs counted in this session's rate: 1, not 601
+    assert d["rate"] * d["elapsed"] < 10, d
+    shared.close()

@@ -411,6 +411,11 @@ def test_log_softmax_matches_its_definition_and_keeps_minus_inf_rows() -> None:
     with np.errstate(all="raise"):
         out = T.log_softmax(rows)
     assert np.all(out[0] == -np.inf) and out[1, 0] == 0.0 and out[1, 1] == -np.inf
+    # a NaN or +inf logit (a diverged θ) poisons its row instead of passing for log-probs
+    with np.errstate(invalid="ignore"):
+        bad = T.log_softmax(np.array([[np.nan, 0.0, 1.0], [np.inf, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+    assert np.isnan(bad[0]).all() and np.isnan(bad[1, 0]) and np.all(bad[1, 1:] == -np.inf)
+    np.testing.assert_allclose(bad[2], np.log(1 / 3))
 
 
 def test_win_rate_sigmoid_within_absolute_rounding_of_expit() -> None:

@@ -306,7 +306,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
         float(eff),
         float(lo),
         float(hi),
-        len(d0),  # runs behind the effect (the first headline cell's pairs)
+        int(np.isfinite(d0).sum()),  # runs behind the effect (first headline cell, finite)
         "; ".join(parts),
         hypothesis="rlhf − dpo in J > 0 at the headline cells",
         prediction_held=held,

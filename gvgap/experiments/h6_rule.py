@@ -205,7 +205,7 @@ def verdict(
         float(eff["mean"]),
         float(eff["ci_low"]),
         float(eff["ci_high"]),
-        len(head.iloc[0]["d"]) if not head.empty else 0,  # runs behind the effect
+        int(np.isfinite(head.iloc[0]["d"]).sum()) if not head.empty else 0,  # behind the effect
         detail,
         hypothesis="advantage tracks the measured gap under well_specified classes",
         prediction_held=held,

@@ -309,6 +309,11 @@ class SharedPool:
         still draining this pool raise CancelledError instead of waiting)."""
         if cancel:
             self._stop.set()
+            # running chunks cannot be cancelled: end their workers (they write nothing; the
+            # runs they held are simply not stored and run again on resume)
+            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    proc.terminate()
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
@@ -322,6 +327,26 @@ def shared_pool(workers: int) -> Iterator[SharedPool]:
         pool.close(cancel=True)
         raise
     pool.close()
+
+
+class SharedRay:
+    """One Ray session shared by many concurrent sweeps (``gvgap reproduce --executor ray``):
+    the executor contract of :func:`open_executor`, and :meth:`close` to stop every sweep
+    still running on it."""
+
+    def __init__(self, ray: Any, window: int) -> None:
+        self.ray, self.window = ray, window
+        self._stop = threading.Event()
+
+    def execute(self, chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
+        """Chunks → record lists, at most ``window`` tasks in flight per sweep."""
+        return run_on_ray(self.ray, list(chunks), self.window, self._stop)
+
+    def close(self, cancel: bool = False) -> None:
+        """``cancel``: make every sweep on this session raise CancelledError and cancel its
+        tasks (the session itself is stopped by :func:`ray_session`)."""
+        if cancel:
+            self._stop.set()
 
 
 @contextlib.contextmanager
@@ -347,10 +372,14 @@ def ray_session(workers: int, address: str | None) -> Iterator[Any]:
             ray.shutdown()
 
 
-def run_on_ray(ray: Any, chunks: list[Chunk], window: int) -> Iterator[list[Record]]:
+def run_on_ray(
+    ray: Any, chunks: list[Chunk], window: int, stop: threading.Event | None = None
+) -> Iterator[list[Record]]:
     """Run chunks as Ray tasks (1 CPU each), at most ``window`` in flight, yielding records.
 
     Task errors are re-raised as the original exception (a UserError stays a UserError).
+    ``stop`` set (a shared session being closed) raises CancelledError within
+    :data:`STOP_POLL_S` and cancels the tasks in flight.
     """
     task = ray.remote(num_cpus=1)(execute_chunk)
     todo = list(reversed(chunks))
@@ -359,7 +388,12 @@ def run_on_ray(ray: Any, chunks: list[Chunk], window: int) -> Iterator[list[Reco
         while todo or flight:
             while todo and len(flight) < window:
                 flight.append(task.remote(todo.pop()))
-            done, flight = ray.wait(flight, num_returns=1)
+            timeout = None if stop is None else STOP_POLL_S
+            done, flight = ray.wait(flight, num_returns=1, timeout=timeout)
+            if stop is not None and stop.is_set():
+                raise CancelledError("the shared Ray session was closed")
+            if not done:
+                continue
             try:
                 yield ray.get(done[0])
             except ray.exceptions.RayTaskError as exc:

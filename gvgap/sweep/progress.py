@@ -128,7 +128,7 @@ class SharedProgress:
         ETA's rate counts only what runs now)."""
         with self._lock:
             self.display.n += n
-            for attr in ("start_n", "initial"):  # PlainProgress / tqdm
+            for attr in ("start_n", "initial", "last_print_n"):  # PlainProgress / tqdm
                 if hasattr(self.display, attr):
                     setattr(self.display, attr, getattr(self.display, attr) + n)
 

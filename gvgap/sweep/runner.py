@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from gvgap.experiments.registry import get_experiment
 from gvgap.sweep.executors import (
     Chunk,
     SharedPool,
+    SharedRay,
     check_address,
     check_executor,
     execute_chunk,
@@ -142,7 +144,7 @@ def run_sweep(
     chunk_size: int | None = None,
     progress: bool | Any | None = None,
     append: bool = False,
-    pool: SharedPool | None = None,
+    pool: SharedPool | SharedRay | None = None,
 ) -> pd.DataFrame:
     """Run every run of ``spec`` not yet stored in ``out_dir``; return the tidy results.
 
@@ -162,9 +164,10 @@ def run_sweep(
             sweep only advances.
         append: allow a spec different from the one(s) already run in ``out_dir``; the
             manifest then records every spec.
-        pool: with ``executor="local"``, run the chunks on this shared process pool instead
-            of a pool of this sweep's own (concurrent sweeps in threads; ``workers`` then only
-            sizes the chunks).
+        pool: run the chunks on this shared executor (a :class:`SharedPool`, or a
+            :class:`~gvgap.sweep.executors.SharedRay` with ``executor="ray"``) instead of one
+            of this sweep's own (concurrent sweeps in threads; ``workers`` then only sizes the
+            chunks).
 
     Returns:
         the table written to ``out_dir/results.parquet`` (every finished run in the directory).
@@ -212,7 +215,7 @@ def run_sweep(
             if chunks:
                 executing = (
                     contextlib.nullcontext(pool.execute)
-                    if pool is not None and executor == "local"
+                    if pool is not None
                     else open_executor(executor, n_workers, address)
                 )
                 with executing as execute:
@@ -224,6 +227,11 @@ def run_sweep(
             else:
                 store.write_manifest(spec, runs)
             return store.consolidate(spec.experiment)
+        except BrokenProcessPool:
+            raise UserError(
+                f"a worker process died (killed, or out of memory); the finished runs in "
+                f"{store.root} are kept: run the same command again to resume"
+            ) from None
         except OSError as exc:
             raise UserError(
                 f"--out {store.root}: cannot write ({os_reason(exc)}); finished runs are kept: "

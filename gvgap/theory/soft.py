@@ -76,6 +76,11 @@ class SoftVIBuffers:
         )
 
 
+def _requested(backend: str | None) -> str:
+    """The backend asked for: ``backend``, else ``$GVGAP_SOFTVI``, else auto (normalised)."""
+    return (os.environ.get(SOFTVI_ENV, "auto") if backend is None else backend).strip().lower()
+
+
 def softvi_backend(n_leaves: int, backend: str | None = None) -> str:
     """The kernel soft VI uses for a tree of ``n_leaves`` = m·V^H: ``"numpy"`` or ``"numba"``.
 
@@ -86,11 +91,12 @@ def softvi_backend(n_leaves: int, backend: str | None = None) -> str:
     Raises:
         UserError: an unknown value, or ``numba`` asked for where numba is not installed.
     """
-    mode = (os.environ.get(SOFTVI_ENV, "auto") if backend is None else backend).strip().lower()
+    mode = _requested(backend)
     if mode not in ("auto", "numpy", "numba"):
         raise UserError(f"{SOFTVI_ENV}: expected numpy, numba or auto, got {mode!r}")
     if mode == "numba" and not soft_fused.available():
-        raise UserError(f"{SOFTVI_ENV}=numba: numba is not installed (pip install 'gvgap[fast]')")
+        why = soft_fused.DISABLED[0] if soft_fused.DISABLED else "numba is not installed"
+        raise UserError(f"{SOFTVI_ENV}=numba: {why} (pip install 'gvgap[fast]')")
     if mode == "auto":
         return "numba" if n_leaves >= FUSED_MIN_LEAVES and soft_fused.available() else "numpy"
     return mode
@@ -108,12 +114,15 @@ def soft_value_iteration(
 
     Args:
         logpi_ref: reference node policy, ``logpi_ref[h]`` of shape ``(m, V^h, V)``.
-        r: ``(m, V^H)`` trajectory rewards.
+        r: ``(m, V^H)`` trajectory rewards, finite (not checked here, on the hot path: with
+            ±inf or NaN rewards the result is undefined, and the two backends differ).
         beta: KL strength β > 0.
         out: optional :class:`SoftVIBuffers` of this tree's shapes to write into (no fresh
             allocation); the returned result views them.
         backend: ``numpy`` | ``numba`` | ``auto`` (see :func:`softvi_backend`); None reads
-            ``$GVGAP_SOFTVI``. Both kernels agree to rounding (tests/test_softvi_fused.py).
+            ``$GVGAP_SOFTVI``. Both kernels agree to rounding (≤ 1e-14, not bit for bit:
+            tests/test_softvi_fused.py); ``auto`` picks by tree size, the same on every
+            executor of one installation.
 
     Returns:
         :class:`SoftVIResult`. Cost per edge: one add, one exp, one token sum and one
@@ -129,8 +138,13 @@ def soft_value_iteration(
         raise ValueError("out: SoftVIBuffers of another tree shape")
     values, logpi = out.values, out.logpi
     if softvi_backend(r.size, backend) == "numba":
-        soft_fused.fused_into(logpi_ref, r, beta, values, logpi)
-        return SoftVIResult(tuple(logpi), tuple(values), values[0][:, 0])
+        try:
+            soft_fused.fused_into(logpi_ref, r, beta, values, logpi)
+            return SoftVIResult(tuple(logpi), tuple(values), values[0][:, 0])
+        except Exception as exc:  # e.g. a numba that cannot compile the kernel
+            if _requested(backend) == "numba":
+                raise
+            soft_fused.disable(f"{type(exc).__name__}: {exc}")  # auto: numpy from now on
     np.divide(r, beta, out=values[horizon])
     # Each level receives Ṽ_{h+1} = V_{h+1} − C (C: a per-prompt shift making max Ṽ = 0), so
     # Q − C = log π_ref + Ṽ ≤ 0 never overflows exp, without a separate max/shift pass over

@@ -91,14 +91,31 @@ def _atanh_ratio(s: np.ndarray) -> np.ndarray:
     return np.arctanh(u) / u
 
 
+#: Why the fused kernel was switched off in this process (it failed to compile), or None.
+DISABLED: list[str] = []
+
+
 @functools.cache
-def available() -> bool:
-    """Whether numba imports here (tried once, on first call)."""
+def _numba_imports() -> bool:
     try:
         import numba  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def available() -> bool:
+    """Whether numba imports here (tried once) and the kernel has not failed in this process."""
+    return not DISABLED and _numba_imports()
+
+
+def disable(reason: str) -> None:
+    """Switch the fused kernel off for this process (``auto`` then uses numpy), warning once."""
+    if not DISABLED:
+        import warnings
+
+        warnings.warn(f"fused soft VI disabled, using numpy: {reason}", stacklevel=3)
+        DISABLED.append(reason)
 
 
 @functools.cache

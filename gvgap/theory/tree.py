@@ -147,9 +147,10 @@ def _lse_last(x: np.ndarray) -> np.ndarray:
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
     """log softmax over the last axis, any shape: z_i − log Σ_j e^{z_j}. A row of −∞ (no
-    mass) stays −∞, without NaN. numpy only, so that importing gvgap does not load scipy."""
+    mass) stays −∞, without NaN; a NaN or +∞ in a row makes the row NaN (a diverged θ is
+    never passed off as log-probabilities). numpy only: importing gvgap does not load scipy."""
     lse = _lse_last(z)[..., None]
-    return z - np.where(np.isfinite(lse), lse, 0.0)
+    return z - np.where(lse == -np.inf, 0.0, lse)
 
 
 def log_normalize_leaf(logits: np.ndarray) -> np.ndarray:
