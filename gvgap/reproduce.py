@@ -44,6 +44,8 @@ QUICK_VERIFY_INSTANCES = 50
 FULL_VERIFY_INSTANCES = 200
 #: Seeds of each robustness re-check in ``--quick`` (at most the QUICK seeds).
 QUICK_ROBUST_SEEDS = 4
+#: One verdict at a time in this process (the Ray path decides in the sweep threads).
+_VERDICT_LOCK = threading.Lock()
 #: Fields of a re-check's verdict kept in the experiment's ``robustness`` list.
 ROBUST_FIELDS = ("verdict", "effect", "ci_low", "ci_high")
 
@@ -184,7 +186,8 @@ def run_sweep_job(
     )
     if isinstance(pool, SharedPool):
         return df, pool.submit(verdict_record, job.eid, df).result()
-    return df, verdict_record(job.eid, df)
+    with _VERDICT_LOCK:  # Ray: sweep threads decide in this process; warnings filters and
+        return df, verdict_record(job.eid, df)  # the bootstrap are not thread-safe
 
 
 def experiment_record(
