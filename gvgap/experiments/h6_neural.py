@@ -177,7 +177,7 @@ def _row(name: str, env, res, r_hat=None) -> dict[str, float]:
 
 def run(cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator) -> dict:
     """DPO vs scalar-head RM + RL vs RL on the local RM vs RL on r*, one instance and D."""
-    from gvgap.learners import select_lambda
+    from gvgap.learners import Result, select_lambda
     from gvgap.nn import train as TR
 
     env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
@@ -193,18 +193,8 @@ def run(cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Genera
     fit, _ = select_lambda(
         lambda d, lam: TR.fit_reward(rm, d, lam=lam, **opt), data, split_seed=split_seed, grid=grid
     )
-    rlhf = TR.rl_exact(pol, env, fit.r_hat, **opt)
-    rlhf = type(rlhf)(
-        "rlhf",
-        rlhf.logp,
-        fit.r_hat,
-        rlhf.params,
-        rlhf.loss,
-        max(fit.grad_norm, rlhf.grad_norm),
-        fit.converged and rlhf.converged,
-        fit.lam,
-        {"steps": fit.extra["steps"] + rlhf.extra["steps"]},
-    )
+    rl = TR.rl_exact(pol, env, fit.r_hat, **opt)
+    rlhf = Result.two_stage(fit, rl, fit.lam, steps=fit.extra["steps"] + rl.extra["steps"])
     local = TR.rl_exact(pol, env, dpo.r_hat, **opt)
     oracle = TR.rl_exact(pol, env, env.r_star, **opt)
     out = {

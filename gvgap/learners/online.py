@@ -119,17 +119,7 @@ def rlhf(
     """Two-stage online PFT: fit r̂ ∈ R by BT-MLE, then exact soft RL on r̂ over Π."""
     rm = fit_reward(reward_class, data, env.logp_ref.shape, lam=lam, gtol=gtol)
     rl = soft_rl(env, rm.r_hat, policy, gtol=gtol)
-    return Result(
-        "rlhf",
-        rl.logp,
-        rm.r_hat,
-        rm.params,
-        rm.loss,
-        max(rm.grad_norm, rl.grad_norm),
-        rm.converged and rl.converged,
-        lam,
-        {"rm": rm, "rl": rl},
-    )
+    return Result.two_stage(rm, rl, lam)
 
 
 def maxent_irl(

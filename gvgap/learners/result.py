@@ -52,6 +52,24 @@ class Result:
         )
 
     @classmethod
+    def two_stage(
+        cls, rm: Result, rl: Result, lam: float, pipeline: str = "rlhf", **extra: object
+    ) -> Result:
+        """RM fit, then RL on its reward: ``rl``'s policy; ``rm``'s reward, parameters and
+        loss; the worse of the two certificates; both stages (and ``extra``) in ``extra``."""
+        return cls(
+            pipeline,
+            rl.logp,
+            rm.r_hat,
+            rm.params,
+            rm.loss,
+            max(rm.grad_norm, rl.grad_norm),
+            rm.converged and rl.converged,
+            lam,
+            {"rm": rm, "rl": rl, **extra},
+        )
+
+    @classmethod
     def from_loop(
         cls, pipeline: str, last: Result, *, converged: bool, lam: float, extra: dict
     ) -> Result:

@@ -18,6 +18,7 @@ head, so the initial policy *is* π_ref (as at LLM scale, where π_ref is the in
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,14 @@ class TreePolicy(nn.Module):
     def leaf_logp(self) -> torch.Tensor:
         """log P_θ(ξ|x), ``(m, V^H)``."""
         return node_to_leaf_logp(self.node_logp())
+
+    def _tree(self, n_prompts, vocab, horizon, logpi_ref, placement) -> tuple[Placement, Any]:
+        """Record m, V, H; return the placement (default: :func:`resolve`) and log π_ref
+        (default: uniform), which the neural classes add as a base offset."""
+        self.n_prompts, self.vocab, self.horizon = n_prompts, vocab, horizon
+        if logpi_ref is None:
+            logpi_ref = uniform_node_logp(n_prompts, vocab, horizon)
+        return placement or resolve(), logpi_ref
 
 
 class TorchTabularPolicy(TreePolicy):
@@ -160,12 +169,8 @@ class MLPPolicy(TreePolicy):
         seed: int = 0,
     ):
         super().__init__()
-        pl = placement or resolve()
-        self.n_prompts, self.vocab, self.horizon = n_prompts, vocab, horizon
+        pl, logpi_ref = self._tree(n_prompts, vocab, horizon, logpi_ref, placement)
         enc = prefix_encoding(n_prompts, vocab, horizon)
-        logpi_ref = (
-            logpi_ref if logpi_ref is not None else uniform_node_logp(n_prompts, vocab, horizon)
-        )
         self.register_buffer("enc", as_tensor(enc, pl))
         self.register_buffer(
             "offset",
@@ -260,11 +265,7 @@ class TransformerPolicy(TreePolicy):
         seed: int = 0,
     ):
         super().__init__()
-        pl = placement or resolve()
-        self.n_prompts, self.vocab, self.horizon = n_prompts, vocab, horizon
-        logpi_ref = (
-            logpi_ref if logpi_ref is not None else uniform_node_logp(n_prompts, vocab, horizon)
-        )
+        pl, logpi_ref = self._tree(n_prompts, vocab, horizon, logpi_ref, placement)
         self.register_buffer("offset", as_tensor(edge_offsets(logpi_ref, vocab, horizon), pl))
         self.register_buffer("seq", sequences(n_prompts, vocab, horizon - 1, pl.device))
         self.body = TransformerBody(

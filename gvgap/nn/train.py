@@ -306,14 +306,4 @@ def rlhf(
     """Two stages: BT-MLE of the torch RM on D, then exact RL of the torch policy on r̂."""
     fit = fit_reward(rm, data, lam=lam, **(rm_opt or {}))
     rl = rl_exact(policy, env, fit.r_hat, **(rl_opt or {}))
-    return Result(
-        "rlhf",
-        rl.logp,
-        fit.r_hat,
-        fit.params,
-        fit.loss,
-        max(fit.grad_norm, rl.grad_norm),
-        fit.converged and rl.converged,
-        lam,
-        {"rm": fit, "rl": rl, "steps": fit.extra["steps"] + rl.extra["steps"]},
-    )
+    return Result.two_stage(fit, rl, lam, steps=fit.extra["steps"] + rl.extra["steps"])

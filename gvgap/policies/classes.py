@@ -44,7 +44,29 @@ def _logits_vjp(logpi: NodeLogp, g: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-class TabularPolicy:
+class LogitPolicy:
+    """Base of the classes given by per-depth logits z_h(θ) ``(m, V^h, V)`` and an optional
+    base ``offset`` (log π_ref): π_θ(a|s) = softmax(offset_h(s) + z_h(θ)(s))_a."""
+
+    offset: NodeLogp | None = None
+
+    def logits(self, theta: np.ndarray) -> list[np.ndarray]:
+        """z_h(θ) per depth (subclasses)."""
+        raise NotImplementedError
+
+    def node_logp(self, theta: np.ndarray) -> NodeLogp:
+        """log π_θ(a|s) per depth."""
+        zs = self.logits(theta)
+        if self.offset is not None:
+            zs = [z + off for z, off in zip(zs, self.offset)]
+        return tuple(log_softmax(z) for z in zs)
+
+    def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
+        """log P_θ(ξ|x), ``(m, V^H)``."""
+        return T.node_to_leaf_logp(self.node_logp(theta))
+
+
+class TabularPolicy(LogitPolicy):
     """Every autoregressive policy on the tree: θ = one logit per (state, token).
 
     ``n_params = m Σ_h V^(h+1)``; π(a|s) = softmax(θ_s)_a. Equivalent to *all* leaf
@@ -73,13 +95,9 @@ class TabularPolicy:
         """θ realising a node policy (log-probs are valid logits)."""
         return np.concatenate([np.asarray(a, float).ravel() for a in logpi])
 
-    def node_logp(self, theta: np.ndarray) -> NodeLogp:
-        """log π_θ(a|s) per depth."""
-        return tuple(log_softmax(z) for z in self.unflatten(theta))
-
-    def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
-        """log P_θ(ξ|x), ``(m, V^H)``."""
-        return T.node_to_leaf_logp(self.node_logp(theta))
+    def logits(self, theta: np.ndarray) -> list[np.ndarray]:
+        """The logits are the parameters."""
+        return self.unflatten(theta)
 
     def vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Σ g · ∂ log P_θ / ∂θ, ``(n_params,)``."""
@@ -116,7 +134,7 @@ def markov_features(
     return feats
 
 
-class LogLinearPolicy:
+class LogLinearPolicy(LogitPolicy):
     """π_θ(a|s) ∝ exp(θ · φ(s, a)) with (prefix, token) features, shared across prompts.
 
     Args:
@@ -135,19 +153,9 @@ class LogLinearPolicy:
         """θ = 0 (π_ref if ``offset`` is log π_ref, else uniform)."""
         return np.zeros(self.n_params)
 
-    def node_logp(self, theta: np.ndarray) -> NodeLogp:
-        """log π_θ(a|s) per depth."""
-        out = []
-        for h, f in enumerate(self.features):
-            z = f @ theta
-            if self.offset is not None:
-                z = z + self.offset[h]
-            out.append(log_softmax(z))
-        return tuple(out)
-
-    def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
-        """log P_θ(ξ|x), ``(m, V^H)``."""
-        return T.node_to_leaf_logp(self.node_logp(theta))
+    def logits(self, theta: np.ndarray) -> list[np.ndarray]:
+        """θ · φ(s, a) per depth."""
+        return [f @ theta for f in self.features]
 
     def vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Σ g · ∂ log P_θ / ∂θ = Σ_h Σ_{x,s,a} φ(s,a) ∂/∂logit(s,a)."""

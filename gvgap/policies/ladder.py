@@ -21,10 +21,9 @@ import re
 
 import numpy as np
 
-from gvgap import theory as T
 from gvgap.errors import UserError
-from gvgap.policies.classes import _logits_vjp
-from gvgap.theory.tree import NodeLogp, log_softmax
+from gvgap.policies.classes import LogitPolicy, _logits_vjp
+from gvgap.theory.tree import NodeLogp
 
 #: Policy rung names accepted besides ``markov<J>``.
 POLICY_RUNGS = ("product", "tabular")
@@ -61,7 +60,7 @@ def rung_name(order: int, horizon: int) -> str:
     return "product" if order == 0 else f"markov{order}"
 
 
-class MarkovPolicy:
+class MarkovPolicy(LogitPolicy):
     """The rung markovJ (module docstring), one parameter block per prompt.
 
     Args:
@@ -98,19 +97,9 @@ class MarkovPolicy:
         """θ = 0: the base policy (π_ref when ``offset`` = log π_ref)."""
         return np.zeros(self.n_params)
 
-    def node_logp(self, theta: np.ndarray) -> NodeLogp:
-        """log π_θ(a|s) = log_softmax(offset + θ[index]) per depth."""
-        out = []
-        for h, idx in enumerate(self._index):
-            z = theta[idx]
-            if self.offset is not None:
-                z = z + self.offset[h]
-            out.append(log_softmax(z))
-        return tuple(out)
-
-    def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
-        """log P_θ(ξ|x), ``(m, V^H)``."""
-        return T.node_to_leaf_logp(self.node_logp(theta))
+    def logits(self, theta: np.ndarray) -> list[np.ndarray]:
+        """θ[index]: one logit block per context of the last min(h, J) tokens."""
+        return [theta[idx] for idx in self._index]
 
     def vjp(self, theta: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Σ g ∂ log P_θ/∂θ: the logit VJP scattered onto the shared parameters (bincount)."""
