@@ -1,6 +1,7 @@
 """Neural policy and reward classes on tiny trees: π_ref at initialisation (zero head + π_ref
-offset), exact normalisation, tree consistency of the one-pass outputs, causality of the
-transformer, autograd VJPs against finite differences, scalar-head RM initialisation, local RM."""
+offset), exact normalisation, tree consistency of the one-pass outputs, autograd VJPs against
+finite differences, scalar-head RM initialisation, local RM. (Causality and the equality with
+whole-sequence attention: ``test_nn_stacked.py``.)"""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from nn_helpers import placement  # noqa: E402
 
 from gvgap import theory as T  # noqa: E402
 from gvgap.nn.adapter import NumpyPolicy, NumpyReward  # noqa: E402
-from gvgap.nn.policies import MLPPolicy, TransformerPolicy, prefix_encoding  # noqa: E402
-from gvgap.nn.rewards import LocalRM, ScalarHeadRM, leaf_encoding  # noqa: E402
+from gvgap.nn.policies import MLPPolicy, TransformerPolicy  # noqa: E402
+from gvgap.nn.rewards import LocalRM, ScalarHeadRM  # noqa: E402
 
 NEURAL = [
     lambda env, seed: MLPPolicy(
@@ -73,18 +74,6 @@ def test_one_pass_outputs_are_a_consistent_tree(make):
     assert len({round(float(x), 6) for x in lp.ravel()}) > 3  # not constant: the net moved
 
 
-def test_transformer_is_causal():
-    """Position t of every prefix gives the same distribution as the first prefix sharing its
-    first t tokens: later tokens never leak backwards."""
-    env = random_env(3, vocab=3, horizon=4)
-    pol = _perturbed(NEURAL[1], env)
-    out = pol.head(pol.body(pol.seq)).reshape(1, -1, 4, 3).detach().cpu().numpy()
-    for t in range(4):
-        stride = 3 ** (3 - t)
-        first = out[:, (np.arange(27) // stride) * stride, t]
-        assert np.max(np.abs(out[:, :, t] - first)) < 1e-12
-
-
 @pytest.mark.parametrize("make", NEURAL)
 def test_vjp_matches_finite_differences(make):
     env = random_env(4, vocab=2, horizon=3)
@@ -98,11 +87,17 @@ def test_vjp_matches_finite_differences(make):
     assert abs(fd / (2 * eps) - cls.vjp(theta, g) @ d) < 1e-6
 
 
-def test_encodings_are_injective():
-    enc = prefix_encoding(2, 3, 3)  # 2·(1 + 3 + 9) states
-    assert enc.shape[0] == 26 and len({tuple(r) for r in enc}) == 26
-    lenc = leaf_encoding(2, 3, 2)
-    assert lenc.shape == (18, 2 + 6) and len({tuple(r) for r in lenc}) == 18
+def test_mlp_features_are_injective():
+    """Distinct states (leaves) get distinct one-hot feature sets."""
+    pol = MLPPolicy(2, 3, 3, width=4, depth=1, placement=placement())
+    tix = pol.tree_index()
+    feats = pol.features(tix).cpu().numpy()
+    real = np.concatenate([np.arange(p) < c for p, (_, c) in zip(tix.padded, tix.tree.ranges)])
+    rows = {tuple(r) for r in feats[real]}
+    assert len(rows) == real.sum() == 2 * (1 + 3 + 9)
+    rm = ScalarHeadRM(2, 3, 2, arch="mlp", width=4, depth=1, placement=placement())
+    lf = rm.features(rm.tree_index()).cpu().numpy()[:18]
+    assert len({tuple(r) for r in lf}) == 18
 
 
 @pytest.mark.parametrize("arch", ["transformer", "mlp"])
@@ -118,9 +113,12 @@ def test_scalar_rm_starts_at_zero_and_has_gradients(arch):
 def test_rm_from_policy_backbone_copies_then_decouples():
     env = random_env(5, vocab=2, horizon=3)
     pol = _perturbed(NEURAL[1], env)
-    rm = ScalarHeadRM(1, 2, 3, body=pol.body, placement=placement())
+    rm = ScalarHeadRM(1, 2, 3, width=8, body=pol.body, placement=placement())
     for a, b in zip(rm.body.parameters(), pol.body.parameters()):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    with torch.no_grad():
+        next(rm.body.parameters()).add_(1.0)
+    assert not torch.equal(next(rm.body.parameters()), next(pol.body.parameters()))
     # same capacity as the policy up to the head: V-way head vs scalar head
     n_pol = sum(p.numel() for p in pol.parameters())
     n_rm = sum(p.numel() for p in rm.parameters())

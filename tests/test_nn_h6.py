@@ -46,10 +46,20 @@ def test_pair_accuracy_hand_values():
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("arch", "rnn"), ("rm_init", "x"), ("heads", 3), ("lr", 0.0)]
+    ("field", "value"),
+    [
+        ("arch", "rnn"),
+        ("rm_init", "x"),
+        ("heads", 3),
+        ("lr", 0.0),
+        ("block", "final"),
+        ("dtype", "float16"),
+        ("restarts", 0),
+        ("horizon", 21),
+    ],
 )
 def test_bad_fields_refused(field, value):
-    with pytest.raises(UserError, match=field if field != "heads" else "heads"):
+    with pytest.raises(UserError, match=field):
         make_config(E.Config, {field: value})
 
 
@@ -58,28 +68,54 @@ def test_mlp_cannot_take_policy_backbone():
         make_config(E.Config, {"arch": "mlp", "rm_init": "policy"})
 
 
-def _frame(adv: float, oracle: float, n_seeds: int = 12) -> pd.DataFrame:
+def test_blocks_draw_disjoint_instances():
+    """dev keeps the sweep's instance stream; pilot and confirm get their own."""
+    draws = {
+        b: E._instance_rng(b, np.random.default_rng([7, 1])).integers(1 << 62) for b in E.BLOCKS
+    }
+    assert draws["dev"] == np.random.default_rng([7, 1]).integers(1 << 62)
+    assert len(set(draws.values())) == 3
+
+
+def _frame(adv: float, oracle: float, iso: float = 0.0, n_seeds: int = 12) -> pd.DataFrame:
+    """A tidy table at the headline cell and a control cell (ref uniform)."""
     rows, rng = [], np.random.default_rng(0)
-    for fam in ("linear", "planning", "policy_complex"):
+    for ref in ("random", "uniform"):
+        cell = {**E.HEADLINE, "ref": ref, "block": "confirm"}
         for seed in range(n_seeds):
             base = rng.normal()
             vals = {
                 "dpo": base,
                 "rlhf": base + adv + 0.01 * rng.normal(),
-                "rl_local": base + 1e-4 * rng.normal(),
+                "rl_local": base + iso + 1e-4 * rng.normal(),
                 "oracle": base + oracle + 0.01 * rng.normal(),
             }
+            run = f"{ref}{seed}"
             for pipe, v in vals.items():
                 rows.append(
                     {
-                        "run_id": f"{fam}{seed}",
-                        "family": fam,
-                        "horizon": 3,
-                        "n_pairs": 64,
+                        "run_id": run,
                         "seed": seed,
                         "instance_seed": seed,
+                        **cell,
                         "pipeline": pipe,
                         "metric": "J",
+                        "value": v,
+                    }
+                )
+            for pipe, metric, v in (
+                ("offline", "capacity_residual", 0.3),
+                ("online", "capacity_residual", 0.01),
+                ("", "capacity_asymmetry", 0.25),
+            ):
+                rows.append(
+                    {
+                        "run_id": run,
+                        "seed": seed,
+                        "instance_seed": seed,
+                        **cell,
+                        "pipeline": pipe,
+                        "metric": metric,
                         "value": v,
                     }
                 )
@@ -87,30 +123,51 @@ def _frame(adv: float, oracle: float, n_seeds: int = 12) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    ("adv", "oracle", "expected"),
+    ("adv", "oracle", "iso", "expected"),
     [
-        (0.3, 0.5, "supported"),
-        (-0.3, 0.5, "against"),
-        (0.0, 0.5, "against"),
-        (0.3, 0.0, "inconclusive"),
+        (0.3, 0.5, 0.0, "supported"),
+        (-0.3, 0.5, 0.0, "against"),
+        (0.0, 0.5, 0.0, "against"),  # equivalent (TOST δ = 0.02), predicted greater
+        (0.3, 0.0, 0.0, "inconclusive"),  # positive control does not detect
+        (0.3, 0.5, 0.3, "inconclusive"),  # isomorphic control not equivalent
     ],
 )
-def test_verdict_goes_each_way(adv, oracle, expected):
-    v = E.verdict(_frame(adv, oracle))
+def test_verdict_goes_each_way(adv, oracle, iso, expected):
+    v = E.verdict(_frame(adv, oracle, iso))
     assert v.verdict == expected, v.detail
-    # n_runs: the runs behind the effect, the first headline cell's 12 seeds (36 in the table)
     assert v.positive_control is not None and v.n_runs == 12
+    assert "Surface" in v.detail and "asymmetry +0.25" in v.detail
     if expected == "supported":
         assert v.ci_low > 0 and v.prediction_held
 
 
-def test_cell_holds_an_unnamed_varying_field_at_its_default():
-    """A sweep that also varied ``width``: the headline cell reads the default width only
-    (12 seeds), never the pool of both widths (24)."""
-    frame = _frame(0.3, 0.5)
-    wide = frame.assign(width=E.Config.width * 2, value=frame["value"] + 100.0)
-    both = pd.concat([frame.assign(width=E.Config.width), wide])
-    both["run_id"] = both["run_id"] + both["width"].astype(str)
-    d = E._cell(E._diffs(both, "rlhf"), "linear", 3, 64)
-    assert d.size == 12
-    np.testing.assert_allclose(d, E._cell(E._diffs(frame, "rlhf"), "linear", 3, 64))
+def test_verdict_reads_the_confirm_block_only():
+    good = _frame(0.3, 0.5)
+    bad = _frame(-0.3, 0.5).assign(block="pilot")
+    assert E.verdict(pd.concat([good, bad])).verdict == "supported"
+    assert E.verdict(bad).verdict == "against"
+
+
+def test_run_batch_is_bit_identical_to_run():
+    """Seeds stacked in one call give the rows of one-by-one runs, bit for bit (the
+    capacity cache cleared in between, so both compute it)."""
+    pytest.importorskip("torch")
+    from gvgap.nn import pipelines as P
+
+    cfg = make_config(E.Config, {**E.SMOKE.__dict__, "vocab": 3, "horizon": 2, "k": 3})
+    mk = [(np.random.default_rng([s, 1]), np.random.default_rng([s, 2])) for s in range(3)]
+    P._CAPACITY.clear()
+    batch = E.run_batch([cfg] * 3, rngs=[a for a, _ in mk], instance_rngs=[b for _, b in mk])
+    P._CAPACITY.clear()
+    mk = [(np.random.default_rng([s, 1]), np.random.default_rng([s, 2])) for s in range(3)]
+    for (a, b), row in zip(mk, batch):
+        one = E.run(cfg, rng=a, instance_rng=b)
+        assert one.keys() == row.keys()
+        assert all(np.array_equal(one[k], row[k], equal_nan=True) for k in one), [
+            k for k in one if not np.array_equal(one[k], row[k], equal_nan=True)
+        ]
+    cap = batch[0]
+    assert cap["capacity_asymmetry"] == pytest.approx(
+        cap["offline/capacity_regret"] - cap["online/capacity_cost"]
+    )
+    assert 0.0 <= cap["online/capacity_residual"] <= 1.0 and cap["offline/capacity_residual"] >= 0

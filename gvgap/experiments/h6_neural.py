@@ -1,36 +1,49 @@
-"""H6 with neural classes — does the generation–verification gap effect survive a transformer?
+"""H6 with neural classes — does the online advantage follow the capacity asymmetry?
 
-Design: one instance of a gap family (``linear``, ``planning``) or of the no-gap control
-(``policy_complex``, r* ∈ R(Π)), one preference dataset D of n pairs from π_ref with BT
-labels. Every arm uses the SAME architecture (a small causal transformer, or an MLP) from the
-same initial weights, the same pairs and the same λ protocol (held-out BT likelihood of the
-arm's reward coordinates, shared split):
+Design: one instance of a problem family, one preference dataset D of n pairs from π_ref
+with BT labels. Every arm uses the SAME architecture (a small causal transformer, or an
+MLP) from the same initial weights, the same pairs and the same λ protocol (held-out BT
+likelihood of the arm's reward coordinates, shared split), exactly on the whole tree (one
+batched pass over all nodes; J, KLs and win rates through ``gvgap.theory``):
 
-- ``dpo``: offline DPO of the transformer policy (exact expectation over D);
-- ``rlhf``: a global scalar-head RM on the same backbone (matched capacity: the policy minus
-  its V-way head plus a scalar head; fresh or initialised from the policy's backbone), fitted
-  by BT, then exact RL of the transformer policy on r̂ (the reverse-KL projection of P*_r̂);
-- ``rl_local``: exact RL on the local RM r_π = β log π/π_ref of the DPO policy (the
-  isomorphic control: P*_{r_π} = π lies in the class, so RL returns the DPO policy);
-- ``oracle``: exact RL on r* (the positive control: what an exact verifier buys).
+- ``dpo``: offline DPO of the policy network;
+- ``rlhf``: a global scalar-head RM of matched capacity (the policy's backbone with a scalar
+  head), fitted by BT, then exact RL of the policy network on r̂;
+- ``rl_local``: exact RL on DPO's implicit reward (isomorphic control: P*_{r_π} = π is in
+  the class, so RL must return the DPO policy — equivalence within δ);
+- ``oracle``: exact RL on r* (positive control: what a perfect verifier buys through the
+  same policy network).
 
-Metrics are exact on the tree (``TreeEnv.metrics``); regret = J(π*) − J(π). RM accuracy:
-the probability that r̂ orders a pair like r* (ties in r̂ count ½; pairs tied in r* skipped),
-in distribution (pairs from π_ref ⊗ π_ref, where D came from) and out of distribution (pairs
-from π* ⊗ π*, where RL goes), for the explicit RM and the implicit RM of DPO.
+Capacity (per instance and network, :mod:`gvgap.nn.capacity`): ``offline/capacity_residual``
+= min_θ E KL(P_θ ‖ P*) and ``online/capacity_residual`` = the fraction of the π*-weighted,
+per-prompt-centred variance of r* the RM network cannot represent, each the best of
+``restarts`` full fits with its gradient norm, and ``capacity_asymmetry`` = β·offline
+residual − (J* − J(π*_{r_w})) in J units (> 0: the policy network is the bottleneck).
+
+Families (fixed fields of the sweeps): ``linear`` with the ``position_token`` dictionary is a
+verifier every network represents (additive per-position scores); with ``ref = "uniform"``
+its π* is a product policy (both networks fit: control), with ``ref = "random"`` (a
+Dirichlet π_ref per state) π* = π_ref e^{Q − V} tilts every state by soft values of a
+random future, which a small policy network cannot represent (the asymmetry);
+``policy_complex`` (r* = β log π/π_ref of a random tabular π) is represented by neither.
+
+Instance blocks (``block``): ``dev`` (development), ``pilot`` (sizes the confirmatory sweep:
+:func:`gvgap.inference.seeds_for_power`) and ``confirm`` (the verdict), disjoint instance
+streams. Metrics are exact on the tree; regret = J(π*) − J(π). RM accuracy: the probability
+that r̂ orders a pair like r* (exact, trees ≤ ``MAX_ACC_LEAVES`` leaves).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import json
+import sys
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gvgap.experiments import analysis as A
 from gvgap.experiments import common as C
 from gvgap.experiments import hypothesis as Hy
-from gvgap.experiments.base import Verdict
 from gvgap.theory.metrics import pairwise_accuracy
 
 if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
@@ -38,101 +51,171 @@ if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
 
 ID = "h6_neural"
 CLAIM = (
-    "With neural classes (a causal transformer policy vs a scalar-head transformer RM of "
-    "matched capacity, same pairs, same λ protocol), RM + exact RL beats offline DPO in J on "
-    "gap families at small n."
+    "With neural classes of matched capacity (causal transformer policy vs scalar-head "
+    "transformer RM, same pairs, same λ protocol, exact on trees of 10^3–10^5 leaves), RM + "
+    "exact RL beats offline DPO in J at small n where the measured capacity asymmetry "
+    "favours the verifier."
 )
 NOTES = "H6"
 DESIGN_NOTE = __doc__
+HYPOTHESIS = (
+    "online − offline in J > 0 where the policy network cannot represent π* but the RM "
+    "network represents r* (capacity asymmetry > 0)"
+)
+PREDICTION = "rlhf − dpo in J is greater than 0 at the headline cell."
 
 ARCHS = ("transformer", "mlp")
 RM_INITS = ("fresh", "policy")
-#: Headline cells (family, horizon, n_pairs), fixed before reading results.
-HEADLINE_CELLS: tuple[tuple[str, int, int], ...] = (("linear", 3, 64), ("planning", 3, 64))
-#: Equivalence margin δ of the TOST, in J units (the families' J* − J_ref is ≈ 1–2).
-EQUIVALENCE_MARGIN = 0.02
+BLOCKS = ("dev", "pilot", "confirm")
+#: Second entropy word of each block's instance stream (``dev`` uses the sweep's own).
+BLOCK_WORDS = {"pilot": 0x9107_B10C, "confirm": 0xC0F1_B10C}
+#: Most leaves m·V^H of one run (memory is chunked; time grows linearly).
+MAX_NEURAL_LEAVES = 1 << 20
 #: Largest tree on which the exact pairwise RM accuracy is computed (N² pairs per prompt).
 MAX_ACC_LEAVES = 4096
 PIPELINES = ("dpo", "rlhf", "rl_local", "oracle")
 #: ``run`` needs the ``gvgap[torch]`` extra (the module itself imports without torch).
 REQUIRES_TORCH = True
+#: Runs per ``run_batch`` chunk (stacked in one model call; memory is chunked).
+BATCH_SIZE = 32
+
+TEST = Hy.Contrast("rlhf − dpo", "rlhf", "dpo")
+CONTROL = Hy.Contrast("oracle − dpo (RL on r* through the same networks)", "oracle", "dpo")
+ISOMORPHIC = Hy.Contrast("rl_local − dpo (isomorphic)", "rl_local", "dpo")
+MORE_CONTROLS = ((ISOMORPHIC, "equivalent"),)
+REPORTED = (Hy.Contrast("rlhf − dpo win rate", "rlhf", "dpo", "win_rate"),)
+#: Equivalence margin δ (J units; J* − J_ref of these families is ≈ 1–2).
+MARGIN = 0.02
+#: Columns that define a cell of the verdict and the surface.
+CELL_KEYS = ["family", "ref", "vocab", "horizon", "arch", "width", "depth", "n_pairs"]
+#: The headline cell of the confirmatory sweep (fixed before it ran).
+HEADLINE = {
+    "family": "linear",
+    "ref": "random",
+    "vocab": 4,
+    "horizon": 6,
+    "width": 16,
+    "depth": 1,
+    "arch": "transformer",
+    "n_pairs": 64,
+}
+#: The headline cell of the quick sweep (a small tree and network of the same design).
+QUICK_HEADLINE = {
+    "family": "linear",
+    "ref": "random",
+    "vocab": 2,
+    "horizon": 6,
+    "width": 4,
+    "depth": 1,
+    "arch": "transformer",
+    "n_pairs": 32,
+}
 
 
 @dataclass(frozen=True)
 class Config(C.ProblemConfig):
     """One h6_neural setting.
 
-    Shared problem fields: :class:`common.ProblemConfig` (here family ``linear``, V = 3,
-    H = 3, n = 64, λ selected on the short grid).
+    Shared problem fields: :class:`common.ProblemConfig` (here family ``linear`` with the
+    ``position_token`` dictionary, k = 8, a random π_ref, V = 4, H = 6, n = 64, λ selected
+    on the short grid).
 
     Attributes:
-        arch: ``transformer`` (causal, over tokens) or ``mlp`` (over a prefix encoding), for
+        arch: ``transformer`` (causal, over tokens) or ``mlp`` (over a one-hot encoding), for
             the policy and the RM backbone alike.
-        width: hidden width.
-        depth: layers.
-        heads: attention heads (transformer).
+        width: hidden width. depth: layers. heads: attention heads (transformer).
         rm_init: ``fresh`` (own random weights) or ``policy`` (the policy's initial backbone).
-        steps: Adam steps per fit.
-        lr: Adam learning rate.
-        polish: full-batch L-BFGS iterations after Adam.
-        device: ``cpu``, ``cuda`` or ``auto`` (float64 on CPU, float32 on CUDA).
+        steps: Adam steps per fit. lr: Adam learning rate.
+        polish: L-BFGS iterations at most after Adam (full batch).
+        restarts: initialisations of each capacity fit (the best is kept).
+        block: instance block, ``dev``, ``pilot`` or ``confirm`` (disjoint instances).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        dtype: ``auto`` (float64 on CPU, float32 on CUDA), ``float64`` or ``float32``.
     """
 
     family: str = "linear"
-    horizon: int = 3
+    vocab: int = 4
+    horizon: int = 6
     n_pairs: int = 64
+    k: int = 8
+    ref: str = "random"
+    dictionary: str = "position_token"
     lam_grid: str = "short"
     arch: str = "transformer"
     width: int = 16
     depth: int = 1
     heads: int = 2
     rm_init: str = "fresh"
-    steps: int = 200
+    steps: int = 150
     lr: float = 0.02
     polish: int = 50
+    restarts: int = 3
+    block: str = "dev"
     device: str = "cpu"
+    dtype: str = "auto"
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
+        from gvgap.errors import UserError
+
         super().validate()
         C.check_choice("arch", self.arch, ARCHS)
         C.check_choice("rm_init", self.rm_init, RM_INITS)
+        C.check_choice("block", self.block, BLOCKS)
         C.check_choice("device", self.device, ("cpu", "cuda", "auto"))
-        for name in ("width", "depth", "heads"):
-            C.check_range(name, getattr(self, name), 1)
-        C.check_range("steps", self.steps, 0)
-        C.check_range("polish", self.polish, 0)
-        C.check_range("lr", self.lr, 0.0, lo_open=True)
+        C.check_choice("dtype", self.dtype, ("auto", "float64", "float32"))
+        for name in ("width", "depth", "heads", "restarts"):
+            C.check_range(name, getattr(self, name), 1, 4096)
+        C.check_range("steps", self.steps, 0, 100_000)
+        C.check_range("polish", self.polish, 0, 100_000)
+        C.check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        leaves = self.n_prompts * float(self.vocab) ** self.horizon
+        if leaves > MAX_NEURAL_LEAVES:
+            raise UserError(
+                f"horizon: n_prompts·vocab**horizon = {leaves:.0f} leaves > "
+                f"{MAX_NEURAL_LEAVES} (the neural classes' limit); lower vocab or horizon"
+            )
         if self.arch == "mlp" and self.rm_init == "policy":
-            from gvgap.errors import UserError
-
             raise UserError(
                 "rm_init must be 'fresh' with arch 'mlp' (the policy's MLP reads "
                 "prefixes, the RM's reads completions); got 'policy'"
             )
         if self.width % self.heads:
-            from gvgap.errors import UserError
-
             raise UserError(f"width must be a multiple of heads; got {self.width}, {self.heads}")
 
 
-SMOKE = Config(vocab=2, horizon=2, n_pairs=12, lam=0.01, width=8, steps=20, polish=5)
+SMOKE = Config(
+    vocab=2, horizon=3, n_pairs=12, k=3, lam=0.01, width=8, steps=20, polish=5, restarts=2
+)
+#: The confirmatory sweep (block ``confirm``): the headline family and its controls at the
+#: headline tree and network, n at the headline and one larger value.
 SETTINGS = {
-    "seeds": 20,
-    "fixed": {"vocab": 3, "horizon": 3},
+    "seeds": 12,
+    "fixed": {"block": "confirm"},
     "grid": {
-        "family": ["linear", "planning", "policy_complex"],
-        "n_pairs": [64, 256, 1024],
+        "family": ["linear", "policy_complex"],
+        "ref": ["random", "uniform"],
+        "n_pairs": [64, 512],
     },
 }
-#: Quick: the headline cells and the no-gap control at a fixed λ = 1 (the λ the shared protocol
-#: selects most often in sims/h6_neural.toml; no selection refits), with that file's optimiser
-#: budget. At λ = 0.01 the isomorphic control fails: RL from π_ref does not reach the peaked
-#: DPO policy in the budget (optimisation error, measured in the quick run).
+#: Quick: the same design on a 64-leaf tree with width-4 networks (the capacity asymmetry
+#: appears at that scale: a width-4 transformer cannot tilt 63 random π_ref states), λ = 1
+#: fixed, 10 seeds per cell, one stacked call per cell.
 QUICK = {
-    "seeds": 20,
-    "fixed": {"vocab": 3, "horizon": 3, "n_pairs": 64, "lam": 1.0, "steps": 150, "polish": 30},
-    "grid": {"family": ["linear", "planning", "policy_complex"]},
+    "seeds": 10,
+    "fixed": {
+        "vocab": 2,
+        "horizon": 6,
+        "k": 6,
+        "n_pairs": 32,
+        "lam": 1.0,
+        "width": 4,
+        "heads": 1,
+        "steps": 100,
+        "polish": 30,
+        "restarts": 2,
+    },
+    "grid": {"family": ["linear", "policy_complex"], "ref": ["random", "uniform"]},
 }
 
 
@@ -146,24 +229,38 @@ def pair_accuracy(r_hat: np.ndarray, r_star: np.ndarray, logp_mu: np.ndarray, rh
     return pairwise_accuracy(r_hat, r_star, logp_mu, rho)
 
 
-def _classes(cfg: Config, env, seed: int):
-    from gvgap.nn.device import resolve
-    from gvgap.nn.policies import MLPPolicy, TransformerPolicy
-    from gvgap.nn.rewards import ScalarHeadRM
+def _instance_rng(block: str, instance_rng: np.random.Generator) -> np.random.Generator:
+    """The block's instance stream: ``dev`` the sweep's own, else a child keyed by the block."""
+    if block == "dev":
+        return instance_rng
+    word = int(instance_rng.integers(2**63))
+    return np.random.default_rng(np.random.SeedSequence([word, BLOCK_WORDS[block]]))
 
-    pl = resolve(cfg.device, "auto")
-    dims = {"width": cfg.width, "depth": cfg.depth}
-    m, v, h = env.n_prompts, env.vocab, env.horizon
-    if cfg.arch == "transformer":
-        pol = TransformerPolicy(
-            m, v, h, heads=cfg.heads, logpi_ref=env.logpi_ref, placement=pl, seed=seed, **dims
-        )
-        body = pol.body if cfg.rm_init == "policy" else None
-        rm = ScalarHeadRM(m, v, h, heads=cfg.heads, body=body, placement=pl, seed=seed + 1, **dims)
-    else:
-        pol = MLPPolicy(m, v, h, logpi_ref=env.logpi_ref, placement=pl, seed=seed, **dims)
-        rm = ScalarHeadRM(m, v, h, arch="mlp", placement=pl, seed=seed + 1, **dims)
-    return pol, rm
+
+#: Config fields that do not change the instance, the networks or the optimiser.
+_RUN_ONLY = ("n_pairs", "lam", "lam_grid")
+
+
+def _prepare(cfg: Config, rng, instance_rng):
+    from gvgap.nn.pipelines import RunInput
+
+    inst = _instance_rng(cfg.block, instance_rng)
+    state = json.dumps(inst.bit_generator.state, sort_keys=True, default=int)
+    env, data, grid, split_seed = C.prepare(cfg, rng, inst)
+    seed = int(rng.integers(2**31 - 2))
+    cap_seed = int(inst.integers(2**31 - 2 - 1000))  # after the instance draws: instance only
+    fields = {k: v for k, v in asdict(cfg).items() if k not in _RUN_ONLY}
+    key = json.dumps([fields, state], sort_keys=True)
+    return RunInput(env, data, grid, split_seed, seed, key, cap_seed)
+
+
+def _arch(cfg: Config):
+    from gvgap.nn.device import resolve
+    from gvgap.nn.pipelines import Arch
+
+    return Arch(
+        cfg.arch, cfg.width, cfg.depth, cfg.heads, cfg.rm_init, resolve(cfg.device, cfg.dtype)
+    )
 
 
 def _row(name: str, env, res, r_hat=None) -> dict[str, float]:
@@ -176,153 +273,120 @@ def _row(name: str, env, res, r_hat=None) -> dict[str, float]:
 
 
 def run(cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator) -> dict:
-    """DPO vs scalar-head RM + RL vs RL on the local RM vs RL on r*, one instance and D."""
-    from gvgap.learners import Result, select_lambda
-    from gvgap.nn import train as TR
+    """DPO vs scalar-head RM + RL vs RL on the local RM vs RL on r*, with the capacity
+    residuals of the instance (one run of :func:`run_batch`)."""
+    return run_batch([cfg], rngs=[rng], instance_rngs=[instance_rng])[0]
 
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    seed = int(rng.integers(2**31 - 2))
-    pol, rm = _classes(cfg, env, seed)
-    opt = {"steps": cfg.steps, "lr": cfg.lr, "polish": cfg.polish, "seed": seed}
-    dpo, _ = select_lambda(
-        lambda d, lam: TR.preference_fit(pol, env, d, lam=lam, **opt),
-        data,
-        split_seed=split_seed,
-        grid=grid,
-    )
-    fit, _ = select_lambda(
-        lambda d, lam: TR.fit_reward(rm, d, lam=lam, **opt), data, split_seed=split_seed, grid=grid
-    )
-    rl = TR.rl_exact(pol, env, fit.r_hat, **opt)
-    rlhf = Result.two_stage(fit, rl, fit.lam, steps=fit.extra["steps"] + rl.extra["steps"])
-    local = TR.rl_exact(pol, env, dpo.r_hat, **opt)
-    oracle = TR.rl_exact(pol, env, env.r_star, **opt)
-    out = {
-        **_row("dpo", env, dpo, dpo.r_hat),
-        **_row("rlhf", env, rlhf, fit.r_hat),
-        **_row("rl_local", env, local),
-        **_row("oracle", env, oracle),
-        "n_params_policy": float(sum(p.numel() for p in pol.parameters())),
-        "n_params_rm": float(sum(p.numel() for p in rm.parameters())),
-    }
-    out.update(C.gap_metrics(env))
+
+def run_batch(cfgs: list[Config], *, rngs: list, instance_rngs: list) -> list[dict]:
+    """:func:`run` of each config; runs that differ only in seeds share stacked calls
+    (bit-identical to one by one: :mod:`gvgap.nn.pipelines`)."""
+    inputs = [_prepare(c, r, i) for c, r, i in zip(cfgs, rngs, instance_rngs)]
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault(json.dumps(asdict(c), sort_keys=True), []).append(i)
+    out: list[dict] = [{} for _ in cfgs]
+    for idx in groups.values():
+        for i, row in zip(idx, _run_group(cfgs[idx[0]], [inputs[i] for i in idx])):
+            out[i] = row
     return out
 
 
-def _diffs(df: pd.DataFrame, a: str, b: str = "dpo", metric: str = "J") -> pd.DataFrame:
-    from gvgap.stats import pair_runs
+def _run_group(cfg: Config, runs: list) -> list[dict]:
+    from gvgap.learners.result import Result
+    from gvgap.nn import pipelines as P
 
-    return pair_runs(df, metric=metric, a_pipeline=a, b_pipeline=b, keep=("family",))
-
-
-def _cell(pairs: pd.DataFrame, family: str, horizon: int, n: int) -> np.ndarray:
-    """Paired differences at (family, H, n). Any other Config field that a sweep varied
-    (arch, width, β, …) is held at its Config default (else its smallest value), so a
-    cell never pools over a setting the verdict does not name."""
-    sel = pairs
-    for col, val in (("family", family), ("horizon", horizon), ("n_pairs", n)):
-        if col in sel.columns:
-            sel = sel[sel[col] == val]
-    for f in fields(Config):
-        if f.name in sel.columns and sel[f.name].nunique() > 1:
-            values = sel[f.name]
-            held = f.default if (values == f.default).any() else values.min()
-            sel = sel[values == held]
-    return sel["diff"].to_numpy(dtype=np.float64)
-
-
-def headline_cells(df: pd.DataFrame) -> list[tuple[str, int, int]]:
-    """The fixed headline cells present in ``df``; else (quick runs) each gap family at the
-    table's largest H and smallest n."""
-    fams = set(df["family"]) if "family" in df.columns else {"linear"}
-    present = [c for c in HEADLINE_CELLS if c[0] in fams and len(_cell(_diffs(df, "rlhf"), *c))]
-    if present:
-        return present
-    h = int(df["horizon"].max()) if "horizon" in df.columns else 4
-    n = int(df["n_pairs"].min()) if "n_pairs" in df.columns else 64
-    return [(f, h, n) for f in ("linear", "planning") if f in fams]
-
-
-def verdict(df: pd.DataFrame) -> Verdict:
-    """Decide rlhf − dpo in J at the headline cells (signed rank, TOST δ, Holm); predicted
-    ``greater`` in every cell. The cells' outcomes combine as: all alike → that outcome; any
-    ``less`` → ``less`` (one cell contradicting the prediction decides against it); else
-    ``undetermined``. Effect and CI: the first headline cell's mean paired difference.
-    Positive control: oracle − dpo must be ``greater`` in every cell, else inconclusive.
-    Reported beside it: the isomorphic control rl_local − dpo, the no-gap control
-    (policy_complex), and RM accuracies in and out of distribution."""
-    from gvgap.inference import decide_family, hypothesis_verdict
-    from gvgap.stats import mean_ci
-
-    cells = headline_cells(df)
-    if not cells:
-        return A.inconclusive(CLAIM, "no gap-family runs")
-    main = decide_family([_cell(_diffs(df, "rlhf"), *c) for c in cells], margin=EQUIVALENCE_MARGIN)
-    ctrl = decide_family(
-        [_cell(_diffs(df, "oracle"), *c) for c in cells], margin=EQUIVALENCE_MARGIN
+    arch = _arch(cfg)
+    opt = {"steps": cfg.steps, "lr": cfg.lr, "polish": cfg.polish}
+    dpo = P.dpo_many(arch, runs, opt)
+    rms = P.rm_many(arch, runs, opt)
+    targets = [(rm.r_hat, d.r_hat, u.env.r_star) for rm, d, u in zip(rms, dpo, runs)]
+    rls = P.rl_many(arch, runs, targets, opt)
+    cap_key = json.dumps(
+        [
+            asdict(arch)["arch"],
+            cfg.width,
+            cfg.depth,
+            cfg.heads,
+            cfg.rm_init,
+            cfg.device,
+            cfg.dtype,
+            opt,
+            cfg.restarts,
+        ],
+        sort_keys=True,
     )
-    outs = {d.outcome for d in main}
-    outcome = outs.pop() if len(outs) == 1 else ("less" if "less" in outs else "undetermined")
-    detects = all(d.outcome == "greater" for d in ctrl)
-    label, held = hypothesis_verdict(outcome, predicted="greater", control_detects=detects)
-    d0 = _cell(_diffs(df, "rlhf"), *cells[0])
-    eff, lo, hi = mean_ci(d0, rng=np.random.default_rng(0))
-    c0 = _cell(_diffs(df, "oracle"), *cells[0])
-    ceff, clo, chi = mean_ci(c0, rng=np.random.default_rng(1))
-    parts = [
-        f"{f} H={h} n={n}: {d.outcome} (mean {d.summary['mean']:.3g}, Holm p: greater "
-        f"{d.p_greater:.2g}, less {d.p_less:.2g}, TOST {d.p_equivalent:.2g})"
-        for (f, h, n), d in zip(cells, main)
-    ]
-    loc = decide_family(
-        [_cell(_diffs(df, "rl_local"), *c) for c in cells], margin=EQUIVALENCE_MARGIN
+    caps = P.capacity_many(arch, runs, cfg.restarts, opt, cap_key)
+    n_pol = sum(p.numel() for p in arch.policy([runs[0].env], [0]).parameters())
+    n_rm = sum(p.numel() for p in arch.reward([runs[0].env], [1], [0]).parameters())
+    rows = []
+    for u, d, rm, (rl, local, oracle), cap in zip(runs, dpo, rms, rls, caps):
+        env = u.env
+        rlhf = Result.two_stage(rm, rl, rm.lam, steps=rm.extra["steps"] + rl.extra["steps"])
+        row = {
+            **_row("dpo", env, d, d.r_hat),
+            **_row("rlhf", env, rlhf, rm.r_hat),
+            **_row("rl_local", env, local),
+            **_row("oracle", env, oracle),
+            "rlhf/rm_grad_norm": float(rm.grad_norm),
+            "rlhf/rl_grad_norm": float(rl.grad_norm),
+            "rl_local/kl_proj": float(local.extra["kl_proj"]),
+            "n_params_policy": float(n_pol),
+            "n_params_rm": float(n_rm),
+            **cap,
+        }
+        row.update(C.gap_metrics(env))
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- verdict and figure
+
+
+def block_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one instance block: ``confirm`` if present, else the first present."""
+    if "block" not in df.columns:
+        return df
+    blocks = [b for b in ("confirm", "pilot", "dev") if (df["block"] == b).any()]
+    return df[df["block"] == blocks[0]] if blocks else df
+
+
+def _headline(df: pd.DataFrame) -> dict:
+    for h in (HEADLINE, QUICK_HEADLINE):
+        if len(Hy.at_cell(df, h)):
+            return h
+    return HEADLINE
+
+
+def verdict(df: pd.DataFrame):
+    """The shared hypothesis rule (:func:`gvgap.experiments.hypothesis.hypothesis_record`)
+    on one block: test rlhf − dpo in J at the headline cell (Holm across the cells of the
+    table), predicted ``greater``; positive control oracle − dpo must be ``greater`` and the
+    isomorphic control rl_local − dpo ``equivalent`` (δ = MARGIN), else inconclusive. The
+    detail adds the surface: per cell the measured capacities and online − offline."""
+    from gvgap.plots_neural import surface_text
+
+    df = block_rows(df)
+    return Hy.module_verdict(
+        sys.modules[__name__],
+        df,
+        predicted="greater",
+        control_expected="greater",
+        by=CELL_KEYS,
+        headline=_headline(df),
+        extra=lambda head: surface_text(df, CELL_KEYS),
     )
-    parts.append("isomorphic control rl_local−dpo: " + ", ".join(d.outcome for d in loc))
-    nogap = _diffs(df, "rlhf")
-    if "family" in nogap.columns and (nogap["family"] == "policy_complex").any():
-        ng = nogap[nogap["family"] == "policy_complex"]["diff"].to_numpy(dtype=float)
-        parts.append(f"no-gap control (policy_complex) mean {np.mean(ng):.3g}")
-    for pipe in ("rlhf", "dpo"):
-        sub = df[(df["pipeline"] == pipe) & df["metric"].isin(["acc_in", "acc_out"])]
-        if not sub.empty:
-            acc = sub.groupby("metric")["value"].mean()
-            parts.append(
-                f"{pipe} RM acc in/out {acc.get('acc_in', np.nan):.3f}/"
-                f"{acc.get('acc_out', np.nan):.3f}"
-            )
-    return Verdict(
-        CLAIM,
-        label,
-        float(eff),
-        float(lo),
-        float(hi),
-        int(np.isfinite(d0).sum()),  # runs behind the effect (first headline cell, finite)
-        "; ".join(parts),
-        hypothesis="rlhf − dpo in J > 0 at the headline cells",
-        prediction_held=held,
-        positive_control={"effect": float(ceff), "ci_low": float(clo), "ci_high": float(chi)},
-    )
+
+
+def plot_uses(df: pd.DataFrame) -> tuple[str, ...]:
+    """The plot distinguishes every cell column (no facets)."""
+    return tuple(c for c in (*CELL_KEYS, "block") if c in df.columns)
 
 
 def plot(df: pd.DataFrame, ax=None):
-    """Arm − DPO difference in J (95% CI) per family: scalar-head RM + RL, RL on the local
-    RM (isomorphic control), RL on r* (positive control)."""
-    import matplotlib.pyplot as plt
+    """The neural surface: online − offline (rlhf − dpo, J; 95% CI over seeds) against the
+    measured capacity asymmetry (median per cell, J units) — one point per cell, marker by
+    family / π_ref, colour by n; the positive control (oracle − dpo) in grey."""
+    from gvgap.plots_neural import neural_surface
 
-    ax = ax or plt.gca()
-    by = [c for c in ("family",) if c in df.columns]
-    adv = A.paired_vs(
-        df, ("rlhf", "rl_local", "oracle"), by=by, rng=np.random.default_rng(0), metric="J"
-    )
-    if adv.empty:
-        return ax
-    fams = sorted(adv["family"].unique()) if by else ["all"]
-    for j, (pipe, g) in enumerate(adv.groupby("pipeline", sort=False)):
-        x = np.array([fams.index(f) for f in (g["family"] if by else ["all"] * len(g))])
-        A.errorbar_ci(ax, x + 0.2 * (j - 1), g, ls="none", marker="o", label=pipe)
-    ax.set_xticks(range(len(fams)), fams)
-    ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_ylabel("arm − DPO  J  (95% CI)")
-    ax.set_title(f"H6 neural ({df['arch'].iloc[0] if 'arch' in df.columns else ''})")
-    ax.legend(fontsize=7)
-    return ax
+    return neural_surface(block_rows(df), CELL_KEYS, ax=ax)

@@ -106,9 +106,12 @@ def cells_of(df: pd.DataFrame, by: list[str]) -> list[dict]:
 
 
 def detects(d: np.ndarray, expected: str, margin: float) -> tuple[bool, str]:
-    """Whether a positive-control contrast shows its expected outcome (``greater``, ``less``
-    or ``differ`` = either sign) and its bootstrap 95% CI excludes 0."""
+    """Whether a control contrast shows its expected outcome: ``greater``, ``less`` or
+    ``differ`` (either sign) with its bootstrap 95% CI excluding 0, or ``equivalent`` (TOST
+    within ``margin``: an isomorphic control)."""
     dec = decide(d, margin=margin)
+    if expected == "equivalent":
+        return dec.outcome == "equivalent", dec.outcome
     _, lo, hi = mean_ci(d)
     want = ("greater", "less") if expected == "differ" else (expected,)
     excl = {"greater": lo > 0, "less": hi < 0}.get(dec.outcome, False)
@@ -131,12 +134,15 @@ def hypothesis_record(
     by: list[str],
     reported: Sequence[Contrast] = (),
     extra: str | Callable[[pd.DataFrame], str] = "",
+    more_controls: Sequence[tuple[Contrast, str]] = (),
 ) -> Verdict:
     """The H1–H5 verdict (module docstring) from the tidy table ``df``.
 
     ``reported`` contrasts (not evidence) and ``extra`` (a string, or a function of the
     headline cell's rows) are read in the same cell as the decision and appended to the
-    detail."""
+    detail. ``more_controls``: further (contrast, expected outcome) pairs at the headline
+    cell (:func:`detects`, margin ``control_margin``) that must all hold with the positive
+    control for the test to decide (e.g. an isomorphic control expected ``equivalent``)."""
     cells = cells_of(df, by)
     keys = [{k: v for k, v in headline.items() if k in c} for c in cells]
     head_idx = [i for i, c in enumerate(cells) if all(c[k] == v for k, v in keys[i].items())]
@@ -163,6 +169,15 @@ def hypothesis_record(
     dec = decisions[head_idx[0]]
     d_ctrl = paired(head, control)
     ok, ctrl_outcome = detects(d_ctrl, control_expected, control_margin)
+    pos_ok, more = ok, []
+    for c, expected in more_controls:
+        held_c, outcome_c = detects(paired(head, c), expected, control_margin)
+        ok = ok and held_c
+        fails = "" if held_c else " — does NOT hold, so the test cannot decide"
+        more.append(
+            f" Control {c.label} ({c.metric}): {ci_str(paired(head, c))}, {outcome_c} "
+            f"(expected {expected}){fails}."
+        )
     verdict, held = hypothesis_verdict(dec.outcome, predicted=predicted, control_detects=ok)
     m, lo, hi = mean_ci(d_head)
     cm, clo, chi = mean_ci(d_ctrl)
@@ -180,7 +195,8 @@ def hypothesis_record(
         f"p> {dec.p_greater:.2g}, p< {dec.p_less:.2g}, p_TOST(δ={margin:g}) "
         f"{dec.p_equivalent:.2g}. Positive control {control.label} ({control.metric}): "
         f"{cm:+.3g} [{clo:+.3g}, {chi:+.3g}], {ctrl_outcome}"
-        f"{'' if ok else ' — does NOT detect, so the test cannot decide'}."
+        f"{'' if pos_ok else ' — does NOT detect, so the test cannot decide'}."
+        + "".join(more)
         + (f" {extra}" if extra else "")
     )
     return Verdict(
@@ -225,6 +241,7 @@ def module_verdict(
         by=by,
         reported=module.REPORTED,
         extra=extra,
+        more_controls=getattr(module, "MORE_CONTROLS", ()),
     )
 
 

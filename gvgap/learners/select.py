@@ -60,6 +60,46 @@ def select_lambda(
     with warm_path():
         by_lam = {lam: val_bt_loglik(fit(train, lam).r_hat, val) for lam in sorted(grid)[::-1]}
         scores = {lam: by_lam[lam] for lam in grid}
-        top = max(scores.values())
-        best = max(lam for lam in grid if scores[lam] >= top - SCORE_TIE)
-        return fit(data, best), scores
+        return fit(data, best_lambda(scores)), scores
+
+
+def best_lambda(scores: dict[float, float]) -> float:
+    """The λ with the best validation score; ties within ``SCORE_TIE`` go to the largest."""
+    top = max(scores.values())
+    return max(lam for lam, s in scores.items() if s >= top - SCORE_TIE)
+
+
+def select_lambda_many(
+    fit_many: Callable[[list[int], list[Preferences], list[float]], list[Result]],
+    datas: list[Preferences],
+    *,
+    split_seeds: list[int],
+    grid: tuple[float, ...] = LAMBDA_GRID,
+    val_frac: float = VAL_FRAC,
+) -> list[tuple[Result, dict[float, float]]]:
+    """:func:`select_lambda` for many datasets at once, for fitters that solve many problems
+    in one call (the stacked torch classes): ``fit_many(owners, datas, lams)`` fits each
+    ``datas[k]`` (a part of dataset ``owners[k]``) at ``lams[k]``. The same protocol: each
+    dataset's split from its ``split_seeds[i]``, every λ of the grid on the training part
+    (one call), the validation scores, the same tie rule, then one call refitting every
+    dataset on all its pairs at its chosen λ."""
+    if len(grid) == 1 or any(len(d) < 4 for d in datas):
+        if len(grid) > 1 and not all(len(d) < 4 for d in datas):
+            raise ValueError("select_lambda_many: datasets of < 4 pairs mixed with larger ones")
+        lam = grid[0] if len(grid) == 1 else grid[len(grid) // 2]
+        fits = fit_many(list(range(len(datas))), list(datas), [lam] * len(datas))
+        return [(r, {}) for r in fits]
+    parts = [d.split(val_frac, np.random.default_rng(s)) for d, s in zip(datas, split_seeds)]
+    lams = sorted(grid)[::-1]
+    owners = [i for i in range(len(parts)) for _ in lams]
+    fits = fit_many(
+        owners, [tr for tr, _ in parts for _ in lams], [lam for _ in parts for lam in lams]
+    )
+    scores = []
+    for i, (_, val) in enumerate(parts):
+        by_lam = {
+            lam: val_bt_loglik(fits[i * len(lams) + j].r_hat, val) for j, lam in enumerate(lams)
+        }
+        scores.append({lam: by_lam[lam] for lam in grid})
+    final = fit_many(list(range(len(datas))), list(datas), [best_lambda(s) for s in scores])
+    return list(zip(final, scores))

@@ -46,3 +46,39 @@ def centred_sq(r: torch.Tensor) -> torch.Tensor:
 def reverse_kl_objective(logp, r, logp_ref, beta: float, rho) -> torch.Tensor:
     """−J_r(π) = Σ_x ρ Σ_ξ P (β(log P − log P_ref) − r) = β E KL(P‖P*_r) − β E log Z_r."""
     return (rho * (logp.exp() * (beta * (logp - logp_ref) - r)).sum(dim=1)).sum()
+
+
+# ---------------------------------------------------------------- per model of a stack
+# The stacked neural classes (gvgap.nn.base) fit B models at once: the same equations with
+# one value per model, on the padded flat leaf space ``(B, L)`` (gvgap.nn.layout). Padding
+# entries carry weight 0 and never reach a transcendental function's result.
+
+
+def bt_nll_rows(margin: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: −Σ_i w_i log σ(Δ_i) / Σ_i w_i per row of margins ``(B, n)``."""
+    return (weight * -F.logsigmoid(margin)).sum(dim=1) / weight.sum(dim=1)
+
+
+def centred_sq_rows(r: torch.Tensor, n_prompts: int, n_leaves: int) -> torch.Tensor:
+    """``(B,)``: Ω(r) = (1/2m) Σ_x Σ_ξ (r(x,ξ) − mean_ξ' r(x,ξ'))² of flat rows ``(B, L)``."""
+    v = r[:, : n_prompts * n_leaves].reshape(r.shape[0], n_prompts, n_leaves)
+    c = v - v.mean(dim=2, keepdim=True)
+    return 0.5 * (c * c).sum(dim=(1, 2)) / n_prompts
+
+
+def reverse_kl_rows(logp, r, logp_ref, beta: float, rho_leaf) -> torch.Tensor:
+    """``(B,)``: −J_r(π) = Σ_x ρ Σ_ξ P (β(log P − log P_ref) − r) per flat row ``(B, L)``
+    (``rho_leaf``: ρ_x at each leaf of prompt x, 0 on padding)."""
+    return (rho_leaf * logp.exp() * (beta * (logp - logp_ref) - r)).sum(dim=1)
+
+
+def weighted_centred_sq_rows(d, q, n_prompts: int, n_leaves: int) -> torch.Tensor:
+    """``(B,)``: Σ_x ρ_x Var_{P(·|x)}(d) = Σ_x Σ_ξ q (d − μ_x)², μ_x = Σ_ξ q d / Σ_ξ q, for
+    q = ρ_x P(ξ|x) (flat rows ``(B, L)``): the q-weighted squared error of d up to one
+    constant per prompt (the constant that minimises it)."""
+    shape = (d.shape[0], n_prompts, n_leaves)
+    dv = d[:, : n_prompts * n_leaves].reshape(shape)
+    qv = q[:, : n_prompts * n_leaves].reshape(shape)
+    mu = (qv * dv).sum(dim=2, keepdim=True) / qv.sum(dim=2, keepdim=True)
+    c = dv - mu
+    return (qv * c * c).sum(dim=(1, 2))

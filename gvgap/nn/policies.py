@@ -1,15 +1,17 @@
-"""Torch policy classes on the tree: tabular and log-linear (parity with the numpy core), an
-MLP over a prefix encoding and a small causal transformer over tokens.
+"""Torch policy classes on the tree: tabular and log-linear (parity with the numpy core), and
+the stacked neural classes — an MLP over a one-hot prefix encoding and a small causal
+transformer over tokens (:mod:`gvgap.nn.stacked`).
 
 Every class is a ``torch.nn.Module`` with
 
 - ``node_logp() -> tuple[Tensor]``: log π_θ(a|s) per depth, ``[h]: (m, V^h, V)``;
 - ``leaf_logp() -> Tensor``: log P_θ(ξ|x), ``(m, V^H)``,
 
-both from ONE batched forward pass over all states (MLP) or over the V^(H−1) depth-(H−1)
-prefixes run through the causal model once (transformer: next-token log-probs at position t
-of a prefix are the distribution of its depth-t ancestor). So J, both KLs, win rate and
-best-of-N of a neural policy are exact through ``TreeEnv.metrics`` / ``gvgap.theory``.
+from ONE batched forward pass over all tree nodes (each node computed once; the transformer's
+state at a node is its prefix's, see :mod:`gvgap.nn.stacked`). So J, both KLs, win rate and
+best-of-N of a neural policy are exact through ``TreeEnv.metrics`` / ``gvgap.theory``. The
+neural classes take ``n_models=B`` to hold B independent models (outputs get a leading B
+axis; ``leaf_flat`` is the padded flat form the trainers use, :mod:`gvgap.nn.base`).
 
 Neural classes add the log π_ref node table as an offset and zero-initialise the output
 head, so the initial policy *is* π_ref (as at LLM scale, where π_ref is the initial model).
@@ -17,13 +19,15 @@ head, so the initial policy *is* π_ref (as at LLM scale, where π_ref is the in
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
+from gvgap.nn.base import StackedTree, model_seeds
 from gvgap.nn.device import Placement, import_torch, resolve
-from gvgap.nn.tree import as_tensor, edge_offsets, node_logp_from_paths, node_to_leaf_logp
+from gvgap.nn.layout import Chunk, TreeIndex
+from gvgap.nn.stacked import NodeMLP, SLinear, TreeTransformer, init_stack
+from gvgap.nn.tree import as_tensor, node_to_leaf_logp
 from gvgap.theory.tree import node_shapes, uniform_node_logp
 
 torch = import_torch()
@@ -44,14 +48,6 @@ class TreePolicy(nn.Module):
     def leaf_logp(self) -> torch.Tensor:
         """log P_θ(ξ|x), ``(m, V^H)``."""
         return node_to_leaf_logp(self.node_logp())
-
-    def _tree(self, n_prompts, vocab, horizon, logpi_ref, placement) -> tuple[Placement, Any]:
-        """Record m, V, H; return the placement (default: :func:`resolve`) and log π_ref
-        (default: uniform), which the neural classes add as a base offset."""
-        self.n_prompts, self.vocab, self.horizon = n_prompts, vocab, horizon
-        if logpi_ref is None:
-            logpi_ref = uniform_node_logp(n_prompts, vocab, horizon)
-        return placement or resolve(), logpi_ref
 
 
 class TorchTabularPolicy(TreePolicy):
@@ -99,62 +95,94 @@ class TorchLogLinearPolicy(TreePolicy):
         return tuple(out)
 
 
-def mlp(d_in: int, width: int, depth: int, d_out: int) -> nn.Sequential:
-    """``depth`` hidden GELU layers of ``width``, then a zero-initialised linear head."""
-    layers, d = [], d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.GELU()]
-        d = width
-    return nn.Sequential(*layers, nn.Linear(d, d_out))
+def node_tables(logpi_ref, n_prompts: int, vocab: int, horizon: int) -> np.ndarray:
+    """log π_ref node tables ``[h]: (m, V^h, V)`` (None: uniform) as rows ``(Σ_h m V^h, V)``,
+    depth-major, each depth in global node order (:mod:`gvgap.nn.layout`)."""
+    if logpi_ref is None:
+        logpi_ref = uniform_node_logp(n_prompts, vocab, horizon)
+    return np.concatenate([np.asarray(a, np.float64).reshape(-1, vocab) for a in logpi_ref])
 
 
-def init_weights(module: nn.Module, seed: int, zero: tuple = ()) -> None:
-    """Initialise every Linear / Embedding of ``module`` from a ``torch.Generator(seed)``
-    (PyTorch's default laws, no global RNG); modules in ``zero`` get zero weights and bias.
+class NeuralPolicy(StackedTree, TreePolicy):
+    """π_θ(·|s) = softmax(log π_ref(·|s) + f_θ(s)) for a stacked network f (subclasses define
+    :meth:`logits`), over the nodes of a chunk; leaf log-probs by path sums."""
 
-    Linear: W ~ U(±1/√fan_in) (kaiming_uniform with a = √5), b ~ U(±1/√fan_in);
-    Embedding: N(0, 1/width). LayerNorm keeps (1, 0).
+    def _setup(self, n_prompts, vocab, horizon, n_models, logpi_ref, placement) -> Placement:
+        """Record the tree; store log π_ref as per-model node rows ``(B or 1, T, V)`` in the
+        whole tree's padded node order (``logpi_ref``: one node table, or a list of B)."""
+        pl = self._tree(n_prompts, vocab, horizon, n_models, placement)
+        self.n_levels = horizon
+        # one node table (arrays per depth), or one table per model
+        per_model = (
+            n_models is not None and logpi_ref is not None and not hasattr(logpi_ref[0], "ndim")
+        )
+        tables = logpi_ref if per_model else [logpi_ref]
+        if per_model and len(tables) != self.n_models:
+            raise ValueError(f"need {self.n_models} π_ref tables, got {len(tables)}")
+        full = TreeIndex(n_prompts, vocab, horizon, horizon, Chunk(0, 0, n_prompts))
+        rows = np.zeros((len(tables), full.n_nodes, vocab))
+        for b, tab in enumerate(tables):
+            flat = node_tables(tab, n_prompts, vocab, horizon)
+            start = 0
+            for h in range(horizon):
+                n = n_prompts * vocab**h
+                rows[b, full.offsets[h] : full.offsets[h] + n] = flat[start : start + n]
+                start += n
+        self.register_buffer("offset", as_tensor(rows, pl))
+        return pl
+
+    def logits(self, tix) -> torch.Tensor:  # pragma: no cover - abstract
+        """``(B, n_nodes, V)`` network outputs at the chunk's nodes (depths 0..H−1)."""
+        raise NotImplementedError
+
+    def _offset_rows(self, tix) -> torch.Tensor:
+        if tix.tree.chunk == Chunk(0, 0, self.n_prompts):
+            return self.offset
+        full, pos = self.tree_index(), []
+        for h in range(self.n_levels):
+            g = tix.tree.global_ids(h)
+            pos.append(np.where(g >= 0, full.offsets[h] + g, 0))
+        pos = np.concatenate(pos)
+        return self.offset[:, torch.as_tensor(pos, device=self.offset.device)]
+
+    def node_logp_flat(self, chunk: Chunk | None = None) -> tuple[torch.Tensor, object]:
+        """log π_θ(·|s) at the chunk's nodes, ``(B, n_nodes, V)``, and the chunk's tables."""
+        tix = self.tree_index(chunk)
+        return F.log_softmax(self._offset_rows(tix) + self.logits(tix), dim=-1), tix
+
+    def leaf_flat(self, chunk: Chunk | None = None) -> torch.Tensor:
+        """log P_θ(ξ|x) of the chunk's leaves, ``(B, pad(n))``: acc_{h+1}(s·a) = acc_h(s) +
+        log π(a|s), level by level."""
+        lp, tix = self.node_logp_flat(chunk)
+        b, v = lp.shape[0], self.vocab
+        acc = torch.zeros((b, tix.padded[0]), dtype=lp.dtype, device=lp.device)
+        for h in range(self.horizon):
+            o, n = tix.offsets[h], tix.padded[h]
+            parent, tok = tix.parents[h]
+            acc = acc[:, parent] + lp[:, o : o + n].reshape(b, n * v)[:, parent * v + tok]
+        return acc
+
+    def node_logp(self):
+        """log π_θ(a|s) per depth: ``(m, V^h, V)`` or ``(B, m, V^h, V)``."""
+        lp, tix = self.node_logp_flat()
+        out = []
+        for h in range(self.horizon):
+            o, n = tix.offsets[h], self.n_prompts * self.vocab**h
+            a = lp[:, o : o + n].reshape(lp.shape[0], self.n_prompts, -1, self.vocab)
+            out.append(a if self.stacked else a[0])
+        return tuple(out)
+
+    def leaf_logp(self):
+        """log P_θ(ξ|x): ``(m, V^H)`` or ``(B, m, V^H)``."""
+        return self.public(self.leaf_flat())
+
+
+class MLPPolicy(NeuralPolicy):
+    """π_θ(·|x, s) = softmax(log π_ref(·|s) + MLP(enc(x, s))), one pass over all states.
+
+    enc(x, s): one-hot of the prompt, of the depth, and for each position t < H − 1 of the
+    token a_{t+1} or a padding symbol (V + 1 values): m + H + (H − 1)(V + 1) features.
     """
-    g = torch.Generator().manual_seed(int(seed))
-    for mod in module.modules():
-        if isinstance(mod, nn.Linear):
-            if any(mod is z for z in zero):
-                nn.init.zeros_(mod.weight)
-                nn.init.zeros_(mod.bias)
-                continue
-            bound = 1.0 / math.sqrt(mod.in_features)
-            with torch.no_grad():
-                mod.weight.copy_((torch.rand(mod.weight.shape, generator=g) * 2 - 1) * bound)
-                mod.bias.copy_((torch.rand(mod.bias.shape, generator=g) * 2 - 1) * bound)
-        elif isinstance(mod, nn.Embedding):
-            with torch.no_grad():
-                std = 1.0 / math.sqrt(mod.embedding_dim)
-                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * std)
-
-
-def prefix_encoding(n_prompts: int, vocab: int, horizon: int) -> np.ndarray:
-    """One-hot encoding of every (prompt, state), depth-major: ``(Σ_h m V^h, m + H + (H−1)(V+1))``.
-
-    Columns: prompt one-hot, depth one-hot, and for each position t < H−1 a one-hot over
-    V tokens + 1 padding symbol (positions not yet generated are padding).
-    """
-    rows = []
-    d = n_prompts + horizon + (horizon - 1) * (vocab + 1)
-    for h in range(horizon):
-        n_s = vocab**h
-        enc = np.zeros((n_prompts, n_s, d))
-        enc[np.arange(n_prompts), :, np.arange(n_prompts)] = 1.0
-        enc[:, :, n_prompts + h] = 1.0
-        s = np.arange(n_s)
-        for t in range(horizon - 1):
-            tok = (s // vocab ** (h - 1 - t)) % vocab if t < h else np.full(n_s, vocab)
-            enc[:, s, n_prompts + horizon + t * (vocab + 1) + tok] = 1.0
-        rows.append(enc.reshape(-1, d))
-    return np.concatenate(rows)
-
-
-class MLPPolicy(TreePolicy):
-    """π_θ(·|x, s) = softmax(log π_ref(·|s) + MLP(enc(x, s))), one pass over all states."""
 
     def __init__(
         self,
@@ -166,90 +194,46 @@ class MLPPolicy(TreePolicy):
         depth=2,
         logpi_ref=None,
         placement: Placement | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
+        n_models: int | None = None,
     ):
         super().__init__()
-        pl, logpi_ref = self._tree(n_prompts, vocab, horizon, logpi_ref, placement)
-        enc = prefix_encoding(n_prompts, vocab, horizon)
-        self.register_buffer("enc", as_tensor(enc, pl))
-        self.register_buffer(
-            "offset",
-            as_tensor(np.concatenate([np.asarray(a).reshape(-1, vocab) for a in logpi_ref]), pl),
-        )
-        self.net = mlp(enc.shape[1], width, depth, vocab)
-        init_weights(self.net, seed, zero=(self.net[-1],))
+        pl = self._setup(n_prompts, vocab, horizon, n_models, logpi_ref, placement)
+        self.width, self.depth = width, depth
+        n_feat = n_prompts + horizon + (horizon - 1) * (vocab + 1)
+        self.net = NodeMLP(self.n_models, n_feat, width, depth, vocab)
         self.to(pl.device, pl.dtype)
+        init_stack(self.net, model_seeds(seed, self.n_models))
+        self._feats: dict = {}
 
-    def node_logp(self):
-        """All states in one batch, split per depth."""
-        lp = F.log_softmax(self.offset + self.net(self.enc), dim=-1)
-        out, start = [], 0
-        for h in range(self.horizon):
-            n = self.n_prompts * self.vocab**h
-            out.append(lp[start : start + n].reshape(self.n_prompts, -1, self.vocab))
-            start += n
-        return tuple(out)
+    def features(self, tix) -> torch.Tensor:
+        """Active feature ids per node, ``(n_nodes, 2 + H − 1)`` (class docstring)."""
+        key = tix.tree.chunk
+        if key not in self._feats:
+            m, v, hh = self.n_prompts, self.vocab, self.horizon
+            rows = []
+            for h in range(self.n_levels):
+                tok = tix.tree.path_tokens(h, hh - 1)
+                cols = m + hh + np.arange(hh - 1) * (v + 1) + tok
+                depth = np.full((tok.shape[0], 1), m + h)
+                rows.append(np.concatenate([tix.tree.prompt_of(h)[:, None], depth, cols], 1))
+            self._feats[key] = torch.as_tensor(np.concatenate(rows), device=tix.tokens.device)
+        return self._feats[key]
 
+    def logits(self, tix):
+        """The MLP at every node of the chunk."""
+        return self.net(self.features(tix))
 
-class Block(nn.Module):
-    """Pre-LayerNorm causal self-attention + GELU MLP (width 2d) with residuals."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.ff = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).unbind(2)
-        a = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-        )
-        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.ff(self.ln2(x))
+    def bytes_per_leaf(self) -> float:
+        """≈ (H + 1 + 6·depth) width values per node, nodes ≈ 1/(V − 1) per leaf."""
+        per_node = (self.horizon + 1 + 6 * self.depth) * self.width + 4 * self.vocab
+        return per_node * self.itemsize() / max(self.vocab - 1, 1)
 
 
-class TransformerBody(nn.Module):
-    """Token + position embeddings (V tokens, then one BOS token per prompt), ``depth``
-    causal blocks, final LayerNorm. Sequences are ``[BOS_x, a_1, …]`` of length ≤ H + 1."""
-
-    def __init__(self, n_prompts, vocab, horizon, *, width=32, depth=2, heads=2):
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} must be a multiple of heads {heads}")
-        self.n_prompts, self.vocab, self.horizon = n_prompts, vocab, horizon
-        self.width, self.depth, self.heads = width, depth, heads
-        self.tok = nn.Embedding(vocab + n_prompts, width)
-        self.pos = nn.Embedding(horizon + 1, width)
-        self.blocks = nn.ModuleList([Block(width, heads) for _ in range(depth)])
-        self.ln = nn.LayerNorm(width)
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` token ids → ``(B, T, width)`` hidden states."""
-        x = self.tok(seq) + self.pos(torch.arange(seq.shape[1], device=seq.device))
-        for blk in self.blocks:
-            x = blk(x)
-        return self.ln(x)
-
-
-def sequences(n_prompts: int, vocab: int, length: int, device) -> torch.Tensor:
-    """``[BOS_x, a_1..a_L]`` for every prompt and token string: ``(m V^L, L + 1)``."""
-    toks = np.arange(vocab**length)[:, None] // vocab ** np.arange(length - 1, -1, -1) % vocab
-    toks = toks.reshape(vocab**length, length)
-    bos = np.repeat(vocab + np.arange(n_prompts), vocab**length)[:, None]
-    seq = np.concatenate([bos, np.tile(toks, (n_prompts, 1))], axis=1)
-    return torch.as_tensor(seq, dtype=torch.long, device=device)
-
-
-class TransformerPolicy(TreePolicy):
-    """Small causal transformer: π(·|x, a_<t) = softmax(log π_ref + head(h_t)).
-
-    One forward pass over the m·V^(H−1) sequences [BOS_x, a_1..a_{H−1}] gives every node's
-    next-token distribution (position t ↔ the depth-t ancestor).
-    """
+class TransformerPolicy(NeuralPolicy):
+    """Small causal transformer: π(·|x, a_≤t) = softmax(log π_ref + head(h_t)), h_t the
+    transformer state of the node (x, a_1..a_t), every node computed once
+    (:class:`gvgap.nn.stacked.TreeTransformer`)."""
 
     def __init__(
         self,
@@ -262,22 +246,24 @@ class TransformerPolicy(TreePolicy):
         heads=2,
         logpi_ref=None,
         placement: Placement | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
+        n_models: int | None = None,
     ):
         super().__init__()
-        pl, logpi_ref = self._tree(n_prompts, vocab, horizon, logpi_ref, placement)
-        self.register_buffer("offset", as_tensor(edge_offsets(logpi_ref, vocab, horizon), pl))
-        self.register_buffer("seq", sequences(n_prompts, vocab, horizon - 1, pl.device))
-        self.body = TransformerBody(
-            n_prompts, vocab, horizon, width=width, depth=depth, heads=heads
+        pl = self._setup(n_prompts, vocab, horizon, n_models, logpi_ref, placement)
+        self.width, self.depth, self.heads = width, depth, heads
+        self.body = TreeTransformer(
+            self.n_models, n_prompts, vocab, horizon, width=width, depth=depth, heads=heads
         )
-        self.head = nn.Linear(width, vocab)
-        init_weights(self, seed, zero=(self.head,))
+        self.head = SLinear(self.n_models, width, vocab, zero=True)
         self.to(pl.device, pl.dtype)
+        init_stack(self, model_seeds(seed, self.n_models))
 
-    def node_logp(self):
-        """Strided views of the path outputs (see module docstring)."""
-        logits = self.head(self.body(self.seq))
-        m, h, v = self.n_prompts, self.horizon, self.vocab
-        lp = F.log_softmax(self.offset + logits.reshape(m, -1, h, v), dim=-1)
-        return node_logp_from_paths(lp, v)
+    def logits(self, tix):
+        """Head on the transformer state of every node."""
+        return self.head(self.body(tix))
+
+    def bytes_per_leaf(self) -> float:
+        """≈ (16 + 4 H) width values per node and layer, nodes ≈ 1/(V − 1) per leaf."""
+        per_node = self.depth * (16 + 4 * self.horizon) * self.width + 4 * self.vocab
+        return per_node * self.itemsize() / max(self.vocab - 1, 1)

@@ -1,19 +1,21 @@
-"""Torch reward classes: a global scalar-head RM on an MLP or transformer backbone (fresh, or
-initialised from a policy's backbone as at LLM scale), the local RM r_π = β log π/π_ref of
-any torch policy, and torch twins of the tabular / linear RMs.
+"""Torch reward classes: a global scalar-head RM on an MLP or tree-transformer backbone
+(fresh, or initialised from a policy's backbone as at LLM scale), the local RM
+r_π = β log π/π_ref of any torch policy, and torch twins of the tabular / linear RMs.
 
-Every class is a ``torch.nn.Module`` with ``leaf_reward() -> (m, V^H)``, from one batched
-forward pass over all m·V^H completions.
+Every class is a ``torch.nn.Module`` with ``leaf_reward() -> (m, V^H)`` (``(B, m, V^H)`` for
+a stack of B models), from one batched forward pass over the tree.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 
+from gvgap.nn.base import StackedTree, model_seeds
 from gvgap.nn.device import Placement, import_torch, resolve
-from gvgap.nn.policies import TransformerBody, init_weights, mlp, sequences
+from gvgap.nn.stacked import NodeMLP, SLinear, TreeTransformer, init_stack
 from gvgap.nn.tree import as_tensor
 
 torch = import_torch()
@@ -47,24 +49,15 @@ class TorchLinearReward(nn.Module):
         return self.phi @ self.w
 
 
-def leaf_encoding(n_prompts: int, vocab: int, horizon: int) -> np.ndarray:
-    """One-hot (prompt, a_1, …, a_H) of every completion: ``(m V^H, m + H V)``."""
-    n = vocab**horizon
-    toks = np.arange(n)[:, None] // vocab ** np.arange(horizon - 1, -1, -1) % vocab
-    enc = np.zeros((n_prompts, n, n_prompts + horizon * vocab))
-    enc[np.arange(n_prompts), :, np.arange(n_prompts)] = 1.0
-    for t in range(horizon):
-        enc[:, np.arange(n), n_prompts + t * vocab + toks[:, t]] = 1.0
-    return enc.reshape(n_prompts * n, -1)
+class ScalarHeadRM(StackedTree):
+    """Global RM r_w(x, ξ) = head(backbone(x, ξ)), a scalar per completion (stacked: see
+    :mod:`gvgap.nn.base`).
 
-
-class ScalarHeadRM(nn.Module):
-    """Global RM r_w(x, ξ) = head(backbone(x, ξ)), a scalar per completion.
-
-    ``arch="transformer"``: the causal body over [BOS_x, a_1..a_H], read at the last position
-    (``body`` = a policy's ``TransformerBody`` to start from its weights, deep-copied);
-    ``arch="mlp"``: an MLP over the one-hot (prompt, tokens) encoding. The head starts at
-    zero, so r = 0 initially (BT's symmetric start).
+    ``arch="transformer"``: the causal tree transformer over [BOS_x, a_1..a_H], read at the
+    leaf node (``body`` = a policy's ``TreeTransformer`` with the same B to start from its
+    weights, deep-copied); ``arch="mlp"``: an MLP over the one-hot (prompt, a_1, …, a_H)
+    encoding (m + H V features). The head starts at zero, so r = 0 initially (BT's
+    symmetric start).
     """
 
     def __init__(
@@ -79,41 +72,59 @@ class ScalarHeadRM(nn.Module):
         heads=2,
         body=None,
         placement: Placement | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
+        n_models: int | None = None,
     ):
         super().__init__()
-        pl = placement or resolve()
-        self.n_prompts, self.vocab, self.horizon, self.arch = n_prompts, vocab, horizon, arch
+        pl = self._tree(n_prompts, vocab, horizon, n_models, placement)
+        self.n_levels, self.arch = horizon + 1, arch
+        self.width, self.depth = width, depth
+        seeds = model_seeds(seed, self.n_models)
         if arch == "transformer":
-            self.body = (
-                copy.deepcopy(body)
-                if body is not None
-                else TransformerBody(
-                    n_prompts, vocab, horizon, width=width, depth=depth, heads=heads
-                )
+            self.body = TreeTransformer(
+                self.n_models, n_prompts, vocab, horizon, width=width, depth=depth, heads=heads
             )
-            self.head = nn.Linear(self.body.width, 1)
-            if body is None:
-                init_weights(self, seed, zero=(self.head,))
-            else:
-                init_weights(self.head, seed, zero=(self.head,))
-            self.register_buffer("seq", sequences(n_prompts, vocab, horizon, pl.device))
+            self.head = SLinear(self.n_models, width, 1, zero=True)
         elif arch == "mlp":
-            enc = leaf_encoding(n_prompts, vocab, horizon)
-            self.register_buffer("enc", as_tensor(enc, pl))
-            self.net = mlp(enc.shape[1], width, depth, 1)
-            init_weights(self.net, seed, zero=(self.net[-1],))
+            self.net = NodeMLP(self.n_models, n_prompts + horizon * vocab, width, depth, 1)
+            self._feats: dict = {}
         else:
             raise ValueError(f"arch must be 'transformer' or 'mlp', got {arch!r}")
         self.to(pl.device, pl.dtype)
+        init_stack(self, seeds)
+        if body is not None:
+            self.body.load_state_dict(copy.deepcopy(body.state_dict()))
+
+    def features(self, tix) -> torch.Tensor:
+        """Active one-hot features of every leaf of the chunk, ``(pad(n), 1 + H)``."""
+        key = tix.tree.chunk
+        if key not in self._feats:
+            h, m, v = self.horizon, self.n_prompts, self.vocab
+            tok = tix.tree.path_tokens(h, h)
+            cols = m + np.arange(h) * v + tok
+            feats = np.concatenate([tix.tree.prompt_of(h)[:, None], cols], axis=1)
+            self._feats[key] = torch.as_tensor(feats, device=tix.tokens.device)
+        return self._feats[key]
+
+    def leaf_flat(self, chunk=None) -> torch.Tensor:
+        """r_w at the chunk's leaves, ``(B, pad(n))``."""
+        tix = self.tree_index(chunk)
+        if self.arch == "mlp":
+            return self.net(self.features(tix))[..., 0]
+        o, n = tix.offsets[self.horizon], tix.padded[self.horizon]
+        return self.head(self.body(tix)[:, o : o + n])[..., 0]
 
     def leaf_reward(self) -> torch.Tensor:
-        """r_w(x, ξ) for every completion, ``(m, V^H)``."""
-        if self.arch == "transformer":
-            out = self.head(self.body(self.seq)[:, -1, :])
-        else:
-            out = self.net(self.enc)
-        return out.reshape(self.n_prompts, -1)
+        """r_w(x, ξ) for every completion: ``(m, V^H)`` or ``(B, m, V^H)``."""
+        return self.public(self.leaf_flat())
+
+    def bytes_per_leaf(self) -> float:
+        """≈ (20 + 4 H) width values per node and layer (transformer; nodes ≈ V/(V − 1) per
+        leaf) or (H + 1 + 6·depth) width per leaf (MLP)."""
+        if self.arch == "mlp":
+            return (self.horizon + 1 + 6 * self.depth) * self.width * self.itemsize()
+        per_node = self.depth * (20 + 4 * self.horizon) * self.width
+        return per_node * self.itemsize() * self.vocab / max(self.vocab - 1, 1)
 
 
 class LocalRM(nn.Module):
