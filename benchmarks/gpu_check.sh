@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# One prepared GPU check for the torch path (issue 10). Never required by CI.
+# One prepared GPU check for the torch path (issues 10, 18). Never required by CI.
 #
 #   bash benchmarks/gpu_check.sh            # on a machine with one CUDA device (H100/H200)
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
-#   DEVICE=cpu LOG2_LEAVES=20 bash benchmarks/gpu_check.sh   # dry run of the same steps
+#   DEVICE=cpu LOG2_LEAVES=20 H6_VOCAB=4 H6_HORIZON=5 bash benchmarks/gpu_check.sh  # dry run
 #
 # Needs only torch and the project (run from anywhere; it cd's to the repo root). Budget
 # ≤ 8 min on one H100/H200: every step has its own timeout, and a failed step does not stop
-# the others (the exit status is that of the first failure). Steps:
-#   1. the torch tests (tests/test_nn_*.py) on the device (GVGAP_TEST_DEVICE), float64;
-#   2. the soft-VI ratio: benchmarks/bench_softvi_torch.py at 2^30 leaves (float32, 4 GiB);
-#   3. one neural H6 cell (h6_neural, linear family, V=3 H=4 n=64, 8 seeds, on the device),
-#      its verdict and figure;
+# the others (the exit status is that of the first failure). With DEVICE=cuda and no CUDA
+# device it prints "SKIPPED: no CUDA device" and exits 0 without running anything. Steps:
+#   1. device: torch version, device name, dtype the project picks (float32 on CUDA);
+#   2. tests: the torch tests (tests/test_nn_*.py) on the device (GVGAP_TEST_DEVICE), float64;
+#   3. softvi: big-tree soft VI vs one exp pass, bench_softvi_torch.py at 2^LOG2_LEAVES
+#      leaves (default 2^30, float32, 4 GiB);
+#   4. forward: one forward + backward of the tree transformer policy and RM at
+#      H6_VOCAB^H6_HORIZON leaves (default 4^8 = 65,536), float32 and float64, ms;
+#   5. h6_run: one h6_neural run at that size on the device (float32), timed, with both
+#      capacity residuals and the capacity measurement's share of the run;
+#   6. dtype: float32 vs float64 on the device (same parameters; same run trained in both)
+#      at 4^6 leaves;
 # everything printed and saved under $OUT (default: a fresh temporary directory).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 DEVICE=${DEVICE:-cuda}
 LOG2_LEAVES=${LOG2_LEAVES:-30}
-SEEDS=${SEEDS:-8}
+H6_VOCAB=${H6_VOCAB:-4}
+H6_HORIZON=${H6_HORIZON:-8}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
@@ -35,61 +43,34 @@ step() {  # step NAME TIMEOUT_S CMD...: run, tee to $OUT/NAME.txt, remember the 
     return 0
 }
 
-step device 30 "$PY" -c "
+if [ "${DEVICE%%:*}" = "cuda" ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "SKIPPED: no CUDA device (DEVICE=$DEVICE); dry-run on CPU with DEVICE=cpu"
+    exit 0
+fi
+
+step device 60 "$PY" -c "
 import torch
 from gvgap.nn.device import resolve
-p = resolve('$DEVICE')
+p = resolve('$DEVICE', 'auto')
 print('torch', torch.__version__, 'device', p.device, p.dtype,
       torch.cuda.get_device_name() if p.is_cuda else 'cpu')"
 
 export GVGAP_TEST_DEVICE=$DEVICE
-step tests 120 "$PY" -m pytest -q -p no:cacheprovider \
-    tests/test_nn_parity.py tests/test_nn_classes.py tests/test_nn_train.py \
-    tests/test_nn_bigtree.py tests/test_nn_device.py
+step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_nn_parity.py \
+    tests/test_nn_classes.py tests/test_nn_train.py tests/test_nn_bigtree.py \
+    tests/test_nn_device.py tests/test_nn_stacked.py tests/test_nn_capacity.py
 
 step softvi 90 "$PY" benchmarks/bench_softvi_torch.py --device "$DEVICE" \
     --log2-leaves "$LOG2_LEAVES" --repeat 5
 
-cat > "$OUT/h6_neural_cell.toml" <<TOML
-[sweep]
-experiment = "h6_neural"
-seeds = $SEEDS
+step forward 60 "$PY" benchmarks/bench_neural.py --part forward --device "$DEVICE" \
+    --vocab "$H6_VOCAB" --horizon "$H6_HORIZON"
 
-[fixed]
-family = "linear"
-vocab = 3
-horizon = 4
-n_pairs = 64
-lam_grid = "short"
-device = "$DEVICE"
+step h6_run 240 "$PY" benchmarks/bench_neural.py --part run --device "$DEVICE" \
+    --vocab "$H6_VOCAB" --horizon "$H6_HORIZON"
 
-[grid]
-arch = ["transformer"]
-TOML
-step h6_cell 180 "$PY" -m gvgap.cli sweep "$OUT/h6_neural_cell.toml" --out "$OUT/h6_neural" \
-    --workers 1
-step h6_verdict 45 "$PY" - "$OUT/h6_neural" <<'PYEOF'
-import json, sys
-from pathlib import Path
-
-from gvgap.experiments import h6_neural as E
-from gvgap.sweep.store import RunStore
-
-run_dir = Path(sys.argv[1])
-df = RunStore(run_dir).consolidate("h6_neural")
-print(df[df["metric"].isin(["J", "regret", "acc_in", "acc_out", "grad_norm"])]
-      .groupby(["pipeline", "metric"])["value"].describe()[["count", "mean", "50%", "min", "max"]]
-      .to_string())
-v = E.verdict(df)
-print(json.dumps(v.to_json(), indent=1))
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-fig, ax = plt.subplots(figsize=(6, 4))
-E.plot(df, ax=ax)
-fig.savefig(run_dir.parent / "h6_neural_cell.png", dpi=120, bbox_inches="tight")
-print("figure:", run_dir.parent / "h6_neural_cell.png")
-PYEOF
+step dtype 150 "$PY" benchmarks/bench_neural.py --part dtype --device "$DEVICE" \
+    --vocab 4 --horizon 6
 
 echo "gpu_check: outputs in $OUT; status $status"
 exit "$status"

@@ -122,3 +122,34 @@ def test_input_module_is_not_changed():
     before = [p.detach().clone() for p in pol.parameters()]
     TR.preference_fit(pol, env, data, steps=5, polish=0)
     assert all(torch.equal(a, b) for a, b in zip(before, pol.parameters()))
+
+
+def test_select_lambda_many_is_select_lambda_per_dataset():
+    """The batched protocol picks the same λ and refits the same way as select_lambda, on
+    exact numpy fits (linear RM, Newton): same splits, scores and tie rule (equal to
+    round-off: select_lambda warm-starts its Newton path, which moves the last bits)."""
+    from gvgap.learners.select import select_lambda_many
+
+    env = random_env(9, vocab=2, horizon=3, n_features=3)
+    datas = [
+        sample_pairs(env.logp_ref, env.r_star, env.rho, n, np.random.default_rng(n))
+        for n in (12, 30, 50)
+    ]
+    cls = LinearReward(env.features)
+    shape = env.logp_ref.shape
+    grid = (1e-3, 1e-1, 10.0)
+
+    def one(d, lam):
+        return learners.fit_reward(cls, d, shape, lam=lam)
+
+    many = select_lambda_many(
+        lambda owners, ds, lams: [one(d, lam) for d, lam in zip(ds, lams)],
+        datas,
+        split_seeds=[3, 4, 5],
+        grid=grid,
+    )
+    for d, s, (res, scores) in zip(datas, (3, 4, 5), many):
+        ref, ref_scores = learners.select_lambda(one, d, split_seed=s, grid=grid)
+        assert res.lam == ref.lam and scores.keys() == ref_scores.keys()
+        assert all(abs(scores[k] - ref_scores[k]) < 1e-8 for k in scores)
+        assert np.max(np.abs(res.r_hat - ref.r_hat)) < 1e-7

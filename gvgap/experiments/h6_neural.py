@@ -87,38 +87,42 @@ REPORTED = (Hy.Contrast("rlhf − dpo win rate", "rlhf", "dpo", "win_rate"),)
 #: Equivalence margin δ (J units; J* − J_ref of these families is ≈ 1–2).
 MARGIN = 0.02
 #: Columns that define a cell of the verdict and the surface.
-CELL_KEYS = ["family", "ref", "vocab", "horizon", "arch", "width", "depth", "n_pairs"]
+CELL_KEYS = [
+    "family",
+    "check",
+    "ref",
+    "ref_concentration",
+    "vocab",
+    "horizon",
+    "arch",
+    "width",
+    "depth",
+    "n_pairs",
+]
 #: The headline cell of the confirmatory sweep (fixed before it ran).
 HEADLINE = {
-    "family": "linear",
+    "family": "planning",
+    "check": "ends_with_first",
     "ref": "random",
+    "ref_concentration": 0.3,
     "vocab": 4,
     "horizon": 6,
+    "arch": "transformer",
     "width": 16,
     "depth": 1,
-    "arch": "transformer",
     "n_pairs": 64,
 }
 #: The headline cell of the quick sweep (a small tree and network of the same design).
-QUICK_HEADLINE = {
-    "family": "linear",
-    "ref": "random",
-    "vocab": 2,
-    "horizon": 6,
-    "width": 4,
-    "depth": 1,
-    "arch": "transformer",
-    "n_pairs": 32,
-}
+QUICK_HEADLINE = {**HEADLINE, "vocab": 2, "width": 4, "n_pairs": 32}
 
 
 @dataclass(frozen=True)
 class Config(C.ProblemConfig):
     """One h6_neural setting.
 
-    Shared problem fields: :class:`common.ProblemConfig` (here family ``linear`` with the
-    ``position_token`` dictionary, k = 8, a random π_ref, V = 4, H = 6, n = 64, λ selected
-    on the short grid).
+    Shared problem fields: :class:`common.ProblemConfig` (here family ``planning`` with check
+    ``ends_with_first``, a random π_ref of concentration 0.3, V = 4, H = 6, n = 64, λ
+    selected on the short grid).
 
     Attributes:
         arch: ``transformer`` (causal, over tokens) or ``mlp`` (over a one-hot encoding), for
@@ -133,13 +137,14 @@ class Config(C.ProblemConfig):
         dtype: ``auto`` (float64 on CPU, float32 on CUDA), ``float64`` or ``float32``.
     """
 
-    family: str = "linear"
+    family: str = "planning"
     vocab: int = 4
     horizon: int = 6
     n_pairs: int = 64
-    k: int = 8
+    k: int = 4
     ref: str = "random"
-    dictionary: str = "position_token"
+    ref_concentration: float = 0.3
+    check: str = "ends_with_first"
     lam_grid: str = "short"
     arch: str = "transformer"
     width: int = 16
@@ -148,7 +153,7 @@ class Config(C.ProblemConfig):
     rm_init: str = "fresh"
     steps: int = 150
     lr: float = 0.02
-    polish: int = 50
+    polish: int = 200
     restarts: int = 3
     block: str = "dev"
     device: str = "cpu"
@@ -187,26 +192,28 @@ class Config(C.ProblemConfig):
 SMOKE = Config(
     vocab=2, horizon=3, n_pairs=12, k=3, lam=0.01, width=8, steps=20, polish=5, restarts=2
 )
-#: The confirmatory sweep (block ``confirm``): the headline family and its controls at the
-#: headline tree and network, n at the headline and one larger value.
+#: The pilot block that sized the confirmatory sweep (``sims/h6_neural_pilot.toml``): the
+#: headline cell and its both-fit control, 6 seeds (:func:`plan_seeds`).
+PILOT = {
+    "seeds": 6,
+    "fixed": {"block": "pilot"},
+    "grid": {"ref_concentration": [0.3, 10.0]},
+}
+#: The confirmatory sweep (block ``confirm``, never used while developing): one verifier
+#: (ends_with_first), the generator made complex by a peaked random π_ref (concentration
+#: 0.3) or nearly uniform (10: both networks fit), at the headline n and a larger one.
+#: Seeds from :func:`plan_seeds` on the pilot block.
 SETTINGS = {
     "seeds": 12,
     "fixed": {"block": "confirm"},
-    "grid": {
-        "family": ["linear", "policy_complex"],
-        "ref": ["random", "uniform"],
-        "n_pairs": [64, 512],
-    },
+    "grid": {"ref_concentration": [0.3, 10.0], "n_pairs": [64, 512]},
 }
-#: Quick: the same design on a 64-leaf tree with width-4 networks (the capacity asymmetry
-#: appears at that scale: a width-4 transformer cannot tilt 63 random π_ref states), λ = 1
-#: fixed, 10 seeds per cell, one stacked call per cell.
+#: Quick: the same design on a 64-leaf tree (V = 2, H = 6) with width-4 networks, λ = 1
+#: fixed, every seed of a cell in one stacked call.
 QUICK = {
     "seeds": 10,
     "fixed": {
         "vocab": 2,
-        "horizon": 6,
-        "k": 6,
         "n_pairs": 32,
         "lam": 1.0,
         "width": 4,
@@ -215,8 +222,28 @@ QUICK = {
         "polish": 30,
         "restarts": 2,
     },
-    "grid": {"family": ["linear", "policy_complex"], "ref": ["random", "uniform"]},
+    "grid": {"ref_concentration": [0.3, 10.0]},
 }
+
+
+def plan_seeds(pilot: pd.DataFrame, n_cells: int, **kw):
+    """Seeds for the confirmatory sweep from a pilot table (block ``pilot``): the most of
+    :func:`gvgap.inference.seeds_for_power` (80 % power, smoothed bootstrap of the pilot's
+    paired differences at the headline cell, Bonferroni over ``n_cells`` Holm cells) for
+    the test (rlhf − dpo, ``greater`` at the pilot's effect), the positive control
+    (oracle − dpo, ``greater``) and the isomorphic control (rl_local − dpo, ``equivalent``
+    within MARGIN). Returns ``(seeds, {contrast: SeedPlan})``."""
+    from gvgap.inference import seeds_for_power
+
+    head = Hy.at_cell(block_rows(pilot), HEADLINE)
+    plans = {
+        "test": seeds_for_power(Hy.paired(head, TEST), n_tests=n_cells, **kw),
+        "positive control": seeds_for_power(Hy.paired(head, CONTROL), n_tests=n_cells, **kw),
+        "isomorphic control": seeds_for_power(
+            Hy.paired(head, ISOMORPHIC), test="equivalent", margin=MARGIN, n_tests=n_cells, **kw
+        ),
+    }
+    return max(p.seeds for p in plans.values()), plans
 
 
 def pair_accuracy(r_hat: np.ndarray, r_star: np.ndarray, logp_mu: np.ndarray, rho) -> float:
