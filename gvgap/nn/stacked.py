@@ -84,11 +84,12 @@ class SRows(nn.Module):
         shape = self.weight.shape[1:]
         if self.fan_in is None:
             std = 1.0 / math.sqrt(shape[-1])
-            self.weight.data[b] = torch.randn(shape, generator=gen, dtype=torch.float64) * std
+            x = torch.randn(shape, generator=gen, dtype=torch.float64) * std
         else:
             bound = 1.0 / math.sqrt(self.fan_in)
             u = torch.rand(shape, generator=gen, dtype=torch.float64)
-            self.weight.data[b] = (u * 2 - 1) * bound
+            x = (u * 2 - 1) * bound
+        self.weight.data[b] = x.to(self.weight.device, self.weight.dtype)
 
     def forward(self, idx):
         """``idx`` of any shape → ``(B, *idx.shape, d)``."""
