@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 
 from gvgap.plots import _axes, _zero_line
 
+_SHORT = {"ref_concentration": "conc", "n_pairs": "n"}
 CAPACITY = (
     ("offline", "capacity_residual", "cap_off"),
     ("online", "capacity_residual", "cap_on"),
@@ -124,7 +125,8 @@ def neural_surface(df: pd.DataFrame, keys: Sequence[str], ax: Axes | None = None
         )
         ax.plot([c["asym"]], [c["ctrl"]], marker="x", color="0.6", ls="none")
         if other:
-            ax.annotate("/".join(str(c[k]) for k in other), (c["asym"], c["mean"]), fontsize=6)
+            text = ", ".join(f"{_SHORT.get(k, k)}={c[k]}" for k in other)
+            ax.annotate(text, (c["asym"], c["mean"]), fontsize=6)
         seen.add(label)
     ax.plot([], [], marker="x", color="0.6", ls="none", label="oracle − dpo (control)")
     _zero_line(ax)
