@@ -338,6 +338,10 @@ def experiment_specs(eid: str, df: pd.DataFrame, module: ModuleType | None) -> l
         fn = getattr(module, "plot_uses", None)
         uses = tuple(fn(df) if callable(fn) else getattr(module, "PLOT_USES", (ALL,)))
         own.append(FigureSpec(eid, caption, module.plot, uses))
+        extra = getattr(module, "extra_figures", None)
+        for kind, draw, extra_uses in extra(df) if callable(extra) else ():
+            doc = " ".join((draw.__doc__ or "").strip().split("\n\n")[0].split())
+            own.append(FigureSpec(f"{eid}__{kind}", doc or kind, draw, tuple(extra_uses)))
     return own + generic_specs(eid, df)
 
 

@@ -1,5 +1,6 @@
-"""The h6 surface figure (``h6_gap.plot``): paired regret differences per generator, tree and
-protocol on one panel; the other swept fields become facets (``h6_gap.plot_uses``)."""
+"""The h6 figures: the dose–response law (n·d against ΔC, d against n with ΔC/n, the small-n
+ranking against the dims-gap) on ``h6_rule.dose_table``, and the surface / n-curves of
+paired regret differences for user sweeps over generators (``h6_gap.plot``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from gvgap.stats import paired_difference, with_column
 
 #: Protocol markers of :func:`h6_surface` (categorical, told apart at a glance).
 H6_PROTOCOL_STYLE = {
-    "well_specified": ("o", "-"),
-    "common": ("s", "--"),
+    "learned": ("o", "-"),
+    "well_specified": ("D", "-."),
+    "gift": ("s", "--"),
+    "gift_tabular": ("P", "--"),
     "non_oracle": ("^", ":"),
 }
 
@@ -129,4 +132,160 @@ def h6_curves(
     ax.set_ylabel(f"{metric}(offline) − {metric}(online)  (nats; 95% CI)")
     ax.set_title("H6: online advantage vs n")
     ax.legend(fontsize=7, framealpha=0.6)
+    return ax
+
+
+# ---------------------------------------------------------------- the dose–response law
+
+#: Markers of β in the dose–response figures (categorical).
+BETA_MARKERS = {0.1: "v", 0.3: "<", 1.0: "o", 3.0: "s"}
+
+
+def _gen_colors(gens) -> dict:
+    return dict(zip(sorted(gens), sns.color_palette("colorblind", max(len(set(gens)), 1))))
+
+
+def dose_response(
+    table: pd.DataFrame,
+    ax: Axes | None = None,
+    *,
+    protocol: str = "learned",
+    n_values: tuple[int, ...] = (1024, 4096),
+    band: tuple[float, float] = (0.67, 1.5),
+) -> Axes:
+    """n·d against ΔC on log–log axes (``h6_rule.dose_table``): one point per (cell, n) of
+    ``protocol`` at ``n_values`` with ΔC > 0 — mean n·d with its 95 % bootstrap interval —
+    colour = generator of r*, marker = β, filled = a law cell of the rule (asymptotic regime,
+    not misspecified), hollow = reported only. The identity n·d = ΔC (solid) and the P1 band
+    (slopes 0.67 and 1.5, dotted) are drawn; means ≤ 0 sit on the lower edge as ×. Cells with
+    ΔC* = 0 are P2's, not drawn here."""
+    ax = _axes(ax)
+    t = table[(table["protocol"] == protocol) & table["n_pairs"].isin(n_values)]
+    t = t[(t["delta_C_star"] > 0) & (t["delta_C"] > 0)]
+    if t.empty:
+        ax.set_title(f"H6 dose–response ({protocol}): no cell with ΔC > 0")
+        return ax
+    colors = _gen_colors(t["generator"].unique())
+    pos = t["nd"] > 0
+    floor = 0.5 * float(t.loc[pos, "nd_low"].clip(lower=1e-3).min()) if pos.any() else 0.1
+    for _, r in t.iterrows():
+        c = colors[r["generator"]]
+        y = r["nd"] if r["nd"] > 0 else floor
+        marker = BETA_MARKERS.get(r["beta"], "D") if r["nd"] > 0 else "x"
+        lo = max(r["nd"] - max(r["nd_low"], floor * 0.5), 0.0) if r["nd"] > 0 else 0.0
+        hi = max(r["nd_high"] - r["nd"], 0.0) if r["nd"] > 0 else 0.0
+        ax.errorbar(
+            [r["delta_C"]],
+            [y],
+            yerr=[[lo], [hi]],
+            marker=marker,
+            color=c,
+            mfc=c if r["law"] else "white",
+            ls="none",
+            capsize=2,
+            alpha=0.9,
+        )
+    xs = np.geomspace(t["delta_C"].min() * 0.7, t["delta_C"].max() * 1.4, 50)
+    ax.plot(xs, xs, color="k", lw=1.0, label="n·d = ΔC")
+    for b in band:
+        ax.plot(xs, b * xs, color="k", lw=0.7, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("ΔC = C(offline class) − C(online class)  (exact, per run, mean over seeds)")
+    ax.set_ylabel("n · (regret offline − regret online)  (mean, 95% CI)")
+    ax.set_title(f"H6 law ({protocol}), n = {', '.join(map(str, n_values))}", fontsize=10)
+    handles = [plt_line(colors[g], "o", str(g)) for g in sorted(colors)] + [
+        plt_line("0.4", m, f"β = {b:g}") for b, m in BETA_MARKERS.items() if b in set(t["beta"])
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.6)
+    return ax
+
+
+def plt_line(color, marker: str, text: str):
+    """A legend handle: a marker of ``color``."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=color, marker=marker, ls="none", label=text)
+
+
+def d_against_n(table: pd.DataFrame, ax: Axes | None = None, *, protocol: str = "learned") -> Axes:
+    """d against n per cell of ``protocol`` (log–log; ``h6_rule.dose_table``): mean d with its
+    95 % bootstrap interval (solid, colour per cell), and the law's prediction ΔC/n from the
+    runs' own classes (dashed, same colour). The cells of P1 only (ΔC* > 0, a law cell at some
+    n of the rule); means ≤ 0 sit on the lower edge."""
+    ax = _axes(ax)
+    t = table[(table["protocol"] == protocol) & (table["delta_C_star"] > 0)]
+    key = "cell" if "cell" in t else "generator"
+    law = set(t.loc[t["law"], key])
+    t = t[t[key].isin(law)]
+    cells = sorted(law, key=str)
+    if not cells:
+        ax.set_title(f"H6 ({protocol}): no law cell with ΔC* > 0")
+        return ax
+    palette = sns.color_palette("colorblind" if len(cells) <= 10 else "tab20", len(cells))
+    colors = dict(zip(cells, palette))
+    pos = t["d"] > 0
+    floor = 0.5 * float(t.loc[pos, "d"].min()) if pos.any() else 1e-4
+    for cell in cells:
+        g = t[t[key] == cell].sort_values("n_pairs")
+        y = g["d"].where(g["d"] > 0, floor)
+        lo = (g["d"] - g["d_low"].clip(lower=floor * 0.5)).clip(lower=0.0).where(g["d"] > 0, 0.0)
+        hi = (g["d_high"] - g["d"]).clip(lower=0.0).where(g["d"] > 0, 0.0)
+        ax.errorbar(
+            g["n_pairs"],
+            y,
+            yerr=[lo, hi],
+            color=colors[cell],
+            marker="o",
+            capsize=2,
+            label=f"{cell} ({int(g['seeds'].min())} seeds)",
+        )
+        pred = g["predicted_d"].where(g["predicted_d"] > 0)
+        ax.plot(g["n_pairs"], pred, color=colors[cell], ls="--", lw=1.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("preference pairs n")
+    ax.set_ylabel("d = regret(offline) − regret(online)  (nats; mean, 95% CI)")
+    ax.set_title(f"H6 ({protocol}): d against n; dashed: ΔC/n", fontsize=10)
+    ax.legend(fontsize=6, ncol=2, framealpha=0.6)
+    return ax
+
+
+def rank_scatter(
+    table: pd.DataFrame, ax: Axes | None = None, *, n: int = 16, protocol: str = "learned"
+) -> Axes:
+    """The small-n ranking (P3, reported): mean d at ``n`` per cell against the cells' mean
+    dims-gap log(dim offline class / dim online class) (the former proxy of the gap); colour =
+    generator, marker = β, 95 % bootstrap intervals; ΔC printed beside each point."""
+    ax = _axes(ax)
+    t = table[(table["protocol"] == protocol) & (table["n_pairs"] == n)]
+    if t.empty:
+        ax.set_title(f"H6 ({protocol}): no cell at n = {n}")
+        return ax
+    colors = _gen_colors(t["generator"].unique())
+    for _, r in t.iterrows():
+        c = colors[r["generator"]]
+        ax.errorbar(
+            [r["dims_gap"]],
+            [r["d"]],
+            yerr=[[r["d"] - r["d_low"]], [r["d_high"] - r["d"]]],
+            marker=BETA_MARKERS.get(r["beta"], "D"),
+            color=c,
+            ls="none",
+            capsize=2,
+        )
+        if np.isfinite(r["delta_C"]):
+            ax.annotate(
+                f"{r['delta_C']:.3g}",
+                (r["dims_gap"], r["d"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    _zero_line(ax)
+    ax.set_xlabel("dims-gap log(dim offline class / dim online class)  (mean over seeds)")
+    ax.set_ylabel(f"d at n = {n}  (nats; mean, 95% CI)")
+    ax.set_title(f"H6 ({protocol}) at n = {n}: d against the dims-gap (labels: ΔC)", fontsize=10)
+    handles = [plt_line(colors[g], "o", str(g)) for g in sorted(colors)]
+    ax.legend(handles=handles, fontsize=7, framealpha=0.6)
     return ax

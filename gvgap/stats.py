@@ -393,3 +393,21 @@ def select(df: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
         df = with_column(df, col)
         df = df[df[col].isin(val) if isinstance(val, (list, tuple, set)) else df[col] == val]
     return df
+
+
+def runs_wide(df: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """One row per run: its identity columns (Config fields, seeds) and one column per name in
+    ``names`` — ``"<pipeline>/<metric>"`` or a bare metric — holding that run's value (the
+    mean of repeated rows; NaN where the run lacks it). Runs with none of ``names`` are
+    dropped."""
+    key = [c for c in df.columns if c not in NON_KEY_COLUMNS]
+    pipe = df["pipeline"].fillna("").astype(str)
+    label = np.where(pipe == "", df["metric"].astype(str), pipe + "/" + df["metric"].astype(str))
+    mask = np.isin(label, list(names))
+    sub = df.loc[mask, ["run_id", "value"]].assign(name=label[mask])
+    if sub.empty:
+        return pd.DataFrame(columns=["run_id", *key, *names])
+    wide = sub.pivot_table(index="run_id", columns="name", values="value", aggfunc="mean")
+    wide = wide.reindex(columns=list(names))
+    ident = df.drop_duplicates("run_id").set_index("run_id")[key]
+    return ident.join(wide, how="inner").reset_index()

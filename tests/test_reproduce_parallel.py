@@ -74,14 +74,27 @@ def test_experiment_record_robust_iff_every_recheck_agrees():
     main = {"verdict": "against", "effect": 1.0, "ci_low": 0.5, "ci_high": 1.5, "n_runs": 20}
     agree = {"verdict": "against", "effect": 0.8, "ci_low": 0.1, "ci_high": 1.2, "n_runs": 6}
     other = {**agree, "verdict": "inconclusive"}
-    rec = experiment_record(main, [({"beta": 0.1}, agree), ({"beta": 3.0}, agree)])
+    plan = {"seeds": 20, "power": 0.85, "robust_power": 0.81}
+    rec = experiment_record(
+        main,
+        [({"beta": 0.1}, agree, 6), ({"beta": 3.0}, agree, 6)],
+        eid="h6_gap",
+        plan=plan,
+        seeds=20,
+    )
     assert rec["robust"] is True and rec["n_runs"] == 20
     assert rec["robustness"][0] == {
         "override": {"beta": 0.1},
         **{k: agree[k] for k in agree if k != "n_runs"},
+        "seeds": 6,
+        "power": 0.81,
     }
-    assert experiment_record(main, [({}, agree), ({}, other)])["robust"] is False
+    # h6 expects "supported" (the paper's position): "against" disagrees with the paper
+    assert rec["consistent_with_paper"] == "no" and rec["paper_position"]
+    assert rec["seeds"] == 20 and rec["power"] == 0.85
+    assert experiment_record(main, [({}, agree, 6), ({}, other, 6)])["robust"] is False
     assert experiment_record(main, [])["robust"] is None
+    assert experiment_record(main, [])["consistent_with_paper"] == "undecided"  # no module
 
 
 def test_reproduce_same_tables_and_verdicts_with_one_and_two_workers(tmp_path, capsys):

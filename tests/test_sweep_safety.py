@@ -268,7 +268,16 @@ def test_beta_range_edges_give_numbers(beta: float) -> None:
 
     cfg = dataclasses.replace(h6_gap.SMOKE, beta=beta)
     metrics = execute_chunk([RunSpec("h6_gap", config_record(cfg), 0, 0)])[0]["metrics"]
-    assert all(math.isfinite(v) for v in metrics.values())
+    # a regret constant is NaN by definition for a class that misses its target (the learned
+    # protocol may pick one at n = 20); every other metric is a finite number
+    nan_ok = {"offline/C": "offline/contains", "online/C": "online/contains"}
+    for key, value in metrics.items():
+        side = nan_ok.get(key) or ("offline/contains" if key.startswith("delta_C") else None)
+        if side is not None and math.isnan(value):
+            missing = metrics[side] == 0.0 or metrics["online/contains"] == 0.0
+            assert missing, key
+        else:
+            assert math.isfinite(value), key
     for outside in (beta * 0.9, beta * 1.1):
         if not base.BETA_RANGE[0] <= outside <= base.BETA_RANGE[1]:
             with pytest.raises(UserError, match=r"beta must be in \[0\.001, 1000\]"):
@@ -295,7 +304,8 @@ def test_show_lists_every_field_with_type_default_allowed_meaning() -> None:
         assert all(name in text for name in names)
     rows = {r["name"]: r for r in describe_fields(h6_gap)}
     assert rows["beta"]["allowed"] == "[0.001, 1000]"
-    assert rows["rm_class"]["allowed"] == "auto, linear, window<J>, tabular, local"
+    allowed = "auto, oracle (linear), dictionary, window<J>, tabular, local"
+    assert rows["rm_class"]["allowed"] == allowed
     assert rows["per_prompt_weights"] == {
         **rows["per_prompt_weights"],
         "type": "bool",

@@ -1,25 +1,12 @@
-"""The experiment contract (DESIGN §2) and the verdict record (DESIGN §5).
+"""The experiment contract (DESIGN §2), written once (:data:`CONTRACT`), and the verdict
+record (DESIGN §5).
 
-Each ``gvgap/experiments/<id>.py`` module exports:
-
-- ``ID``: the experiment id (e.g. ``"h6_gap"``);
-- ``Config``: a frozen dataclass, every field documented in the class docstring;
-- ``SETTINGS``: the full sweep as data, a :class:`SweepSpec`-shaped dict
-  ``{"seeds": int, "fixed": {...}, "grid": {field: [values]}}``;
-- ``QUICK``: the same shape, small enough for ``gvgap reproduce --quick``;
-- ``SMOKE``: a ``Config`` that runs in seconds (every SMOKE runs in the test suite);
-- ``CLAIM``: one sentence; ``NOTES``: the ``paper_notes.md`` section it belongs to;
-- ``run(cfg, *, rng, instance_rng) -> dict[str, float]``: one setting. ``instance_rng`` draws
-  the problem (r*, features, π_ref); ``rng`` draws data and drives learners. Keys are
-  ``"<pipeline>/<metric>"`` (e.g. ``"dpo/J"``) or a bare ``"<metric>"`` (pipeline ``""``);
-- ``verdict(df) -> Verdict``: from the tidy results table, thresholds as named constants;
-- ``plot(df, ax=None) -> Axes``.
-
-Optional: ``ROBUSTNESS`` (a list of Config overrides under which ``gvgap reproduce``
-re-checks the verdict), ``DESIGN_NOTE`` (the report's paragraph; by convention the module
-docstring), and ``run_batch(cfgs, *, rngs, instance_rngs) -> list[dict]`` with ``BATCH_SIZE``,
-which must be bit-identical to calling ``run`` on each config (the sweep runner batches runs
-to cut per-task overhead).
+Each ``gvgap/experiments/<id>.py`` module exports the names of :data:`CONTRACT` marked
+required, and may export the optional ones; the CLI, the sweep runner, ``gvgap reproduce``,
+the report and the tests read nothing else from it (``tests/test_experiments.py`` checks
+both: every required name present, every name read anywhere in ``gvgap/`` listed here).
+Keys of ``run``'s dict are ``"<pipeline>/<metric>"`` (e.g. ``"dpo/J"``) or a bare
+``"<metric>"`` (pipeline ``""``).
 """
 
 from __future__ import annotations
@@ -33,6 +20,48 @@ import numpy as np
 from gvgap.errors import UserError
 
 VERDICTS = ("supported", "against", "inconclusive")
+
+#: Every name an experiment module may export: name → (required, meaning).
+CONTRACT: dict[str, tuple[bool, str]] = {
+    "ID": (True, "the experiment id, e.g. 'h6_gap'"),
+    "Config": (True, "frozen dataclass of one setting; every field documented in its docstring"),
+    "SETTINGS": (True, "the full sweep as data: {'seeds', 'fixed', 'grid'[, 'seed_start']}"),
+    "QUICK": (False, "the same shape, small enough for `gvgap reproduce --quick`"),
+    "SMOKE": (True, "a Config that runs in seconds (every SMOKE runs in the test suite)"),
+    "CLAIM": (True, "one sentence"),
+    "NOTES": (False, "the paper_notes.md section it belongs to"),
+    "DESIGN_NOTE": (False, "the report's paragraph (by convention the module docstring)"),
+    "run": (True, "run(cfg, *, rng, instance_rng) -> dict[str, float]: one setting"),
+    "verdict": (True, "verdict(df) -> Verdict, thresholds as named constants"),
+    "plot": (True, "plot(df, ax=None) -> Axes"),
+    "plot_uses": (False, "plot_uses(df) -> columns plot() distinguishes (the rest: facets)"),
+    "extra_figures": (False, "extra_figures(df) -> [(kind, plot(df, ax), uses)]: more figures"),
+    "PLOT_USES": (False, "the same as a constant tuple"),
+    "ALLOWED": (False, "allowed values of the Config's own fields, for `gvgap show`"),
+    "ROBUSTNESS": (False, "Config overrides under which `gvgap reproduce` re-checks"),
+    "ROBUST_SEEDS": (False, "seeds of each re-check in --quick when no power plan gives them"),
+    "run_batch": (False, "run_batch(cfgs, *, rngs, instance_rngs): bit-identical to run()"),
+    "BATCH_SIZE": (False, "most runs per task of the sweep runner (with run_batch)"),
+    "RUN_FIELDS": (False, "Config fields that leave the instance unchanged (runs grouped)"),
+    "REQUIRES_TORCH": (False, "True when run() needs the gvgap[torch] extra"),
+    "HYPOTHESIS": (False, "the hypothesis tested (H1-H5 rule)"),
+    "PREDICTION": (False, "the outcome the hypothesis predicts (H1-H5 rule)"),
+    "PILOT": (False, "the power pilot sweep (own seed block), run before the main sweep"),
+    "plan_seeds": (False, "plan_seeds(pilot_df) -> {'seeds', 'power', ...}: the power plan"),
+    "STABILITY_BLOCKS": (False, "further seed blocks on which the headline is re-measured"),
+    "HEADLINE": (False, "the headline cell (Config values) of the stability blocks"),
+    "headline_effect": (False, "headline_effect(df) -> {'effect', 'ci_low', 'ci_high', ...}"),
+    "PAPER_POSITION": (False, "what the paper concludes about the hypothesis"),
+    "PAPER_EXPECTS": (False, "the verdict on the hypothesis that agrees with the paper"),
+}
+#: Optional names that need another: (name, needs).
+CONTRACT_NEEDS = (
+    ("PILOT", "plan_seeds"),
+    ("STABILITY_BLOCKS", "HEADLINE"),
+    ("STABILITY_BLOCKS", "headline_effect"),
+    ("PAPER_EXPECTS", "PAPER_POSITION"),
+    ("BATCH_SIZE", "run_batch"),
+)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import UserError
 from gvgap.experiments.base import BETA_RANGE, did_you_mean
+from gvgap.ladder.classes import RM_CLASSES, reward_class, tabular_policy
 from gvgap.learners import (
     LAMBDA_GRID,
     Result,
@@ -25,10 +26,7 @@ from gvgap.learners import (
     rlhf,
     select_lambda,
 )
-from gvgap.policies import TabularPolicy
-from gvgap.rewards import LinearReward, LocalReward, TabularReward
 
-RM_CLASSES = ("linear", "tabular", "local")
 #: Shorter λ grid used when a Config asks for ``lam_grid="short"`` (quick runs).
 SHORT_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 
@@ -276,36 +274,6 @@ def lambda_grid(lam: float, grid_name: str = "full") -> tuple[float, ...]:
     if lam >= 0:
         return (float(lam),)
     return SHORT_GRID if grid_name == "short" else LAMBDA_GRID
-
-
-def tabular_policy(env: TreeEnv) -> TabularPolicy:
-    """The full policy class Π, initialised at π_ref."""
-    return TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
-
-
-def policy_class(name: str, env: TreeEnv):
-    """Π by ladder rung (``product``, ``markov<J>``, ``tabular``; :mod:`gvgap.policies.ladder`),
-    initialised at π_ref. ``tabular`` (and markov<J> with J ≥ H − 1) is :class:`TabularPolicy`,
-    the same set of policies, with exact soft RL."""
-    from gvgap.policies.ladder import MarkovPolicy, policy_order
-
-    order = policy_order(name, env.horizon)
-    if order >= env.horizon - 1:
-        return tabular_policy(env)
-    return MarkovPolicy(env.n_prompts, env.vocab, env.horizon, order, env.logpi_ref)
-
-
-def reward_class(name: str, env: TreeEnv):
-    """R by name: ``linear`` (R_sim: env.features), ``tabular`` (global, isomorphic to Π),
-    ``local`` (R(Π): r_π = β log π/π_ref of the tabular class, fitted by BT)."""
-    check_choice("rm_class", name, RM_CLASSES)
-    if name == "linear":
-        if env.features is None:
-            raise UserError("rm_class='linear' needs a family with features")
-        return LinearReward(env.features)
-    if name == "tabular":
-        return TabularReward(env.n_prompts, env.n_leaves)
-    return LocalReward(tabular_policy(env), env.logp_ref, env.beta)
 
 
 def draw_pairs(

@@ -8,17 +8,22 @@ classes the offline and online optima coincide exactly after regularisation.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from gvgap import losses
 from gvgap import theory as T
 from gvgap.data import Demos, Preferences
+from gvgap.envs.features import block_features, position_window
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import UserError
-from gvgap.learners.newton import bt_newton_tabular
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
 from gvgap.policies import TabularPolicy
+from gvgap.policies.markov import MarkovPolicy
+from gvgap.rewards import LinearReward
 
 PREF_LOSSES = ("dpo", "ipo", "ipo_mean")
 
@@ -104,6 +109,8 @@ def preference_fit(
     beta = env.beta if beta is None else beta
     if _reward_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef):
         return _dpo_tabular(policy, env, data, lam=lam, beta=beta, theta0=theta0, gtol=gtol)
+    if _window_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef):
+        return _dpo_markov(policy, env, data, lam=lam, beta=beta, gtol=gtol)
     tau = beta if tau is None else tau
     ref = env.logp_ref if logp_ref_loss is None else logp_ref_loss
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
@@ -140,6 +147,60 @@ def _reward_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef) -> bool
     )
 
 
+def _window_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef) -> bool:
+    """markovJ DPO with a uniform base, λ > 0, against π_ref, no extra KL term: a BT fit over
+    the window<J> features (exact fast path, :func:`_dpo_markov`)."""
+    return (
+        type(policy) is MarkovPolicy
+        and loss == "dpo"
+        and lam > 0.0
+        and logp_ref_loss is None
+        and kl_coef == 0.0
+        and policy.uniform_base
+    )
+
+
+#: The window<J> reward class of each Markov policy object (one basis per λ path).
+_WINDOWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def window_reward(policy: MarkovPolicy) -> LinearReward:
+    """R(markovJ) for a uniform base: window<J> features with one weight vector per prompt
+    (block features e_x ⊗ φ), built once per policy object."""
+    rc = _WINDOWS.get(policy)
+    if rc is None:
+        phi = position_window(
+            T.leaf_tokens(policy.vocab, policy.horizon), policy.vocab, policy.order
+        )
+        feats = block_features(phi, policy.n_prompts) if policy.n_prompts > 1 else phi[None]
+        rc = _WINDOWS[policy] = LinearReward(feats)
+    return rc
+
+
+def _dpo_markov(policy, env: TreeEnv, data: Preferences, *, lam, beta, gtol) -> Result:
+    """DPO over markovJ with a uniform base, exactly. Its local rewards β log π_θ/π_ref span
+    window<J> per prompt modulo constants, and soft RL on a window<J> reward returns a member
+    of markovJ (the soft value of a prefix depends on its last J tokens only; docs/theory.md),
+    so the DPO problem is the BT problem over window<J> in reward coordinates with the same
+    (λ/Σw)Ω: r̂ by Newton (:func:`~gvgap.learners.newton.bt_newton_linear`), π̂ = π*_{r̂} by
+    soft value iteration, θ read off π̂. ``grad_norm`` is ‖∇f‖ in those coordinates."""
+    rc = window_reward(policy)
+    fit = bt_newton_linear(
+        rc.features,
+        feature_basis(rc),
+        data.prompt,
+        data.chosen,
+        data.rejected,
+        data.weight,
+        lam,
+        None,
+        gtol,
+    )
+    return _dpo_result(
+        env, rc.leaf_reward(fit.x), fit, lam, beta, "newton_window_coordinates", policy
+    )
+
+
 def _dpo_tabular(policy, env: TreeEnv, data: Preferences, *, lam, beta, theta0, gtol) -> Result:
     """DPO over the tabular class, exactly: the tabular class reaches every leaf reward modulo
     per-prompt constants through r = β(log P_θ − log P_ref), and the DPO objective is the BT
@@ -153,21 +214,24 @@ def _dpo_tabular(policy, env: TreeEnv, data: Preferences, *, lam, beta, theta0, 
     fit = bt_newton_tabular(
         data.prompt, data.chosen, data.rejected, data.weight, env.logp_ref.shape, lam, r0, gtol
     )
-    sv = T.soft_value_iteration(env.logpi_ref, fit.x, beta)
+    return _dpo_result(env, fit.x, fit, lam, beta, "newton_reward_coordinates")
+
+
+def _dpo_result(env, r, fit, lam, beta, solver, markov=None) -> Result:
+    """The DPO Result of a BT fit in reward coordinates r ``(m, N)``: π̂ = π*_r by soft value
+    iteration, r̂ = r − β log Z = β(log P̂ − log P_ref) (without cancellation), θ the node
+    log-probabilities (tabular) or, for a ``markov`` policy, each context's logit row."""
+    sv = T.soft_value_iteration(env.logpi_ref, r, beta)
     lp = T.node_to_leaf_logp(sv.logpi)
-    r_hat = fit.x - beta * sv.log_z[:, None]  # = β(log P̂ − log P_ref), without cancellation
-    theta = np.concatenate([a.ravel() for a in sv.logpi])
-    return Result(
-        "dpo",
-        lp,
-        r_hat,
-        theta,
-        fit.fun,
-        fit.grad_norm,
-        fit.converged,
-        lam,
-        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates"},
-    )
+    r_hat = r - beta * sv.log_z[:, None]
+    if markov is None:
+        theta = np.concatenate([a.ravel() for a in sv.logpi])
+    else:
+        theta = np.zeros(markov.n_params)
+        for idx, logpi in zip(markov.index, sv.logpi):  # every state of a context: one row
+            theta[idx.ravel()] = logpi.ravel()
+    extra = {"n_iter": fit.n_iter, "solver": solver}
+    return Result("dpo", lp, r_hat, theta, fit.fun, fit.grad_norm, fit.converged, lam, extra)
 
 
 def dpo(policy, env: TreeEnv, data: Preferences, **kw) -> Result:

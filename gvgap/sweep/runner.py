@@ -89,6 +89,25 @@ def auto_chunk_size(module: Any, n_pending: int, workers: int) -> int:
     return max(1, min(cap, math.ceil(n_pending / (CHUNKS_PER_WORKER * workers))))
 
 
+def by_instance(runs: list[RunSpec], module: Any) -> list[RunSpec]:
+    """``runs`` with those of one instance adjacent, for an experiment that declares
+    ``RUN_FIELDS`` (Config fields that leave the instance unchanged): a stable sort on the
+    other fields and the instance seed, so a chunk holds the runs that share an instance and
+    the experiment measures it once (results are per run and do not depend on the order)."""
+    fields = getattr(module, "RUN_FIELDS", None)
+    if not fields:
+        return runs
+
+    def key(run: RunSpec) -> str:
+        rest = {k: v for k, v in run.config.items() if k not in fields}
+        return canonical_json([rest, run.instance_seed])
+
+    order: dict[str, int] = {}
+    for run in runs:
+        order.setdefault(key(run), len(order))
+    return sorted(runs, key=lambda r: order[key(r)])
+
+
 def make_chunks(runs: list[RunSpec], size: int) -> list[Chunk]:
     """Consecutive runs (grid order, seeds innermost) in chunks of ``size``."""
     return [runs[i : i + size] for i in range(0, len(runs), size)]
@@ -209,7 +228,7 @@ def run_sweep(
                 f"{len(runs)} runs already stored, {len(pending)} to run"
             )
         size = chunk_size or auto_chunk_size(module, len(pending), n_workers)
-        chunks = make_chunks(pending, size)
+        chunks = make_chunks(by_instance(pending, module), size)
         n_workers = min(n_workers, max(1, len(chunks)))
         try:
             if chunks:

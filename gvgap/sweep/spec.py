@@ -5,6 +5,7 @@ A sweep file::
     [sweep]
     experiment = "c1_gibbs"   # an id from gvgap.experiments.registry
     seeds = 5                 # seeds 0..4 (default 1)
+    seed_start = 0            # optional: seeds seed_start .. seed_start + seeds - 1 (a block)
     instance_seed = 7         # optional: fix the problem instance across seeds
     [fixed]                   # overrides of any Config field
     n_prompts = 2
@@ -46,9 +47,9 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli packag
     import tomli as tomllib
 
 #: Keys allowed in the ``[sweep]`` table.
-SWEEP_KEYS = ("experiment", "seeds", "instance_seed", "description")
+SWEEP_KEYS = ("experiment", "seeds", "seed_start", "instance_seed", "description")
 #: Keys of a SETTINGS-shaped dict.
-DATA_KEYS = ("seeds", "instance_seed", "fixed", "grid")
+DATA_KEYS = ("seeds", "seed_start", "instance_seed", "fixed", "grid")
 #: Top-level tables allowed in a sweep file.
 TABLES = ("sweep", "fixed", "grid")
 #: Most seeds in one sweep (seeds 0..MAX_SEEDS-1).
@@ -127,12 +128,14 @@ class SweepSpec:
 
     Attributes:
         experiment: experiment id.
-        seeds: number of seeds (seeds ``0..seeds-1``).
+        seeds: number of seeds (seeds ``seed_start .. seed_start + seeds - 1``).
         fixed: overrides applied to every run.
         grid: values per field; runs are the cartesian product in the given field order.
         instance_seed: fixed instance seed, or None for ``instance_seed = seed``.
         source: where the spec came from (a file path or ``<id>:SETTINGS``).
         configs: the validated full configs, in grid order.
+        seed_start: first seed (a block of instance seeds never used elsewhere, e.g. the
+            confirmatory block of an experiment's verdict).
     """
 
     experiment: str
@@ -142,20 +145,21 @@ class SweepSpec:
     instance_seed: int | None
     source: str
     configs: tuple[dict[str, Any], ...] = field(repr=False)
+    seed_start: int = 0
 
     def runs(self) -> list[RunSpec]:
         """Every run, config-major then seed, without duplicates."""
         out: dict[str, RunSpec] = {}
         for cfg in self.configs:
-            for seed in range(self.seeds):
+            for seed in range(self.seed_start, self.seed_start + self.seeds):
                 inst = seed if self.instance_seed is None else self.instance_seed
                 run = RunSpec(self.experiment, cfg, seed, inst)
                 out.setdefault(run.run_id, run)
         return list(out.values())
 
     def to_json(self) -> dict[str, Any]:
-        """The spec as written to the manifest."""
-        return {
+        """The spec as written to the manifest (``seed_start`` only when not 0)."""
+        out = {
             "experiment": self.experiment,
             "seeds": self.seeds,
             "instance_seed": self.instance_seed,
@@ -163,6 +167,7 @@ class SweepSpec:
             "grid": self.grid,
             "source": self.source,
         }
+        return out | ({"seed_start": self.seed_start} if self.seed_start else {})
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -276,6 +281,7 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
             f"{where} unknown key {unknown[0]!r}{hint}; allowed: {', '.join(DATA_KEYS)}"
         )
     seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1, MAX_SEEDS)
+    start = check_count(f"{where} seed_start", data.get("seed_start", 0), 0, MAX_SEED - seeds)
     inst = data.get("instance_seed")
     inst = None if inst is None else check_count(f"{where} instance_seed", inst, 0)
     fixed = _check_table(where, data.get("fixed", {}), "fixed")
@@ -284,7 +290,7 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
     check_size(where, math.prod(len(v) for v in grid.values()), seeds)
     configs = _expand(module, where, fixed, grid)
     grid = {k: [json.loads(canonical_json(v)) for v in vs] for k, vs in grid.items()}
-    return SweepSpec(eid, seeds, dict(fixed), grid, inst, source, configs)
+    return SweepSpec(eid, seeds, dict(fixed), grid, inst, source, configs, start)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -324,7 +330,7 @@ def spec_from_toml(path: str | Path) -> SweepSpec:
         )
     if "experiment" not in sweep:
         raise UserError(f'{path}: [sweep] experiment is missing; add experiment = "<id>"')
-    data = {k: v for k, v in sweep.items() if k in ("seeds", "instance_seed")}
+    data = {k: v for k, v in sweep.items() if k in ("seeds", "seed_start", "instance_seed")}
     data.update(fixed=doc.get("fixed", {}), grid=doc.get("grid", {}))
     return spec_from_data(sweep["experiment"], data, str(path))
 
