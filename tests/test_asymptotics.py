@@ -29,15 +29,16 @@ def test_sigma_prime_is_stable_far_out():
 
 @pytest.mark.parametrize(("n", "scale"), [(12, 1.0), (400, 3.0), (700, 9.0)])
 def test_pair_kernel_factorisation_error(n, scale):
-    """Grouped (≤ 64 values) is exact; interpolated is within ~1e-12 of σ'(r_i − r_j) on
-    every pair (checked densely here, beyond the kernel's own spot check)."""
+    """Grouped (≤ 64 values) is exact; interpolated is within a small multiple of KERNEL_TOL
+    of σ'(r_i − r_j) on every pair (checked densely here, beyond the kernel's own spot
+    check)."""
     _, r, _ = _problem(n, scale)
     if n == 12:
         r = np.round(r, 1)  # few distinct values: the grouped factorisation
     k = A.PairKernel.of(r)
     exact = A.sigma_prime(r[:, None] - r[None, :])
     err = np.abs(k.u @ k.a @ k.u.T - exact).max()
-    assert err < 2e-12 and k.error <= err + 1e-18
+    assert err < 10 * A.KERNEL_TOL and k.error <= err + 1e-18
 
 
 def test_fisher_matches_brute_force_pair_sum():

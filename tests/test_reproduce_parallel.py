@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -178,3 +179,44 @@ def test_shared_pool_cancel_ends_a_running_task():
         time.sleep(0.1)
     else:
         pytest.fail("the running worker was not ended")
+
+
+def test_reproduce_plans_seeds_from_the_pilot_and_records_them(tmp_path, monkeypatch):
+    """h6_gap through the whole main job on a small design: the power pilot runs first on its
+    own seed block, its plan sets the confirmatory sweep's seeds (on the confirmatory block),
+    the headline is re-measured on the stability blocks, and the verdict record carries the
+    seeds, the power, the paper's position and the stability effects."""
+    import json
+
+    from gvgap.experiments import h6_gap
+    from gvgap.experiments import h6_rule as R
+
+    cells = ["sum_mod_2x4", "additive_full_2x4"]
+    monkeypatch.setattr(
+        h6_gap,
+        "PILOT",
+        {**R.PILOT, "seeds": 4, "grid": {**R.PILOT["grid"], "cell": ["dense_2x4", *cells]}},
+    )
+    monkeypatch.setattr(
+        h6_gap,
+        "QUICK",
+        {
+            **R.QUICK,
+            "grid": {"cell": cells, "n_pairs": [16, 1024], "protocol": ["learned", "gift"]},
+        },
+    )
+    monkeypatch.setattr(h6_gap, "HEADLINE", {**R.HEADLINE, "cell": "sum_mod_2x4"})
+    monkeypatch.setattr(h6_gap, "STABILITY_BLOCKS", (R.STABILITY_BLOCKS[0],))
+    out = tmp_path / "r"
+    reproduce(out, quick=True, workers=1, experiments=["h6_gap"])
+    rec = json.loads((out / "verdicts.json").read_text())["h6_gap"]
+    plan = rec["plan"]
+    assert rec["seeds"] == plan["seeds"] >= R.SEED_BOUNDS[0] and rec["power"] == plan["power"]
+    assert set(plan["parts"]) == {"P1", "control", "P2"}
+    assert rec["paper_position"] and rec["consistent_with_paper"] in ("yes", "no", "undecided")
+    pilot = pd.read_parquet(out / "sweeps" / "h6_gap-pilot" / "results.parquet")
+    main = pd.read_parquet(out / "sweeps" / "h6_gap" / "results.parquet")
+    assert pilot["seed"].min() == R.PILOT_BLOCK and main["seed"].min() == R.CONFIRM_BLOCK
+    assert main["seed"].nunique() == rec["seeds"]
+    assert [s["seed_start"] for s in rec["stability"]] == [R.CONFIRM_BLOCK, R.STABILITY_BLOCKS[0]]
+    assert all(np.isfinite(s["effect"]) for s in rec["stability"])

@@ -256,9 +256,9 @@ def estimate_memory(cfg: Any) -> int:
     BYTES_PER_PARAM·P (optimiser state over the tabular policy, times the random policies of
     ``n_policies``) + 8·N·(2k + 16) (r*, features, feature VJPs, exact tables) + 16·k² (the
     k×k linear-RM Hessian and its factor) + 64·n (pairs and their per-pair buffers) +
-    :data:`FIXED_BYTES`. Measured (h6_gap, V = 2, n = 64, fixed λ, no online DPO): peak RSS
-    above the imports grew by 43 MiB from H = 14 to H = 16, where this estimate grows by 68 MiB
-    (460 vs 640 bytes per added node parameter), so it errs on the safe side as trees grow.
+    :data:`FIXED_BYTES`, plus ``cfg.memory_bytes()`` where the Config defines it (the
+    experiment's own classes and measurements: h6's ladder, kernels and window features;
+    ``tests/test_memory.py`` compares the total with the measured peak on a grid of sizes).
     """
     log2_n = tree_leaves_log2(cfg)
     if log2_n is None:
@@ -271,6 +271,9 @@ def estimate_memory(cfg: Any) -> int:
     n_pairs = max(int(getattr(cfg, "n_pairs", 0) or 0), 0)
     total = BYTES_PER_PARAM * params * n_pol + 8.0 * leaves * (2 * k + 16)
     total += 16.0 * k * k + 64.0 * n_pairs + FIXED_BYTES
+    extra = getattr(cfg, "memory_bytes", None)  # what the experiment's own classes add
+    if callable(extra):
+        total += float(extra())
     return int(min(total, 2.0**62))
 
 

@@ -210,6 +210,42 @@ class Config(C.ProblemConfig):
             window_order(self.rm_class, self.horizon)
 
 
+def _window_dims(cfg: Config) -> list[int]:
+    from gvgap.theory.spans import window_dim
+
+    return [window_dim(cfg.vocab, cfg.horizon, j) for j in range(max(cfg.horizon - 1, 0))]
+
+
+def memory_bytes(cfg: Config) -> float:
+    """Bytes this experiment adds to the generic estimate of a run (``base.estimate_memory``):
+    the pair-kernel factor and Woodbury work arrays (5 N q floats), the dictionary (3 N K),
+    the exact tables of the ladder (soft values, tilts, ANOVA pieces: 8 N) and, for the
+    protocols that fit window rungs (``learned``, ``well_specified``), every rung's dense
+    window features with their copies (RM, DPO fast path, basis: 4 N m_w d_J, m_w = m per-prompt
+    blocks) and a shared tabular reward's (m, N, N) features; N = m V^H leaves."""
+    from gvgap.theory.asymptotics import KERNEL_MAX_COLUMNS
+
+    m = cfg.n_prompts
+    leaves = float(m) * float(cfg.vocab) ** cfg.horizon
+    k_dict = max(cfg.rm_features, cfg.k) if cfg.rm_features else cfg.k + NON_ORACLE_DISTRACTORS
+    total = (
+        8.0
+        * leaves
+        * (5 * KERNEL_MAX_COLUMNS + 3 * k_dict * (m if not cfg.shared_reward else 1) + 8)
+    )
+    fits_windows = cfg.protocol in ("learned", "well_specified") or cfg.rm_class.startswith(
+        "window"
+    )
+    if fits_windows:
+        blocks = 1 if cfg.shared_reward else m
+        total += 8.0 * 4 * leaves * blocks * sum(_window_dims(cfg))
+        if cfg.shared_reward and m > 1:
+            total += 8.0 * 2 * leaves * float(cfg.vocab) ** cfg.horizon
+    return total
+
+
+Config.memory_bytes = memory_bytes  # the hook base.estimate_memory reads
+
 SMOKE = Config(generator="dense", tree="2x3", n_pairs=20, lam_grid="short")
 
 
@@ -487,7 +523,13 @@ PILOT = R.PILOT
 plan_seeds = R.plan_seeds
 STABILITY_BLOCKS = R.STABILITY_BLOCKS
 HEADLINE = R.HEADLINE
-headline_effect = R.headline_effect
+
+
+def headline_effect(df: pd.DataFrame) -> dict[str, float]:
+    """The headline effect (d at :data:`HEADLINE`) with its interval and seeds."""
+    return R.headline_effect(df, HEADLINE)
+
+
 #: What the paper concludes about H6, and the verdict on the hypothesis that agrees with it.
 PAPER_POSITION = "most support: the gap, with RL restricted to the simple verifier's policies"
 PAPER_EXPECTS = "supported"

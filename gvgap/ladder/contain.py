@@ -37,11 +37,11 @@ from gvgap.theory import leaf_marginals
 from gvgap.theory.spans import SPAN_RTOL
 
 #: L-BFGS iterations polishing a residual bound (each costs one pass over the tree).
-POLISH_ITERS = 20
+POLISH_ITERS = 10
 #: L-BFGS iterations from every start before the best is polished (a start's value alone
 #: does not tell which basin is lower: the mode start begins worse than θ = 0 on a symmetric
 #: check, and ends at its optimum).
-PROBE_ITERS = 3
+PROBE_ITERS = 2
 
 
 def centred_tilts(env: TreeEnv) -> list[np.ndarray]:

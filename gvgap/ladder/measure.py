@@ -41,6 +41,12 @@ BIAS_MAX_LEAVES = 1024
 #: A policy rung is "near" π* (the former, tolerance-based notion, reported beside the exact
 #: one) when its residual bound is at most this (nats).
 NEAR_TOL = 1e-6
+#: Residual bounds of the policy rungs that miss π* are computed up to this many leaves
+#: m·V^H (each costs a few passes over the tree per rung), and polished by L-BFGS up to
+#: :data:`POLISH_MAX_LEAVES`; above, the bound is the best start's (or NaN), as said in
+#: :attr:`Ladder.skipped`. Containment itself is exact at every size.
+RESIDUAL_MAX_LEAVES = 1 << 14
+POLISH_MAX_LEAVES = 1 << 10
 
 
 @dataclass
@@ -86,7 +92,7 @@ class Ladder:
     oracle: np.ndarray | None = None
     dictionary: np.ndarray | None = None
     shared: bool = False
-    polish_iters: int = 20
+    polish_iters: int = 10
     policy: list[Rung] = field(init=False)
     reward: list[Rung] = field(init=False)
     skipped: dict[str, str] = field(init=False, default_factory=dict)
@@ -106,6 +112,10 @@ class Ladder:
         tilts = centred_tilts(env)
         tol = containment_tol(env)
         out, prev = [], None
+        leaves = env.n_prompts * env.n_leaves
+        polish = self.polish_iters if leaves <= POLISH_MAX_LEAVES else 0
+        if polish < self.polish_iters:
+            self.skipped["residual polish"] = f"{leaves} leaves > {POLISH_MAX_LEAVES}"
         for order in range(horizon):
             spread = tilt_spread(tilts, vocab, order)
             inside = spread <= tol
@@ -114,7 +124,11 @@ class Ladder:
             if inside:
                 out.append(Rung("policy", name, order, dim, True, 0.0, spread, 0.0))
                 continue
-            pol, bound = policy_bound(env, order, tilts, prev, self.polish_iters)
+            if leaves > RESIDUAL_MAX_LEAVES:
+                self.skipped["residual bounds"] = f"{leaves} leaves > {RESIDUAL_MAX_LEAVES}"
+                out.append(Rung("policy", name, order, dim, False, np.nan, spread))
+                continue
+            pol, bound = policy_bound(env, order, tilts, prev, polish)
             prev = (pol, bound.theta)
             out.append(
                 Rung("policy", name, order, dim, False, bound.value, spread, bound.grad_norm)
@@ -166,6 +180,14 @@ class Ladder:
     def _laws(self) -> tuple[np.ndarray, np.ndarray]:
         return np.exp(self.env.logp_star), np.exp(self.env.logp_ref)
 
+    @property
+    def kernels(self) -> list:
+        """Each prompt's factorised pair kernel (:class:`~gvgap.theory.asymptotics.PairKernel`),
+        computed once."""
+        if "kernels" not in self._constants:
+            self._constants["kernels"] = [A.PairKernel.of(r) for r in self.env.r_star]
+        return self._constants["kernels"]
+
     def constant(self, side: str, name: str, shared: bool | None = None) -> float:
         """C of a containing rung (NaN for a rung that does not contain its target, or where
         the computation is over budget: :attr:`skipped` says why). ``shared`` (reward rungs):
@@ -182,12 +204,14 @@ class Ladder:
         p, mu = self._laws
         tag = f"C {rung.side}/{rung.name}"
         if rung.name == "tabular" and not shared:
-            return A.tabular_constant(p, mu, env.r_star, env.beta).value
+            return A.tabular_constant(p, mu, env.r_star, env.beta, self.kernels).value
         psi = self._basis(rung, shared)
         if psi is None or psi[0].shape[1] > DIM_MAX:
             self.skipped[tag] = f"tangent dimension > {DIM_MAX}"
             return np.nan
-        return A.linear_constant(psi, p, mu, env.r_star, env.rho, env.beta, shared=shared).value
+        return A.linear_constant(
+            psi, p, mu, env.r_star, env.rho, env.beta, shared=shared, kernels=self.kernels
+        ).value
 
     def _basis(self, rung: Rung, shared: bool) -> list | None:
         """Tangent bases per prompt (:mod:`gvgap.ladder.bases`), None if too large."""
@@ -291,6 +315,7 @@ class Ladder:
             out |= {f"res_r/{r.name}": r.residual, f"dim_r/{r.name}": float(r.dim)}
         pi_min = self.smallest("policy")
         near = min(r.order for r in self.policy if r.contains or r.residual <= NEAR_TOL)
+        # (a NaN bound, over RESIDUAL_MAX_LEAVES, is never "near")
         windows = tuple(window_name(j, self.env.horizon) for j in range(self.env.horizon))
         r_min = self.smallest("reward")
         lr = self.env.logp_star - self.env.logp_ref

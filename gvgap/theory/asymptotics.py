@@ -29,7 +29,7 @@ Per prompt, with W_ij = μ_i μ_j σ'(r*_i − r*_j) and w = W 1 (both over all 
 
 The kernel σ'(r*_i − r*_j) is never formed: it is factorised as u a uᵀ with q columns
 (:class:`PairKernel`: exactly, by grouping leaves of equal reward, when r* takes few values,
-as a planning check's two; else by Chebyshev interpolation to ~1e-13), so the cost is
+as a planning check's two; else by Chebyshev interpolation to ~1e-11), so the cost is
 O(nnz(Ψ)·d + N·q·d + q²·d + d³). The tabular class (every reward, ψ = leaf indicators) has a
 closed form in the Laplacian L = diag(w) − W of the pair graph, tr(Σ L⁺) = tr(Σ (L + c11ᵀ)⁻¹)
 for any c > 0 (Σ1 = 0), inverted by Woodbury in O(N q²).
@@ -63,7 +63,11 @@ def sigma_prime(delta: np.ndarray) -> np.ndarray:
 #: interpolation instead of exact grouping.
 GROUPS_MAX = 64
 #: Target max error of the interpolated kernel σ'(r_i − r_j) (checked on the leaves' values).
-KERNEL_TOL = 1e-13
+KERNEL_TOL = 1e-11
+#: Most Chebyshev nodes: enough for KERNEL_TOL on reward ranges up to ≈ 36 (the families'
+#: defaults span ≤ 25); a wider range keeps this many and reports its larger ``error``. Bounds
+#: the memory of the factor (N × q floats), which the memory estimate counts.
+KERNEL_MAX_COLUMNS = 160
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,9 @@ class PairKernel:
       nodes z_k of [min r, max r] (barycentric form), a = σ'(z_k − z_l). x ↦ σ'(x − y) is
       analytic in the strip |Im x| < π, so on an interval of half-length h the error decays like
       ρ^−q, ρ = π/h + √(1 + π²/h²) (Bernstein ellipse); q is chosen from that rate for
-      :data:`KERNEL_TOL` and the error is then measured on the leaves' own values
+      :data:`KERNEL_TOL` (relative to σ'(0) = 1/4, far below the precision a constant
+      compared with measured regrets needs) and the error is then measured on the leaves'
+      own values
       (``error``: max over 4096 leaf pairs including the extremes).
 
     Either way the cost of everything below is O(N q), not O(N²).
@@ -98,7 +104,7 @@ class PairKernel:
         lo, hi = float(values[0]), float(values[-1])
         half = 0.5 * (hi - lo)
         rate = np.pi / half + np.sqrt(1.0 + (np.pi / half) ** 2)
-        q = int(np.ceil(np.log(1.0 / KERNEL_TOL) / np.log(rate))) + 8
+        q = min(int(np.ceil(np.log(1.0 / KERNEL_TOL) / np.log(rate))) + 8, KERNEL_MAX_COLUMNS)
         z = np.cos(np.pi * (np.arange(q) + 0.5) / q)  # Chebyshev nodes of the first kind
         nodes = lo + half * (1.0 + z)
         u = _lagrange(r, nodes, z, lo, half)
@@ -126,13 +132,14 @@ def _lagrange(x: np.ndarray, nodes: np.ndarray, z: np.ndarray, lo: float, half: 
     q = nodes.size
     wts = (-1.0) ** np.arange(q) * np.sin(np.pi * (np.arange(q) + 0.5) / q)
     t = (x - lo) / half - 1.0  # in [-1, 1]
-    diff = t[:, None] - z[None, :]
-    hit = diff == 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = wts[None, :] / diff
-        out = terms / terms.sum(axis=1, keepdims=True)
+    out = np.subtract.outer(t, z)  # t_i − z_k, then the barycentric terms in place
+    hit = out == 0.0
     rows = hit.any(axis=1)
-    out[rows] = hit[rows].astype(float)
+    out[hit] = 1.0
+    np.divide(wts, out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    if rows.any():
+        out[rows] = hit[rows]
     return out
 
 
@@ -224,6 +231,7 @@ def linear_constant(
     beta: float,
     *,
     shared: bool,
+    kernels: list[PairKernel] | None = None,
 ) -> Constant:
     """C of a class with tangent bases ``psi[x]`` ``(N, d)`` per prompt.
 
@@ -233,11 +241,13 @@ def linear_constant(
         rho: ``(m,)``; beta: β.
         shared: one parameter vector for every prompt (Σ_* and I add with weights ρ_x), else
             one per prompt (C adds over prompts, ρ cancels).
+        kernels: the prompts' :class:`PairKernel` (computed here if None).
     """
     covs, fishers = [], []
     for x, base in enumerate(psi):
         covs.append(leaf_covariance(base, p[x]))
-        fishers.append(bt_fisher(base, mu[x], PairKernel.of(r_star[x])))
+        kernel = PairKernel.of(r_star[x]) if kernels is None else kernels[x]
+        fishers.append(bt_fisher(base, mu[x], kernel))
     if shared:
         cov = sum(rho[x] * c for x, c in enumerate(covs))
         fisher = sum(rho[x] * f for x, f in enumerate(fishers))
@@ -251,7 +261,13 @@ def linear_constant(
     )
 
 
-def tabular_constant(p: np.ndarray, mu: np.ndarray, r_star: np.ndarray, beta: float) -> Constant:
+def tabular_constant(
+    p: np.ndarray,
+    mu: np.ndarray,
+    r_star: np.ndarray,
+    beta: float,
+    kernels: list[PairKernel] | None = None,
+) -> Constant:
     """C of the tabular class (every reward modulo per-prompt constants), summed over prompts.
 
     Per prompt, ψ = leaf indicators, I = 2L with L = diag(w) − W the pair-graph Laplacian,
@@ -262,7 +278,7 @@ def tabular_constant(p: np.ndarray, mu: np.ndarray, r_star: np.ndarray, beta: fl
     """
     total, dim = 0.0, 0
     for x in range(r_star.shape[0]):
-        kernel = PairKernel.of(r_star[x])
+        kernel = PairKernel.of(r_star[x]) if kernels is None else kernels[x]
         w = kernel.row_weight(mu[x])
         tr = _tabular_trace_woodbury(p[x], mu[x][:, None] * kernel.u, kernel.a, w)
         total += 0.5 * tr / (2 * beta)
@@ -278,14 +294,19 @@ def _tabular_trace_woodbury(p: np.ndarray, u: np.ndarray, a: np.ndarray, w: np.n
     M⁻¹ = D⁻¹ − D⁻¹ B Q (I + Bᵀ D⁻¹ B Q)⁻¹ Bᵀ D⁻¹.
     """
     n, k = u.shape
-    b = np.concatenate([u, np.ones((n, 1))], axis=1)
     q = np.zeros((k + 1, k + 1))
     q[:k, :k] = -a
     q[k, k] = float(w.mean())
-    dinv_b = b / w[:, None]
-    inner = np.eye(k + 1) + (b.T @ dinv_b) @ q
+    dinv_b = np.empty((n, k + 1))
+    np.divide(u, w[:, None], out=dinv_b[:, :k])
+    np.divide(1.0, w, out=dinv_b[:, k])
+    gram = np.empty((k + 1, k + 1))  # Bᵀ D⁻¹ B, B = [u, 1] (D⁻¹B is dinv_b)
+    gram[:k, :k] = u.T @ dinv_b[:, :k]
+    gram[:k, k] = gram[k, :k] = dinv_b[:, k] @ u
+    gram[k, k] = dinv_b[:, k].sum()
+    inner = np.eye(k + 1) + gram @ q
     core = q @ np.linalg.solve(inner, np.eye(k + 1))  # Q (I + Bᵀ D⁻¹ B Q)⁻¹
-    diag_corr = np.einsum("ik,kl,il->i", dinv_b, core, dinv_b)
+    diag_corr = np.einsum("ik,ik->i", dinv_b @ core, dinv_b)
     tr_diag = float(np.sum(p / w) - p @ diag_corr)
     v = p / w - dinv_b @ (core @ (dinv_b.T @ p))  # M⁻¹ p
     return tr_diag - float(p @ v)

@@ -49,6 +49,10 @@ def window_dim(vocab: int, horizon: int, order: int) -> int:
 def window_pieces(r: np.ndarray, vocab: int, horizon: int) -> np.ndarray:
     """The energies e_ij of the module docstring, per prompt.
 
+    For each i the reward is averaged over the positions before i once, then over the
+    positions after j one at a time as j goes down: E[r | a_i..a_j] for every j costs one pass
+    over an array that shrinks by V each step, O(N) per i and O(N·H) in all.
+
     Args:
         r: ``(m, V^H)`` rewards (leaf index in base V, first token most significant).
 
@@ -58,13 +62,15 @@ def window_pieces(r: np.ndarray, vocab: int, horizon: int) -> np.ndarray:
     m = r.shape[0]
     t = r.reshape((m,) + (vocab,) * horizon)
     out = np.zeros((m, horizon, horizon))
-    for i in range(horizon):  # positions, not leaves: O(H²) array passes of ≤ N entries
-        for j in range(i + 1, horizon):
-            outside = tuple(1 + h for h in range(horizon) if h < i or h > j)
-            g = t.mean(axis=outside) if outside else t  # (m, V, …, V): a_i … a_j
-            g = g - g.mean(axis=1, keepdims=True)  # (I − M_i)
-            g = g - g.mean(axis=-1, keepdims=True)  # (I − M_j)
-            out[:, i, j] = (g * g).reshape(m, -1).mean(axis=1)
+    head = t
+    for i in range(horizon):  # positions, not leaves
+        g = head  # E[r | a_i .. a_{H−1}]: axes 1.. are a_i … a_{H−1}
+        for j in range(horizon - 1, i, -1):
+            c = g - g.mean(axis=1, keepdims=True)  # (I − M_i)
+            c -= c.mean(axis=-1, keepdims=True)  # (I − M_j)
+            out[:, i, j] = (c * c).reshape(m, -1).mean(axis=1)
+            g = g.mean(axis=-1)  # drop a_j
+        head = head.mean(axis=1)  # drop a_i
     return out
 
 
