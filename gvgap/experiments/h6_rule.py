@@ -466,6 +466,8 @@ class NullTest:
     scales: list
     raw: list
     outcome: str  # holds | fails | undetermined | untested
+    differing: int = 0  # runs whose two sides did not end identical (d ≠ 0)
+    runs: int = 0
 
 
 def null_test(cells: list[CellStats]) -> NullTest:
@@ -480,7 +482,10 @@ def null_test(cells: list[CellStats]) -> NullTest:
     outcome = {"equivalent": "holds", "greater": "fails", "less": "fails"}.get(
         pooled.outcome, "undetermined"
     )
-    return NullTest(pooled, [(c.key, c.n) for c in cells], scales, raw, outcome)
+    nd = np.concatenate([c.nd / s for c, s in zip(cells, scales)])
+    differing = int(np.sum(np.abs(nd) > ZERO_DC))
+    keys = [(c.key, c.n) for c in cells]
+    return NullTest(pooled, keys, scales, raw, outcome, differing, int(np.isfinite(nd).sum()))
 
 
 def rank_correlations(
@@ -513,6 +518,32 @@ def rank_correlations(
 # ---------------------------------------------------------------- the verdict
 
 
+#: The former rule, reported as secondary: dims-gap thresholds at n = RANK_N[0] with a TOST
+#: margin on d (nats).
+OLD_GAP_BIG, OLD_GAP_SMALL, OLD_MARGIN = 1.5, 0.75, 0.05
+
+
+def secondary(cells: list[CellStats]) -> dict[str, Any]:
+    """The former threshold rule on the dims-gap at n = RANK_N[0]: cells with mean dims-gap ≥
+    OLD_GAP_BIG predicted ``greater``, ≤ OLD_GAP_SMALL ``equivalent`` (margin OLD_MARGIN on d),
+    Holm across them; counts of predictions that held."""
+    small = [c for c in cells if c.n == RANK_N[0] and c.seeds >= 2]
+    pred = [
+        "greater"
+        if c.dims_gap >= OLD_GAP_BIG
+        else "equivalent"
+        if c.dims_gap <= OLD_GAP_SMALL
+        else None
+        for c in small
+    ]
+    tested = [(c, p) for c, p in zip(small, pred) if p is not None]
+    if not tested:
+        return {"held": 0, "tested": 0}
+    decs = I.decide_family([c.d for c, _ in tested], margin=OLD_MARGIN)
+    held = sum(d.outcome == p for (_, p), d in zip(tested, decs))
+    return {"held": int(held), "tested": len(tested)}
+
+
 @dataclass(frozen=True)
 class Decision:
     """Everything the rule computed on one table."""
@@ -526,6 +557,7 @@ class Decision:
     flagged: set
     cells: list
     headline: dict
+    secondary: dict
 
 
 def _positive(c: CellStats) -> bool:
@@ -556,7 +588,9 @@ def decide(df: pd.DataFrame, *, seed: int = 0) -> Decision:
         verdict, held = "supported", True
     else:
         verdict, held = "inconclusive", None
-    return Decision(verdict, held, p1, p2, p3, control, flagged, cells, headline_effect(df))
+    return Decision(
+        verdict, held, p1, p2, p3, control, flagged, cells, headline_effect(df), secondary(cells)
+    )
 
 
 def headline_effect(df: pd.DataFrame, headline: dict | None = None) -> dict[str, float]:
@@ -589,7 +623,9 @@ def describe(dec: Decision) -> str:
         f"P2 (ΔC* = 0: pooled (n·d − ΔC)/C̄_off, TOST margin {P2_REL:.2g}): "
         f"{dec.p2.outcome}"
         + (
-            f" (mean {dec.p2.pooled.summary['mean']:.3g}, {dec.p2.pooled.summary['n']} runs)"
+            f" (mean {dec.p2.pooled.summary['mean']:.3g}, {dec.p2.pooled.summary['n']} runs, "
+            f"{dec.p2.differing} of {dec.p2.runs} with d ≠ 0: the others selected isomorphic "
+            "classes on both sides)"
             if dec.p2.pooled is not None
             else ""
         )
@@ -605,6 +641,11 @@ def describe(dec: Decision) -> str:
     ]
     if dec.flagged:
         parts.append("misspecified (outside P1): " + ", ".join(sorted(map(_fmt_key, dec.flagged))))
+    sec = dec.secondary
+    parts.append(
+        f"secondary (former rule: dims-gap ≥ {OLD_GAP_BIG} → advantage, ≤ {OLD_GAP_SMALL} → "
+        f"none, n = {RANK_N[0]}): {sec['held']} of {sec['tested']} predictions held"
+    )
     h = dec.headline
     parts.append(
         f"headline d at {HEADLINE['cell']}, n={HEADLINE['n_pairs']}: {h['effect']:.3g} "
