@@ -89,7 +89,8 @@ def main() -> None:
     if len(big) >= 2:
         x = np.log([r["leaves"] for r in big])
         y = np.log([r["cold"] for r in big])
-        print(f"log-log slope of the cold run's CPU against leaves (>= 10^2): {np.polyfit(x, y, 1)[0]:.2f}")
+        slope = np.polyfit(x, y, 1)[0]
+        print(f"log-log slope of the cold run's CPU against leaves (>= 10^2): {slope:.2f}")
 
 
 if __name__ == "__main__":
