@@ -29,6 +29,7 @@ import numpy as np
 
 from gvgap.experiments import common as C
 from gvgap.experiments import h6_gap as H
+from gvgap.experiments import h6_protocols as P
 
 
 def cpu(fn, reps: int) -> float:
@@ -56,7 +57,7 @@ def measure(horizon: int, generator: str, reps: int) -> dict[str, float]:
         return H.run(cfg, rng=np.random.default_rng(0), instance_rng=np.random.default_rng(1))
 
     def cold():
-        H._CACHE.clear()
+        P.clear_cache()
         run()
 
     out = {"leaves": 3**horizon, "cold": cpu(cold, reps)}

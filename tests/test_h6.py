@@ -11,7 +11,10 @@ import pytest
 
 from gvgap.errors import UserError
 from gvgap.experiments import common as C
+from gvgap.experiments import h6_cells as K
+from gvgap.experiments import h6_design as D
 from gvgap.experiments import h6_gap as M
+from gvgap.experiments import h6_protocols as P
 from gvgap.experiments import h6_rule as R
 from gvgap.experiments.base import make_config
 
@@ -193,12 +196,12 @@ def test_learned_protocol_has_no_access_to_r_star():
 
 
 def test_instance_cache_changes_nothing():
-    M._CACHE.clear()
+    P.clear_cache()
     cold = _run(generator="sum_mod", tree="2x4", protocol="learned")
     warm = _run(generator="sum_mod", tree="2x4", protocol="learned")
-    M._CACHE.clear()
+    P.clear_cache()
     np.testing.assert_equal(cold, warm)
-    assert len(M._CACHE) == 0
+    assert len(P._CACHE) == 0
 
 
 def test_tabular_rm_with_tabular_policy_is_exact():
@@ -235,7 +238,7 @@ def _table(cells, *, slope=1.0, noise=0.1, seeds=20, protocol="learned", seed=0)
     rng = np.random.default_rng(seed)
     rows = []
     for cell, dc, c_off in cells:
-        for n in (*R.RANK_N, *R.DOSE_N):
+        for n in (*D.RANK_N, *D.DOSE_N):
             for s in range(seeds):
                 nd = slope * dc * (1 + noise * rng.standard_normal()) + noise * c_off * (
                     rng.standard_normal() if dc == 0 else 0.0
@@ -307,7 +310,7 @@ def test_cells_outside_the_regime_or_misspecified_are_left_out():
     far = (df["cell"] == "c") & (df["metric"] == "rarest_count")
     df.loc[far, "value"] = 1.0  # the rarest leaf drawn once: not asymptotic
     dec = R.decide(df)
-    assert dec.p1.n_cells == 2 * len(R.DOSE_N)  # a and b at both n; c out
+    assert dec.p1.n_cells == 2 * len(D.DOSE_N)  # a and b at both n; c out
     miss = _frame(1.0)
     bad = (miss["cell"] == "b") & (miss["metric"] == "contains") & (miss["seed"] < 10)
     miss.loc[bad & (miss["pipeline"] == "online"), "value"] = 0.0
@@ -337,6 +340,6 @@ def test_surface_plot_on_a_tidy_frame():
 
     from gvgap import plots_h6 as plots
 
-    table = R.dose_table(_frame(1.0))
+    table = K.dose_table(_frame(1.0))
     ax = plots.dose_response(table, Figure().subplots())
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"

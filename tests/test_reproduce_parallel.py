@@ -188,35 +188,35 @@ def test_reproduce_plans_seeds_from_the_pilot_and_records_them(tmp_path, monkeyp
     seeds, the power, the paper's position and the stability effects."""
     import json
 
+    from gvgap.experiments import h6_design as D
     from gvgap.experiments import h6_gap
-    from gvgap.experiments import h6_rule as R
 
     cells = ["sum_mod_2x4", "additive_full_2x4"]
     monkeypatch.setattr(
         h6_gap,
         "PILOT",
-        {**R.PILOT, "seeds": 4, "grid": {**R.PILOT["grid"], "cell": ["dense_2x4", *cells]}},
+        {**D.PILOT, "seeds": 4, "grid": {**D.PILOT["grid"], "cell": ["dense_2x4", *cells]}},
     )
     monkeypatch.setattr(
         h6_gap,
         "QUICK",
         {
-            **R.QUICK,
+            **D.QUICK,
             "grid": {"cell": cells, "n_pairs": [16, 1024], "protocol": ["learned", "gift"]},
         },
     )
-    monkeypatch.setattr(h6_gap, "HEADLINE", {**R.HEADLINE, "cell": "sum_mod_2x4"})
-    monkeypatch.setattr(h6_gap, "STABILITY_BLOCKS", (R.STABILITY_BLOCKS[0],))
+    monkeypatch.setattr(h6_gap, "HEADLINE", {**D.HEADLINE, "cell": "sum_mod_2x4"})
+    monkeypatch.setattr(h6_gap, "STABILITY_BLOCKS", (D.STABILITY_BLOCKS[0],))
     out = tmp_path / "r"
     reproduce(out, quick=True, workers=1, experiments=["h6_gap"])
     rec = json.loads((out / "verdicts.json").read_text())["h6_gap"]
     plan = rec["plan"]
-    assert rec["seeds"] == plan["seeds"] >= R.SEED_BOUNDS[0] and rec["power"] == plan["power"]
+    assert rec["seeds"] == plan["seeds"] >= D.SEED_BOUNDS[0] and rec["power"] == plan["power"]
     assert set(plan["parts"]) == {"P1", "control", "P2"}
     assert rec["paper_position"] and rec["consistent_with_paper"] in ("yes", "no", "undecided")
     pilot = pd.read_parquet(out / "sweeps" / "h6_gap-pilot" / "results.parquet")
     main = pd.read_parquet(out / "sweeps" / "h6_gap" / "results.parquet")
-    assert pilot["seed"].min() == R.PILOT_BLOCK and main["seed"].min() == R.CONFIRM_BLOCK
+    assert pilot["seed"].min() == D.PILOT_BLOCK and main["seed"].min() == D.CONFIRM_BLOCK
     assert main["seed"].nunique() == rec["seeds"]
-    assert [s["seed_start"] for s in rec["stability"]] == [R.CONFIRM_BLOCK, R.STABILITY_BLOCKS[0]]
+    assert [s["seed_start"] for s in rec["stability"]] == [D.CONFIRM_BLOCK, D.STABILITY_BLOCKS[0]]
     assert all(np.isfinite(s["effect"]) for s in rec["stability"])

@@ -45,7 +45,6 @@ pipeline's exact metrics with ``regret``. The verdict is the dose–response rul
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,11 +52,21 @@ import numpy as np
 
 from gvgap.errors import UserError
 from gvgap.experiments import common as C
+from gvgap.experiments import h6_cells as K
+from gvgap.experiments import h6_design as D
 from gvgap.experiments import h6_rule as R
 from gvgap.experiments import hypothesis as Hy
-from gvgap.ladder import Ladder
-from gvgap.ladder import classes as LC
-from gvgap.ladder.rungs import policy_order, rung_name, window_name, window_order
+from gvgap.experiments.h6_protocols import (
+    NON_ORACLE_DISTRACTORS,
+    class_metrics,
+    coverage,
+    delta_c_star,
+    fit_pipelines,
+    instance,
+    isomorphic,
+    online_policy,
+)
+from gvgap.ladder.rungs import policy_order, window_order
 
 if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
     import pandas as pd
@@ -93,24 +102,11 @@ ALLOWED = {
     "protocol": ", ".join(PROTOCOLS),
     "generator": '"", ' + ", ".join(GENERATORS),
     "tree": '"" or "VxH"',
-    "cell": '"" or a key of h6_rule.CELLS',
+    "cell": '"" or a key of h6_design.CELLS',
     "policy_class": "auto, product, markov<J>, tabular",
     "rm_class": "auto, oracle (linear), dictionary, window<J>, tabular, local",
     "online_policy_class": "tabular, product, markov<J>",
 }
-#: Distractor columns of the dictionary rung when ``rm_features`` = 0.
-NON_ORACLE_DISTRACTORS = 5
-#: Config fields that do not change the instance (runs differing only in them share one
-#: measured ladder: :func:`instance_key`, and the sweep runner groups them).
-RUN_FIELDS = (
-    "n_pairs",
-    "protocol",
-    "lam",
-    "lam_grid",
-    "policy_class",
-    "rm_class",
-    "online_policy_class",
-)
 
 
 def _tree(tree: str) -> tuple[int, int]:
@@ -127,7 +123,7 @@ class Config(C.ProblemConfig):
 
     Attributes:
         protocol: learned, well_specified, gift, gift_tabular or non_oracle (module docstring).
-        cell: "" or a key of ``h6_rule.CELLS``: a named design cell that sets generator, tree
+        cell: "" or a key of ``h6_design.CELLS``: a named design cell that sets generator, tree
             and any of β, π_ref, m, shared_reward, k (the resolved values are recorded).
         generator: "" or a key of ``GENERATORS``; sets family, dictionary, check and k (the
             resolved values are the recorded fields; setting both differently is an error,
@@ -156,8 +152,8 @@ class Config(C.ProblemConfig):
 
     def __post_init__(self) -> None:
         if self.cell:
-            C.check_choice("cell", self.cell, tuple(R.CELLS))
-            self._preset("cell", R.CELLS[self.cell])
+            C.check_choice("cell", self.cell, tuple(D.CELLS))
+            self._preset("cell", D.CELLS[self.cell])
         if self.tree:
             v, h = _tree(self.tree)
             self._preset("tree", {"vocab": v, "horizon": h})
@@ -249,240 +245,6 @@ Config.memory_bytes = memory_bytes  # the hook base.estimate_memory reads
 SMOKE = Config(generator="dense", tree="2x3", n_pairs=20, lam_grid="short")
 
 
-def n_extra(cfg: Config) -> int:
-    """Distractors of the dictionary rung: K − k."""
-    if cfg.rm_features:
-        return max(cfg.rm_features, cfg.k) - cfg.k
-    return NON_ORACLE_DISTRACTORS
-
-
-# ---------------------------------------------------------------- the instance, once
-
-
-def instance_key(cfg: Config) -> tuple:
-    """The Config fields that define the instance (all but :data:`RUN_FIELDS`)."""
-    return tuple(
-        (f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_FIELDS
-    )
-
-
-@dataclass
-class Instance:
-    """The instance of a run and everything measured on it once."""
-
-    env: object
-    ladder: Ladder
-    dictionary: np.ndarray
-
-
-#: Instances measured in this process, by (instance fields, instance stream state): runs that
-#: differ only in n, protocol or λ reuse one measured ladder (results do not depend on it:
-#: the ladder is a pure function of the instance).
-_CACHE: OrderedDict = OrderedDict()
-#: Instances kept (least recently used dropped) and their total leaves.
-CACHE_ENTRIES, CACHE_LEAVES = 64, 1 << 22
-
-
-def instance(cfg: Config, instance_rng: np.random.Generator) -> Instance:
-    """The run's instance (drawn from ``instance_rng`` only), cached (:data:`_CACHE`)."""
-    import json
-
-    key = (instance_key(cfg), json.dumps(instance_rng.bit_generator.state, sort_keys=True))
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    env = C.build_env(cfg, instance_rng)
-    shared = cfg.shared_reward or env.n_prompts == 1
-    dictionary = LC.dictionary_features(env, n_extra(cfg), instance_rng, shared=shared)
-    ladder = Ladder(env, oracle=env.features, dictionary=dictionary, shared=shared)
-    inst = _CACHE[key] = Instance(env, ladder, dictionary)
-    while len(_CACHE) > CACHE_ENTRIES or (
-        len(_CACHE) > 1
-        and sum(i.env.n_prompts * i.env.n_leaves for i in _CACHE.values()) > CACHE_LEAVES
-    ):
-        _CACHE.popitem(last=False)
-    return inst
-
-
-# ---------------------------------------------------------------- classes per protocol
-
-
-def _windows(horizon: int) -> tuple[str, ...]:
-    return tuple(window_name(j, horizon) for j in range(horizon))
-
-
-def policy_ladder(horizon: int) -> list[str]:
-    """Offline candidates of ``learned``, smallest first."""
-    return [rung_name(j, horizon) for j in range(horizon)]
-
-
-def reward_ladder(inst: Instance) -> list[str]:
-    """Online candidates of ``learned``: window0 … tabular and the dictionary, ordered by
-    their dimension on the instance (smallest first; a window before the dictionary on a tie),
-    the order the selection rule prefers."""
-    lad = inst.ladder
-    names = [*_windows(inst.env.horizon), "dictionary"]
-    return sorted(names, key=lambda n: (lad.rung("reward", n).dim, n == "dictionary"))
-
-
-def fixed_classes(cfg: Config, inst: Instance) -> tuple[str, str]:
-    """(offline policy rung, online reward rung) of a protocol other than ``learned``."""
-    lad, horizon = inst.ladder, inst.env.horizon
-    if cfg.protocol in ("gift_tabular", "non_oracle"):
-        p_name = "tabular"
-    else:
-        p_name = lad.smallest("policy").name
-    r_name = {
-        "well_specified": lad.smallest("reward", (*_windows(horizon), "dictionary")).name,
-        "gift": "oracle",
-        "gift_tabular": "oracle",
-        "non_oracle": "dictionary",
-    }.get(cfg.protocol)
-    if cfg.policy_class != "auto":
-        p_name = rung_name(policy_order(cfg.policy_class, horizon), horizon)
-    if cfg.rm_class != "auto":
-        r_name = _reward_name(cfg.rm_class, horizon)
-    return p_name, r_name
-
-
-def _reward_name(name: str, horizon: int) -> str:
-    order = window_order(name, horizon)
-    if name == "linear":
-        return "oracle"
-    return name if order is None else window_name(order, horizon)
-
-
-def _reward_class(name: str, inst: Instance):
-    env = inst.env
-    return LC.reward_class(
-        name, env, shared=inst.ladder.shared or env.n_prompts == 1, dictionary=inst.dictionary
-    )
-
-
-def _online_policy(cfg: Config, env):
-    if policy_order(cfg.online_policy_class, env.horizon) < env.horizon - 1:
-        return LC.policy_class(cfg.online_policy_class, env)
-    return None
-
-
-def _dpo_fit(pol, env):
-    from gvgap.learners import dpo
-
-    return lambda d, lam: dpo(pol, env, d, lam=lam)
-
-
-def _rlhf_fit(rc, env, on_pol):
-    from gvgap.learners import rlhf
-
-    return lambda d, lam: rlhf(rc, env, d, lam=lam, policy=on_pol)
-
-
-def fit_pipelines(cfg: Config, inst: Instance, data, grid, split_seed) -> tuple:
-    """(offline Result, its rung, online Result, its rung) under ``cfg.protocol``."""
-    from gvgap.learners.select import select_model
-
-    env = inst.env
-    on_pol = _online_policy(cfg, env)
-    if cfg.protocol == "learned":
-        offs = (
-            [rung_name(policy_order(cfg.policy_class, env.horizon), env.horizon)]
-            if cfg.policy_class != "auto"
-            else policy_ladder(env.horizon)
-        )
-        ons = (
-            [_reward_name(cfg.rm_class, env.horizon)]
-            if cfg.rm_class != "auto"
-            else reward_ladder(inst)
-        )
-        off_fits = {n: _dpo_fit(LC.policy_class(n, env), env) for n in offs}
-        on_fits = {n: _rlhf_fit(_reward_class(n, inst), env, on_pol) for n in ons}
-        p_name, off, _ = select_model(off_fits, data, split_seed=split_seed, grid=grid)
-        r_name, on, _ = select_model(on_fits, data, split_seed=split_seed, grid=grid)
-        return off, p_name, on, r_name
-    p_name, r_name = fixed_classes(cfg, inst)
-    off = C.fit_dpo(env, data, grid, split_seed, policy=LC.policy_class(p_name, env))
-    on = C.fit_rlhf(env, data, _reward_class(r_name, inst), grid, split_seed, policy=on_pol)
-    return off, p_name, on, r_name
-
-
-# ---------------------------------------------------------------- one run
-
-
-def coverage(env, data) -> float:
-    """π*-mass of the leaves D touches: Σ_x ρ_x Σ_{ξ ∈ D_x} P*(ξ|x)."""
-    touched = np.zeros(env.logp_star.shape, bool)
-    touched[data.prompt, data.chosen] = True
-    touched[data.prompt, data.rejected] = True
-    return float(env.rho @ (np.exp(env.logp_star) * touched).sum(axis=1))
-
-
-def class_metrics(inst: Instance, p_name: str, r_name: str, tabular_rl: bool) -> dict:
-    """The constants, bias floors, dimensions and dims-gap of the two classes of a run."""
-    lad = inst.ladder
-    off, on = lad.rung("policy", p_name), lad.rung("reward", r_name)
-    c_off = lad.constant("policy", p_name)
-    c_on = lad.constant("reward", r_name) if tabular_rl else np.nan
-    c_in = lad.constant("reward", r_name, shared=False) if tabular_rl else np.nan
-    b_on = lad.bias("reward", r_name) if tabular_rl else np.nan
-    return {
-        "offline/C": c_off,
-        "online/C": c_on,
-        "delta_C": c_off - c_on,
-        "delta_C_within": c_off - c_in,
-        "offline/bias": lad.bias("policy", p_name),
-        "online/bias": b_on,
-        "offline/contains": float(off.contains),
-        "online/contains": float(on.contains),
-        "offline_dim": float(off.dim),
-        "online_dim": float(on.dim),
-        "dims_gap": float(np.log(off.dim / max(on.dim, 1))),
-        "offline_order": float(off.order),
-        "online_order": float(-1 if on.order is None else on.order),
-    }
-
-
-def delta_c_star(inst: Instance) -> float:
-    """ΔC* of the instance: C of the smallest policy rung holding π* minus C of the smallest
-    learnable reward rung holding r* (window<J>, tabular, dictionary): the gap the two sides
-    face in the limit where each has found its smallest correct class."""
-    lad, horizon = inst.ladder, inst.env.horizon
-    p_name = lad.smallest("policy").name
-    r_name = lad.smallest("reward", (*_windows(horizon), "dictionary")).name
-    return lad.constant("policy", p_name) - lad.constant("reward", r_name)
-
-
-def isomorphic(inst: Instance, p_name: str, r_name: str) -> bool:
-    """Whether the two classes are isomorphic (offline = online by theorem, THEORY §3):
-    both tabular (per-prompt rewards), or with uniform π_ref the online span equals the local
-    rewards of the offline rung (window<J> ↔ markovJ, compared by exact span residuals)."""
-    env, lad = inst.env, inst.ladder
-    off, on = lad.rung("policy", p_name), lad.rung("reward", r_name)
-    if off.name == "tabular":
-        return on.order == env.horizon - 1 and not lad.shared
-    if lad.shared or not lad._uniform_ref:
-        return False
-    if on.order is not None:
-        return on.order == off.order
-    feats = inst.dictionary if r_name == "dictionary" else env.features
-    return _same_span(feats, off.order, env)
-
-
-def _same_span(feats: np.ndarray, order: int, env) -> bool:
-    """Per prompt, span{1, feats} = span{1, window<J>} (equal ranks of the centred blocks and
-    of their union; numpy's rank cut max(N, d)·ε·σ_max)."""
-    from gvgap.envs.features import position_window
-
-    win = position_window(env.tokens, env.vocab, order)
-    win = win - win.mean(axis=0)
-    rank = np.linalg.matrix_rank
-    for x in range(env.n_prompts):  # prompts, not leaves
-        f = feats[x] - feats[x].mean(axis=0)
-        r_w, r_f = rank(win), rank(f)
-        if not r_w == r_f == rank(np.concatenate([win, f], axis=1)):
-            return False
-    return True
-
-
 def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
@@ -494,7 +256,7 @@ def run(
     off, p_name, on, r_name = fit_pipelines(cfg, inst, data, grid, split_seed)
     out = {**Hy.metric_rows("offline", env, off), **Hy.metric_rows("online", env, on)}
     out |= C.gap_metrics(env) | inst.ladder.metrics()
-    out |= class_metrics(inst, p_name, r_name, _online_policy(cfg, env) is None)
+    out |= class_metrics(inst, p_name, r_name, online_policy(cfg, env) is None)
     out["delta_C_star"] = delta_c_star(inst)
     out["isomorphic"] = float(isomorphic(inst, p_name, r_name))
     out["coverage"] = coverage(env, data)
@@ -515,14 +277,14 @@ BATCH_SIZE = 16
 
 # ---------------------------------------------------------------- sweeps and verdict
 
-SETTINGS = R.SETTINGS
-QUICK = R.QUICK
-ROBUSTNESS = R.ROBUSTNESS
-ROBUST_SEEDS = R.ROBUST_SEEDS
-PILOT = R.PILOT
+SETTINGS = D.SETTINGS
+QUICK = D.QUICK
+ROBUSTNESS = D.ROBUSTNESS
+ROBUST_SEEDS = D.ROBUST_SEEDS
+PILOT = D.PILOT
 plan_seeds = R.plan_seeds
-STABILITY_BLOCKS = R.STABILITY_BLOCKS
-HEADLINE = R.HEADLINE
+STABILITY_BLOCKS = D.STABILITY_BLOCKS
+HEADLINE = D.HEADLINE
 
 
 def headline_effect(df: pd.DataFrame) -> dict[str, float]:
@@ -573,11 +335,11 @@ def plot(df: pd.DataFrame, ax=None):
 
     if _dose_design(df):
         protocol = (
-            R.HEADLINE_PROTOCOL
-            if (df["protocol"] == R.HEADLINE_PROTOCOL).any()
+            D.HEADLINE_PROTOCOL
+            if (df["protocol"] == D.HEADLINE_PROTOCOL).any()
             else (df["protocol"].iloc[0])
         )
-        return dose_response(R.dose_table(df), ax, protocol=protocol, n_values=R.DOSE_N)
+        return dose_response(K.dose_table(df), ax, protocol=protocol, n_values=D.DOSE_N)
     if "generator" in df.columns and df["generator"].nunique() > 1:
         return h6_surface(df, ax)
     return h6_curves(df, ax, line=_curve_line(df))
@@ -588,7 +350,7 @@ def plot_control(df: pd.DataFrame, ax=None):
     generating features), n·d against ΔC on log–log axes with the identity and the P1 band."""
     from gvgap.plots_h6 import dose_response
 
-    return dose_response(R.dose_table(df), ax, protocol=R.CONTROL_PROTOCOL, n_values=R.DOSE_N)
+    return dose_response(K.dose_table(df), ax, protocol=D.CONTROL_PROTOCOL, n_values=D.DOSE_N)
 
 
 def plot_d_vs_n(df: pd.DataFrame, ax=None):
@@ -596,7 +358,7 @@ def plot_d_vs_n(df: pd.DataFrame, ax=None):
     prediction ΔC/n dashed in the cell's colour."""
     from gvgap.plots_h6 import d_against_n
 
-    return d_against_n(R.dose_table(df), ax, protocol=R.HEADLINE_PROTOCOL)
+    return d_against_n(K.dose_table(df), ax, protocol=D.HEADLINE_PROTOCOL)
 
 
 def plot_rank(df: pd.DataFrame, ax=None):
@@ -604,7 +366,7 @@ def plot_rank(df: pd.DataFrame, ax=None):
     proxy of the gap, with each cell's ΔC printed beside it (headline protocol)."""
     from gvgap.plots_h6 import rank_scatter
 
-    return rank_scatter(R.dose_table(df), ax, n=R.RANK_N[0], protocol=R.HEADLINE_PROTOCOL)
+    return rank_scatter(K.dose_table(df), ax, n=D.RANK_N[0], protocol=D.HEADLINE_PROTOCOL)
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
@@ -613,6 +375,6 @@ def extra_figures(df: pd.DataFrame) -> list[tuple]:
     if not _dose_design(df):
         return []
     out = [("d_vs_n", plot_d_vs_n, ("*",)), ("rank", plot_rank, ("*",))]
-    if (df["protocol"] == R.CONTROL_PROTOCOL).any():
+    if (df["protocol"] == D.CONTROL_PROTOCOL).any():
         out.insert(0, ("control", plot_control, ("*",)))
     return out
