@@ -38,8 +38,9 @@ def fit_reward(
     r̂ = argmin_w −mean log σ(r_w(ξ⁺) − r_w(ξ⁻)) + (λ/Σw) Ω(r_w).
 
     For λ > 0 the tabular and linear classes are fitted exactly by Newton in reward
-    coordinates (:mod:`gvgap.learners.newton`; ``grad_norm`` = ‖∇f‖ there); other classes and
-    λ = 0 by the generic optimiser."""
+    coordinates (:mod:`gvgap.learners.newton`; ``grad_norm`` = ‖∇f‖ there; a linear fit's
+    ``extra`` reports its rank, ``sigma_dropped`` and ``grad_dropped``, and ``converged``
+    covers the whole feature span); other classes and λ = 0 by the generic optimiser."""
     lam = check_lam(lam)
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
     w_total = check_weight(float(w.sum()))
@@ -47,10 +48,10 @@ def fit_reward(
         fit = bt_newton_tabular(p, c, r, w, shape, lam, w0, gtol)
         return _rm_result(reward_class, fit.x.ravel(), fit, lam)
     if lam > 0.0 and type(reward_class) is LinearReward:
-        fit = bt_newton_linear(
-            reward_class.features, feature_basis(reward_class), p, c, r, w, lam, w0, gtol
-        )
-        return _rm_result(reward_class, fit.x, fit, lam)
+        basis = feature_basis(reward_class)
+        fit = bt_newton_linear(reward_class.features, basis, p, c, r, w, lam, w0, gtol)
+        span = {"rank": basis.rank, "sigma_dropped": basis.sigma_dropped}
+        return _rm_result(reward_class, fit.x, fit, lam, {**span, "grad_dropped": fit.grad_dropped})
 
     def fg(wt):
         rew = reward_class.leaf_reward(wt)
@@ -62,8 +63,9 @@ def fit_reward(
     return Result.from_opt("rm", None, reward_class.leaf_reward(opt.x), opt, lam)
 
 
-def _rm_result(reward_class, params: np.ndarray, fit, lam: float) -> Result:
-    """A Newton-fitted RM as a :class:`Result`."""
+def _rm_result(reward_class, params: np.ndarray, fit, lam: float, extra=None) -> Result:
+    """A Newton-fitted RM as a :class:`Result` (``extra``: a linear fit's rank, the size of its
+    dropped feature directions ``sigma_dropped`` and the gradient along them)."""
     return Result(
         "rm",
         None,
@@ -73,7 +75,7 @@ def _rm_result(reward_class, params: np.ndarray, fit, lam: float) -> Result:
         fit.grad_norm,
         fit.converged,
         lam,
-        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates"},
+        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates", **(extra or {})},
     )
 
 
