@@ -169,10 +169,11 @@ def test_every_pipeline_runs_over_beta_and_concentration(beta, conc):
 
 def test_online_dpo_stops_when_no_pair_has_weight():
     """A policy so peaked that every draw ties yields no pairs: the loop stops there (the
-    ZeroDivisionError of issue 8 at β = 1e-3)."""
+    ZeroDivisionError of issue 8 at β = 1e-3). The exact pair law resolves the tied-draw
+    complement (mass ~1e-200 here, issue 19); below NO_PAIRS it is a numerical zero."""
     env = make_family("linear", rng=np.random.default_rng(1), vocab=2, horizon=3, beta=1e-3)
     pol = TabularPolicy(1, 2, 3, init=env.logpi_ref)
-    peaked = L.soft_rl(env, env.r_star)  # β = 1e-3: P* puts all mass (to 1e-300) on argmax
+    peaked = L.soft_rl(env, env.r_star)  # β = 1e-3: P* puts all mass (to 1e-200) on argmax
     res = L.online_dpo_exact(
         pol, env, env.r_star, lam=1e-2, pairs="best_worst", theta0=peaked.params, iters=5
     )

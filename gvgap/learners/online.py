@@ -24,6 +24,11 @@ from gvgap.learners.result import Result
 from gvgap.policies import SoftOptimalPolicy, TabularPolicy
 from gvgap.rewards import LinearReward, TabularReward
 
+#: A pair law of total mass (per prompt) below this forms no pair: a numerical zero, e.g. a
+#: policy so peaked that all its draws tie (T → 0, β → 0); the exact law resolves such masses
+#: (1e-200 and below) and a DPO fit on them would be all prior.
+NO_PAIRS = 1e-12
+
 
 def fit_reward(
     reward_class,
@@ -156,8 +161,9 @@ def online_dpo_exact(
 
     ``pairs="bt"``: two samples, soft BT labels σ(r̂(a) − r̂(b)); ``pairs="best_worst"``:
     best vs worst of ``n_samples`` by r̂ (exact law, :func:`data.best_worst_pair_weights`).
-    Stops when max |Δ log P| < tol, or when π_t yields no pair of positive weight (a collapsed
-    policy: every draw ties, so there is nothing to learn and π_t is a fixed point).
+    Stops when max |Δ log P| < tol, or when π_t yields a pair mass ≤ ``NO_PAIRS`` (a collapsed
+    policy: every draw ties up to that mass, so there is nothing to learn and π_t is a fixed
+    point).
     """
     lam = check_lam(lam)
     theta = policy.init_params() if theta0 is None else theta0
@@ -170,7 +176,7 @@ def online_dpo_exact(
             data = expected_pairs(best_worst_pair_weights(lp, r_hat, n_samples, env.rho))
         else:
             raise ValueError(f"pairs must be 'bt' or 'best_worst', got {pairs!r}")
-        if not float(data.weight.sum()) > 0.0:
+        if not float(data.weight.sum()) > NO_PAIRS:
             deltas.append(0.0)
             break
         res = preference_fit(policy, env, data, lam=lam, theta0=theta, gtol=gtol)
