@@ -90,8 +90,10 @@ def test_run_files_carry_a_checksum(tmp_path: Path) -> None:
         (lambda r: r["config"].update(vocab=9), "run id"),
         (lambda r: r.update(seed=7), "run id"),
         (lambda r: r.update(instance_seed=2**70), "instance_seed"),
+        # issue 19: deleting the hash must not let the edited value through
+        (lambda r: (r["metrics"].update({"gibbs_error": 0.5}), r.pop("sha256")), "no sha256"),
     ],
-    ids=["metric", "experiment", "config", "seed", "instance_seed_2_70"],
+    ids=["metric", "experiment", "config", "seed", "instance_seed_2_70", "metric_hash_deleted"],
 )
 def test_edited_run_file_is_rerun_with_one_line(
     tmp_path: Path, reference: pd.DataFrame, capsys: pytest.CaptureFixture, edit, needle: str

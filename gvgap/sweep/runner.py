@@ -106,7 +106,10 @@ def _check_args(executor: str, workers: int | None, chunk_size: int | None) -> i
 
 
 def _check_out(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` as a Path whose every component fits the file system's name limit."""
+    """``out_dir`` as a Path whose every component fits the file system's name limit; an
+    empty one (which Path reads as the current directory) is refused."""
+    if not os.fspath(out_dir).strip():
+        raise UserError("--out: empty path; give a directory name")
     path = Path(out_dir)
     for part in path.parts:
         if len(part.encode()) > NAME_MAX:

@@ -132,8 +132,9 @@ def record_problem(rec: Any, stem: str) -> str | None:
     """None for a valid run record stored as ``<stem>.json``, else what is wrong with it.
 
     Valid: the :data:`RECORD_KEYS`, numeric metrics, a file name equal to the run id that
-    (experiment, config, seed, instance_seed) hash to, and (files written since checksums were
-    added) a ``sha256`` equal to the hash of everything else in the record.
+    (experiment, config, seed, instance_seed) hash to, and a ``sha256`` equal to the hash of
+    everything else in the record (a file without one is corrupt: deleting the hash must not
+    let an edited value through, issue 19).
     """
     if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
         return "not a run record (keys missing)"
@@ -152,8 +153,10 @@ def record_problem(rec: Any, stem: str) -> str | None:
         ok = False
     if not ok:
         return "its experiment, config or seeds do not match its run id (edited or renamed?)"
+    if "sha256" not in rec:
+        return "it has no sha256 (edited by hand, or written before checksums)"
     body = {k: v for k, v in rec.items() if k != "sha256"}
-    if "sha256" in rec and rec["sha256"] != digest(body):
+    if rec["sha256"] != digest(body):
         return "its content does not match its sha256 (edited by hand?)"
     return None
 
