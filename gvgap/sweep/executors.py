@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -114,9 +115,18 @@ def import_ray() -> Any:
 CONNECT_TIMEOUT_S = 5.0
 
 
+#: The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server
+#: (Ray's GCS, or the Ray Client server behind ray://) answers with its own SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+
+
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Refuse a Ray ``host:port`` (or ``ray://host:port``) that does not accept a TCP
-    connection within ``timeout`` seconds; ``auto`` and other forms are left to Ray.
+    connection within ``timeout`` seconds, or that accepts one but does not speak gRPC (its
+    reply to the HTTP/2 preface is not a SETTINGS frame: an HTTP/1 server, a database, ...;
+    ``ray.init`` would otherwise retry for minutes, printing RpcErrors, issue 19). ``auto``
+    and other forms are left to Ray, and so are clusters with TLS (``RAY_USE_TLS``).
 
     Raises:
         UserError: naming --address, the reason and the timeout.
@@ -128,13 +138,20 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     if not sep or not port.isdigit() or not host:
         return
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            sock.sendall(_H2_PREFACE)
+            reply = sock.recv(9)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UserError(
             f"--address {address}: no Ray cluster reachable there ({reason}, {timeout:g} s timeout)"
         ) from None
+    if len(reply) < 4 or reply[3] != _H2_SETTINGS:
+        raise UserError(
+            f"--address {address}: something answers there, but not a Ray cluster (no gRPC)"
+        )
 
 
 @contextlib.contextmanager
@@ -166,6 +183,33 @@ def _single_threaded() -> Iterator[None]:
             torch.set_num_threads(1)
             stack.callback(torch.set_num_threads, before)
         yield
+
+
+@contextlib.contextmanager
+def sigint_here_only() -> Iterator[None]:
+    """Block SIGINT in this thread while it starts child processes (pool workers, the
+    forkserver, Ray's daemons). Children inherit the signal mask (fork, exec and forkserver
+    alike), so a terminal Ctrl-C, which goes to the whole process group, reaches only this
+    process: it stops the children itself (:func:`terminate_pool`, ``ray.shutdown``) instead
+    of every child printing its own KeyboardInterrupt traceback mid-start-up (issue 19). A
+    SIGINT that arrives meanwhile is delivered here when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def terminate_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a process pool now: drop its queued tasks and end its workers (they write
+    nothing; the runs they held are not stored and run again on resume)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.terminate()
 
 
 # ---------------------------------------------------------------- executors

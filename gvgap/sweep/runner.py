@@ -194,7 +194,31 @@ def run_sweep(
     module = get_experiment(spec.experiment)
     if executor == "ray" and address:
         check_address(address)
+    footprint = store.footprint()
     store.prepare()
+    try:
+        return _run_locked(
+            spec, store, runs, module, executor, n_workers, address, chunk_size, progress, pool
+        )
+    except BaseException:  # refused later (Ray would not start), interrupted, failed:
+        store.discard_if_unused(footprint)  # what this sweep added, when it stored no run
+        raise
+
+
+def _run_locked(
+    spec: SweepSpec,
+    store: RunStore,
+    runs: list[RunSpec],
+    module: Any,
+    executor: str,
+    n_workers: int,
+    address: str | None,
+    chunk_size: int | None,
+    progress: bool | Any | None,
+    pool: SharedPool | SharedRay | None,
+) -> pd.DataFrame:
+    """The body of :func:`run_sweep` once the directory exists: under its lock, skip the
+    stored runs, execute the rest, store each as it returns, consolidate."""
     with store.lock():
         records, problems = store.scan()
         planned = {r.run_id for r in runs}

@@ -228,6 +228,43 @@ class RunStore:
                 f"{spec.experiment}); refusing to overwrite (choose another --out)"
             )
 
+    def footprint(self) -> tuple[Path | None, set[str] | None]:
+        """What :meth:`prepare` and the sweep may add here: the outermost missing directory on
+        the way to ``DIR`` (None when ``DIR`` exists) and the names already in ``DIR``."""
+        missing = None
+        for path in [self.root, *self.root.parents]:
+            if path.exists():
+                break
+            missing = path
+        try:
+            names = {p.name for p in self.root.iterdir()} if missing is None else set()
+        except OSError:  # unreadable: prepare() will say so; nothing will be undone
+            names = None
+        return missing, names
+
+    def discard_if_unused(self, footprint: tuple[Path | None, set[str] | None]) -> None:
+        """Undo what a sweep added when it stored no run (refused after :meth:`prepare`, e.g.
+        Ray would not start, or interrupted first): its manifest, lock and empty ``runs/``,
+        then the directories it created (the ``footprint`` taken before :meth:`prepare`).
+        Whatever was there before, or a directory holding a run now, is left as it was."""
+        created, before = footprint
+        if before is None or any(self.runs_dir.glob("*.json")):
+            return
+        with contextlib.suppress(OSError):
+            for name in (MANIFEST, LOCK, RESULTS):
+                if name not in before:
+                    (self.root / name).unlink(missing_ok=True)
+            if RUNS not in before and self.runs_dir.is_dir():
+                for tmp in self.runs_dir.glob(".*.tmp"):
+                    tmp.unlink()
+                self.runs_dir.rmdir()
+            if created is None:
+                return
+            for path in [self.root, *self.root.parents]:
+                path.rmdir()  # OSError (not empty) stops the walk
+                if path == created:
+                    break
+
     def prepare(self) -> None:
         """Create ``DIR/runs`` and probe that it is writable.
 
