@@ -287,7 +287,8 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _submit_all(pool: ProcessPoolExecutor, chunks: Iterable[Chunk]) -> set[Future]:
-    return {pool.submit(execute_chunk, c) for c in chunks}
+    with sigint_here_only():  # submitting starts the workers (and the forkserver)
+        return {pool.submit(execute_chunk, c) for c in chunks}
 
 
 def _as_finished(
@@ -318,7 +319,7 @@ def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
             pending = _submit_all(pool, chunks)
         yield from _as_finished(pending)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        terminate_pool(pool)  # Ctrl-C or an error: the workers ignore SIGINT, end them
         raise
     pool.shutdown(wait=True)
 
@@ -337,8 +338,9 @@ class SharedPool:
         self.workers = workers
         self._stop = threading.Event()
         self._pool = _process_pool(workers)
-        with _environ(SINGLE_THREAD_ENV):  # start the forkserver and a worker in this env now:
-            self._pool.submit(os.getpid).result()  # sweeps submit later, from many threads
+        with _environ(SINGLE_THREAD_ENV), sigint_here_only():  # start the forkserver and a
+            first = self._pool.submit(os.getpid)  # worker in this env now: sweeps submit
+        first.result()  # later, from many threads (their workers fork from the forkserver)
 
     def execute(self, chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
         """The executor contract of :func:`open_executor`: chunks → record lists."""
@@ -346,18 +348,15 @@ class SharedPool:
 
     def submit(self, fn: Any, *args: Any) -> Future:
         """Run ``fn(*args)`` (a picklable, module-level function) on a worker."""
-        return self._pool.submit(fn, *args)
+        with sigint_here_only():
+            return self._pool.submit(fn, *args)
 
     def close(self, cancel: bool = False) -> None:
         """Shut the workers down (``cancel``: drop queued tasks first, and make every sweep
         still draining this pool raise CancelledError instead of waiting)."""
         if cancel:
             self._stop.set()
-            # running chunks cannot be cancelled: end their workers (they write nothing; the
-            # runs they held are simply not stored and run again on resume)
-            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
-                with contextlib.suppress(Exception):
-                    proc.terminate()
+            terminate_pool(self._pool)  # running chunks cannot be cancelled: end their workers
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
@@ -402,10 +401,11 @@ def ray_session(workers: int, address: str | None) -> Iterator[Any]:
         kwargs = {"runtime_env": {"env_vars": SINGLE_THREAD_ENV}, "log_to_driver": False}
         kwargs["logging_level"] = "WARNING"
         try:
-            if address:
+            if address:  # a driver only: nothing starts here, and Ctrl-C stays live
                 ray.init(address=address, **kwargs)
             else:
-                ray.init(num_cpus=workers, include_dashboard=False, **kwargs)
+                with sigint_here_only():  # Ray's daemons and workers leave Ctrl-C to this
+                    ray.init(num_cpus=workers, include_dashboard=False, **kwargs)  # process
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
             msg = " ".join(str(exc).split())[:300]
             raise UserError(f"--address {address or '(local)'}: cannot start Ray: {msg}") from None
