@@ -60,6 +60,14 @@ def _live_in_group(pgid: int) -> list[int]:
     return out
 
 
+def _assert_group_ends(pgid: int, seconds: float, why: str) -> None:
+    """Wait up to ``seconds`` for every process of the group to exit."""
+    deadline = time.monotonic() + seconds
+    while _live_in_group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _live_in_group(pgid), why
+
+
 def _kill_mid_sweep(toml: Path, out: Path, total: int) -> dict[Path, int]:
     """Start the sweep, SIGKILL the sweep process once some runs are stored, and check that
     its pool workers exit by themselves."""
@@ -76,10 +84,7 @@ def _kill_mid_sweep(toml: Path, out: Path, total: int) -> dict[Path, int]:
         proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
         if Path("/proc/self/stat").exists():
-            deadline = time.monotonic() + 20
-            while _live_in_group(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not _live_in_group(proc.pid), "orphaned pool workers kept running"
+            _assert_group_ends(proc.pid, 20, "orphaned pool workers kept running")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -163,10 +168,7 @@ def _interrupt(proc: subprocess.Popen, out: Path | None, after: float | None) ->
         assert proc.poll() is None, "the command ended before it could be interrupted"
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
-        deadline = time.monotonic() + 10
-        while _live_in_group(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _live_in_group(proc.pid), "a process of the command outlived it"
+        _assert_group_ends(proc.pid, 10, "a process of the command outlived it")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
