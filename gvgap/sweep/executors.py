@@ -206,10 +206,11 @@ def sigint_here_only() -> Iterator[None]:
 def terminate_pool(pool: ProcessPoolExecutor) -> None:
     """Stop a process pool now: drop its queued tasks and end its workers (they write
     nothing; the runs they held are not stored and run again on resume)."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    for proc in procs:
         with contextlib.suppress(Exception):
             proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- executors
