@@ -23,9 +23,10 @@ the *pair Laplacian* of the comparison graph plus the regulariser. Two parameter
   shared by every fit (λ path, train/full refits).
 
 Both are certified by the Euclidean norm of ∇f in those coordinates. The iteration stops
-when ‖∇f‖ ≤ min(gtol, RTOL · ‖∇f(r₀)‖), then takes full Newton steps while they still shrink
-‖∇f‖ (at most ``POLISH_STEPS``): the error ‖r − r*‖ ≈ ‖H⁻¹∇f‖ can be ‖∇f‖/μ at the gradient
-test, and quadratic convergence takes it to the rounding floor in one or two steps. A linear
+when ‖∇f‖ ≤ min(gtol, RTOL · ‖∇f(r₀)‖), then takes full Newton steps while the step
+s = −H⁻¹∇f (≈ the error r − r*, up to ‖∇f‖/μ at the gradient test) is above the rounding
+floor and shrinks ‖∇f‖ (at most ``POLISH_STEPS``): quadratic convergence reaches the floor in
+one step, and the next solve confirms it. A linear
 fit's certificate is measured at the returned w itself (r = Φ w, as the class evaluates it),
 on the whole stated span: ``converged`` = ‖∇_z f‖ ≤ gtol *and* the gradient along the
 directions dropped as numerically null (``grad_dropped``) ≤ gtol.
@@ -41,7 +42,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular, svd
 from scipy.sparse import coo_matrix
 from scipy.special import expit, log_expit
 
@@ -57,11 +58,17 @@ FLOOR = 1e-10
 #: Full Newton steps taken after the gradient test passes, while each shrinks ‖∇f‖ (the
 #: quadratic-convergence floor; issue 19: |r̂ − r*| 3.5e-7 at the test, 1.2e-14 one step on).
 POLISH_STEPS = 3
+#: ... and while the Newton step, which estimates the error, exceeds this relative to 1 + ‖x‖∞.
+POLISH_RTOL = 1e-13
 #: Rank tolerance of the column-normalised centred features Φ̃_c, in units of
 #: max(mN, k) · ε · ‖Φ̃‖_F (numpy.linalg.matrix_rank's rule, scaled by the uncentred
 #: column-normalised features so that a column constant within each prompt, which centres to
 #: rounding noise, spans nothing): singular values at or below it are numerically zero.
 RANK_EPS_FACTOR = 1.0
+#: Full-span fast path (:class:`FeatureBasis`): pivots of the column-normalised centred Gram
+#: above this (σ ≳ 1e-5 of a unit column) certify that the features reach every centred
+#: reward; a weaker span goes to the SVD.
+FULL_SPAN_PIVOT_TOL = 1e-10
 
 
 #: Solutions of the fits run inside :func:`warm_path`, per problem space and λ.
@@ -125,7 +132,8 @@ def _newton(
     Armijo backtracking on f while the predicted decrease −∇f·s (twice the Newton decrement)
     is resolvable in float64; below ``FLOOR``·(1 + |f|) (deep in the quadratic region, where f
     no longer resolves decreases) a full step is taken iff it reduces ‖∇f‖. Once ‖∇f‖ passes
-    the test, up to ``POLISH_STEPS`` more full steps, each kept iff it reduces ‖∇f‖.
+    the test, up to ``POLISH_STEPS`` more full steps while the step exceeds ``POLISH_RTOL``
+    (1 + ‖x‖∞), each kept iff it reduces ‖∇f‖.
     """
     x = x0
     f, g, solve = evaluate(x)
@@ -159,8 +167,9 @@ def _newton(
     if gn <= target:  # on to the quadratic-convergence floor (POLISH_STEPS)
         for _ in range(POLISH_STEPS):
             step = -solve(g)
-            if not np.all(np.isfinite(step)):
-                break
+            size = float(np.max(np.abs(step), initial=0.0))
+            if not size > POLISH_RTOL * (1.0 + float(np.max(np.abs(x), initial=0.0))):
+                break  # the Newton step (≈ the error) is at rounding level: done (or not finite)
             fn, g_new, solve_new = evaluate(x + step)
             gn_new = float(np.linalg.norm(g_new))
             if not gn_new < gn:
@@ -290,38 +299,68 @@ class FeatureBasis:
       rank-deficient, the minimum-norm w in D-scaled units: r_w is unique, w is not);
     * ``v_dropped`` = V_{r:} and ``sigma_dropped`` = σ_{r+1} (0 if none): the directions
       discarded as numerically null and their size, ‖Φ̃_c − U_r Σ_r V_rᵀ‖₂ (issue 19).
+
+    Full span (k ≥ m(N − 1), the fit is the tabular one): when the pivoted Cholesky of
+    Φ̃_cᵀΦ̃_c (LAPACK ``pstrf``) finds m(N − 1) pivots above ``FULL_SPAN_PIVOT_TOL`` (every
+    direction at σ ≳ 1e-5 of a unit column), the features reach every centred reward and no
+    SVD is needed: ``u`` is None, w = D⁻¹ R₁₁⁻¹ R₁₁⁻ᵀ Φ̃_c[:, piv]ᵀ r_c on the pivot columns
+    (two triangular solves), and the gradient on the span is the whole centred gradient.
+    Otherwise the SVD decides.
     """
 
-    def __init__(
-        self, shape, flat: np.ndarray, u: np.ndarray, t: np.ndarray, col_norm, v_dropped, s
-    ):
-        self.shape, self.flat, self.u, self.t, self.rank = shape, flat, u, t, int(u.shape[1])
-        self.col_norm, self.v_dropped = col_norm, v_dropped
-        self.sigma_dropped = float(s[self.rank]) if s.size > self.rank else 0.0
+    def __init__(self, shape, flat, col_norm, rank: int, *, u=None, t=None, v_dropped=None,
+                 sigma_dropped: float = 0.0, pivots=None):  # fmt: skip
+        self.shape, self.flat, self.col_norm, self.rank = shape, flat, col_norm, int(rank)
+        self.u, self.t, self.v_dropped = u, t, v_dropped
+        self.sigma_dropped, self._pivots = float(sigma_dropped), pivots
 
     @classmethod
     def of(cls, features: np.ndarray) -> FeatureBasis:
-        """From features ``(m, N, k)``: column norms, centring, thin SVD, rank (class doc)."""
+        """From features ``(m, N, k)``: column norms, centring, rank, basis (class doc)."""
         m, n_leaves, k = features.shape
         flat = features.reshape(-1, k)
         norm = np.sqrt(np.einsum("ij,ij->j", flat, flat))
         d = np.where(norm > 0, norm, 1.0)
         phi_c = ((features - features.mean(axis=1, keepdims=True)) / d).reshape(-1, k)
-        u, s, vt = np.linalg.svd(phi_c, full_matrices=False)
+        full = m * (n_leaves - 1)
+        if k >= full > 0:
+            fac, piv, rank, info = lapack.dpstrf(phi_c.T @ phi_c, tol=FULL_SPAN_PIVOT_TOL, lower=0)
+            if info >= 0 and rank == full:
+                sel = piv[:rank] - 1
+                return cls((m, n_leaves), flat, d, rank, pivots=(sel, fac[:rank, :rank], phi_c))
+        u, s, vt = svd(phi_c, full_matrices=False, overwrite_a=True, check_finite=False)
         tol = RANK_EPS_FACTOR * max(m * n_leaves, k) * np.finfo(float).eps
         tol *= math.sqrt(float(np.count_nonzero(norm)))  # ‖Φ̃‖_F: unit columns
         rank = int(np.count_nonzero(s > tol))
-        t = vt[:rank].T / s[:rank] / d[:, None]
-        return cls((m, n_leaves), flat, u[:, :rank].copy(), t, d, vt[rank:].T.copy(), s)
+        return cls(
+            (m, n_leaves),
+            flat,
+            d,
+            rank,
+            u=u[:, :rank].copy(),
+            t=vt[:rank].T / s[:rank] / d[:, None],
+            v_dropped=vt[rank:].T.copy(),
+            sigma_dropped=float(s[rank]) if s.size > rank else 0.0,
+        )
 
     def w_of_centred_reward(self, r_c: np.ndarray) -> np.ndarray:
-        """w = t uᵀ r_c for a centred reward r_c in the span (Φ_c w = u uᵀ r_c = r_c)."""
-        return self.t @ (self.u.T @ r_c.ravel())
+        """w with Φ_c w = r_c for a centred reward r_c in the span: t uᵀ r_c, or (full span)
+        the two triangular solves on the pivot columns (class doc)."""
+        if self._pivots is None:
+            return self.t @ (self.u.T @ r_c.ravel())
+        sel, r11, phi_c = self._pivots
+        z = solve_triangular(r11, (phi_c.T @ r_c.ravel())[sel], trans="T", lower=False)
+        w = np.zeros(self.flat.shape[1])
+        w[sel] = solve_triangular(r11, z, lower=False) / self.col_norm[sel]
+        return w
 
     def certificate(self, g_r: np.ndarray) -> tuple[float, float]:
         """(‖uᵀ g‖, ‖V_droppedᵀ D⁻¹ Φᵀ g‖) for a per-prompt centred gradient g ``(m N,)``: the
-        gradient on the kept span (orthonormal coordinates) and the directional derivatives
-        along the dropped directions per unit of column-normalised weight (≤ σ_{r+1} ‖g‖)."""
+        gradient on the kept span (orthonormal coordinates; ‖g‖ itself on a full span) and
+        the directional derivatives along the dropped directions per unit of column-normalised
+        weight (≤ σ_{r+1} ‖g‖)."""
+        if self._pivots is not None:
+            return float(np.linalg.norm(g_r)), 0.0
         dropped = 0.0
         if self.v_dropped.shape[1]:
             dropped = float(
