@@ -313,3 +313,18 @@ def test_default_newton_stop_reaches_the_quadratic_convergence_floor(monkeypatch
     monkeypatch.setattr(NW, "POLISH_STEPS", 0)
     early = bt_newton_tabular(*args)
     assert early.converged and np.abs(early.x - ref).max() > 1e4 * floor
+
+
+def test_full_span_fit_does_not_depend_on_column_scaling():
+    """The full-span path (pivoted Cholesky of the column-normalised Gram, no SVD) is scale-free
+    too: a column scaled by 1e-6 and one by 1e6 leave the span, the path and the fit as they
+    were; the certificate is the whole centred gradient at the returned w."""
+    env = random_env(11, vocab=2, horizon=3, n_prompts=1, beta=1.0, n_features=10)
+    prefs = D.sample_pairs(env.logp_ref, env.r_star, env.rho, 20, np.random.default_rng(4))
+    scales = np.ones(10)
+    scales[[2, 7]] = [1e-6, 1e6]
+    plain = L.fit_reward(LinearReward(env.features), prefs, (1, 8), lam=0.05)
+    scaled = L.fit_reward(LinearReward(env.features * scales), prefs, (1, 8), lam=0.05)
+    assert plain.converged and scaled.converged and scaled.extra["rank"] == 7
+    centred = lambda r: r - r.mean(axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(centred(scaled.r_hat), centred(plain.r_hat), atol=1e-9)
