@@ -153,16 +153,16 @@ def test_ray_equals_local(tmp_path: Path) -> None:
 INTERRUPTED = "gvgap: interrupted (run the same command again to resume)"
 
 
-def _interrupt(proc: subprocess.Popen, out: Path | None, after: float | None) -> str:
+def _interrupt(proc: subprocess.Popen, runs: Path | None, after: float | None) -> str:
     """SIGINT to the command's whole process group (what Ctrl-C in a terminal does): ``after``
-    seconds from its start, or (None) once it has stored 3 runs in ``out``. Returns its stderr
-    once it has exited, and checks that no process of its group is left."""
+    seconds from its start, or (None) once 3 runs are stored in a ``runs/`` under ``runs``.
+    Returns its stderr once it has exited, and checks that no process of its group is left."""
     start = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - start < 120:
             if after is not None and time.monotonic() - start >= after:
                 break
-            if after is None and len(list((out / "runs").glob("*.json"))) >= 3:
+            if after is None and sum(p.parent.name == "runs" for p in runs.rglob("*.json")) >= 3:
                 break
             time.sleep(0.002)
         assert proc.poll() is None, "the command ended before it could be interrupted"
@@ -206,7 +206,7 @@ def test_ctrl_c_at_any_moment_is_one_line_exit_130_and_resumable(
     toml.write_text(KILL_SWEEP)
     out = tmp_path / "out"
     proc = _cli("sweep", str(toml), "--out", str(out), "--workers", "2", start_new_session=True)
-    err = _interrupt(proc, out, after)
+    err = _interrupt(proc, out / "runs", after)
     assert proc.returncode == 130 and err == INTERRUPTED + "\n", (proc.returncode, err)
     assert not list(tmp_path.rglob(".*.tmp"))
     if out.exists():
@@ -230,7 +230,24 @@ def test_ctrl_c_on_ray_is_one_line_and_leaves_no_process(tmp_path: Path) -> None
         "sweep", str(toml), "--out", str(out), "--executor", "ray", "--workers", "2",
         start_new_session=True,
     )  # fmt: skip
-    err = _interrupt(proc, out, None)
+    err = _interrupt(proc, out / "runs", None)
     lines = err.splitlines()
     assert proc.returncode == 130 and lines[-1] == INTERRUPTED, err
     assert "Traceback" not in err and sum("interrupted" in ln for ln in lines) == 1, err
+
+
+def test_ctrl_c_during_reproduce_is_one_line(tmp_path: Path) -> None:
+    """``gvgap reproduce`` shares one pool between verify's checks, every sweep, the verdicts
+    and the figures; a Ctrl-C once its sweeps store runs ends them all: one line, exit 130,
+    no process left (the pool's workers are ended before the sweeps are told to stop, so
+    the pool's own thread reports nothing)."""
+    out = tmp_path / "r"
+    proc = _cli(
+        "reproduce", "--quick", "--experiments", "h6_gap", "--workers", "2", "--out", str(out),
+        start_new_session=True,
+    )  # fmt: skip
+    err = _interrupt(proc, out / "sweeps", None)
+    lines = err.splitlines()  # progress lines (every 10 s when not a terminal), then the one
+    assert proc.returncode == 130 and lines[-1] == INTERRUPTED, (proc.returncode, err)
+    assert "Traceback" not in err and "Exception" not in err
+    assert all(ln.startswith("gvgap: reproduce ") for ln in lines[:-1]), err

@@ -203,13 +203,32 @@ def sigint_here_only() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+#: Seconds to wait for a pool's manager thread to take note of its ended workers.
+TERMINATE_JOIN_S = 5.0
+
+
 def terminate_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a process pool now: drop its queued tasks and end its workers (they write
-    nothing; the runs they held are not stored and run again on resume)."""
+    """Stop a process pool now: end its workers (they write nothing; the runs they held are
+    not stored and run again on resume), then drop its queued tasks.
+
+    Order matters (CPython 3.11): the pool's manager thread marks every unfinished future
+    broken once a worker dies, and raises InvalidStateError (a traceback on stderr) for a
+    future already cancelled. So cancelled futures are taken out of its work table first,
+    the workers ended, and the manager thread (which then exits) waited for before the
+    remaining tasks are cancelled.
+    """
     procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    items = getattr(pool, "_pending_work_items", None)
+    if items is not None:
+        for key, item in list(items.items()):
+            if item.future.cancelled():
+                items.pop(key, None)
     for proc in procs:
         with contextlib.suppress(Exception):
             proc.terminate()
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if procs and manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=TERMINATE_JOIN_S)
     pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -355,9 +374,9 @@ class SharedPool:
     def close(self, cancel: bool = False) -> None:
         """Shut the workers down (``cancel``: drop queued tasks first, and make every sweep
         still draining this pool raise CancelledError instead of waiting)."""
-        if cancel:
+        if cancel:  # running chunks cannot be cancelled: end their workers, then the sweeps
+            terminate_pool(self._pool)
             self._stop.set()
-            terminate_pool(self._pool)  # running chunks cannot be cancelled: end their workers
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
