@@ -77,8 +77,12 @@ def sidecar(meta: dict[str, Any], files: list[str], seeds: Any = None) -> dict[s
     }
 
 
-def _replace_into(tmp: Path, path: Path) -> None:
+def _write_via(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a hidden temporary file beside ``path``, then os.replace; the
+    temporary file is removed whatever fails (a full disk leaves nothing behind)."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}.tmp")
     try:
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -114,15 +118,12 @@ def save_figure(
         paths = []
         for fmt in FORMATS:
             path = out / f"{stem}.{fmt}"
-            tmp = out / f".{stem}.{uuid.uuid4().hex[:8]}.{fmt}.tmp"
-            fig.savefig(tmp, format=fmt, dpi=PNG_DPI)
-            _replace_into(tmp, path)
+            _write_via(path, partial(fig.savefig, format=fmt, dpi=PNG_DPI))
             paths.append(path)
         record = sidecar(meta, [p.name for p in paths], seeds)
+        text = json.dumps(record, indent=1, default=_jsonable, allow_nan=True)
         path = out / f"{stem}.json"
-        tmp = out / f".{stem}.{uuid.uuid4().hex[:8]}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=_jsonable, allow_nan=True))
-        _replace_into(tmp, path)
+        _write_via(path, lambda tmp: tmp.write_text(text))
     except OSError as exc:
         raise UserError(f"cannot write figures to {str(out)!r}: {exc.strerror or exc}") from None
     return [*paths, path]

@@ -44,7 +44,7 @@ from gvgap.sweep.executors import (
 from gvgap.sweep.progress import SharedProgress, make_progress
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
-from gvgap.sweep.store import RunStore
+from gvgap.sweep.store import RunStore, atomic_write
 from gvgap.verify import format_table, run_checks
 
 #: Instances per theorem check in ``--quick`` (the full run uses 200).
@@ -80,10 +80,8 @@ def strict_json(obj: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
     text = json.dumps(strict_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 def base_data(eid: str, quick: bool) -> dict[str, Any]:
@@ -494,9 +492,12 @@ def reproduce(
                 RunStore(job.out).check(job.spec)
         frames, verdicts = run_experiments(runnable, out, quick, executor, n_workers, pool, plans)
         results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        tmp = out / "results.parquet.tmp"
-        results.to_parquet(tmp, index=False)
-        os.replace(tmp, out / "results.parquet")
+        tmp = out / ".results.parquet.tmp"
+        try:  # a full disk leaves no partial file behind
+            results.to_parquet(tmp, index=False)
+            os.replace(tmp, out / "results.parquet")
+        finally:
+            tmp.unlink(missing_ok=True)
         _write_json(out / "verdicts.json", verdicts)
         _write_json(
             out / "manifest.json",

@@ -21,6 +21,8 @@ import numpy as np
 
 from gvgap import verify_checks as C
 from gvgap.errors import UserError
+from gvgap.sweep.executors import sigint_here_only, terminate_pool
+from gvgap.sweep.store import atomic_write
 
 #: Tolerance of every exact identity (float64 round-off in closed forms).
 TOL_IDENTITY = 1e-9
@@ -113,7 +115,13 @@ def run_checks(instances: int, seed: int, workers: int | None = None) -> list[di
         errs = [_instance(j) for j in jobs]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            errs = list(pool.map(_instance, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+            try:
+                with sigint_here_only():  # map submits every job: the workers start here
+                    done = pool.map(_instance, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+                errs = list(done)
+            except BaseException:  # Ctrl-C (the workers ignore it) or a failed check
+                terminate_pool(pool)
+                raise
     return [evaluate(c, errs[c * instances : (c + 1) * instances]) for c in range(len(CHECKS))]
 
 
@@ -139,11 +147,7 @@ def run_verify(
     if instances < 1:
         raise UserError(f"--instances must be >= 1, got {instances}")
     if json_path is not None:
-        parent = Path(json_path).resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UserError(
-                f"--json: cannot write to {json_path!r} (directory missing or not writable)"
-            )
+        check_json_target(json_path)
     t0 = time.perf_counter()
     records = run_checks(instances, seed, workers)
     print(format_table(records))
@@ -153,7 +157,25 @@ def run_verify(
         f"({instances} instances each, seed {seed}, {time.perf_counter() - t0:.1f} s)"
     )
     if json_path is not None:
-        tmp = Path(json_path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(records, indent=2))
-        os.replace(tmp, json_path)
+        atomic_write(Path(json_path), json.dumps(records, indent=2).encode())
     return 0 if n_fail == 0 else 1
+
+
+def check_json_target(json_path: str) -> None:
+    """Refuse, before any check runs, a ``--json`` path that cannot be written: a probe file
+    is created and removed beside it (``os.access`` says yes to root even on /proc), and an
+    existing target must be a regular file (os.replace would swap out a device or FIFO).
+
+    Raises:
+        UserError: naming --json and the reason.
+    """
+    path = Path(json_path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"--json {json_path}: exists and is not a regular file")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"--json {json_path}: cannot write there ({reason})") from None

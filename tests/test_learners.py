@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import central_fd, random_env
+from conftest import central_fd, random_env, random_leaf_logp
 
 from gvgap import data as D
 from gvgap import learners as L
@@ -319,6 +319,22 @@ def test_policy_gradient_tabular_equals_soft_vi(env):
     np.testing.assert_allclose(pg.logp, vi.logp, atol=TOL)
     np.testing.assert_allclose(vi.logp, env.logp_star, atol=1e-12)
     assert vi.loss == pytest.approx(-env.j_star, abs=1e-12)  # −J at the optimum
+
+
+def test_policy_gradient_certificate_checks_the_stationarity_it_claims():
+    """Issue 19: on a local reward r = β(log P − log P_ref) the optimum is P itself. Plain
+    L-BFGS on the logits stops with ‖∇_θ J‖ ≤ 1e-9 at a leaf of P = 1e-26 where P* = 1e-8
+    (its logit gradient d(s)π(a|s)A is ~1e-26·A). The certificate is now the gradient in leaf
+    log-probabilities per unit mass, and natural-gradient steps reach it: P* to 1e-9 in log P
+    at every leaf, however small."""
+    env = random_env(3, vocab=2, horizon=3, n_prompts=1, beta=1.0)
+    logp_star = random_leaf_logp(np.random.default_rng(3), 1, 8, scale=4.0)
+    r = env.beta * (logp_star - env.logp_ref)  # local reward of P*: soft RL returns P*
+    pg = L.policy_gradient(_tab(env), env, r)
+    assert pg.converged and pg.grad_norm <= 1e-9
+    np.testing.assert_allclose(pg.logp, logp_star, atol=1e-9)  # log P, so relative in P
+    assert pg.extra["logit_grad_norm"] <= 1e-9 and pg.extra["natural_steps"] >= 1
+    assert np.exp(logp_star).min() < 1e-7  # the instance has the tiny leaf the issue found
 
 
 def test_best_of_n_one_is_reference(env):

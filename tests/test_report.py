@@ -207,3 +207,39 @@ def test_save_figure_writes_png_pdf_json(tmp_path: Path) -> None:
     side = json.loads(paths[2].read_text())
     assert side["seeds"] == [0, 1] and side["files"] == ["a_b_c.png", "a_b_c.pdf"]
     assert not list((tmp_path / "f").glob(".*tmp"))
+
+
+@pytest.mark.parametrize("fails", ["savefig", "sidecar", "report_md"])
+def test_report_on_a_full_disk_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """Issue 19: ``gvgap report`` on a full disk left a 0-byte ``figures/.*.png.tmp``. The
+    disk fills (ENOSPC, after some bytes were written) while a figure, its sidecar or the
+    report is written: one UserError naming the file and reason, and no temporary file in
+    the run directory."""
+    import errno
+
+    root = make_run_dir(tmp_path / "run")
+    monkeypatch.setattr(report, "_modules", lambda: {"h6_gap": fake_module()})
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fails == "savefig":
+
+        def savefig(self, fname, *args, **kwargs):
+            Path(fname).write_bytes(b"\x89PNG partial")
+            raise full
+
+        monkeypatch.setattr(Figure, "savefig", savefig)
+    else:
+        real_write_text = Path.write_text
+        target = ".json.tmp" if fails == "sidecar" else ".report.md."
+
+        def write_text(self, data, *args, **kwargs):
+            if target in self.name:
+                real_write_text(self, data[:10], *args, **kwargs)
+                raise full
+            return real_write_text(self, data, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(UserError, match="No space left on device"):
+        report.write_report(root)
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]

@@ -90,8 +90,10 @@ def test_run_files_carry_a_checksum(tmp_path: Path) -> None:
         (lambda r: r["config"].update(vocab=9), "run id"),
         (lambda r: r.update(seed=7), "run id"),
         (lambda r: r.update(instance_seed=2**70), "instance_seed"),
+        # issue 19: deleting the hash must not let the edited value through
+        (lambda r: (r["metrics"].update({"gibbs_error": 0.5}), r.pop("sha256")), "no sha256"),
     ],
-    ids=["metric", "experiment", "config", "seed", "instance_seed_2_70"],
+    ids=["metric", "experiment", "config", "seed", "instance_seed_2_70", "metric_hash_deleted"],
 )
 def test_edited_run_file_is_rerun_with_one_line(
     tmp_path: Path, reference: pd.DataFrame, capsys: pytest.CaptureFixture, edit, needle: str
@@ -223,6 +225,56 @@ def test_disk_full_is_one_line_and_resumable(
     monkeypatch.undo()
     pd.testing.assert_frame_equal(sweep(tmp_path), reference, check_exact=True)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_address_that_is_not_a_ray_cluster_is_one_line_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: a port that accepts TCP but is no Ray cluster (here an HTTP server) made
+    ray.init print RpcErrors for minutes and left ``.lock`` and ``runs/``. Its reply to the
+    HTTP/2 preface is not a SETTINGS frame: refused on one line before anything is written."""
+    import http.server
+    import socketserver
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Quiet) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        toml = tmp_path / "s.toml"
+        toml.write_text('[sweep]\nexperiment = "c1_gibbs"\n')
+        argv = ["sweep", str(toml), "--out", str(tmp_path / "o"), "--executor", "ray"]
+        code, _, err = cli([*argv, "--address", f"127.0.0.1:{port}"])
+        server.shutdown()
+    assert code == 2 and err.count("\n") == 1 and "not a Ray cluster" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_executor_that_fails_to_start_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """A refusal after the directory was prepared (``ray.init`` fails: a UserError from
+    ray_session) or a Ctrl-C before the first run: the sweep removes the lock, ``runs/`` and
+    manifest it added, and the directories it created; a directory that existed keeps only
+    what it held (issue 19)."""
+
+    def cannot_start(*args, **kwargs):
+        raise UserError("--address 10.0.0.1:6379: cannot start Ray: timed out")
+
+    out = tmp_path / "a" / "b"
+    if existing:
+        out.mkdir(parents=True)
+        (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(runner, "open_executor", cannot_start)
+    with pytest.raises(UserError, match="cannot start Ray"):
+        sweep(out)
+    if existing:
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    else:
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_unreachable_ray_address_fails_fast() -> None:

@@ -16,12 +16,20 @@ the *pair Laplacian* of the comparison graph plus the regulariser. Two parameter
 * **tabular** (r free per leaf; TabularReward, tabular DPO): the Laplacian is sparse; the
   Newton system is solved by Jacobi-preconditioned CG on the centred subspace, where μC = μI.
 * **linear** (r = Φ w): in the orthonormal coordinates z of the centred feature span
-  (Φ_c t orthonormal, w = t z, so ‖C r‖ = ‖z‖) the Hessian is Dzᵀ W Dz + μ I, factorised by
-  Cholesky (k×k, or the n×n Woodbury form when n < rank). The basis is computed once per
-  feature map and shared by every fit (λ path, train/full refits).
+  (u = U_r from the SVD of the centred, column-normalised features, so ‖C r‖ = ‖z‖; w = t z)
+  the Hessian is Dzᵀ W Dz + μ I, factorised by Cholesky (k×k, or the n×n Woodbury form when
+  n < rank). The rank is decided relative to the data (:class:`FeatureBasis`): rescaling a
+  column changes neither the basis nor the fit. The basis is computed once per feature map and
+  shared by every fit (λ path, train/full refits).
 
-Both are certified by the Euclidean norm of ∇f in those coordinates: a fit stops when
-‖∇f‖ ≤ min(gtol, RTOL · ‖∇f(r₀)‖) and reports ``converged = ‖∇f‖ ≤ gtol``.
+Both are certified by the Euclidean norm of ∇f in those coordinates. The iteration stops
+when ‖∇f‖ ≤ min(gtol, RTOL · ‖∇f(r₀)‖), then takes full Newton steps while the step
+s = −H⁻¹∇f (≈ the error r − r*, up to ‖∇f‖/μ at the gradient test) is above the rounding
+floor and shrinks ‖∇f‖ (at most ``POLISH_STEPS``): quadratic convergence reaches the floor in
+one step, and the next solve confirms it. A linear
+fit's certificate is measured at the returned w itself (r = Φ w, as the class evaluates it),
+on the whole stated span: ``converged`` = ‖∇_z f‖ ≤ gtol *and* the gradient along the
+directions dropped as numerically null (``grad_dropped``) ≤ gtol.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular
+from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular, svd
 from scipy.sparse import coo_matrix
 from scipy.special import expit, log_expit
 
@@ -47,10 +55,20 @@ MAX_ITER = 100
 DENSE_MAX = 300
 #: Predicted decreases below this (relative to 1 + |f|) are not resolvable by f in float64.
 FLOOR = 1e-10
-#: Pivoted Cholesky of ΦcᵀΦc stops at pivots below this fraction of its largest diagonal.
-CHOL_RANK_TOL = 1e-10
-#: Eigenvalues of ΦcᵀΦc below this fraction of the largest span no reward direction.
-RANK_TOL = 1e-12
+#: Full Newton steps taken after the gradient test passes, while each shrinks ‖∇f‖ (the
+#: quadratic-convergence floor; issue 19: |r̂ − r*| 3.5e-7 at the test, 1.2e-14 one step on).
+POLISH_STEPS = 3
+#: ... and while the Newton step, which estimates the error, exceeds this relative to 1 + ‖x‖∞.
+POLISH_RTOL = 1e-13
+#: Rank tolerance of the column-normalised centred features Φ̃_c, in units of
+#: max(mN, k) · ε · ‖Φ̃‖_F (numpy.linalg.matrix_rank's rule, scaled by the uncentred
+#: column-normalised features so that a column constant within each prompt, which centres to
+#: rounding noise, spans nothing): singular values at or below it are numerically zero.
+RANK_EPS_FACTOR = 1.0
+#: Full-span fast path (:class:`FeatureBasis`): pivots of the column-normalised centred Gram
+#: above this (σ ≳ 1e-5 of a unit column) certify that the features reach every centred
+#: reward; a weaker span goes to the SVD.
+FULL_SPAN_PIVOT_TOL = 1e-10
 
 
 #: Solutions of the fits run inside :func:`warm_path`, per problem space and λ.
@@ -86,13 +104,15 @@ def _warm_put(space: tuple, lam: float, x: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class NewtonResult:
-    """Minimiser (in the solver's coordinates), value, ‖∇f‖, iterations, certificate."""
+    """Minimiser (in the solver's coordinates), value, ‖∇f‖, iterations, certificate, and
+    (linear fits) the gradient along the feature directions dropped as numerically null."""
 
     x: np.ndarray
     fun: float
     grad_norm: float
     n_iter: int
     converged: bool
+    grad_dropped: float = 0.0
 
 
 def _bt_terms(delta: np.ndarray, wn: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -111,7 +131,9 @@ def _newton(
 
     Armijo backtracking on f while the predicted decrease −∇f·s (twice the Newton decrement)
     is resolvable in float64; below ``FLOOR``·(1 + |f|) (deep in the quadratic region, where f
-    no longer resolves decreases) a full step is taken iff it reduces ‖∇f‖.
+    no longer resolves decreases) a full step is taken iff it reduces ‖∇f‖. Once ‖∇f‖ passes
+    the test, up to ``POLISH_STEPS`` more full steps while the step exceeds ``POLISH_RTOL``
+    (1 + ‖x‖∞), each kept iff it reduces ‖∇f‖.
     """
     x = x0
     f, g, solve = evaluate(x)
@@ -142,6 +164,18 @@ def _newton(
         x = x + t * step
         f, g, solve = evaluate(x)
         gn = float(np.linalg.norm(g))
+    if gn <= target:  # on to the quadratic-convergence floor (POLISH_STEPS)
+        for _ in range(POLISH_STEPS):
+            step = -solve(g)
+            size = float(np.max(np.abs(step), initial=0.0))
+            if not size > POLISH_RTOL * (1.0 + float(np.max(np.abs(x), initial=0.0))):
+                break  # the Newton step (≈ the error) is at rounding level: done (or not finite)
+            fn, g_new, solve_new = evaluate(x + step)
+            gn_new = float(np.linalg.norm(g_new))
+            if not gn_new < gn:
+                break  # the floor: ∇f no longer shrinks
+            x, f, g, solve, gn = x + step, fn, g_new, solve_new, gn_new
+            it += 1
     return NewtonResult(x, f, gn, it, gn <= gtol)
 
 
@@ -251,62 +285,88 @@ def _pcg(matvec, b: np.ndarray, precond, rtol: float, maxiter: int) -> np.ndarra
 
 
 class FeatureBasis:
-    """Orthonormal coordinates of the centred feature span: ``t`` ``(k, rank)`` with Φ_c t
-    orthonormal, and ``u = Φ t`` ``(m N, rank)`` (Φ_c t plus per-prompt constants, which
-    cancel in every margin). w = t z maps back (when the features are rank-deficient, the
-    solution supported on a maximal independent set of columns: r_w is unique, w is not),
-    and the pair-difference rows of a data set are rows of ``u``. ``t`` and ``u`` are formed
-    only when needed (the full-span path needs two triangular solves instead)."""
+    """Orthonormal coordinates of the centred feature span, rank decided relative to the data.
 
-    def __init__(self, flat: np.ndarray, rank: int, sel=None, r11=None, t=None):
-        self.flat, self.rank = flat, rank
-        self._sel, self._r11, self._t, self._u = sel, r11, t, None
+    With Φ ``(m N, k)`` the flattened features, D the diagonal of their (uncentred) column
+    norms and Φ̃_c = C Φ D⁻¹ the centred column-normalised features, the thin SVD
+    Φ̃_c = U Σ Vᵀ keeps the r directions with σ_i > tol = ``RANK_EPS_FACTOR`` · max(mN, k) · ε ·
+    ‖Φ̃‖_F (a stated multiple of machine precision in the data's own units: rescaling a
+    column leaves U, Σ, V unchanged). Then
+
+    * ``u`` = U_r ``(m N, r)``: an orthonormal basis of the centred reward span; the
+      pair-difference rows of a data set are rows of ``u``;
+    * ``t`` = D⁻¹ V_r Σ_r⁻¹ ``(k, r)``: w = t z has Φ_c w = u z (when the features are
+      rank-deficient, the minimum-norm w in D-scaled units: r_w is unique, w is not);
+    * ``v_dropped`` = V_{r:} and ``sigma_dropped`` = σ_{r+1} (0 if none): the directions
+      discarded as numerically null and their size, ‖Φ̃_c − U_r Σ_r V_rᵀ‖₂ (issue 19).
+
+    Full span (k ≥ m(N − 1), the fit is the tabular one): when the pivoted Cholesky of
+    Φ̃_cᵀΦ̃_c (LAPACK ``pstrf``) finds m(N − 1) pivots above ``FULL_SPAN_PIVOT_TOL`` (every
+    direction at σ ≳ 1e-5 of a unit column), the features reach every centred reward and no
+    SVD is needed: ``u`` is None, w = D⁻¹ R₁₁⁻¹ R₁₁⁻ᵀ Φ̃_c[:, piv]ᵀ r_c on the pivot columns
+    (two triangular solves), and the gradient on the span is the whole centred gradient.
+    Otherwise the SVD decides.
+    """
+
+    def __init__(self, shape, flat, col_norm, rank: int, *, u=None, t=None, v_dropped=None,
+                 sigma_dropped: float = 0.0, pivots=None):  # fmt: skip
+        self.shape, self.flat, self.col_norm, self.rank = shape, flat, col_norm, int(rank)
+        self.u, self.t, self.v_dropped = u, t, v_dropped
+        self.sigma_dropped, self._pivots = float(sigma_dropped), pivots
 
     @classmethod
     def of(cls, features: np.ndarray) -> FeatureBasis:
-        """From features ``(m, N, k)``: the Gram matrix G = Φ_cᵀΦ_c and its pivoted Cholesky
-        factorisation Pᵀ G P = Rᵀ R (LAPACK ``pstrf``, which stops at the numerical rank r):
-        the r pivot columns span the centred feature space and Φ_c[:, piv] R₁₁⁻¹ is
-        orthonormal, so ``t`` = R₁₁⁻¹ on those rows (zero elsewhere). Falls back to an
-        eigendecomposition if ``pstrf`` reports an error."""
-        k = features.shape[-1]
+        """From features ``(m, N, k)``: column norms, centring, rank, basis (class doc)."""
+        m, n_leaves, k = features.shape
         flat = features.reshape(-1, k)
-        phi_c = (features - features.mean(axis=1, keepdims=True)).reshape(-1, k)
-        gram = phi_c.T @ phi_c
-        scale = max(float(np.max(np.diag(gram))), 1e-300)
-        fac, piv, rank, info = lapack.dpstrf(gram, tol=CHOL_RANK_TOL * scale, lower=0)
-        if info < 0 or rank == 0:
-            evals, evecs = np.linalg.eigh(gram)
-            keep = evals > RANK_TOL * max(float(evals[-1]), 1e-300)
-            return cls(flat, int(keep.sum()), t=evecs[:, keep] / np.sqrt(evals[keep]))
-        # solve_triangular(lower=False) reads only the upper triangle: no triu copy needed
-        return cls(flat, int(rank), sel=piv[:rank] - 1, r11=fac[:rank, :rank])
-
-    @property
-    def t(self) -> np.ndarray:
-        """``(k, rank)``: w = t z."""
-        if self._t is None:
-            self._t = np.zeros((self.flat.shape[1], self.rank))
-            self._t[self._sel] = solve_triangular(self._r11, np.eye(self.rank), lower=False)
-        return self._t
-
-    @property
-    def u(self) -> np.ndarray:
-        """``(m N, rank)`` = Φ t."""
-        if self._u is None:
-            self._u = self.flat @ self.t
-        return self._u
+        norm = np.sqrt(np.einsum("ij,ij->j", flat, flat))
+        d = np.where(norm > 0, norm, 1.0)
+        phi_c = ((features - features.mean(axis=1, keepdims=True)) / d).reshape(-1, k)
+        full = m * (n_leaves - 1)
+        if k >= full > 0:
+            fac, piv, rank, info = lapack.dpstrf(phi_c.T @ phi_c, tol=FULL_SPAN_PIVOT_TOL, lower=0)
+            if info >= 0 and rank == full:
+                sel = piv[:rank] - 1
+                return cls((m, n_leaves), flat, d, rank, pivots=(sel, fac[:rank, :rank], phi_c))
+        u, s, vt = svd(phi_c, full_matrices=False, overwrite_a=True, check_finite=False)
+        tol = RANK_EPS_FACTOR * max(m * n_leaves, k) * np.finfo(float).eps
+        tol *= math.sqrt(float(np.count_nonzero(norm)))  # ‖Φ̃‖_F: unit columns
+        rank = int(np.count_nonzero(s > tol))
+        return cls(
+            (m, n_leaves),
+            flat,
+            d,
+            rank,
+            u=u[:, :rank].copy(),
+            t=vt[:rank].T / s[:rank] / d[:, None],
+            v_dropped=vt[rank:].T.copy(),
+            sigma_dropped=float(s[rank]) if s.size > rank else 0.0,
+        )
 
     def w_of_centred_reward(self, r_c: np.ndarray) -> np.ndarray:
-        """w = t (Φ_c t)ᵀ r_c for a centred reward r_c in the span (Φ_cᵀ r_c = Φᵀ r_c): with the
-        pivoted factor, two triangular solves, w[piv] = R₁₁⁻¹ R₁₁⁻ᵀ Φ[:, piv]ᵀ r_c."""
-        phit_r = self.flat.T @ r_c.ravel()
-        if self._t is not None or self._r11 is None:
-            return self.t @ (self.t.T @ phit_r)
-        z = solve_triangular(self._r11, phit_r[self._sel], trans="T", lower=False)
+        """w with Φ_c w = r_c for a centred reward r_c in the span: t uᵀ r_c, or (full span)
+        the two triangular solves on the pivot columns (class doc)."""
+        if self._pivots is None:
+            return self.t @ (self.u.T @ r_c.ravel())
+        sel, r11, phi_c = self._pivots
+        z = solve_triangular(r11, (phi_c.T @ r_c.ravel())[sel], trans="T", lower=False)
         w = np.zeros(self.flat.shape[1])
-        w[self._sel] = solve_triangular(self._r11, z, lower=False)
+        w[sel] = solve_triangular(r11, z, lower=False) / self.col_norm[sel]
         return w
+
+    def certificate(self, g_r: np.ndarray) -> tuple[float, float]:
+        """(‖uᵀ g‖, ‖V_droppedᵀ D⁻¹ Φᵀ g‖) for a per-prompt centred gradient g ``(m N,)``: the
+        gradient on the kept span (orthonormal coordinates; ‖g‖ itself on a full span) and
+        the directional derivatives along the dropped directions per unit of column-normalised
+        weight (≤ σ_{r+1} ‖g‖)."""
+        if self._pivots is not None:
+            return float(np.linalg.norm(g_r)), 0.0
+        dropped = 0.0
+        if self.v_dropped.shape[1]:
+            dropped = float(
+                np.linalg.norm(self.v_dropped.T @ ((self.flat.T @ g_r) / self.col_norm))
+            )
+        return float(np.linalg.norm(self.u.T @ g_r)), dropped
 
 
 _BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -335,16 +395,19 @@ def bt_newton_linear(
     """BT-MLE of r_w = Φ w with the centred-norm prior, λ > 0, by Newton in z.
 
     Returns:
-        :class:`NewtonResult` with ``x`` = w ``(k,)`` (= T z) and ``grad_norm`` = ‖∇_z f‖.
+        :class:`NewtonResult` with ``x`` = w ``(k,)`` (= t z); ``fun``, ``grad_norm`` = ‖∇_z f‖
+        and ``grad_dropped`` measured at r = Φ w (:func:`_linear_certificate`).
     """
     m, n_leaves = features.shape[:2]
     rank = basis.rank
-    if rank == m * (n_leaves - 1):  # the features reach every centred reward: R_sim = tabular
-        return _linear_via_tabular(features, basis, prompt, chosen, rejected, weight, lam, w0, gtol)
+    ic, ir = prompt * n_leaves + chosen, prompt * n_leaves + rejected
     w_total = float(weight.sum())
     wn = weight / w_total
     mu = lam / (w_total * m)
-    dz = basis.u[prompt * n_leaves + chosen] - basis.u[prompt * n_leaves + rejected]  # (n, rank)
+    if rank == m * (n_leaves - 1):  # the features reach every centred reward: R_sim = tabular
+        fit = _linear_via_tabular(features, basis, prompt, chosen, rejected, weight, lam, w0, gtol)
+        return _linear_certificate(basis, ic, ir, wn, mu, fit, gtol)
+    dz = basis.u[ic] - basis.u[ir]  # (n, rank)
     n = dz.shape[0]
     gram_n = dz @ dz.T if n < rank else None
 
@@ -375,21 +438,35 @@ def bt_newton_linear(
     if w0 is None:
         z0 = _warm_get(space, lam)
         z0 = np.zeros(rank) if z0 is None else z0
-    else:  # the z with the same centred reward: Φ_c t z = Φ_c w0, i.e. z = (Φ_c t)ᵀ Φ_c w0
-        r0 = (features.reshape(-1, features.shape[-1]) @ np.asarray(w0, float)).reshape(m, -1)
-        u_c = basis.u.reshape(m, -1, rank)
-        u_c = u_c - u_c.mean(axis=1, keepdims=True)
-        z0 = np.einsum("xnr,xn->r", u_c, r0 - r0.mean(axis=1, keepdims=True))
+    else:  # the z with the same centred reward: z = uᵀ C Φ w0 (u is orthonormal and centred)
+        r0 = (basis.flat @ np.asarray(w0, float)).reshape(m, -1)
+        z0 = basis.u.T @ (r0 - r0.mean(axis=1, keepdims=True)).ravel()
     res = _newton(evaluate, value, z0, gtol)
     _warm_put(space, lam, res.x)
-    return NewtonResult(basis.t @ res.x, res.fun, res.grad_norm, res.n_iter, res.converged)
+    fit = NewtonResult(basis.t @ res.x, res.fun, res.grad_norm, res.n_iter, res.converged)
+    return _linear_certificate(basis, ic, ir, wn, mu, fit, gtol)
+
+
+def _linear_certificate(basis, ic, ir, wn, mu, fit: NewtonResult, gtol: float) -> NewtonResult:
+    """The fit's value and certificate at the returned w itself, r = Φ w (what the class
+    evaluates): ∇_r f = Σ ŵ(−σ(−Δ))(e⁺ − e⁻) + μ C r, then ‖∇_z f‖ = ‖uᵀ∇_r f‖ on the kept span
+    and ``grad_dropped`` along the dropped directions (:meth:`FeatureBasis.certificate`);
+    converged iff both ≤ gtol (and the solver converged)."""
+    r = (basis.flat @ fit.x).reshape(basis.shape)
+    rc = (r - r.mean(axis=1, keepdims=True)).ravel()
+    r = r.ravel()
+    f, a, _ = _bt_terms(r[ic] - r[ir], wn)
+    f += 0.5 * mu * float(rc @ rc)
+    g = np.bincount(ic, a, r.size) - np.bincount(ir, a, r.size) + mu * rc
+    gn, dropped = basis.certificate(g)
+    ok = fit.converged and gn <= gtol and dropped <= gtol
+    return NewtonResult(fit.x, f, gn, fit.n_iter, ok, dropped)
 
 
 def _linear_via_tabular(features, basis, prompt, chosen, rejected, weight, lam, w0, gtol):
     """Full-span features (rank m(N − 1)): {Φ_c w} is every centred reward, so the linear fit
-    *is* the tabular fit — solve it there (sparse, cheap) and map back, w = t (Φ_c t)ᵀ r̂ (exact:
-    Φ_c t is an orthonormal basis of the centred rewards). ‖∇_z f‖ = ‖(Φ_c t)ᵀ ∇_r f‖ ≤ ‖∇_r f‖
-    (and equal, ∇_r f being centred), so the certificate carries over."""
+    *is* the tabular fit — solve it there (sparse, cheap) and map back, w = t uᵀ r̂ (exact: u is
+    an orthonormal basis of the centred rewards). The certificate is then measured at Φ w."""
     m, n_leaves, k = features.shape
     r0 = None if w0 is None else (features.reshape(-1, k) @ np.asarray(w0, float)).reshape(m, -1)
     fit = bt_newton_tabular(prompt, chosen, rejected, weight, (m, n_leaves), lam, r0, gtol)

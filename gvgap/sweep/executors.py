@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -114,9 +115,18 @@ def import_ray() -> Any:
 CONNECT_TIMEOUT_S = 5.0
 
 
+#: The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server
+#: (Ray's GCS, or the Ray Client server behind ray://) answers with its own SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+
+
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Refuse a Ray ``host:port`` (or ``ray://host:port``) that does not accept a TCP
-    connection within ``timeout`` seconds; ``auto`` and other forms are left to Ray.
+    connection within ``timeout`` seconds, or that accepts one but does not speak gRPC (its
+    reply to the HTTP/2 preface is not a SETTINGS frame: an HTTP/1 server, a database, ...;
+    ``ray.init`` would otherwise retry for minutes, printing RpcErrors, issue 19). ``auto``
+    and other forms are left to Ray, and so are clusters with TLS (``RAY_USE_TLS``).
 
     Raises:
         UserError: naming --address, the reason and the timeout.
@@ -128,13 +138,20 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     if not sep or not port.isdigit() or not host:
         return
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            sock.sendall(_H2_PREFACE)
+            reply = sock.recv(9)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UserError(
             f"--address {address}: no Ray cluster reachable there ({reason}, {timeout:g} s timeout)"
         ) from None
+    if len(reply) < 4 or reply[3] != _H2_SETTINGS:
+        raise UserError(
+            f"--address {address}: something answers there, but not a Ray cluster (no gRPC)"
+        )
 
 
 @contextlib.contextmanager
@@ -166,6 +183,53 @@ def _single_threaded() -> Iterator[None]:
             torch.set_num_threads(1)
             stack.callback(torch.set_num_threads, before)
         yield
+
+
+@contextlib.contextmanager
+def sigint_here_only() -> Iterator[None]:
+    """Block SIGINT in this thread while it starts child processes (pool workers, the
+    forkserver, Ray's daemons). Children inherit the signal mask (fork, exec and forkserver
+    alike), so a terminal Ctrl-C, which goes to the whole process group, reaches only this
+    process: it stops the children itself (:func:`terminate_pool`, ``ray.shutdown``) instead
+    of every child printing its own KeyboardInterrupt traceback mid-start-up (issue 19). A
+    SIGINT that arrives meanwhile is delivered here when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+#: Seconds to wait for a pool's manager thread to take note of its ended workers.
+TERMINATE_JOIN_S = 5.0
+
+
+def terminate_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a process pool now: end its workers (they write nothing; the runs they held are
+    not stored and run again on resume), then drop its queued tasks.
+
+    Order matters (CPython 3.11): the pool's manager thread marks every unfinished future
+    broken once a worker dies, and raises InvalidStateError (a traceback on stderr) for a
+    future already cancelled. So cancelled futures are taken out of its work table first,
+    the workers ended, and the manager thread (which then exits) waited for before the
+    remaining tasks are cancelled.
+    """
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    items = getattr(pool, "_pending_work_items", None)
+    if items is not None:
+        for key, item in list(items.items()):
+            if item.future.cancelled():
+                items.pop(key, None)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if procs and manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=TERMINATE_JOIN_S)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- executors
@@ -243,7 +307,8 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _submit_all(pool: ProcessPoolExecutor, chunks: Iterable[Chunk]) -> set[Future]:
-    return {pool.submit(execute_chunk, c) for c in chunks}
+    with sigint_here_only():  # submitting starts the workers (and the forkserver)
+        return {pool.submit(execute_chunk, c) for c in chunks}
 
 
 def _as_finished(
@@ -274,7 +339,7 @@ def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
             pending = _submit_all(pool, chunks)
         yield from _as_finished(pending)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        terminate_pool(pool)  # Ctrl-C or an error: the workers ignore SIGINT, end them
         raise
     pool.shutdown(wait=True)
 
@@ -293,8 +358,9 @@ class SharedPool:
         self.workers = workers
         self._stop = threading.Event()
         self._pool = _process_pool(workers)
-        with _environ(SINGLE_THREAD_ENV):  # start the forkserver and a worker in this env now:
-            self._pool.submit(os.getpid).result()  # sweeps submit later, from many threads
+        with _environ(SINGLE_THREAD_ENV), sigint_here_only():  # start the forkserver and a
+            first = self._pool.submit(os.getpid)  # worker in this env now: sweeps submit
+        first.result()  # later, from many threads (their workers fork from the forkserver)
 
     def execute(self, chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
         """The executor contract of :func:`open_executor`: chunks → record lists."""
@@ -302,18 +368,15 @@ class SharedPool:
 
     def submit(self, fn: Any, *args: Any) -> Future:
         """Run ``fn(*args)`` (a picklable, module-level function) on a worker."""
-        return self._pool.submit(fn, *args)
+        with sigint_here_only():
+            return self._pool.submit(fn, *args)
 
     def close(self, cancel: bool = False) -> None:
         """Shut the workers down (``cancel``: drop queued tasks first, and make every sweep
         still draining this pool raise CancelledError instead of waiting)."""
-        if cancel:
+        if cancel:  # running chunks cannot be cancelled: end their workers, then the sweeps
+            terminate_pool(self._pool)
             self._stop.set()
-            # running chunks cannot be cancelled: end their workers (they write nothing; the
-            # runs they held are simply not stored and run again on resume)
-            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
-                with contextlib.suppress(Exception):
-                    proc.terminate()
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
@@ -358,10 +421,11 @@ def ray_session(workers: int, address: str | None) -> Iterator[Any]:
         kwargs = {"runtime_env": {"env_vars": SINGLE_THREAD_ENV}, "log_to_driver": False}
         kwargs["logging_level"] = "WARNING"
         try:
-            if address:
+            if address:  # a driver only: nothing starts here, and Ctrl-C stays live
                 ray.init(address=address, **kwargs)
             else:
-                ray.init(num_cpus=workers, include_dashboard=False, **kwargs)
+                with sigint_here_only():  # Ray's daemons and workers leave Ctrl-C to this
+                    ray.init(num_cpus=workers, include_dashboard=False, **kwargs)  # process
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
             msg = " ".join(str(exc).split())[:300]
             raise UserError(f"--address {address or '(local)'}: cannot start Ray: {msg}") from None

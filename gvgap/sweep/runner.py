@@ -125,7 +125,10 @@ def _check_args(executor: str, workers: int | None, chunk_size: int | None) -> i
 
 
 def _check_out(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` as a Path whose every component fits the file system's name limit."""
+    """``out_dir`` as a Path whose every component fits the file system's name limit; an
+    empty one (which Path reads as the current directory) is refused."""
+    if not os.fspath(out_dir).strip():
+        raise UserError("--out: empty path; give a directory name")
     path = Path(out_dir)
     for part in path.parts:
         if len(part.encode()) > NAME_MAX:
@@ -210,7 +213,31 @@ def run_sweep(
     module = get_experiment(spec.experiment)
     if executor == "ray" and address:
         check_address(address)
+    footprint = store.footprint()
     store.prepare()
+    try:
+        return _run_locked(
+            spec, store, runs, module, executor, n_workers, address, chunk_size, progress, pool
+        )
+    except BaseException:  # refused later (Ray would not start), interrupted, failed:
+        store.discard_if_unused(footprint)  # what this sweep added, when it stored no run
+        raise
+
+
+def _run_locked(
+    spec: SweepSpec,
+    store: RunStore,
+    runs: list[RunSpec],
+    module: Any,
+    executor: str,
+    n_workers: int,
+    address: str | None,
+    chunk_size: int | None,
+    progress: bool | Any | None,
+    pool: SharedPool | SharedRay | None,
+) -> pd.DataFrame:
+    """The body of :func:`run_sweep` once the directory exists: under its lock, skip the
+    stored runs, execute the rest, store each as it returns, consolidate."""
     with store.lock():
         records, problems = store.scan()
         planned = {r.run_id for r in runs}

@@ -33,6 +33,8 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -60,6 +62,9 @@ MAX_SEED = 2**63 - 1
 MAX_CELLS = 10_000
 #: Most runs (cells × seeds) in one sweep.
 MAX_RUNS = 200_000
+#: Largest sweep file read (bytes): sweep files are a few lines; this bounds what a wrong
+#: path (a huge log, a disk image) can make the loader read.
+MAX_SWEEP_FILE_BYTES = 1 << 20
 #: Second entropy word of every instance stream (keeps it disjoint from the run streams).
 INSTANCE_STREAM = 0x1A57A9CE
 
@@ -294,9 +299,21 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed sweep file. Only a regular file of at most ``MAX_SWEEP_FILE_BYTES`` is read:
+    a device, FIFO or socket (``/dev/zero``: endless; a FIFO: blocks) is refused before it is
+    opened, and the size is checked again on the open file."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise UserError(f"sweep file {path}: not a regular file (a device, FIFO or directory)")
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # replaced since the check
+                raise UserError(f"sweep file {path}: not a regular file")
+            data = fh.read(MAX_SWEEP_FILE_BYTES + 1)
+        if len(data) > MAX_SWEEP_FILE_BYTES:
+            raise UserError(
+                f"sweep file {path}: larger than {MAX_SWEEP_FILE_BYTES} bytes; not a sweep file"
+            )
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"sweep file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -132,8 +132,9 @@ def record_problem(rec: Any, stem: str) -> str | None:
     """None for a valid run record stored as ``<stem>.json``, else what is wrong with it.
 
     Valid: the :data:`RECORD_KEYS`, numeric metrics, a file name equal to the run id that
-    (experiment, config, seed, instance_seed) hash to, and (files written since checksums were
-    added) a ``sha256`` equal to the hash of everything else in the record.
+    (experiment, config, seed, instance_seed) hash to, and a ``sha256`` equal to the hash of
+    everything else in the record (a file without one is corrupt: deleting the hash must not
+    let an edited value through, issue 19).
     """
     if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
         return "not a run record (keys missing)"
@@ -152,8 +153,10 @@ def record_problem(rec: Any, stem: str) -> str | None:
         ok = False
     if not ok:
         return "its experiment, config or seeds do not match its run id (edited or renamed?)"
+    if "sha256" not in rec:
+        return "it has no sha256 (edited by hand, or written before checksums)"
     body = {k: v for k, v in rec.items() if k != "sha256"}
-    if "sha256" in rec and rec["sha256"] != digest(body):
+    if rec["sha256"] != digest(body):
         return "its content does not match its sha256 (edited by hand?)"
     return None
 
@@ -224,6 +227,43 @@ class RunStore:
                 f"--out {self.root} holds results but no {MANIFEST} (not a gvgap sweep of "
                 f"{spec.experiment}); refusing to overwrite (choose another --out)"
             )
+
+    def footprint(self) -> tuple[Path | None, set[str] | None]:
+        """What :meth:`prepare` and the sweep may add here: the outermost missing directory on
+        the way to ``DIR`` (None when ``DIR`` exists) and the names already in ``DIR``."""
+        missing = None
+        for path in [self.root, *self.root.parents]:
+            if path.exists():
+                break
+            missing = path
+        try:
+            names = {p.name for p in self.root.iterdir()} if missing is None else set()
+        except OSError:  # unreadable: prepare() will say so; nothing will be undone
+            names = None
+        return missing, names
+
+    def discard_if_unused(self, footprint: tuple[Path | None, set[str] | None]) -> None:
+        """Undo what a sweep added when it stored no run (refused after :meth:`prepare`, e.g.
+        Ray would not start, or interrupted first): its manifest, lock and empty ``runs/``,
+        then the directories it created (the ``footprint`` taken before :meth:`prepare`).
+        Whatever was there before, or a directory holding a run now, is left as it was."""
+        created, before = footprint
+        if before is None or any(self.runs_dir.glob("*.json")):
+            return
+        with contextlib.suppress(OSError):
+            for name in (MANIFEST, LOCK, RESULTS):
+                if name not in before:
+                    (self.root / name).unlink(missing_ok=True)
+            if RUNS not in before and self.runs_dir.is_dir():
+                for tmp in self.runs_dir.glob(".*.tmp"):
+                    tmp.unlink()
+                self.runs_dir.rmdir()
+            if created is None:
+                return
+            for path in [self.root, *self.root.parents]:
+                path.rmdir()  # OSError (not empty) stops the walk
+                if path == created:
+                    break
 
     def prepare(self) -> None:
         """Create ``DIR/runs`` and probe that it is writable.
