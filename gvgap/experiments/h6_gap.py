@@ -217,7 +217,8 @@ def memory_bytes(cfg: Config) -> float:
     the pair-kernel factor and Woodbury work arrays (5 N q floats), the dictionary (3 N K),
     the exact tables of the ladder (soft values, tilts, ANOVA pieces: 8 N) and, for the
     protocols that fit window rungs (``learned``, ``well_specified``), every rung's dense
-    window features with their copies (RM, DPO fast path, basis: 4 N m_w d_J, m_w = m per-prompt
+    window features with their copies (RM, DPO fast path, their SVD bases and LAPACK work:
+    8 N m_w d_J, m_w = m per-prompt
     blocks) and a shared tabular reward's (m, N, N) features; N = m V^H leaves."""
     from gvgap.theory.asymptotics import KERNEL_MAX_COLUMNS
 
@@ -234,7 +235,7 @@ def memory_bytes(cfg: Config) -> float:
     )
     if fits_windows:
         blocks = 1 if cfg.shared_reward else m
-        total += 8.0 * 4 * leaves * blocks * sum(_window_dims(cfg))
+        total += 8.0 * 8 * leaves * blocks * sum(_window_dims(cfg))
         if cfg.shared_reward and m > 1:
             total += 8.0 * 2 * leaves * float(cfg.vocab) ** cfg.horizon
     return total
