@@ -186,3 +186,32 @@ def hypothesis_verdict(outcome: str, *, predicted: str, control_detects: bool) -
     if not control_detects or outcome == "undetermined":
         return "inconclusive", held
     return ("supported" if held else "against"), held
+
+
+def signed_rank_null(n: int) -> np.ndarray:
+    """Exact null distribution of the Wilcoxon signed-rank statistic T⁺ for ``n`` untied
+    differences: ``P[t] = P(T⁺ = t)``, t = 0 … n(n+1)/2 (each rank positive with chance ½;
+    the subset-sum counts by dynamic programming)."""
+    counts = np.zeros(n * (n + 1) // 2 + 1)
+    counts[0] = 1.0
+    for r in range(1, n + 1):
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    return counts / 2.0**n
+
+
+def signed_rank_power(
+    effect: float, sd: float, n: int, alpha: float, rng: np.random.Generator, reps: int = 4000
+) -> float:
+    """Power of the one-sided signed-rank test at level ``alpha`` for ``n`` paired differences
+    drawn N(effect, sd²): the share of ``reps`` simulated samples whose T⁺ reaches the exact
+    critical value (the smallest c with P(T⁺ ≥ c) ≤ alpha under the null)."""
+    if n < 1 or not (np.isfinite(sd) and sd > 0):
+        return float("nan")
+    tail = np.cumsum(signed_rank_null(n)[::-1])[::-1]  # tail[c] = P(T⁺ >= c)
+    ok = np.flatnonzero(tail <= alpha)
+    if ok.size == 0:
+        return 0.0
+    d = rng.normal(effect, sd, size=(reps, n))
+    ranks = np.abs(d).argsort(axis=1).argsort(axis=1) + 1
+    t_plus = np.where(d > 0, ranks, 0).sum(axis=1)
+    return float(np.mean(t_plus >= ok[0]))
