@@ -32,7 +32,7 @@ import numpy as np
 
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
-from gvgap.llm.config import LLMConfig
+from gvgap.llm.config import LIMITS, PRESETS, LLMConfig
 
 if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
     import pandas as pd
@@ -51,6 +51,17 @@ HYPOTHESIS = (
 )
 REQUIRES_TORCH = True
 Config = LLMConfig
+#: ``gvgap show llm``: the allowed values of each field (from the validation table).
+ALLOWED = {
+    **{
+        k: ", ".join(v) if isinstance(v[0], str) else f"[{v[0]:g}, {v[1]:g}]"
+        for k, v in LIMITS.items()
+    },
+    "model": f"{', '.join(PRESETS)} or a GPT-NeoX checkpoint dir",
+    "rm_model": f"sft, {', '.join(PRESETS)}",
+    "device": "cpu, cuda, cuda:N, auto",
+    "bon_n": "comma-separated integers in [1, 256]",
+}
 #: Columns the figure distinguishes (other varying fields become panels).
 PLOT_USES = ("task",)
 #: The outcome the hypothesis predicts per task (gap: greater; controls: equivalent).

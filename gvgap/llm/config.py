@@ -96,7 +96,7 @@ class LLMConfig:
         demos_per_prompt: SFT demonstrations per training prompt.
         pairs_per_prompt: preference pairs (π_ref samples, BT(gold) labels) per prompt.
         val_fraction: share of the training prompts whose pairs form the validation split
-            that early-stops the RMs and DPO (and sets the paired comparison's checkpoints).
+            that early-stops the two RMs (no stage trains on them).
         model: the policy: a key of PRESETS, or a local checkpoint directory.
         rm_model: the global RM's backbone: ``sft`` (the SFT model, as in the paper) or a
             PRESETS key (its own SFT on the same demonstrations first).
@@ -111,7 +111,7 @@ class LLMConfig:
         rm_steps: most optimiser steps of each RM (they stop early on the validation split).
         dpo_steps: optimiser steps of offline DPO (and of its extra pass).
         online_steps: optimiser steps of each online DPO arm.
-        eval_every: steps between two validation checks (early stopping, frontier).
+        eval_every: steps between two validation checks of an RM (early stopping).
         checkpoint_every: steps between two mid-stage checkpoints (0: stage ends only).
         beta: KL strength β of DPO, online DPO and the local RM (the paper: 0.05).
         online_samples: N samples per prompt in online DPO (the paper: 25).
@@ -126,35 +126,35 @@ class LLMConfig:
     prompt_len: int = 4
     completion_len: int = 12
     short_len: int = 2
-    reward_scale: float = 4.0
-    demo_skill: float = 0.3
-    demo_style: float = 0.5
+    reward_scale: float = 8.0
+    demo_skill: float = 0.5
+    demo_style: float = 0.3
     holdout_cells: bool = True
-    n_train_prompts: int = 128
-    n_eval_prompts: int = 32
+    n_train_prompts: int = 512
+    n_eval_prompts: int = 128
     demos_per_prompt: int = 4
-    pairs_per_prompt: int = 2
+    pairs_per_prompt: int = 4
     val_fraction: float = 0.2
     model: str = "tiny"
     rm_model: str = "sft"
     device: str = "cpu"
     dtype: str = "float32"
     lr: float = 3e-3
-    pref_lr: float = 1e-3
-    batch_size: int = 32
+    pref_lr: float = 3e-3
+    batch_size: int = 64
     grad_accum: int = 1
     grad_checkpointing: bool = False
-    sft_steps: int = 200
-    rm_steps: int = 100
-    dpo_steps: int = 100
-    online_steps: int = 100
-    eval_every: int = 25
+    sft_steps: int = 300
+    rm_steps: int = 400
+    dpo_steps: int = 200
+    online_steps: int = 200
+    eval_every: int = 50
     checkpoint_every: int = 0
-    beta: float = 0.1
+    beta: float = 0.05
     online_samples: int = 8
     online_temperature: float = 1.0
     bon_n: str = "1,2,4,8"
-    eval_samples: int = 4
+    eval_samples: int = 8
     frontier: int = 4
 
     @property

@@ -130,8 +130,8 @@ def stage_sft(
     seqs = task.join(prompts, task.demonstrate(prompts, gen))
     lm = new_lm(cfg, task, seed, placement, model)
 
-    def row_loss(idx: torch.Tensor) -> torch.Tensor:
-        lp = logp_completion(lm, seqs[idx], task.prefix_len, placement, task.n_content)
+    def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        lp = logp_completion(model, seqs[idx], task.prefix_len, placement, task.n_content)
         return L.sft_rows(lp, cfg.H)
 
     return lm, fit(lm, row_loss, len(seqs), cfg.sft_steps, cfg, gen, lr=cfg.lr, ckpt_dir=ckpt)
@@ -186,14 +186,18 @@ def _fused(pairs: Pairs, idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([pairs["chosen"][idx], pairs["rejected"][idx]])
 
 
-def _val(pairs: Pairs, row_loss: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], float]:
-    """Mean validation loss over every pair of ``pairs`` (no grad, chunks of 256 pairs)."""
+def _val(
+    module: nn.Module, pairs: Pairs, row_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+) -> Callable[[], float]:
+    """Mean validation loss of ``module`` over every pair of ``pairs`` (no grad, chunks of 256
+    pairs)."""
 
     @torch.no_grad()
     def val() -> float:
         n = len(pairs["chosen"])
         return float(
-            sum(row_loss(torch.arange(i, min(i + 256, n))).sum() for i in range(0, n, 256)) / n
+            sum(row_loss(module, torch.arange(i, min(i + 256, n))).sum() for i in range(0, n, 256))
+            / n
         )
 
     return val
@@ -212,9 +216,9 @@ def stage_global_rm(
     gen = stage_gen(seed, "global_rm")
     rm = build_rm(backbone, int(gen.initial_seed()), pad_id=task.vocab_size - 1)
 
-    def loss_on(split: Pairs) -> Callable[[torch.Tensor], torch.Tensor]:
-        def row_loss(idx: torch.Tensor) -> torch.Tensor:
-            r_c, r_r = rm_scores(rm, _fused(split, idx), placement).chunk(2)
+    def loss_on(split: Pairs) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+        def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            r_c, r_r = rm_scores(model, _fused(split, idx), placement).chunk(2)
             return L.bt_rows(r_c - r_r)
 
         return row_loss
@@ -222,7 +226,7 @@ def stage_global_rm(
     tr, va = pairs["train"], pairs["val"]
     info = fit(
         rm, loss_on(tr), len(tr["chosen"]), cfg.rm_steps, cfg, gen,
-        lr=cfg.pref_lr, val_loss=_val(va, loss_on(va)), ckpt_dir=ckpt,
+        lr=cfg.pref_lr, val_loss=_val(rm, va, loss_on(va)), ckpt_dir=ckpt,
     )  # fmt: skip
     return rm, info
 
@@ -240,9 +244,10 @@ def stage_local_rm(
     gen = stage_gen(seed, "local_rm")
     lm = copy.deepcopy(sft)
 
-    def loss_on(split: Pairs) -> Callable[[torch.Tensor], torch.Tensor]:
-        def row_loss(idx: torch.Tensor) -> torch.Tensor:
-            lp = logp_completion(lm, _fused(split, idx), task.prefix_len, placement, task.n_content)
+    def loss_on(split: Pairs) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+        def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            seqs = _fused(split, idx)
+            lp = logp_completion(model, seqs, task.prefix_len, placement, task.n_content)
             return L.local_rm_rows(*lp.chunk(2), cfg.beta)
 
         return row_loss
@@ -250,7 +255,7 @@ def stage_local_rm(
     tr, va = pairs["train"], pairs["val"]
     info = fit(
         lm, loss_on(tr), len(tr["chosen"]), cfg.rm_steps, cfg, gen,
-        lr=cfg.pref_lr, val_loss=_val(va, loss_on(va)), ckpt_dir=ckpt,
+        lr=cfg.pref_lr, val_loss=_val(lm, va, loss_on(va)), ckpt_dir=ckpt,
     )  # fmt: skip
     return lm, info
 
@@ -275,8 +280,8 @@ def run_dpo(
     """DPO from ``init`` against precomputed reference log-probs ``ref`` (fixed steps)."""
     lm = copy.deepcopy(init)
 
-    def row_loss(idx: torch.Tensor) -> torch.Tensor:
-        lp = logp_completion(lm, _fused(pairs, idx), task.prefix_len, placement, task.n_content)
+    def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        lp = logp_completion(model, _fused(pairs, idx), task.prefix_len, placement, task.n_content)
         lp_c, lp_r = lp.chunk(2)
         ref_c, ref_r = (ref[k][idx].to(lp.device, lp.dtype) for k in ("chosen", "rejected"))
         return L.dpo_rows(lp_c, lp_r, ref_c, ref_r, cfg.beta)

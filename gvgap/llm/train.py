@@ -126,7 +126,7 @@ def _params_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def fit(
     module: nn.Module,
-    row_loss: Callable[[torch.Tensor], torch.Tensor],
+    row_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     n_rows: int,
     steps: int,
     cfg: LLMConfig,
@@ -141,7 +141,9 @@ def fit(
 
     Args:
         module: the model (trained in place; the best validation check is restored).
-        row_loss: row indices ``(m,)`` → per-row losses ``(m,)``.
+        row_loss: (model, row indices ``(m,)``) → per-row losses ``(m,)``; ``model`` is the
+            module as ``accelerate`` prepared it (DistributedDataParallel under several
+            processes: the forward must go through it for the gradients to be all-reduced).
         n_rows: rows of the training set; each step draws ``min(batch_size, n_rows)``.
         steps: most optimiser steps.
         gen: the stage's CPU generator (batches).
@@ -183,8 +185,10 @@ def fit(
         for part in torch.tensor_split(idx, a):  # exactly A micro-batches per step
             mine = shard(part, rank, world)
             with acc.accumulate(model):
-                # Σ ℓ · W · A / B: DDP's mean over W and backward's 1/A leave Σ ℓ / B
-                loss = row_loss(mine).sum() * (world * a / batch) if len(mine) else _zero(params)
+                # Σ ℓ · W · A / B: DDP's mean over W and backward's 1/A leave Σ ℓ / B; a rank
+                # without rows still runs one forward at weight 0 (DDP needs every rank)
+                rows, weight = (mine, world * a / batch) if mine.numel() else (idx[:1], 0.0)
+                loss = row_loss(model, rows).sum() * weight
                 acc.backward(loss)
                 total += float(loss.detach()) / a
                 if acc.sync_gradients:
@@ -210,11 +214,6 @@ def fit(
         module.gradient_checkpointing_disable()
     acc.free_memory()
     return info
-
-
-def _zero(params: list[nn.Parameter]) -> torch.Tensor:
-    """A zero loss touching every parameter (a rank with no rows still joins the all-reduce)."""
-    return sum(p.sum() * 0 for p in params)
 
 
 def _check(state: LoopState, module: nn.Module, val_loss: Callable[[], float]) -> None:
