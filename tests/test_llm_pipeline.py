@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from gvgap.cli import main  # noqa: E402
-from gvgap.llm.pipeline import STAGES, StopRunError  # noqa: E402
-from gvgap.sweep.llm_run import run_llm  # noqa: E402
+from gvgap.cli import main
+from gvgap.llm.pipeline import STAGES, StopRunError
+from gvgap.sweep.llm_run import run_llm
 
 FIXED = {
     "vocab": 5,
