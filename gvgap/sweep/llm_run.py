@@ -44,7 +44,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file", help="sweep .toml with [sweep] experiment = 'llm' (sims/llm_tiny.toml)")
     r.add_argument("--out", required=True)
     r.add_argument("--stop-after", default=None, help=argparse.SUPPRESS)
+    h = sub.add_parser(
+        "hf", help="the pipeline on a local HF causal LM + a preference jsonl, through TRL"
+    )
+    h.add_argument("--model", required=True, help="local model + tokenizer directory")
+    h.add_argument("--data", required=True, help="jsonl rows {prompt, chosen, rejected}")
+    h.add_argument("--out", required=True)
+    for name, kind in HF_OPTIONS.items():
+        h.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     return p
+
+
+#: Options of ``gvgap llm hf`` (fields of :class:`gvgap.llm.hf.HFConfig`).
+HF_OPTIONS = {
+    "beta": float,
+    "lr": float,
+    "batch_size": int,
+    "rm_steps": int,
+    "dpo_steps": int,
+    "online_samples": int,
+    "online_temperature": float,
+    "max_new_tokens": int,
+    "val_fraction": float,
+    "seed": int,
+    "device": str,
+}
+
+
+def run_hf_cli(args: argparse.Namespace) -> int:
+    """``gvgap llm hf``: validate, run the TRL route, print its metrics."""
+    from gvgap.llm.hf import HFConfig, run_hf
+
+    opts = {k: getattr(args, k) for k in HF_OPTIONS if getattr(args, k) is not None}
+    metrics = run_hf(HFConfig(model=args.model, data=args.data, **opts), args.out)
+    for key, value in sorted(metrics.items()):
+        print(f"{key}\t{value:.6g}")
+    return 0
 
 
 def is_main() -> bool:
@@ -169,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gvgap.llm.pipeline import StopRunError
 
     args = build_parser().parse_args(argv)
+    if args.command == "hf":
+        return run_hf_cli(args)
     try:
         df = run_llm(args.file, args.out, stop_after=args.stop_after)
     except StopRunError as stop:
