@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gvgap.errors import UserError
 from gvgap.llm.config import LLMConfig
 
 #: Gradient clipping threshold of every stage (the norm before clipping is reported).
@@ -45,8 +46,10 @@ HASHES = "hashes.json"
 def accelerator(cfg: LLMConfig, device: torch.device) -> Any:
     """A fresh ``accelerate.Accelerator`` for one stage (mixed precision stays with
     :func:`gvgap.nn.device.autocast`: the device and dtype are chosen in one place)."""
-    from accelerate import Accelerator
-
+    try:
+        from accelerate import Accelerator
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise UserError("the LLM path needs accelerate: pip install 'gvgap[hf]'") from None
     return Accelerator(cpu=device.type == "cpu", gradient_accumulation_steps=cfg.grad_accum)
 
 
