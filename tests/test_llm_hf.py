@@ -83,7 +83,7 @@ def test_dpo_loss_and_gradients_match_trl(setup) -> None:
     """TRL 1.16's DPOTrainer.compute_loss vs gvgap's dpo_rows on logp_completion of the same
     rows (full vocabulary, the TRL route's law): equal losses, gradients to float32 rounding."""
     _, model, data = setup
-    tok, trainer, batch = _trainer_batch(model, read_jsonl(data))
+    _, trainer, batch = _trainer_batch(model, read_jsonl(data))
     lm = trainer.model
     ids, mask = batch["input_ids"], batch["completion_mask"]
     assert bool((mask.sum(1) == mask.sum(1)[0]).all())  # equal lengths: no padding
