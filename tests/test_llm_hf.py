@@ -163,3 +163,24 @@ def test_bad_jsonl_and_model_are_one_line(setup, tmp_path) -> None:
         HFConfig(model=str(tmp_path), data=str(bad)).validate()
     with pytest.raises(UserError, match="--beta"):
         HFConfig(model=str(model), data=str(bad), beta=float("nan")).validate()
+
+
+def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes_trl_arm_included(monkeypatch, capsys) -> None:
+    """benchmarks/llm_gpu.py end to end on CPU: gvgap, plain and TRL arms (TRL 1.16 arguments,
+    word tokenizer) and the sampler, with the gvgap/TRL ratio printed."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    argv = ["llm_gpu.py", "--presets", "tiny", "--prompt", "4", "--completion", "4",
+            "--steps", "2", "--device", "cpu"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(root / "benchmarks" / "llm_gpu.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    for row in (
+        "tiny         gvgap",
+        "tiny         plain",
+        "tiny         trl",
+        "tiny         sample",
+    ):
+        assert row in out, out
+    assert "gvgap/trl" in out and "skipped" not in out
