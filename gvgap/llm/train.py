@@ -162,8 +162,8 @@ def fit(
         ``records`` {step: what on_step returned}.
     """
     acc = accelerator(cfg, next(module.parameters()).device)
-    if cfg.grad_checkpointing and hasattr(module, "gradient_checkpointing_enable"):
-        module.gradient_checkpointing_enable()
+    if cfg.grad_checkpointing:
+        _checkpointing(module, True)
     opt = torch.optim.AdamW(
         [p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
     )
@@ -213,10 +213,20 @@ def fit(
             _check(state, module, val_loss)
         module.load_state_dict(state.best_params)
         info.update(val_loss=float(state.best), best_step=float(state.best_step))
-    if cfg.grad_checkpointing and hasattr(module, "gradient_checkpointing_disable"):
-        module.gradient_checkpointing_disable()
+    if cfg.grad_checkpointing:
+        _checkpointing(module, False)
     acc.free_memory()
     return info
+
+
+def _checkpointing(module: nn.Module, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off: transformers ≥ 5 names it
+    ``activation_checkpointing_*``, earlier versions ``gradient_checkpointing_*``."""
+    verb = "enable" if on else "disable"
+    for name in (f"activation_checkpointing_{verb}", f"gradient_checkpointing_{verb}"):
+        if hasattr(module, name):
+            getattr(module, name)()
+            return
 
 
 def _check(state: LoopState, module: nn.Module, val_loss: Callable[[], float]) -> None:
