@@ -131,9 +131,9 @@ class LLMConfig:
     demo_style: float = 0.3
     holdout_cells: bool = True
     n_train_prompts: int = 512
-    n_eval_prompts: int = 128
+    n_eval_prompts: int = 64
     demos_per_prompt: int = 4
-    pairs_per_prompt: int = 4
+    pairs_per_prompt: int = 2
     val_fraction: float = 0.2
     model: str = "tiny"
     rm_model: str = "sft"
@@ -150,7 +150,7 @@ class LLMConfig:
     online_steps: int = 200
     eval_every: int = 50
     checkpoint_every: int = 0
-    beta: float = 0.05
+    beta: float = 0.1
     online_samples: int = 8
     online_temperature: float = 1.0
     bon_n: str = "1,2,4,8"
