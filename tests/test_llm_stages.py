@@ -254,3 +254,16 @@ def test_gradient_checkpointing_takes_the_same_steps() -> None:
     assert all(torch.allclose(a[k], b[k], atol=1e-12) for k in a)
     on = getattr(ckpt, "is_activation_checkpointing", None)
     assert on is False or (on is None and not ckpt.is_gradient_checkpointing)  # off again
+
+
+def test_an_rm_of_another_size_gets_its_own_sft_backbone() -> None:
+    """``rm_model`` (the RM-size axis): the RM backbone is a ``small`` model SFT-trained on the
+    same demonstrations, not the policy's; the run reports both SFT stages."""
+    from gvgap.experiments.llm import SMOKE
+    from gvgap.llm.pipeline import run_stages, stage_names
+
+    cfg = dataclasses.replace(SMOKE, rm_model="small")
+    assert "rm_sft" in stage_names(cfg) and "rm_sft" not in stage_names(SMOKE)
+    out = run_stages(cfg, 0, 0)
+    assert out["rm_sft/steps"] == cfg.sft_steps and out["sft/steps"] == cfg.sft_steps
+    assert 0.0 <= out["rm_global/val_likelihood"] <= 1.0
