@@ -39,6 +39,10 @@ CFG = LLMConfig(
     eval_samples=3,
     eval_every=2,
     demo_skill=0.8,
+    demo_style=0.5,
+    reward_scale=4.0,
+    pairs_per_prompt=2,
+    beta=0.1,
     lr=1e-2,
     val_fraction=0.25,
 )

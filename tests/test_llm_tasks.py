@@ -61,7 +61,10 @@ def test_sum_reward_hand_values() -> None:
 def test_count_reward_hand_values() -> None:
     # H = 4, s = 2: prompt (3, 2, ...) has keyword k = 3 and count c = min(2, 4) = 2;
     # y with two 3s → r = 2; none → |0 − 2| = 2 → r = 2 (1 − 2/4) = 1; four → r = 1; one → 1.5
-    cfg = LLMConfig(task="count", vocab=5, completion_len=4, reward_scale=2.0, holdout_cells=False)
+    cfg = LLMConfig(
+        task="count", vocab=5, completion_len=4, reward_scale=2.0, holdout_cells=False,
+        n_train_prompts=64, n_eval_prompts=8,
+    )  # fmt: skip
     task = make_task(cfg, 0)
     x = torch.tensor([[3, 2, 0, 0]] * 4)
     y = torch.tensor([[3, 0, 3, 1], [0, 1, 2, 4], [3, 3, 3, 3], [4, 4, 3, 4]])
