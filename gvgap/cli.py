@@ -165,7 +165,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_llm(args: argparse.Namespace) -> int:
-    from gvgap.llm.cli import main as llm_main  # lazy: torch/transformers only when asked
+    from gvgap.sweep.llm_run import main as llm_main  # lazy: torch only when it runs
 
     _work_begins()
     return llm_main(args.llm_args)

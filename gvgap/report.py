@@ -341,18 +341,6 @@ def experiment_section(
         doc.table(header, rows)
 
 
-#: ``experiment`` value of the rows written by ``gvgap llm run`` (its own section).
-LLM_EXPERIMENT = "llm"
-
-
-def llm_section(doc: Doc, root: Path, frame: pd.DataFrame) -> None:
-    """The LLM-scale section (:func:`gvgap.llm.report.section`) with its table figure."""
-    from gvgap.llm.report import section
-
-    png = root / "figures" / "llm_table.png"
-    section(doc, frame, png if png.exists() else None)
-
-
 def write_report(run_dir: str | os.PathLike) -> list[Path]:
     """Write ``report.md`` and the self-contained ``report.html`` into ``run_dir``.
 
@@ -384,11 +372,13 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     frames = experiment_frames(df)
     if not frames:
         doc.note("results.parquet holds no experiment rows.")
+    modules = _modules()
     for eid, frame in frames.items():
-        if eid == LLM_EXPERIMENT:
-            llm_section(doc, root, frame)
-            continue
         figs = index.get("experiments", {}).get(eid, [])
+        own = getattr(modules.get(eid), "report_section", None)  # an experiment's own section
+        if callable(own):
+            own(doc, frame, verdicts, figs)
+            continue
         experiment_section(doc, eid, frame, verdicts.get(eid), figs)
     md, page = root / "report.md", root / "report.html"
     _atomic_text(md, doc.to_markdown())

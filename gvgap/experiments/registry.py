@@ -23,6 +23,7 @@ EXPERIMENT_IDS: tuple[str, ...] = (
     "h5_rm_generalisation",
     "h6_gap",
     "h6_neural",
+    "llm",
 )
 
 
