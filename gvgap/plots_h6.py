@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from gvgap.plots import _axes, _rng, _zero_line
+from gvgap.plots import _axes, _rng, _zero_line, plt_line
 from gvgap.stats import paired_difference, with_column
 
 #: Protocol markers of :func:`h6_surface` (categorical, told apart at a glance).
@@ -199,13 +199,6 @@ def dose_response(
     ]
     ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.6)
     return ax
-
-
-def plt_line(color, marker: str, text: str):
-    """A legend handle: a marker of ``color``."""
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=color, marker=marker, ls="none", label=text)
 
 
 def d_against_n(table: pd.DataFrame, ax: Axes | None = None, *, protocol: str = "learned") -> Axes:
