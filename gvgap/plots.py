@@ -126,8 +126,9 @@ def _curves(
 ) -> None:
     """One band per (line level, style level): colour by ``line``, line style by ``style``."""
     lines, styles = _levels(table, line), _levels(table, style)
-    if colors is None:
-        colors = dict(zip(lines, sns.color_palette("crest", len(lines) + 1)[1:]))
+    if colors is None:  # a categorical palette: every level told apart at a glance
+        pal = "colorblind" if len(lines) <= 10 else "tab20"
+        colors = dict(zip(lines, sns.color_palette(pal, len(lines))))
     else:
         lines = [lv for lv in colors if lv in lines]
     for lv in lines:
