@@ -91,7 +91,7 @@ CONTROL_EXPECTED = "greater"
 #: The headline cell, fixed before reading results.
 HEADLINE = {"vocab": 3, "horizon": 4, "n_pairs": 16}
 #: Steps after which J is recorded; the last is the budget the verdict reads.
-CHECKPOINTS = (25, 50, 100, 200, 400)
+CHECKPOINTS = (25, 50, 100, 200, 250, 300, 400)
 #: The positive control's learning-rate divisor (plain SGD).
 SLOW = 20.0
 #: Bracket of log λ for DPO's regularisation path at an iterate's KL.
@@ -308,7 +308,7 @@ def plot_curves(df: pd.DataFrame, ax=None):
     matching DPO's KL)."""
     import matplotlib.pyplot as plt
 
-    from gvgap.plots import pipeline_colors
+    from gvgap.plots import _log_ticks, pipeline_colors
 
     ax = ax or plt.gca()
     head = Hy.headline_rows(df, HEADLINE)
@@ -324,8 +324,8 @@ def plot_curves(df: pd.DataFrame, ax=None):
         v = head.loc[(head["pipeline"] == conv) & (head["metric"] == "J"), "value"]
         if conv and len(v):
             ax.axhline(float(v.mean()), color=colors[p], ls=":", lw=1, label=f"{conv} converged")
-    ax.set_xscale("log")
-    ax.set_xlabel("stochastic gradient steps (same budget for every pipeline)")
+    _log_ticks(ax, CHECKPOINTS)
+    ax.set_xlabel("stochastic gradient steps (same budget; online: RM first half, RL second)")
     ax.set_ylabel("J = E r* − β KL(π‖π_ref)  (mean over runs)")
     ax.set_title("H3: J against compute", fontsize=10)
     if ax.get_legend_handles_labels()[0]:
