@@ -484,8 +484,8 @@ def experiment_section(
     if getattr(module, "NOTES", None):
         doc.para(f"paper_notes.md section: {module.NOTES}.")
     note = str(getattr(module, "DESIGN_NOTE", None) or "").strip()
-    if note:
-        doc.rich(note, lead="**Design.** ")
+    if note:  # a note with its own labelled paragraphs (Mechanism, Design, …) gets no lead
+        doc.rich(note, lead="" if "**Design.**" in note else "**Design.** ")
     hypothesis = getattr(module, "HYPOTHESIS", None) or (verdict or {}).get("hypothesis")
     if hypothesis:
         doc.para(f"**Hypothesis.** {hypothesis}")

@@ -606,3 +606,25 @@ def test_plan_seeds_reaches_the_target_power_and_powers_the_rechecks() -> None:
     assert {"control", "test"} <= set(plan["parts"])
     huge = h1.plan_seeds(table(h1, np.zeros(12), 5.0 + 0.1 * rng.standard_normal(12)))
     assert huge["seeds"] == lo and huge["power"] > 0.99
+
+
+def test_verdict_record_says_what_it_means() -> None:
+    """The record `gvgap reproduce` writes for an H1–H5 experiment: the paper's position, the
+    verdict's consistency with it (against = the paper's for H1–H5), the seeds and power of the
+    plan, and each re-check with its setting, verdict, effect, seeds and the plan's power."""
+    from gvgap.reproduce import experiment_record
+
+    main = {"verdict": "against", "effect": -0.02, "ci_low": -0.05, "ci_high": 0.01}
+    plan = {"seeds": 20, "power": 0.9, "robust_seeds": 20, "robust_power": 0.9}
+    checks = [({"beta": 0.1}, {"verdict": "inconclusive", "effect": 0.0, "ci_low": -0.1,
+                              "ci_high": 0.1}, 20)]  # fmt: skip
+    rec = experiment_record(main, checks, eid=h2.ID, plan=plan, seeds=20)
+    assert rec["paper_position"] == h2.PAPER_POSITION and rec["consistent_with_paper"] == "yes"
+    assert rec["seeds"] == 20 and rec["power"] == 0.9 and rec["robust"] is False
+    (c,) = rec["robustness"]
+    assert c["override"] == {"beta": 0.1} and c["seeds"] == 20 and c["power"] == 0.9
+    assert c["verdict"] == "inconclusive" and {"effect", "ci_low", "ci_high"} <= set(c)
+    other = experiment_record({**main, "verdict": "supported"}, [], eid=h4.ID, plan=plan)
+    assert other["consistent_with_paper"] == "no"
+    undecided = experiment_record({**main, "verdict": "inconclusive"}, [], eid=h1.ID, plan=plan)
+    assert undecided["consistent_with_paper"] == "undecided"
