@@ -31,14 +31,17 @@ def test_sigma_prime_is_stable_far_out():
 def test_pair_kernel_factorisation_error(n, scale):
     """Grouped (≤ 64 values) is exact; interpolated is within a small multiple of KERNEL_TOL
     of σ'(r_i − r_j) on every pair (checked densely here, beyond the kernel's own spot
-    check)."""
+    check), unless the reward range needs more than KERNEL_MAX_COLUMNS nodes (scale 9: a range
+    of ≈ 58), where the kernel keeps the cap and its reported error says how far it is."""
     _, r, _ = _problem(n, scale)
     if n == 12:
         r = np.round(r, 1)  # few distinct values: the grouped factorisation
     k = A.PairKernel.of(r)
     exact = A.sigma_prime(r[:, None] - r[None, :])
     err = np.abs(k.u @ k.a @ k.u.T - exact).max()
-    assert err < 10 * A.KERNEL_TOL and k.error <= err + 1e-18
+    capped = k.u.shape[1] == A.KERNEL_MAX_COLUMNS
+    assert err < (1e-6 if capped else 10 * A.KERNEL_TOL) and k.error <= err + 1e-18
+    assert err <= 100 * max(k.error, A.KERNEL_TOL)  # the spot check sees the error's size
 
 
 def test_fisher_matches_brute_force_pair_sum():
