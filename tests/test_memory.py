@@ -14,14 +14,18 @@ import pytest
 from gvgap.experiments import h6_gap
 from gvgap.experiments.base import estimate_memory, make_config
 
+# The peak is read from /proc/self/status (VmHWM, this address space's high-water mark):
+# getrusage's ru_maxrss survives exec, so after a fork of a large test process it reports the
+# parent's size, not the run's.
 PROBE = """
-import json, resource, sys
+import json, sys
 import numpy as np
 from gvgap.experiments import h6_gap
 from gvgap.experiments.base import make_config
 cfg = make_config(h6_gap.Config, json.loads(sys.argv[1]))
 h6_gap.run(cfg, rng=np.random.default_rng(0), instance_rng=np.random.default_rng(1))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+kb = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM"))
+print(kb * 1024)
 """
 
 GRID = [
