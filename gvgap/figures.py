@@ -151,12 +151,16 @@ class FigureSpec:
         draw: ``draw(df, ax) -> Axes`` on the experiment's tidy table.
         uses: columns the plot itself distinguishes; other varying Config fields (not
             determined by these) become panels. ``("*",)``: one panel of every run.
+        sharey: the panels share one y axis (the default: a quantity compared across
+            panels, e.g. an effect shrinking with n, must be read on one scale); False for
+            plots whose y axis is categorical (heat maps).
     """
 
     name: str
     caption: str
     draw: Callable[[pd.DataFrame, Axes], Axes]
     uses: tuple[str, ...] = (ALL,)
+    sharey: bool = True
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -194,8 +198,10 @@ def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
     online = next((p for p in ("rlhf", "online_dpo") if p in pipes), None)
     specs: list[FigureSpec] = []
 
-    def add(kind: str, caption: str, fn: Callable[..., Axes], uses: tuple, **kw: Any) -> None:
-        specs.append(FigureSpec(f"{eid}__{kind}", caption, partial(_call, fn, kw), uses))
+    def add(
+        kind: str, caption: str, fn: Callable[..., Axes], uses: tuple, sharey=True, **kw: Any
+    ) -> None:
+        specs.append(FigureSpec(f"{eid}__{kind}", caption, partial(_call, fn, kw), uses, sharey))
 
     if online and "dpo" in pipes and "J_norm" in metrics:
         pair = {"online": online, "offline": "dpo"}
@@ -215,6 +221,7 @@ def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
                 f"Mean advantage {online} − dpo over {grid_gap} × n.",
                 plots.phase_heatmap,
                 (grid_gap, n),
+                sharey=False,
                 gap_col=grid_gap,
                 **pair,
             )
@@ -237,7 +244,9 @@ def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
         if "J" in metrics:
             add(
                 "equivalence",
-                f"J of {online} vs dpo per run; the isomorphic control must lie on the diagonal.",
+                f"Per-run J of {online} (y) against dpo (x) on the same pairs, colour = the "
+                "RM class where it varies; dashed line y = x (equal J; points above it: "
+                f"{online} better).",
                 plots.equivalence_scatter,
                 (ALL,),
                 **pair,
@@ -285,6 +294,18 @@ def facets(df: pd.DataFrame, uses: tuple[str, ...]) -> tuple[list[dict[str, Any]
     return panels[:MAX_PANELS], len(panels) > MAX_PANELS
 
 
+#: Characters per title line of a 6.4-inch panel at 10 pt (longer lines are wrapped).
+TITLE_WIDTH = 60
+
+
+def fit_title(title: str, width: int = TITLE_WIDTH) -> str:
+    """``title`` with each of its lines wrapped to ``width`` characters, so that it fits
+    above its panel."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) or line for line in title.split("\n"))
+
+
 def _facet_value(v: Any) -> str:
     """A facet value for a title: integral floats as integers (``16.0`` → ``16``)."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
@@ -298,12 +319,17 @@ def render(spec: FigureSpec, df: pd.DataFrame) -> tuple[Figure, list[dict[str, A
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
     fig = Figure(figsize=(6.4 * ncols, 4.4 * nrows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    share = spec.sharey and len(panels) > 1
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=share)).ravel()
     for ax, where in zip(axes, panels):
         spec.draw(stats.select(df, where), ax)
+        title = ax.get_title()
         if where:
             facet = ", ".join(f"{k} = {_facet_value(v)}" for k, v in where.items())
-            ax.set_title(f"{ax.get_title()}\n{facet}")
+            title = f"{title}\n{facet}"
+        ax.set_title(fit_title(title), fontsize=min(ax.title.get_fontsize(), 10))
+        if share:
+            ax.yaxis.set_tick_params(labelleft=True)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig, panels, truncated

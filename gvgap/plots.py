@@ -43,6 +43,12 @@ LABELS: dict[str, str] = {
     "kl_ref": "KL(π‖π_ref)  (nats)",
     "kl_opt": "KL(π‖π*)  (nats)",
     "win_rate": "win rate vs π_ref (true BT)",
+    "regret": "regret J(π*) − J(π)",
+    "acc_ref": "pairwise accuracy vs r* on pairs from π_ref",
+    "acc_opt": "pairwise accuracy vs r* on pairs from π*",
+    "acc_bon": "pairwise accuracy vs r* on pairs from the RM's best-of-N",
+    "val_lik": "held-out BT likelihood per pair (geometric mean)",
+    "kl_to_opt": "KL(P_SGD ‖ P_converged)  (nats)",
 }
 #: One colour per pipeline, the same in every figure.
 PIPELINE_ORDER = ("sft", "dpo", "ipo", "rlhf", "online_dpo", "bon", "spin")
@@ -55,6 +61,13 @@ MIN_COLOR_SPAN = 0.05
 def label(col: str) -> str:
     """Axis label of a column or metric (its name when unknown)."""
     return LABELS.get(col, col)
+
+
+def plt_line(color: Any, marker: str, text: str):
+    """A legend handle: a marker of ``color`` labelled ``text``."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=color, marker=marker, ls="none", label=text)
 
 
 def _axes(ax: Axes | None) -> Axes:
@@ -113,8 +126,9 @@ def _curves(
 ) -> None:
     """One band per (line level, style level): colour by ``line``, line style by ``style``."""
     lines, styles = _levels(table, line), _levels(table, style)
-    if colors is None:
-        colors = dict(zip(lines, sns.color_palette("crest", len(lines) + 1)[1:]))
+    if colors is None:  # a categorical palette: every level told apart at a glance
+        pal = "colorblind" if len(lines) <= 10 else "tab20"
+        colors = dict(zip(lines, sns.color_palette(pal, len(lines))))
     else:
         lines = [lv for lv in colors if lv in lines]
     for lv in lines:

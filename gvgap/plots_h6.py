@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from gvgap.plots import _axes, _rng, _zero_line
+from gvgap.plots import _axes, _rng, _zero_line, plt_line
 from gvgap.stats import paired_difference, with_column
 
 #: Protocol markers of :func:`h6_surface` (categorical, told apart at a glance).
@@ -40,63 +40,72 @@ def _level_key(value: object) -> tuple:
 
 def h6_surface(df: pd.DataFrame, ax: Axes | None = None, *, metric: str = "regret") -> Axes:
     """H6 surface on one panel: paired ``metric`` difference offline − online (mean, 95%
-    bootstrap CI; positive = online better) per generator (x, ordered by its median measured
-    gap, printed under the name), tree V×H (colour, categorical palette) and protocol (marker
-    and line style). Series are dodged horizontally so none hides another; the legend gives
-    the seeds per point. Other varying fields must be facets (``h6_gap.plot_uses``)."""
+    bootstrap CI; positive = online better) per generator and tree V×H (x: one category per
+    pair, so no category pools trees of different measured gaps; ordered by the median
+    measured gap, printed under it with its range over instances when it varies) and protocol
+    (colour and marker, categorical). Series are dodged horizontally so none hides another;
+    the legend gives the seeds per point. Other varying fields must be facets
+    (``h6_gap.plot_uses``)."""
     ax = _axes(ax)
-    by = [c for c in ("generator", "tree", "protocol") if c in df.columns]
+    keys = [c for c in ("generator", "tree") if c in df.columns]
+    by = [*keys, *(["protocol"] if "protocol" in df.columns else [])]
     adv = paired_difference(
         df, metric=metric, a_pipeline="offline", b_pipeline="online", by=by, rng=_rng(None)
     )
-    if adv.empty:
+    if adv.empty or not keys:
         ax.set_title("H6: no paired offline/online runs")
         return ax
     gap = with_column(df, "gap")
-    gaps = gap.groupby("generator")["gap"].median() if "generator" in gap else pd.Series()
-    lo = gap.groupby("generator")["gap"].min() if "generator" in gap else pd.Series()
-    hi = gap.groupby("generator")["gap"].max() if "generator" in gap else pd.Series()
-    gens = sorted(adv["generator"].unique(), key=lambda g: (gaps.get(g, np.nan), g))
-    trees = sorted(adv["tree"].unique(), key=_tree_key) if "tree" in adv else [None]
+    spans: dict[tuple, tuple[float, float, float]] = {}
+    if "gap" in gap:
+        for key, g in gap.groupby(keys)["gap"]:
+            key = key if isinstance(key, tuple) else (key,)
+            spans[key] = (float(g.min()), float(g.median()), float(g.max()))
+
+    def cat(row) -> tuple:
+        return tuple(row[k] for k in keys)
+
+    cats = sorted({cat(r) for _, r in adv.iterrows()},
+                  key=lambda c: (spans.get(c, (0.0, 0.0, 0.0))[1], str(c)))  # fmt: skip
     prots = [p for p in H6_PROTOCOL_STYLE if "protocol" in adv and p in set(adv["protocol"])]
     prots = prots or [None]
-    colors = dict(zip(trees, sns.color_palette("colorblind", len(trees))))
-    n_series = len(trees) * len(prots)
-    width = 0.8 / max(n_series, 1)
-    for j, (tree, prot) in enumerate((t, p) for t in trees for p in prots):
-        g = adv
-        g = g if tree is None else g[g["tree"] == tree]
-        g = g if prot is None else g[g["protocol"] == prot]
+    colors = dict(zip(prots, sns.color_palette("colorblind", len(prots))))
+    width = 0.8 / max(len(prots), 1)
+    for j, prot in enumerate(prots):
+        g = adv if prot is None else adv[adv["protocol"] == prot]
         if g.empty:
             continue
-        g = g.set_index("generator").reindex(gens).dropna(subset=["mean"])
-        x = np.array([gens.index(v) for v in g.index]) + (j - (n_series - 1) / 2) * width
-        marker, ls = H6_PROTOCOL_STYLE.get(prot, ("o", "-"))
-        n_seeds = int(g["n"].min()) if "n" in g else 0
+        x = (
+            np.array([cats.index(cat(r)) for _, r in g.iterrows()])
+            + (j - (len(prots) - 1) / 2) * width
+        )
+        marker, _ = H6_PROTOCOL_STYLE.get(prot, ("o", "-"))
         ax.errorbar(
             x,
             g["mean"],
             yerr=[g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]],
-            color=colors[tree],
+            color=colors[prot],
             marker=marker,
-            ls=ls,
+            ls="none",
             capsize=2,
-            label=", ".join(str(v) for v in (tree, prot) if v is not None) + f" ({n_seeds} seeds)",
+            label=f"{prot or 'all runs'} ({int(g['n'].min())} seeds)",
         )
 
-    def tick(g: str) -> str:
-        a, b = lo.get(g, np.nan), hi.get(g, np.nan)
-        return f"{g}\ngap {a:.2f}" + (f"–{b:.2f}" if b - a > 5e-3 else "")
+    def tick(c: tuple) -> str:
+        name = " ".join(str(v) for v in c)
+        if c not in spans:
+            return name
+        lo, med, hi = spans[c]
+        spread = f" ({lo:.2f}–{hi:.2f})" if hi - lo > 5e-3 else ""
+        return f"{name}\ngap {med:.2f}{spread}"
 
-    ax.set_xticks(range(len(gens)), [tick(g) for g in gens], fontsize=8)
+    ax.set_xticks(range(len(cats)), [tick(c) for c in cats], fontsize=7)
     _zero_line(ax)
-    ax.set_xlabel("generator of r* (ordered by measured gap log(dim Π_min / dim R_min))")
+    ax.set_xlabel("generator and tree V×H (ordered by measured gap log(dim Π_min / dim R_min))")
     ax.set_ylabel(f"{metric}(offline) − {metric}(online)  (nats; 95% CI)")
     ax.set_title("H6: online advantage vs the measured gap")
-    # below the axes, so that no series is hidden under the legend
-    ax.legend(
-        fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22), title="V×H, protocol"
-    )
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3,
+              title="protocol")  # fmt: skip
     return ax
 
 
@@ -199,13 +208,6 @@ def dose_response(
     ]
     ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.6)
     return ax
-
-
-def plt_line(color, marker: str, text: str):
-    """A legend handle: a marker of ``color``."""
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=color, marker=marker, ls="none", label=text)
 
 
 def d_against_n(table: pd.DataFrame, ax: Axes | None = None, *, protocol: str = "learned") -> Axes:

@@ -1,9 +1,12 @@
 """Run directory → figures, ``report.md`` and a self-contained ``report.html`` (DESIGN §4–5).
 
 The report shows how the run was made (``manifest.json``), the theorem checks
-(``verify.json``), the verdict table (``verdicts.json``) and, per experiment, its claim, design
-note, figures and a summary table (mean and 95% bootstrap CI per pipeline). Missing pieces are
-noted, not fatal. Figures are reused when ``figures/index.json`` was made from the current
+(``verify.json``), the verdict table (``verdicts.json``: the paper's position, seeds, power,
+the re-checks and seed blocks under it) and, per experiment, its claim, design note (docstring
+markup rendered, :mod:`gvgap.report_doc`), figures and, per cell of the design, the tested
+contrast with its controls and reported contrasts (mean paired difference, 95% bootstrap CI,
+seeds) and, for small designs, each cell's per-pipeline summary. Missing pieces are noted,
+not fatal. Figures are reused when ``figures/index.json`` was made from the current
 ``results.parquet`` (same SHA-256), otherwise redrawn (:func:`write_plots`).
 """
 
@@ -217,49 +220,120 @@ def verify_section(doc: Doc) -> None:
     doc.para(f"{n_pass} of {len(rows)} checks pass.")
 
 
+#: The verdict table's legend (one line).
+VERDICT_LEGEND = (
+    "Legend: the verdict is on the hypothesis (supported / against / inconclusive), not on "
+    "the code; *consistent with paper* is yes when it is the verdict the paper reached, no "
+    "when it is the other decided one, undecided when inconclusive; *effect* is the tested "
+    "contrast in the cell that decided the verdict (mean paired difference; for h6_gap the "
+    "P1 slope) and the positive control the same for the arm that shows the test can detect "
+    "its effect (a control that does not detect makes the verdict inconclusive); *seeds* and "
+    "*power* come from the power plan (the control's power at its pilot effect); *re-checks* "
+    "counts the re-checks listed below whose verdict equals the main one."
+)
+
+
 def verdict_section(doc: Doc) -> dict[str, Any]:
-    """The verdict table from ``verdicts.json``; returns the records (``{}`` if none)."""
+    """The verdict table from ``verdicts.json`` with its legend, then every re-check and
+    seed block; returns the records (``{}`` if none)."""
     doc.heading(2, "Verdicts")
     verdicts, why = read_json(doc.root / VERDICTS)
     if not isinstance(verdicts, dict) or not verdicts:
         doc.note(f"Skipped: {why or 'verdicts.json holds no verdicts'}.")
         return {}
     verdicts = {k: v if isinstance(v, dict) else {} for k, v in verdicts.items()}
-    robust = any("robust" in v for v in verdicts.values())
     header = [
         "id",
         "hypothesis (or claim)",
         "verdict on the hypothesis",
-        "prediction held",
-        "effect",
-        "95% CI",
+        "paper's position",
+        "consistent with paper",
+        "effect [95% CI]",
         "positive control [95% CI]",
-        "n_runs",
-        *(["robust"] * robust),
+        "seeds",
+        "power",
+        "re-checks agreeing",
     ]
     rows = [
         [
             eid,
             v.get("hypothesis") or v.get("claim", ""),
             v.get("verdict", "?"),
-            _fmt(v.get("prediction_held")),
-            _fmt(v.get("effect")),
-            f"[{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]",
+            v.get("paper_position") or "–",
+            v.get("consistent_with_paper") or "–",
+            _ci(v.get("effect"), v.get("ci_low"), v.get("ci_high")),
             _control(v.get("positive_control")),
-            _fmt(v.get("n_runs")),
-            *([_fmt(v.get("robust"))] if robust else []),
+            _fmt(v.get("seeds") if v.get("seeds") is not None else v.get("n_runs")),
+            _power(v.get("power")),
+            _agreeing(v),
         ]
         for eid, v in verdicts.items()
     ]
     doc.table(header, rows)
-    doc.para(
-        "Each verdict is on the hypothesis (supported / against / inconclusive), not on the "
-        "code: a hypothesis the paper argues against is expected to come out *against*. "
-        "“Prediction held” says whether the test's outcome is the one the hypothesis "
-        "predicts; the positive control is the effect that shows the test can detect what it "
-        "looks for (a control whose CI includes 0 makes the verdict inconclusive)."
-    )
+    doc.para(VERDICT_LEGEND)
+    recheck_section(doc, verdicts)
     return verdicts
+
+
+def _power(p: Any) -> str:
+    ok = isinstance(p, (int, float)) and not isinstance(p, bool) and np.isfinite(p)
+    return f"{p:.2f}" if ok else "–"
+
+
+def _agreeing(v: dict) -> str:
+    checks = [c for c in v.get("robustness") or [] if isinstance(c, dict)]
+    if not checks:
+        return "–"
+    return f"{sum(c.get('verdict') == v.get('verdict') for c in checks)} of {len(checks)}"
+
+
+def _override(o: Any) -> str:
+    return ", ".join(f"{k} = {_fmt(x)}" for k, x in o.items()) if isinstance(o, dict) else "–"
+
+
+def recheck_section(doc: Doc, verdicts: dict[str, dict]) -> None:
+    """Each experiment's robustness re-checks (setting, verdict, effect, seeds, power) and the
+    headline effect on each seed block, one table each."""
+    have = {e: v for e, v in verdicts.items() if v.get("robustness") or v.get("stability")}
+    if not have:
+        return
+    doc.heading(3, "Re-checks and seed blocks")
+    doc.para(
+        "Each re-check reruns an experiment with one setting changed, on its confirmatory seed "
+        "block with the planned seeds, and is decided by the same rule; a seed block "
+        "re-measures the headline effect on further instances."
+    )
+    for eid, v in have.items():
+        checks = [c for c in v.get("robustness") or [] if isinstance(c, dict)]
+        if checks:
+            doc.para(f"**{eid}** (main verdict {v.get('verdict', '?')}), re-checks:")
+            doc.table(
+                ["setting changed", "verdict", "effect [95% CI]", "seeds", "power"],
+                [
+                    [
+                        _override(c.get("override")),
+                        c.get("verdict", "?"),
+                        _ci(c.get("effect"), c.get("ci_low"), c.get("ci_high")),
+                        _fmt(c.get("seeds")),
+                        _power(c.get("power")),
+                    ]
+                    for c in checks
+                ],
+            )
+        blocks = [b for b in v.get("stability") or [] if isinstance(b, dict)]
+        if blocks:
+            doc.para(f"**{eid}**, headline effect per seed block:")
+            doc.table(
+                ["first seed", "effect [95% CI]", "seeds"],
+                [
+                    [
+                        _fmt(b.get("seed_start")),
+                        _ci(b.get("effect"), b.get("ci_low"), b.get("ci_high")),
+                        _fmt(b.get("seeds")),
+                    ]
+                    for b in blocks
+                ],
+            )
 
 
 def _control(pc: Any) -> str:
@@ -269,16 +343,86 @@ def _control(pc: Any) -> str:
     return _ci(pc.get("effect"), pc.get("ci_low"), pc.get("ci_high"))
 
 
+#: At most this many cells get a per-pipeline summary table (a larger design is summarised
+#: by its contrast table alone).
+MAX_SUMMARY_CELLS = 4
+#: At most this many rows in a per-cell contrast table.
+MAX_CONTRAST_ROWS = 240
+#: Contrasts of an experiment that names none (``TEST``), first match wins: (a, b, metric).
+DEFAULT_CONTRASTS = (("rlhf", "dpo", "J"), ("online", "offline", "J"), ("online_dpo", "dpo", "J"))
+
+
+def cell_columns(df: pd.DataFrame) -> list[str]:
+    """The Config columns that define the cells of a table: the varying ones, minus those
+    determined by the others kept (a named design cell fixes its generator, tree, …), the
+    columns with most levels considered first."""
+    cols = sorted(F.varying(df), key=lambda c: (-F.n_levels(df, c), c))
+    keep: list[str] = []
+    for c in cols:
+        if keep and (df.groupby(keep, dropna=False)[c].nunique(dropna=False) <= 1).all():
+            continue
+        keep.append(c)
+    return keep
+
+
+def _cell_label(cell: dict) -> str:
+    return ", ".join(f"{k} = {_fmt(v)}" for k, v in cell.items()) or "all runs"
+
+
+def contrasts_of(module: ModuleType | None, df: pd.DataFrame) -> list[tuple[str, Any]]:
+    """(role, contrast) pairs of an experiment: its TEST, CONTROL and REPORTED, or else the
+    first of :data:`DEFAULT_CONTRASTS` whose pipelines and metric the table has."""
+    from gvgap.experiments.hypothesis import Contrast
+
+    test = getattr(module, "TEST", None)
+    if test is not None:
+        out = [("test", test)]
+        if getattr(module, "CONTROL", None) is not None:
+            out.append(("positive control", module.CONTROL))
+        return out + [("reported", c) for c in getattr(module, "REPORTED", ())]
+    pipes, metrics = set(df["pipeline"]), set(df["metric"])
+    for a, b, metric in DEFAULT_CONTRASTS:
+        if {a, b} <= pipes and metric in metrics:
+            return [("compared", Contrast(f"{a} − {b}", a, b, metric))]
+    return []
+
+
+def contrast_table(
+    df: pd.DataFrame, module: ModuleType | None
+) -> tuple[list[str], list[list[str]], int]:
+    """Per cell (:func:`cell_columns`) and contrast (:func:`contrasts_of`): the mean paired
+    difference with its 95% bootstrap CI and the paired seeds behind it; a contrast without
+    two pairs in a cell is left out (no empty rows). Returns (header, rows, rows cut)."""
+    from gvgap.experiments import hypothesis as Hy
+
+    contrasts = contrasts_of(module, df)
+    if not contrasts:
+        return [], [], 0
+    rows = []
+    for cell in Hy.cells_of(df, cell_columns(df)):
+        sub = Hy.at_cell(df, cell)
+        for role, c in contrasts:
+            d = Hy.paired(sub, c)
+            if d.size >= 2:
+                m, lo, hi = Hy.mean_ci(d)
+                rows.append(
+                    [_cell_label(cell), role, c.label, c.metric, _ci(m, lo, hi), str(d.size)]
+                )
+    header = ["cell", "role", "contrast a − b", "metric", "mean [95% CI]", "seeds"]
+    return header, rows[:MAX_CONTRAST_ROWS], max(len(rows) - MAX_CONTRAST_ROWS, 0)
+
+
 def summary_table(df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[str], list[list]]:
-    """Mean [95% CI] pooled over all settings and seeds (:func:`gvgap.stats.summarize`):
-    pipelines × main metrics, or, without pipelines, one row per bare metric with min/max."""
+    """Mean [95% CI] over the runs of ``df`` (one cell; :func:`gvgap.stats.summarize`):
+    pipelines × main metrics, pipelines without any of them left out; or, without
+    pipelines, one row per bare metric with min/max."""
     piped = df[df["pipeline"] != ""]
     metrics = [m for m in MAIN_METRICS if m in set(piped["metric"])]
     if metrics:
         t = stats.summarize(piped[piped["metric"].isin(metrics)], ["pipeline", "metric"], rng=rng)
         cell = {(r.pipeline, r.metric): _ci(r.mean, r.ci_low, r.ci_high) for r in t.itertuples()}
         n = t.groupby("pipeline")["n"].max()
-        pipes = list(dict.fromkeys(piped["pipeline"]))
+        pipes = [p for p in dict.fromkeys(piped["pipeline"]) if p in n.index]
         rows = [[p, *(cell.get((p, m), "–") for m in metrics), _fmt(n.get(p))] for p in pipes]
         return ["pipeline", *metrics, "n runs"], rows
     bare = df[df["pipeline"] == ""]
@@ -298,10 +442,41 @@ def summary_table(df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[str]
     return ["metric", "mean [95% CI]", "min", "max", "n"], rows
 
 
+def summary_section(doc: Doc, df: pd.DataFrame, module: ModuleType | None) -> None:
+    """Per cell of the design: the contrasts (test, control, reported) with CIs and seeds,
+    then, for a design of at most :data:`MAX_SUMMARY_CELLS` cells, each cell's per-pipeline
+    summary — never pooled over cells (protocols, n, …)."""
+    from gvgap.experiments import hypothesis as Hy
+
+    header, rows, cut = contrast_table(df, module)
+    if rows:
+        doc.para(
+            "Contrasts per cell (mean paired difference a − b over the seeds, 95% bootstrap "
+            "CI; the test decides the verdict, the positive control must detect its effect, "
+            "reported contrasts are not evidence):"
+        )
+        doc.table(header, rows)
+        if cut:
+            doc.note(f"{cut} more rows left out (results.parquet holds them).")
+    cells = Hy.cells_of(df, cell_columns(df))
+    if len(cells) > MAX_SUMMARY_CELLS:
+        doc.para(
+            f"Per-pipeline summaries are not shown for the {len(cells)} cells of this design "
+            "(results.parquet holds every run)."
+        )
+        return
+    for cell in cells:
+        header, rows = summary_table(Hy.at_cell(df, cell), np.random.default_rng(0))
+        if rows:
+            doc.para(f"Summary at {_cell_label(cell)} (mean [95% bootstrap CI] over the seeds):")
+            doc.table(header, rows)
+
+
 def experiment_section(
     doc: Doc, eid: str, df: pd.DataFrame, verdict: dict | None, figs: list[dict]
 ) -> None:
-    """Claim, design note, verdict, figures and summary table of one experiment."""
+    """Claim, design note (rendered), verdict, figures and per-cell tables of one
+    experiment."""
     module = _modules().get(eid)
     doc.heading(3, eid)
     claim = getattr(module, "CLAIM", None) or (verdict or {}).get("claim")
@@ -309,8 +484,8 @@ def experiment_section(
     if getattr(module, "NOTES", None):
         doc.para(f"paper_notes.md section: {module.NOTES}.")
     note = str(getattr(module, "DESIGN_NOTE", None) or "").strip()
-    for i, part in enumerate(p for p in note.split("\n\n") if p.strip()):
-        doc.para(("**Design.** " if i == 0 else "") + " ".join(part.split()))
+    if note:  # a note with its own labelled paragraphs (Mechanism, Design, …) gets no lead
+        doc.rich(note, lead="" if "**Design.**" in note else "**Design.** ")
     hypothesis = getattr(module, "HYPOTHESIS", None) or (verdict or {}).get("hypothesis")
     if hypothesis:
         doc.para(f"**Hypothesis.** {hypothesis}")
@@ -319,6 +494,7 @@ def experiment_section(
     if verdict:
         held = verdict.get("prediction_held")
         eff = _ci(verdict.get("effect"), verdict.get("ci_low"), verdict.get("ci_high"))
+        agree = verdict.get("consistent_with_paper")
         doc.para(
             f"**Verdict on the hypothesis: {verdict.get('verdict', '?')}**"
             + ("" if held is None else f" (prediction held: {_fmt(held)})")
@@ -328,17 +504,18 @@ def experiment_section(
                 if isinstance(verdict.get("positive_control"), dict)
                 else ""
             )
-            + f"; {_fmt(verdict.get('n_runs'))} runs. {verdict.get('detail', '')}"
+            + f"; {_fmt(verdict.get('n_runs'))} runs"
+            + (f"; consistent with the paper: {agree}" if agree else "")
+            + "."
         )
+        if verdict.get("detail"):
+            doc.para(f"Detail: {verdict['detail']}")
     for entry in figs:
         if "error" in entry:
             doc.note(f"Figure {entry['name']} failed: {entry['error']}")
         else:
             doc.figure(doc.root / FIGURES / f"{entry['name']}.png", entry.get("caption", ""))
-    header, rows = summary_table(df, np.random.default_rng(0))
-    if rows:
-        doc.para("Summary, pooled over all settings and seeds (mean [95% bootstrap CI]):")
-        doc.table(header, rows)
+    summary_section(doc, df, module)
 
 
 def write_report(run_dir: str | os.PathLike) -> list[Path]:

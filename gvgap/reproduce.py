@@ -471,10 +471,11 @@ def reproduce(
     for eid in runnable:  # every sweep directory may take its spec (reads only)
         if (spec := pilot_spec(eid)) is not None:
             RunStore(out / "sweeps" / f"{eid}-pilot").check(spec)
-        if getattr(EXPERIMENTS[eid], "PILOT", None) is not None:
-            continue  # its seeds come from the pilot: checked once planned
+        planned = getattr(EXPERIMENTS[eid], "PILOT", None) is not None
         for job in sweep_jobs(eid, out, quick):
-            RunStore(job.out).check(job.spec)
+            # with a pilot the seeds are not known yet: everything but the spec itself is
+            # checked now (a file in the way, another experiment's runs), the spec once planned
+            RunStore(job.out).check(job.spec, append=planned)
     _writable_dir(out)
     t0 = time.perf_counter()
     n_inst = QUICK_VERIFY_INSTANCES if quick else FULL_VERIFY_INSTANCES

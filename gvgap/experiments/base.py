@@ -46,6 +46,13 @@ CONTRACT: dict[str, tuple[bool, str]] = {
     "REQUIRES_TORCH": (False, "True when run() needs the gvgap[torch] extra"),
     "HYPOTHESIS": (False, "the hypothesis tested (H1-H5 rule)"),
     "PREDICTION": (False, "the outcome the hypothesis predicts (H1-H5 rule)"),
+    "PREDICTED": (False, "that outcome as a word: greater, less or equivalent (H1-H5 rule)"),
+    "TEST": (False, "the tested contrast (hypothesis.Contrast); the report's per-cell table"),
+    "CONTROL": (False, "the positive control's contrast (H1-H5 rule)"),
+    "CONTROL_EXPECTED": (False, "the outcome the positive control must show (H1-H5 rule)"),
+    "REPORTED": (False, "contrasts reported beside the verdict, not evidence (H1-H5 rule)"),
+    "MARGIN": (False, "the TOST margin δ of the test, in the test metric's units"),
+    "HEAD_CELL": (False, "the headline with swept fields HEADLINE leaves open pinned"),
     "PILOT": (False, "the power pilot sweep (own seed block), run before the main sweep"),
     "plan_seeds": (False, "plan_seeds(pilot_df) -> {'seeds', 'power', ...}: the power plan"),
     "STABILITY_BLOCKS": (False, "further seed blocks on which the headline is re-measured"),
@@ -60,6 +67,8 @@ CONTRACT_NEEDS = (
     ("STABILITY_BLOCKS", "HEADLINE"),
     ("STABILITY_BLOCKS", "headline_effect"),
     ("PAPER_EXPECTS", "PAPER_POSITION"),
+    ("CONTROL", "TEST"),
+    ("PILOT", "QUICK"),
     ("BATCH_SIZE", "run_batch"),
 )
 

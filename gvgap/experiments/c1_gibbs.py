@@ -32,6 +32,12 @@ CLAIM = (
 )
 NOTES = "Formal results: Gibbs / reverse-KL identity"
 
+#: What the paper concludes (a formal result), and the verdict that agrees with it. The check
+#: is an identity on exact quantities, so it needs no power plan: one failing instance of
+#: the tolerance decides.
+PAPER_POSITION = "a theorem of the paper (the Gibbs / reverse-KL identity)"
+PAPER_EXPECTS = "supported"
+
 #: A run passes when every error is below this (float64 round-off on trees of ≤ 1e6 leaves).
 TOLERANCE = 1e-9
 #: The metrics ``run`` reports; each is a max over prompts and policies.

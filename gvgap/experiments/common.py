@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 
+from gvgap import theory as T
 from gvgap.data import Preferences, sample_pairs
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
@@ -331,6 +333,46 @@ def fit_online_dpo(
         n_samples=n_samples,
         tol=1e-7,
     )
+
+
+#: Rewards within this of a prompt's maximum count as argmax ties in the β' → 0 limit.
+TIE_TOL = 1e-9
+
+
+def tilted_logp(logp_ref: np.ndarray, r: np.ndarray, s: float) -> np.ndarray:
+    """Leaf form of soft RL on ``r`` at β' = 1/s: log P ∝ log P_ref + s r (docs/theory.md §2)."""
+    return T.log_normalize_leaf(logp_ref + s * r)
+
+
+def kl_limit(logp_ref: np.ndarray, r: np.ndarray, rho: np.ndarray) -> float:
+    """lim_{β'→0} KL(π_{β'}‖π_ref): P_ref restricted to each prompt's argmax set of ``r``."""
+    top = r >= r.max(axis=1, keepdims=True) - TIE_TOL
+    lp = T.log_normalize_leaf(np.where(top, logp_ref, -np.inf))
+    return T.kl(lp, logp_ref, rho)
+
+
+def match_kl(env: TreeEnv, r: np.ndarray, target: float) -> tuple[np.ndarray, float] | None:
+    """The soft-RL policy on ``r`` whose KL(π‖π_ref) equals ``target``, and its β'.
+
+    KL(s) with s = 1/β' increases strictly from 0 (s = 0, π_ref) to :func:`kl_limit`; the root
+    is bracketed by doubling and found by Brent's method to ~1e-12 relative precision.
+
+    Returns:
+        ``(logp, beta_eff)``, or None when ``target`` is beyond the frontier's range.
+    """
+
+    def gap(s: float) -> float:
+        return T.kl(tilted_logp(env.logp_ref, r, s), env.logp_ref, env.rho) - target
+
+    if target >= kl_limit(env.logp_ref, r, env.rho) - 1e-9:
+        return None
+    hi = 1.0
+    while gap(hi) < 0:
+        hi *= 2.0
+        if hi > 1e12:
+            return None
+    s = brentq(gap, 0.0, hi, xtol=1e-14, rtol=1e-13, maxiter=500)
+    return tilted_logp(env.logp_ref, r, s), (1.0 / s if s > 0 else float("inf"))
 
 
 def metric_row(pipeline: str, env: TreeEnv, res: Result) -> dict[str, float]:

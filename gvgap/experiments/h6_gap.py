@@ -293,6 +293,10 @@ def headline_effect(df: pd.DataFrame) -> dict[str, float]:
     return R.headline_effect(df, HEADLINE)
 
 
+#: The per-run contrast behind the rule, d = regret(offline) − regret(online) on the same
+#: pairs: the report's per-cell table (the rule itself reads n·d against ΔC per cell).
+TEST = Hy.Contrast("d = regret offline − online", "offline", "online", "regret")
+
 #: What the paper concludes about H6, and the verdict on the hypothesis that agrees with it.
 PAPER_POSITION = "most support: the gap, with RL restricted to the simple verifier's policies"
 PAPER_EXPECTS = "supported"

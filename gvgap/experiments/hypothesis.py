@@ -263,24 +263,199 @@ def metric_rows(name: str, env, res) -> dict[str, float]:
     return out
 
 
-def plot_contrasts(df: pd.DataFrame, contrasts: list[Contrast], *, title: str, ax=None):
-    """Mean paired difference (95% bootstrap CI) of each contrast, one point per contrast;
-    its tick names the metric (J and win rate share the axis) and the paired seeds behind it."""
+# ---------------------------------------------------------------- seed blocks and power
+
+#: Instance-seed blocks of H1–H5 (the instance seed of a run is its seed). DEV: every sweep
+#: run while the designs were developed (seeds from 0). PILOT: the power pilot of each
+#: experiment. CONFIRM: the confirmatory sweep of ``gvgap reproduce`` and its re-checks, first
+#: run after the rules, cells, margins and the power plan below were fixed (issue 17).
+DEV_BLOCK = 0
+PILOT_BLOCK = 5_000_000
+CONFIRM_BLOCK = 6_000_000
+#: Seeds of the pilot block.
+PILOT_SEEDS = 12
+#: Bounds of the planned seed count. At least 20: the verdict rests on percentile-bootstrap
+#: intervals of means of right-skewed paired differences and on signed-rank tests Holm-
+#: adjusted across cells, both unreliable with fewer runs (a dry run on the development
+#: block with 10 seeds left four of five tests undetermined although each control detected;
+#: the test's own power is reported in the plan). At most 40 (what ``gvgap reproduce
+#: --quick`` affords on two cores); the power reached is reported either way.
+SEED_BOUNDS = (20, 40)
+
+
+def quick_sweep(headline: dict, seeds: int = 20, grid: dict | None = None) -> dict:
+    """The confirmatory sweep of an H1–H5 experiment (its ``QUICK``): the headline cell (and
+    ``grid``) with k = 3 and the short λ grid, on :data:`CONFIRM_BLOCK`; ``gvgap reproduce``
+    replaces ``seeds`` by the power plan's."""
+    return {
+        "seeds": seeds,
+        "seed_start": CONFIRM_BLOCK,
+        "fixed": {**headline, "k": 3, "lam_grid": "short"},
+        "grid": dict(grid or {}),
+    }
+
+
+def pilot_sweep(quick: dict) -> dict:
+    """The power pilot of a hypothesis experiment: its QUICK sweep (the headline cell and its
+    grid) with :data:`PILOT_SEEDS` seeds on :data:`PILOT_BLOCK`."""
+    return {**quick, "seeds": PILOT_SEEDS, "seed_start": PILOT_BLOCK}
+
+
+def plan_seeds(module, pilot: pd.DataFrame) -> dict:
+    """Seeds of the confirmatory sweep and of every re-check, from the pilot block.
+
+    The positive control (``module.CONTROL``, expected ``module.CONTROL_EXPECTED``) is decided
+    alone at the headline cell, in the main sweep and in each re-check alike; the seeds are
+    the fewest of :data:`gvgap.inference.SEED_GRID` at which its one-sided signed-rank test
+    reaches 80 % power at the pilot's effect (:func:`gvgap.inference.seeds_for_power`,
+    smoothed bootstrap of the pilot's paired differences), clipped to :data:`SEED_BOUNDS`.
+    The re-checks get the same seeds and so the same power (the power is computed at the
+    headline's pilot effect: a re-check's own effect is not known before it runs). Reported
+    in ``parts``, not used for the choice: the power of the test itself at those seeds —
+    to show the predicted outcome at the pilot's effect, and to declare equivalence (TOST,
+    ``module.MARGIN``, Holm across the QUICK cells) were the effect 0 with the pilot's spread.
+
+    Returns:
+        ``{"seeds", "power", "robust_seeds", "robust_power", "parts"}``.
+    """
+    from gvgap import inference as I
+
+    head = headline_rows(pilot, getattr(module, "HEAD_CELL", module.HEADLINE))
+    d_ctrl, d_test = paired(head, module.CONTROL), paired(head, module.TEST)
+    expected = module.CONTROL_EXPECTED
+    if d_ctrl.size < 2 or expected not in ("greater", "less"):
+        seeds = int(module.QUICK["seeds"])
+        nan = float("nan")
+        note = "no pilot control differences" if d_ctrl.size < 2 else f"control {expected}"
+        return {"seeds": seeds, "power": nan, "robust_seeds": seeds, "robust_power": nan,
+                "parts": {"note": note}}  # fmt: skip
+    plan = I.seeds_for_power(d_ctrl, test=expected)
+    seeds = int(np.clip(plan.seeds, *SEED_BOUNDS))
+    pw = I.power(d_ctrl, seeds, test=expected, rng=np.random.default_rng(0))
+    n_cells = max(1, int(np.prod([len(v) for v in module.QUICK.get("grid", {}).values()])))
+    parts: dict = {"control": {**plan.to_json(), "power_at_seeds": pw}}
+    if d_test.size >= 2:
+        predicted = getattr(module, "PREDICTED", "greater")
+        parts["test"] = {
+            "pilot_mean": float(d_test.mean()),
+            "pilot_n": int(d_test.size),
+            "power_predicted": I.power(
+                d_test, seeds, test=predicted, margin=module.MARGIN, n_tests=n_cells,
+                rng=np.random.default_rng(0),
+            ) if predicted in I.TESTS else float("nan"),
+            "power_equivalent_if_null": I.power(
+                d_test, seeds, test="equivalent", margin=module.MARGIN, n_tests=n_cells,
+                rng=np.random.default_rng(0),
+            ),
+        }  # fmt: skip
+    return {"seeds": seeds, "power": pw, "robust_seeds": seeds, "robust_power": pw,
+            "parts": parts}  # fmt: skip
+
+
+# ---------------------------------------------------------------- figures
+
+#: Colour, marker and legend text of each role of a contrast in :func:`plot_contrasts`
+#: (a categorical palette: the test, its positive control and reported contrasts apart).
+ROLE_STYLE = {
+    "test": ("#0072B2", "o", "test (decides the verdict)"),
+    "control": ("#D55E00", "s", "positive control"),
+    "reported": ("0.45", "D", "reported only (not evidence)"),
+}
+#: Characters per line of a wrapped title or tick label.
+WRAP = 48
+
+
+#: Short names of the metrics on a contrast axis (the caption and LABELS give the rest).
+SHORT_LABELS = {
+    "J": "J (E r* − β KL)",
+    "win_rate": "win rate vs π_ref",
+    "acc_ref": "accuracy, pairs from π_ref",
+    "acc_opt": "accuracy, pairs from π*",
+    "acc_bon": "accuracy, pairs from own BoN",
+    "val_lik": "validation likelihood",
+    "heldout_ll": "held-out BT log-lik. / pair",
+    "kl_to_opt": "KL(P_SGD ‖ P_conv) (nats)",
+    "kl_off_path": "KL(P_SGD ‖ own path) (nats)",
+    "shortfall": "J shortfall",
+    "stop_reg": "shortfall along the path",
+    "stop_opt": "shortfall off the path",
+}
+
+
+def metric_label(metric: str) -> str:
+    """The y-axis label of a paired difference in ``metric`` (short enough to fit)."""
+    return f"a − b in {SHORT_LABELS.get(metric, metric)}\n(mean, 95% bootstrap CI)"
+
+
+def plot_contrasts(
+    df: pd.DataFrame,
+    test: Contrast,
+    control: Contrast,
+    reported: Sequence[Contrast] = (),
+    *,
+    title: str,
+    metric: str | None = None,
+    ax=None,
+):
+    """Mean paired difference (95% bootstrap CI) of each contrast in one ``metric`` (default
+    the test's): one metric per axis. The test, its positive control and the reported-only
+    contrasts are told apart by colour, marker and legend; each tick names the contrast and
+    the paired seeds behind it. Contrasts in other metrics belong to other figures
+    (:func:`contrast_figures`)."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
+    from gvgap.plots import plt_line
+
     ax = ax or plt.gca()
-    labels = []
-    for i, c in enumerate(contrasts):
+    metric = metric or test.metric
+    roles = [("test", test), ("control", control), *(("reported", c) for c in reported)]
+    roles = [(r, c) for r, c in roles if c.metric == metric]
+    ticks, used = [], []
+    for r, c in roles:
         d = paired(df, c)
         m, lo, hi = mean_ci(d)
         if not np.isfinite(m):
             continue
-        labels.append((i, f"{c.label} ({c.metric}; {len(d)} seeds)"))
+        i = len(ticks)
+        color, marker, _ = ROLE_STYLE[r]
         err = [[max(m - lo, 0.0)], [max(hi - m, 0.0)]] if np.isfinite(lo) else None
-        ax.errorbar([i], [m], yerr=err, marker="o", ls="none", capsize=3, color="C0")
+        ax.errorbar([i], [m], yerr=err, marker=marker, ls="none", capsize=3, color=color,
+                    ms=8 if r == "test" else 6)  # fmt: skip
+        ticks.append(textwrap.fill(f"{c.label} ({len(d)} seeds)", 28))
+        used.append(r)
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xticks([i for i, _ in labels], [t for _, t in labels], rotation=25, ha="right")
+    ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right")
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_ylabel("paired difference a − b (95% CI)")
-    ax.set_title(title)
+    ax.set_ylabel(metric_label(metric))
+    ax.set_title(textwrap.fill(title, WRAP), fontsize=10)
+    handles = [plt_line(ROLE_STYLE[r][0], ROLE_STYLE[r][1], ROLE_STYLE[r][2])
+               for r in ROLE_STYLE if r in used]  # fmt: skip
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.7)
     return ax
+
+
+def contrast_figures(module, df: pd.DataFrame, *, title: str) -> list[tuple]:
+    """One further figure per metric of ``module.REPORTED`` other than the test's
+    (``extra_figures``: ``(kind, plot(df, ax), uses)``), so that no axis mixes metrics."""
+    head_cell = getattr(module, "HEAD_CELL", module.HEADLINE)
+    metrics = [c.metric for c in module.REPORTED if c.metric != module.TEST.metric]
+    out = []
+    for metric in dict.fromkeys(metrics):
+        if not len(paired(df, next(c for c in module.REPORTED if c.metric == metric))):
+            continue
+
+        def draw(frame: pd.DataFrame, ax=None, metric=metric):
+            return plot_contrasts(
+                headline_rows(frame, head_cell), module.TEST, module.CONTROL, module.REPORTED,
+                title=f"{title} ({metric})", metric=metric, ax=ax,
+            )  # fmt: skip
+
+        draw.__doc__ = (
+            f"Reported contrasts (not evidence) in {metric}: mean paired difference a − b with "
+            "its 95% bootstrap CI at the headline cell."
+        )
+        out.append((f"contrasts_{metric}", draw, ("*",)))
+    return out

@@ -60,7 +60,7 @@ def _reg(lam: float, r: np.ndarray, total_weight: float) -> tuple[float, np.ndar
     return scale * v, scale * g
 
 
-def _on_policy_kl(coef: float, lp: np.ndarray, env: TreeEnv) -> tuple[float, np.ndarray]:
+def on_policy_kl(coef: float, lp: np.ndarray, env: TreeEnv) -> tuple[float, np.ndarray]:
     """α E_x KL(P‖P_ref) and its gradient w.r.t. log P: α ρ P (log P − log P_ref + 1)."""
     if coef == 0.0:
         return 0.0, 0.0
@@ -127,7 +127,7 @@ def preference_fit(
             v, (dc, dr) = losses.ipo_loss(lp[p, c], lp[p, r], ref_c, ref_r, tau, w, length)
         g_leaf = scatter(dc, p, c, shape) + scatter(dr, p, r, shape)
         rv, rg = _reg(lam, beta * (lp - env.logp_ref), w_total)
-        kv, kg = _on_policy_kl(kl_coef, lp, env)
+        kv, kg = on_policy_kl(kl_coef, lp, env)
         return v + rv + kv, policy.vjp(theta, g_leaf + beta * rg + kg)
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
