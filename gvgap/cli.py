@@ -1,4 +1,4 @@
-"""Command-line interface (DESIGN §4). Every command's work lives in a library module;
+"""Command-line interface (docs/design.md §4). Every command's work lives in a library module;
 this file parses arguments and turns :class:`~gvgap.errors.UserError` into one line + exit 2.
 """
 
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id", help="experiment id (gvgap list)")
     s.set_defaults(fn=cmd_show)
 
-    s = sub.add_parser("verify", help="numeric checks of THEORY §6 items 1-8")
+    s = sub.add_parser("verify", help="numeric checks of docs/theory.md §6 items 1-8")
     s.add_argument("--instances", type=int, default=200, help="random instances per check")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None, help="write one record per check to this file")

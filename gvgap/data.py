@@ -1,4 +1,4 @@
-"""Preference pairs and demonstrations, drawn exactly from tree policies (THEORY §2).
+"""Preference pairs and demonstrations, drawn exactly from tree policies (docs/theory.md §2).
 
 Datasets are frozen arrays of leaf indices per prompt. A pair (chosen, rejected) carries a
 ``weight`` (1 for a sampled label); soft labels are two rows with weights y and 1 − y, and

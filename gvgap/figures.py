@@ -2,7 +2,7 @@
 
 :func:`generic_specs` picks the :mod:`gvgap.plots` figures whose columns a table has;
 :func:`render` draws one on a fresh Figure (one panel per other varying setting);
-:func:`save_figure` writes PNG + PDF + a JSON sidecar (DESIGN §1 ``figures/``).
+:func:`save_figure` writes PNG + PDF + a JSON sidecar (docs/design.md §1 ``figures/``).
 
 The sidecar ``<name>.json`` records what is needed to regenerate and trust the figure: the
 git SHA of the source tree, the gvgap version, the configuration and seeds it was drawn
@@ -186,7 +186,7 @@ def _first(df: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
 
 
 def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
-    """The :mod:`gvgap.plots` figures whose columns ``df`` has (DESIGN §5 layout).
+    """The :mod:`gvgap.plots` figures whose columns ``df`` has (docs/design.md §5 layout).
 
     Online-vs-offline figures need pipelines ``dpo`` and ``rlhf`` (or ``online_dpo``) with
     ``J_norm``; sample-complexity curves need a varying ``n_pairs``.

@@ -4,7 +4,7 @@ equivalence (TOST), Holm's correction and the three-way decision rule.
 Pure functions on arrays of *paired differences* d_i = a_i − b_i (one per seed, same pairs,
 same instance), on ratio-free metrics (regret, KL(π‖π*), win rate). No global RNG.
 
-Tests (named, as DESIGN §3 asks):
+Tests (named, as docs/design.md §3 asks):
 
 - superiority: Wilcoxon signed-rank, one-sided, H0: the distribution of d is symmetric about
   a location ≤ 0 (``alternative="greater"``); zero differences split between the signs

@@ -1,6 +1,6 @@
 """Loss functions, one per equation, each returning ``(value, gradients)`` in numpy.
 
-Conventions (DESIGN §3): ``*_chosen`` / ``*_rejected`` are per-pair arrays ``(n,)``;
+Conventions (docs/design.md §3): ``*_chosen`` / ``*_rejected`` are per-pair arrays ``(n,)``;
 ``weight`` ``(n,)`` weights rows (a sampled pair has weight 1, soft labels and exact
 expectations use fractional weights) and every loss is the weighted *mean* Σ w ℓ / Σ w.
 Gradients are with respect to the per-pair inputs, same order as the arguments.

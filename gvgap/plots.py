@@ -1,4 +1,4 @@
-"""Plots of tidy results (DESIGN §5 layout): ``fn(df, ax=None, **kw) -> Axes``; no file I/O.
+"""Plots of tidy results (docs/design.md §5 layout): ``fn(df, ax=None, **kw) -> Axes``; no file I/O.
 
 Every function takes the column names it uses as keyword arguments, so one function serves
 any experiment whose table has the quantities. A keyword column may also name a *bare metric*
@@ -235,7 +235,7 @@ def advantage_vs_gap(
     style_col: str | None = "rm_class",
     **kw: Any,
 ) -> Axes:
-    """Headline (THEORY §6.9–10): Δ J_norm (online − offline) vs gap size, one curve per n.
+    """Headline (docs/theory.md §6.9–10): Δ J_norm (online − offline) vs gap size, one curve per n.
 
     ``gap_col``: a column (``horizon``, ``k``) or bare metric (``log_gap`` =
     log(#params Π / #params R_sim)); ``style_col`` (e.g. ``rm_class``) gets line styles.
@@ -255,7 +255,7 @@ def misspecification_crossover(
     style_col: str | None = None,
     **kw: Any,
 ) -> Axes:
-    """THEORY §6.15: Δ vs n (log x), one curve per ε; a crossover is where a curve meets 0.
+    """docs/theory.md §6.15: Δ vs n (log x), one curve per ε; a crossover is where a curve meets 0.
 
     Keywords as in :func:`advantage_lines`.
     """
@@ -274,7 +274,7 @@ def horizon_scaling(
     line_col: str | None = "rm_class",
     **kw: Any,
 ) -> Axes:
-    """THEORY §6.11: Δ vs horizon at one fixed n (default: the smallest), a curve per
+    """docs/theory.md §6.11: Δ vs horizon at one fixed n (default: the smallest), a curve per
     ``line_col`` level. Keywords as in :func:`advantage_lines`."""
     if n is None and n_col in df.columns:
         n = df[n_col].min()
@@ -352,7 +352,7 @@ def equivalence_scatter(
 ) -> Axes:
     """Per-run ``metric`` of offline (x) vs online (y), coloured by ``hue_col``; y = x line.
 
-    With isomorphic classes the theorem (THEORY §3) puts every point on the diagonal.
+    With isomorphic classes the theorem (docs/theory.md §3) puts every point on the diagonal.
     """
     ax = _axes(ax)
     hue_col = hue_col if has_column(df, hue_col) else None

@@ -1,4 +1,5 @@
-"""Run directory → figures, ``report.md`` and a self-contained ``report.html`` (DESIGN §4–5).
+"""Run directory → figures, ``report.md`` and a self-contained ``report.html`` (docs/design.md
+§4–5).
 
 The report shows how the run was made (``manifest.json``), the theorem checks
 (``verify.json``), the verdict table (``verdicts.json``: the paper's position, seeds, power,
@@ -37,7 +38,7 @@ RESULTS, VERDICTS, VERIFY, MANIFEST = (
     "manifest.json",
 )
 FIGURES, INDEX = "figures", "index.json"
-#: Metrics summarised per pipeline (DESIGN §5 shared names), in this order.
+#: Metrics summarised per pipeline (docs/design.md §5 shared names), in this order.
 MAIN_METRICS = ("J_norm", "J", "reward", "kl_ref", "kl_opt", "win_rate")
 #: At most this many bare metrics are summarised for an experiment without pipelines.
 MAX_BARE_METRICS = 12
@@ -73,7 +74,7 @@ def load_results(run_dir: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise UserError(f"{str(path)!r} lacks columns {missing} (DESIGN §5 layout)")
+        raise UserError(f"{str(path)!r} lacks columns {missing} (docs/design.md §5 layout)")
     df["pipeline"] = df["pipeline"].fillna("").astype(str)
     return df
 

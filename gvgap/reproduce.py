@@ -9,7 +9,7 @@ figures, report.
 
 The run directory gets ``verify.json``, ``sweeps/<id>/`` (one resumable sweep per experiment,
 pilot, re-check and stability block), the consolidated ``results.parquet``, ``verdicts.json``
-(DESIGN §5: the verdict, its seeds and power, the paper's position, the re-checks and the
+(docs/design.md §5: the verdict, its seeds and power, the paper's position, the re-checks and the
 stability blocks), ``manifest.json``, ``figures/``, ``report.md`` and ``report.html``.
 Re-running in the same directory resumes (the pilot is the same, so is the plan).
 """
@@ -269,7 +269,8 @@ def experiment_record(
     seeds: int | None = None,
     stability: list[tuple[int, dict[str, Any]]] = (),
 ) -> dict[str, Any]:
-    """The verdict record of an experiment (DESIGN §5): its main sweep's verdict, the paper's
+    """The verdict record of an experiment (docs/design.md §5): its main sweep's verdict, the
+    paper's
     position and whether the verdict agrees with it, the seeds behind it and their power
     (from the pilot's plan), ``robustness`` (each re-check's override, verdict, effect, seeds
     and power), ``robust`` (every re-check agrees; None if none) and ``stability`` (the

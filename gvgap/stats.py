@@ -1,10 +1,10 @@
 """Bootstrap confidence intervals, paired differences and the probability of improvement.
 
-Pure functions on arrays and tidy frames (DESIGN §5 ``results.parquet`` layout); no I/O and
+Pure functions on arrays and tidy frames (docs/design.md §5 ``results.parquet`` layout); no I/O and
 no global random state: every resampling draws from the ``numpy.random.Generator`` passed in,
 so every number is reproducible given its seed.
 
-Estimators (named, as DESIGN §3 asks):
+Estimators (named, as docs/design.md §3 asks):
 
 - mean and its CI: sample mean x̄ = (1/n) Σ_i x_i with a bias-corrected and accelerated (BCa)
   bootstrap interval (:func:`scipy.stats.bootstrap`), falling back to the percentile interval

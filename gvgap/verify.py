@@ -1,4 +1,4 @@
-"""``gvgap verify``: the theorems of THEORY §6 (items 1–8) checked numerically.
+"""``gvgap verify``: the theorems of docs/theory.md §6 (items 1–8) checked numerically.
 
 Each check runs on ``instances`` random problems (random V, H, m, β, π_ref, r*, datasets from
 a handful of pairs to full coverage) and reports the maximum error against its tolerance.
@@ -36,7 +36,7 @@ CONTROL_MAX_AGREE = 0.1
 
 @dataclass(frozen=True)
 class Check:
-    """A named numerical check of one THEORY §6 item."""
+    """A named numerical check of one docs/theory.md §6 item."""
 
     name: str
     item: str

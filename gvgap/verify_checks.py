@@ -1,8 +1,8 @@
-"""One function per numerically testable claim of THEORY §6 (items 1–8) plus a control.
+"""One function per numerically testable claim of docs/theory.md §6 (items 1–8) plus a control.
 
 Each check draws one random instance from ``rng`` and returns the instance's error (a float;
 the suite compares the maximum over instances with the check's tolerance). Optimum *sets*
-(THEORY §3): with λ = 0 and partial coverage the likelihood is flat off the data, so two
+(docs/theory.md §3): with λ = 0 and partial coverage the likelihood is flat off the data, so two
 pipelines may return different members; there the error is the larger of (i) the gap between
 the two pipelines' objective values, each evaluated at the other's output, and (ii) the
 disagreement on the identified part (reward margins of the data pairs). With λ > 0 (strictly

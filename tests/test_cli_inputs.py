@@ -1,5 +1,5 @@
 """Malformed input through the real CLI: exit code 2, one line naming the field, no traceback,
-and an existing sweep directory left byte-for-byte as it was (DESIGN §4).
+and an existing sweep directory left byte-for-byte as it was (docs/design.md §4).
 
 Most cases run as concurrent ``python -m gvgap.cli`` subprocesses (a module fixture); the
 variations listed in :data:`IN_PROCESS` call ``gvgap.cli.main`` directly to keep the suite fast.

@@ -1,4 +1,4 @@
-"""Same seeds ⇒ identical arrays; the core never touches numpy's global RNG (DESIGN §3)."""
+"""Same seeds ⇒ identical arrays; the core never touches numpy's global RNG (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every registered experiment honours the contract (DESIGN §2) and its SMOKE runs (h6_gap's
+"""Every registered experiment honours the contract (docs/design.md §2) and its SMOKE runs (h6_gap's
 own tests: tests/test_h6.py)."""
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ def test_misspec_leaves_feature_span_by_epsilon(residual):
 
 @pytest.mark.parametrize("ref", ["uniform", "random"])
 def test_policy_complex_is_a_normalised_local_reward(ref):
-    # r* = β(log P_π − log P_ref) ⇒ Σ_ξ P_ref e^{r*/β} = Σ_ξ P_π = 1 (THEORY §3), and
+    # r* = β(log P_π − log P_ref) ⇒ Σ_ξ P_ref e^{r*/β} = Σ_ξ P_π = 1 (docs/theory.md §3), and
     # P*_{r*} ∝ P_ref e^{r*/β} = P_π.
     beta = 0.5
     env = _env("policy_complex", vocab=3, horizon=3, n_prompts=3, beta=beta, ref=ref, k=2)

@@ -91,7 +91,7 @@ def test_bad_fields_raise_naming_the_field(overrides, field):
 )
 def test_isomorphic_classes_give_identical_objectives(overrides):
     """DPO over markovJ and a BT RM over window<J> (or features spanning it) + soft RL fit the
-    same reward set (R(markovJ) = window<J> with uniform π_ref, THEORY §3 claim 8) under the
+    same reward set (R(markovJ) = window<J> with uniform π_ref, docs/theory.md §3 claim 8) under the
     same λ protocol: equal outputs, ΔC = 0 exactly."""
     out = _run(**overrides)
     assert out["isomorphic"] == 1.0 and out["delta_C"] == pytest.approx(0.0, abs=1e-9)
@@ -205,7 +205,7 @@ def test_instance_cache_changes_nothing():
 
 
 def test_tabular_rm_with_tabular_policy_is_exact():
-    # Theorem (THEORY §3): with a tabular RM (R = R(Π)) RLHF and DPO over tabular Π have the
+    # Theorem (docs/theory.md §3): with a tabular RM (R = R(Π)) RLHF and DPO over tabular Π have the
     # same optimum and the shared λ protocol selects the same λ.
     out = _run(vocab=2, horizon=3, protocol="gift_tabular", rm_class="tabular")
     assert out["isomorphic"] == 1.0 and out["online/lam"] == out["offline/lam"]

@@ -106,7 +106,7 @@ def _gap(env):
 
 def test_gap_additive_reward_gives_product_policy():
     """r* additive over positions, uniform π_ref ⇒ soft values add, π*(a|s) ∝ exp(r_h(a)/β)
-    (THEORY §3): π* is a product policy, dim_pi_min = H(V−1) = 8 at V=3, H=4; with all 12
+    (docs/theory.md §3): π* is a product policy, dim_pi_min = H(V−1) = 8 at V=3, H=4; with all 12
     position×token columns as the oracle, dim_r_min = rank = 8 too, so gap = 0."""
     env = _family("linear", vocab=3, horizon=4, dictionary="position_token", k=12)
     g = _gap(env)

@@ -1,4 +1,5 @@
-"""Learners: convergence, hand-derived optima and the paper's equivalences (THEORY §3, §6)."""
+"""Learners: convergence, hand-derived optima and the paper's equivalences (docs/theory.md §3,
+§6)."""
 
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ def test_dpo_equals_rlhf_with_local_rm_loglinear(env, prefs):
 
 
 def test_reference_free_local_rm_equals_tabular_rm(env, prefs):
-    # R(Π_tab) with r = log P_θ is every reward modulo a per-prompt constant (THEORY §2):
+    # R(Π_tab) with r = log P_θ is every reward modulo a per-prompt constant (docs/theory.md §2):
     # the BT fits agree up to that constant (Ω is invariant to it).
     tab = TabularPolicy(env.n_prompts, env.vocab, env.horizon)
     local = L.fit_reward(LocalReward(tab, None, 1.0), prefs, env.logp_ref.shape, lam=0.1)

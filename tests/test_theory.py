@@ -201,7 +201,8 @@ def test_local_reward_forms():
 @given(small_trees())
 @PROPERTY
 def test_gibbs_identity(tree):
-    # E_π r − β KL(π‖ref) = β log Z − β KL(π‖π*)  (THEORY §3), per prompt and in ρ-expectation.
+    # E_π r − β KL(π‖ref) = β log Z − β KL(π‖π*)  (docs/theory.md §3), per prompt and in
+    # ρ-expectation.
     env = _env_from(tree)
     rng = np.random.default_rng(tree["seed"] + 1)
     lp = random_leaf_logp(rng, env.n_prompts, env.n_leaves, scale=2.0)

@@ -1,4 +1,4 @@
-"""Registry of gap problem families (THEORY §3 "proper learning", §4 H6, §6 items 9–11, 15).
+"""Registry of gap problem families (docs/theory.md §3 "proper learning", §4 H6, §6 items 9–11, 15).
 
 Each family draws one :class:`~gvgap.envs.tree_env.TreeEnv` from a numpy Generator: a true
 reward r*(x, ξ), a reference policy π_ref and the feature map φ of the simple reward class
@@ -16,7 +16,7 @@ Families (knobs and defaults: ``FAMILIES[name].knobs``; ``gvgap list``):
   ``counts`` or ``ngram`` the same seed and V give the same verifier direction w at every H
   (only its scale is renormalised); H ≤ 2 is the "two-word summary" analogue (no gap).
 * ``policy_complex`` — r* = β (log P_π − log P_ref) for a random tabular π with node logits
-  ~ N(0, logit_scale²): the local reward of a policy, so π*_{r*} = π (THEORY §3) and
+  ~ N(0, logit_scale²): the local reward of a policy, so π*_{r*} = π (docs/theory.md §3) and
   verification is as hard as generation ("ROUGE-L against a reference" analogue).
   ``features`` = k columns of a generic small dictionary (default position×token), so
   r* ∉ R_sim in general.
@@ -48,7 +48,7 @@ Gap descriptor (``env.info["gap"]``, :func:`gap_descriptor`), all scalars:
   ``kl_markov_rev`` ≈ E_x min_{q} KL(∏_h q_h ‖ P*): reverse-KL (soft-RL) projection onto
   position×token policies, by mean-field coordinate ascent from the marginals (a local
   optimum, hence an upper bound; NaN above ``REVERSE_KL_MAX_LEAVES`` leaves). Then
-  J(π*) − max_{π Markov} J(π) = β · kl_markov_rev (Gibbs identity, THEORY §3).
+  J(π*) − max_{π Markov} J(π) = β · kl_markov_rev (Gibbs identity, docs/theory.md §3).
 * ``misspec_frac``: fraction of Σ_x ρ_x Var_ξ r* outside span{per-prompt constants, R_sim}
   (least squares with shared w); 0 when r* ∈ R_sim.
 * ``kl_star_ref`` = E_x KL(P* ‖ P_ref) and ``r_star_std`` = E_x std_ξ r*: reward scale.

@@ -1,4 +1,4 @@
-"""Feature dictionaries φ(ξ) of simple reward classes R_sim (THEORY §3 "proper learning").
+"""Feature dictionaries φ(ξ) of simple reward classes R_sim (docs/theory.md §3 "proper learning").
 
 Every builder takes the token array ``tokens`` of shape ``(N, H)`` — row i is the completion
 whose leaf index is i, as returned by :func:`gvgap.theory.leaf_tokens` — and returns an

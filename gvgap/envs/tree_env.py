@@ -1,4 +1,4 @@
-"""TreeEnv: m prompts × V^H completions with exact tables (THEORY §2).
+"""TreeEnv: m prompts × V^H completions with exact tables (docs/theory.md §2).
 
 The environment holds the prompt distribution ρ, the reference policy π_ref (node form),
 the true reward r* (leaf table), β, and optionally the feature map φ of the simple reward
@@ -76,7 +76,7 @@ class TreeEnv:
 
     @cached_property
     def j_star(self) -> float:
-        """J(π*) = β E_x log Z_{r*}(x) (Gibbs identity, THEORY §3)."""
+        """J(π*) = β E_x log Z_{r*}(x) (Gibbs identity, docs/theory.md §3)."""
         return float(self.beta * self.rho @ self.soft_star.log_z)
 
     @cached_property
@@ -89,7 +89,7 @@ class TreeEnv:
         return T.objective_j(logp, self.r_star, self.logp_ref, self.beta, self.rho)
 
     def metrics(self, logp: np.ndarray) -> dict[str, float]:
-        """The shared metrics of DESIGN §5, exactly.
+        """The shared metrics of docs/design.md §5, exactly.
 
         Returns:
             ``J``, ``J_norm`` = (J − J_ref)/(J* − J_ref), ``reward``, ``kl_ref``, ``kl_opt``,

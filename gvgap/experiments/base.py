@@ -1,5 +1,5 @@
-"""The experiment contract (DESIGN §2), written once (:data:`CONTRACT`), and the verdict
-record (DESIGN §5).
+"""The experiment contract (docs/design.md §2), written once (:data:`CONTRACT`), and the verdict
+record (docs/design.md §5).
 
 Each ``gvgap/experiments/<id>.py`` module exports the names of :data:`CONTRACT` marked
 required, and may export the optional ones; the CLI, the sweep runner, ``gvgap reproduce``,
@@ -75,7 +75,7 @@ CONTRACT_NEEDS = (
 
 @dataclass(frozen=True)
 class Verdict:
-    """A hypothesis verdict backed by an effect size and its 95% CI (DESIGN §5).
+    """A hypothesis verdict backed by an effect size and its 95% CI (docs/design.md §5).
 
     ``verdict`` is always *on the hypothesis* (``supported`` / ``against`` /
     ``inconclusive``), never on whether the code "worked": an experiment whose prediction is

@@ -1,8 +1,8 @@
-"""c1_gibbs: THEORY §6 claim 1 on random instances.
+"""c1_gibbs: docs/theory.md §6 claim 1 on random instances.
 
 Three exact identities on a random tree problem (π_ref, r, ρ) and random policies π:
 
-- Gibbs / reverse-KL identity (THEORY §3), per prompt x:
+- Gibbs / reverse-KL identity (docs/theory.md §3), per prompt x:
   E_π[r] − β KL(P_π‖P_ref) = β log Z_r − β KL(P_π‖P*_r);
 - soft value iteration (node form) equals brute-force enumeration
   P*_r = P_ref e^{r/β} / Z_r and log Z_r = log Σ_ξ P_ref e^{r/β};
@@ -28,7 +28,7 @@ from gvgap.experiments.base import Verdict
 ID = "c1_gibbs"
 CLAIM = (
     "Gibbs identity, soft value iteration = enumeration, and per-token KL sum = trajectory KL "
-    "hold to 1e-9 on random trees (THEORY §6.1)"
+    "hold to 1e-9 on random trees (docs/theory.md §6.1)"
 )
 NOTES = "Formal results: Gibbs / reverse-KL identity"
 

@@ -1,4 +1,4 @@
-"""Pipelines shared by the hypothesis experiments, run under one protocol (DESIGN §3).
+"""Pipelines shared by the hypothesis experiments, run under one protocol (docs/design.md §3).
 
 Offline and online pipelines get the same preference pairs D, the same λ-selection protocol
 (held-out split of D drawn from one ``split_seed``; validation BT likelihood of each
@@ -322,7 +322,7 @@ def fit_online_dpo(
     env: TreeEnv, r_hat: np.ndarray, *, n_samples: int = 8, iters: int = 10, lam: float = 1e-2
 ) -> Result:
     """Online DPO over Π labelled by r̂: best-vs-worst of ``n_samples`` on-policy samples
-    (exact law), DPO to convergence each iteration (THEORY §5 design, exact expectation)."""
+    (exact law), DPO to convergence each iteration (docs/theory.md §5 design, exact expectation)."""
     return online_dpo_exact(
         tabular_policy(env),
         env,

@@ -1,4 +1,4 @@
-"""H6 — the generation–verification gap, measured as the theory defines it (THEORY §3–§4,
+"""H6 — the generation–verification gap, measured as the theory defines it (docs/theory.md §3–§4,
 §6 items 9–11; docs/theory.md "The sample-complexity constant").
 
 Design. One instance (``generator`` → family, dictionary, check, k; ``tree`` → V, H; β, π_ref,

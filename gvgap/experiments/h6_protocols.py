@@ -239,7 +239,7 @@ def delta_c_star(inst: Instance) -> float:
 
 
 def isomorphic(inst: Instance, p_name: str, r_name: str) -> bool:
-    """Whether the two classes are isomorphic (offline = online by theorem, THEORY §3):
+    """Whether the two classes are isomorphic (offline = online by theorem, docs/theory.md §3):
     both tabular (per-prompt rewards), or with uniform π_ref the online span equals the local
     rewards of the offline rung (window<J> ↔ markovJ, compared by exact span residuals)."""
     env, lad = inst.env, inst.ladder

@@ -1,5 +1,5 @@
 """LLM scale — does the online advantage follow the generation–verification gap with GPT-NeoX
-models and a learned verifier (THEORY §5, §7)?
+models and a learned verifier (docs/theory.md §5, §7)?
 
 Design: per task, one instance (``instance_seed``), every pipeline of the paper trained in one
 run per seed from the same SFT model on the same preference pairs (:mod:`gvgap.llm.pipeline`):
@@ -73,7 +73,7 @@ PREDICTION = {
     "short": "equivalent",
     "rouge": "equivalent",
 }
-#: The paper's finding per task (THEORY §7), for ``consistent_with_paper``.
+#: The paper's finding per task (docs/theory.md §7), for ``consistent_with_paper``.
 PAPER_POSITION = {
     "readout": "TL;DR: online DPO > DPO (56.1 vs 49.7 win rate at 1.4B)",
     "count": "TL;DR: online DPO > DPO (56.1 vs 49.7 win rate at 1.4B)",
@@ -291,7 +291,8 @@ def _record(
 
 
 def task_verdicts(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """``{"llm/<task>": record}`` (DESIGN §5 fields): each task's headline cell (the first in
+    """``{"llm/<task>": record}`` (docs/design.md §5 fields): each task's headline cell (the first
+    in
     grid order), its other cells under ``robustness``; every cell decided in one Holm family."""
     from gvgap.inference import decide_family
 

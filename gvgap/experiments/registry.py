@@ -1,4 +1,4 @@
-"""Explicit registry of experiments: id -> module (DESIGN §2).
+"""Explicit registry of experiments: id -> module (docs/design.md §2).
 
 The ids are known up front; a module is imported only when it is first looked up, so
 ``gvgap run c1_gibbs`` imports c1_gibbs alone, not the h1-h6 modules and their

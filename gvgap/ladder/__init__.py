@@ -1,4 +1,4 @@
-"""The class ladder (DESIGN §5): rungs, their tangent bases, exact containment, certified
+"""The class ladder (docs/design.md §5): rungs, their tangent bases, exact containment, certified
 residuals and the regret constants measured on an instance.
 
 - :mod:`gvgap.ladder.rungs`: names, orders and dimensions;

@@ -11,7 +11,7 @@ the centred tilt t_h(s, a) = V_{h+1}(s·a) − mean_a V_{h+1}(s·a),
 and π* ∈ markovJ iff spread_J = 0, decided as spread_J ≤ SPAN_RTOL·(1 + H)·max(1, max|V|)
 (rounding of H levels of log-sum-exp on values of that size; :data:`gvgap.theory.spans.SPAN_RTOL`
 = 2¹⁰ ε). Since π* ∈ markovJ iff r* − β log Z ∈ R(markovJ) (local-reward normalisation,
-THEORY §3), the same test decides whether offline DPO over markovJ is consistent.
+docs/theory.md §3), the same test decides whether offline DPO over markovJ is consistent.
 
 **Residual** of a rung that does not contain π*: the reverse-KL projection
 res(J) = min_θ E_x KL(P_θ ‖ P*) (= (J(π*) − max_{rung} J)/β, Gibbs identity). The problem is

@@ -298,7 +298,7 @@ class Ladder:
     # ------------------------------------------------------------ instance metrics
 
     def metrics(self) -> dict[str, float]:
-        """The instance's ladder metrics (bare, DESIGN §5): per rung ``res_pi/<rung>``,
+        """The instance's ladder metrics (bare, docs/design.md §5): per rung ``res_pi/<rung>``,
         ``dim_pi/<rung>``, ``spread_pi/<rung>``, ``grad_pi/<rung>`` and ``res_r/<rung>``,
         ``dim_r/<rung>``; ``pi_order_min`` (exact), ``pi_order_near`` (bound ≤ NEAR_TOL),
         ``r_order_min`` (smallest window), ``dim_pi_min``, ``dim_r_min`` (every reward rung),

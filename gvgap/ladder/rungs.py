@@ -1,4 +1,4 @@
-"""Names, orders and dimensions of the rungs of the class ladder (DESIGN §5).
+"""Names, orders and dimensions of the rungs of the class ladder (docs/design.md §5).
 
 Policy rungs: ``product`` = markov0 ⊂ markov1 ⊂ … ⊂ ``tabular`` = markov(H−1)
 (:class:`gvgap.policies.markov.MarkovPolicy`). Reward rungs: ``window0`` ⊂ … ⊂

@@ -1,4 +1,4 @@
-"""Exact Bradley–Terry fits in reward coordinates by damped Newton (THEORY §3, issue 8).
+"""Exact Bradley–Terry fits in reward coordinates by damped Newton (docs/theory.md §3, issue 8).
 
 Every BT-type fit in gvgap — the RM of ``fit_reward`` and, over the tabular class, DPO itself
 — minimises, in the reward coordinates r it induces,

@@ -1,4 +1,4 @@
-"""Offline pipelines: SFT, DPO, IPO, reference-free local RM, SPIN (THEORY §3).
+"""Offline pipelines: SFT, DPO, IPO, reference-free local RM, SPIN (docs/theory.md §3).
 
 All are maximum-likelihood-type fits over a policy class Π, written as
 f(θ) = loss(log P_θ on the data) + λ Ω(r_θ), with Ω the centred squared norm in reward
@@ -300,7 +300,7 @@ def spin(
     + λ Ω(β(log P_θ − log P_ref)), iterated from ``theta0`` (default π_ref) until
     max |Δ log P| < tol. At a fixed point π_t = π the gradient is
     −(β/2) ∇ mean log π(ξ_i) + λ ∇Ω, so fixed points are the SFT optima with λ_SFT = 2λ/β
-    (THEORY §3, claim 6).
+    (docs/theory.md §3, claim 6).
     """
     lam = check_lam(lam)
     theta = policy.init_params() if theta0 is None else theta0

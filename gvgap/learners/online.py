@@ -1,5 +1,5 @@
 """Online pipelines: BT reward fitting, exact soft RL, RLHF, MaxEnt-IRL, online DPO
-(exact-expectation and sampled), policy gradient, best-of-N (THEORY §3, §5)."""
+(exact-expectation and sampled), policy gradient, best-of-N (docs/theory.md §3, §5)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: floa
     """Exact soft RL: argmax_π E_π[r] − β KL(P_π ‖ P_ref) over Π.
 
     ``policy=None`` (or tabular): soft value iteration, exact. Otherwise the reverse-KL
-    projection of P*_r onto the class (THEORY §3 Gibbs identity), by converged L-BFGS.
+    projection of P*_r onto the class (docs/theory.md §3 Gibbs identity), by converged L-BFGS.
     """
     if policy is None or isinstance(policy, TabularPolicy):
         sv = T.soft_value_iteration(env.logpi_ref, r, env.beta)
@@ -133,7 +133,7 @@ def maxent_irl(
     reward_class, env: TreeEnv, demos: Demos, *, lam: float = 0.0, gtol: float = GTOL
 ) -> Result:
     """MaxEnt inverse RL + soft RL: fit r ∈ R maximising Σ log P*_r(ξ_i) (+ λ Ω(r)), then
-    return soft value iteration on r̂ (THEORY §3, SFT version)."""
+    return soft value iteration on r̂ (docs/theory.md §3, SFT version)."""
     cls = SoftOptimalPolicy(reward_class, env.logp_ref, env.beta, env.vocab, env.horizon)
     irl = sft(cls, env, demos, lam=lam, gtol=gtol)
     r_hat = reward_class.leaf_reward(irl.params)
@@ -232,7 +232,7 @@ def online_dpo_sampled(
     theta0=None,
     gtol: float = GTOL,
 ) -> Result:
-    """Online DPO as run at LLM scale (THEORY §5): per iteration, ``n_samples`` on-policy
+    """Online DPO as run at LLM scale (docs/theory.md §5): per iteration, ``n_samples`` on-policy
     samples for each of ``prompts_per_iter`` prompts, best-vs-worst by r̂, DPO to convergence
     (on all pairs gathered so far if ``accumulate``, else on the new batch), warm-started."""
     theta = policy.init_params() if theta0 is None else theta0

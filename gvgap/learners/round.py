@@ -1,4 +1,4 @@
-"""The paper's online DPO (THEORY §5, §7): rounds of sampling, RM ranking and DPO.
+"""The paper's online DPO (docs/theory.md §5, §7): rounds of sampling, RM ranking and DPO.
 
 One round from the current policy π_t:
 
@@ -38,7 +38,7 @@ from gvgap.learners.online import NO_PAIRS, best_worst_sample
 from gvgap.learners.optim import GTOL
 from gvgap.learners.result import Result
 
-#: The paper's samples per prompt and sampling temperature (THEORY §5).
+#: The paper's samples per prompt and sampling temperature (docs/theory.md §5).
 N_SAMPLES = 25
 TEMPERATURE = 0.1
 

@@ -1,4 +1,4 @@
-"""One regularisation-selection protocol shared by every pipeline (DESIGN §3).
+"""One regularisation-selection protocol shared by every pipeline (docs/design.md §3).
 
 λ is chosen on a held-out split of D (the same split for every pipeline: it is drawn from
 ``split_seed``) by the validation Bradley–Terry log-likelihood of the pipeline's reward

@@ -2,7 +2,7 @@
 
 Every trainer takes a budget of ``steps`` stochastic gradient steps and records the policy at
 ``checkpoints`` (steps after which the parameters are read), so pipelines can be compared at
-equal compute. Objectives are the library's (DESIGN §3), estimated on samples:
+equal compute. Objectives are the library's (docs/design.md §3), estimated on samples:
 
 - DPO: the minibatch mean of the DPO loss on ``batch`` pairs drawn with replacement from D
   (probability ∝ weight), plus the exact reward-coordinate prior (λ/Σw) Ω(r_θ) — an unbiased

@@ -1,4 +1,4 @@
-"""LLM-scale path (THEORY §5, §7; DESIGN §4 ``gvgap llm run FILE.toml --out DIR``).
+"""LLM-scale path (docs/theory.md §5, §7; docs/design.md §4 ``gvgap llm run FILE.toml --out DIR``).
 
 GPT-NeoX (Pythia) causal LMs built from a config and trained from scratch on synthetic
 languages whose gold reward is known, through the paper's pipeline: SFT → preference pairs →

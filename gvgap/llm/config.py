@@ -1,8 +1,8 @@
-"""Frozen configuration of the LLM-scale pipeline (THEORY §5, §7; DESIGN §4, §5).
+"""Frozen configuration of the LLM-scale pipeline (docs/theory.md §5, §7; docs/design.md §4, §5).
 
 :class:`LLMConfig` is the ``Config`` of the sweep experiment ``llm``
 (:mod:`gvgap.experiments.llm`): ``gvgap llm run`` and ``gvgap sweep`` read the same sweep file
-(DESIGN §5), validated by the same code, before torch or transformers are loaded and before
+(docs/design.md §5), validated by the same code, before torch or transformers are loaded and before
 anything is written::
 
     [sweep]
@@ -40,7 +40,7 @@ POLICIES = (
     "online_dpo_gold",
 )
 #: Labellers of on-policy pairs: the learned global RM, the local RM, DPO's implicit reward,
-#: the gold reward r* (THEORY §5).
+#: the gold reward r* (docs/theory.md §5).
 LABELLERS = ("global", "local", "dpo", "gold")
 TASKS = ("readout", "short", "rouge", "count", "sum")
 #: Share of the (x₁, x₂) cells of ``count`` held out for evaluation (``holdout_cells``).

@@ -1,5 +1,5 @@
 """Evaluation with a known gold reward: every number is exact given its samples, with its
-standard error over the n held-out prompts (DESIGN §3 "name the estimator").
+standard error over the n held-out prompts (docs/design.md §3 "name the estimator").
 
 For a policy π on the n evaluation prompts (never trained on), m samples each at
 temperature 1 (the sampled law is π itself, :mod:`gvgap.llm.model`):

@@ -8,7 +8,8 @@ The route practitioners already trust, with the same stages and the same labelle
    trained by TRL's ``RewardTrainer`` (Bradley–Terry) on the training pairs;
 2. offline DPO: TRL's ``DPOTrainer`` (β, reference = the model itself, reference log-probs
    precomputed);
-3. online DPO, one round (THEORY §7): N completions per training prompt sampled from the model
+3. online DPO, one round (docs/theory.md §7): N completions per training prompt sampled from the
+model
    at temperature T (``generate``), the best and the worst by the RM form a pair, then the
    same ``DPOTrainer`` from the model;
 4. metrics (``metrics.json``): validation likelihood and accuracy of the global RM and of

@@ -1,4 +1,5 @@
-"""The paper's table (THEORY §7) and the LLM figures from the ``llm`` rows of a results table:
+"""The paper's table (docs/theory.md §7) and the LLM figures from the ``llm`` rows of a results
+table:
 pure functions (tables, Markdown rows, plots that return axes); the report writes the files.
 
 Standard errors: with S ≥ 2 seeds, the SE of the mean over seeds of the per-seed values
@@ -201,8 +202,9 @@ def section(
     the paper's table, the labellers, the per-task verdicts."""
     doc.heading(2, "LLM-scale pipeline (gold reward known)")
     doc.para(
-        "GPT-NeoX models trained from scratch on synthetic languages (THEORY §5): `readout` has "
-        "a generation–verification gap (one token read out at the end of a long completion); "
+        "GPT-NeoX models trained from scratch on synthetic languages (docs/theory.md §5): "
+        "`readout` has a generation–verification gap (one token read out at the end of a long "
+        "completion); "
         "`short` (the same reward on 2 tokens) and `rouge` (LCS with a hidden reference) are "
         "the paper's two controls. Win rates are against π_ref samples (and the "
         "demonstrator's) under the gold Bradley–Terry model; ± one standard error."

@@ -1,4 +1,5 @@
-"""The paper's pipeline as pure stages (THEORY §5, §7): each is a function of a frozen config,
+"""The paper's pipeline as pure stages (docs/theory.md §5, §7): each is a function of a frozen
+config,
 its inputs and a torch.Generator derived from (seed, stage name).
 
 SFT → preference pairs (π_ref samples, BT(gold) labels; split by prompt into a training and a
@@ -7,7 +8,7 @@ validation part, plus pairs on the held-out evaluation prompts) → global RM (s
 training prompt at temperature T from the starting policy, best vs worst by a labeller; one
 round, as in the paper). Best-of-N lives in :mod:`gvgap.llm.evaluate`.
 
-Losses come from :mod:`gvgap.nn.losses` (one loss module; the equations of THEORY §2, β the
+Losses come from :mod:`gvgap.nn.losses` (one loss module; the equations of docs/theory.md §2, β the
 KL strength): SFT ``sft_rows`` (per-token NLL), global RM ``bt_rows``, local RM
 ``local_rm_rows`` (reference-free DPO), DPO ``dpo_rows`` with reference log-probs computed
 once per data set; chosen and rejected rows share one forward. The RMs stop early on the

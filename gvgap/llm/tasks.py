@@ -1,4 +1,5 @@
-"""Synthetic languages with exact gold verifiers and a dialled gap (THEORY §5, §6 items 9-10).
+"""Synthetic languages with exact gold verifiers and a dialled gap (docs/theory.md §5, §6 items
+9-10).
 
 Sequences are integer tokens: content tokens ``0..V-1``, ``SEP = V``, ``BOS = V+1``; a row is
 ``[BOS, x_1..x_P, SEP, y_1..y_H]`` with fixed P and H, so no padding is ever needed.

@@ -1,4 +1,4 @@
-"""Tabular autoregressive, log-linear and soft-optimal policy classes (THEORY §2–§3)."""
+"""Tabular autoregressive, log-linear and soft-optimal policy classes (docs/theory.md §2–§3)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ class TabularPolicy(LogitPolicy):
     """Every autoregressive policy on the tree: θ = one logit per (state, token).
 
     ``n_params = m Σ_h V^(h+1)``; π(a|s) = softmax(θ_s)_a. Equivalent to *all* leaf
-    distributions with full support (THEORY §2), i.e. R(Π) = every reward mod prompt constants.
+    distributions with full support (docs/theory.md §2), i.e. R(Π) = every reward mod prompt
+    constants.
     """
 
     def __init__(self, n_prompts: int, vocab: int, horizon: int, init: NodeLogp | None = None):
@@ -164,7 +165,7 @@ class LogLinearPolicy(LogitPolicy):
 
 
 class SoftOptimalPolicy:
-    """Π(R) = {π*_r : r ∈ R}: P_θ(ξ|x) ∝ P_ref(ξ|x) exp(r_θ(x, ξ)/β) (THEORY §3).
+    """Π(R) = {π*_r : r ∈ R}: P_θ(ξ|x) ∝ P_ref(ξ|x) exp(r_θ(x, ξ)/β) (docs/theory.md §3).
 
     Parameterised by the reward class's parameters; this is the class that online RLHF with
     reward class R searches, and offline MLE restricted to it is claim 8.

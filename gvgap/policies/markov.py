@@ -5,7 +5,8 @@ Rung ``markovJ`` (J ≥ 0; ``product`` = markov0) is the log-linear class
     π_θ(a | s) ∝ π_ref(a | s) · exp θ[x, h, c_J(s), a],
 
 one free logit per (prompt x, position h, context c_J(s) = the last min(h, J) tokens of the
-prefix s, token a). Since c_{H−1}(s) = s, markov(H−1) *is* the tabular class (THEORY §2). The
+prefix s, token a). Since c_{H−1}(s) = s, markov(H−1) *is* the tabular class (docs/theory.md §2).
+The
 tilt log π − log π_ref of a member depends on (x, h, last J tokens, a) only, up to a per-state
 constant; with uniform π_ref the class is the plain log-linear class over (position, previous J
 tokens, token).

@@ -1,4 +1,5 @@
-"""``gvgap llm run FILE.toml --out DIR`` (DESIGN §4): the ``llm`` experiment's sweep, run in this
+"""``gvgap llm run FILE.toml --out DIR`` (docs/design.md §4): the ``llm`` experiment's sweep, run
+in this
 process with every stage checkpointed, then its verdicts, figures and report.
 
 The file is an ordinary sweep file (``[sweep] experiment = "llm"``, ``[fixed]``, ``[grid]``;

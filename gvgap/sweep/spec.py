@@ -1,4 +1,5 @@
-"""Sweep specifications: TOML files or an experiment's SETTINGS, expanded into runs (DESIGN §5).
+"""Sweep specifications: TOML files or an experiment's SETTINGS, expanded into runs (docs/design.md
+§5).
 
 A sweep file::
 
@@ -16,7 +17,7 @@ A sweep file::
 Every configuration is built and validated (``Config.validate()``) while loading, so a bad
 value is reported before anything runs or is written.
 
-Run identity and randomness (DESIGN §3). A run is (experiment, full config, seed,
+Run identity and randomness (docs/design.md §3). A run is (experiment, full config, seed,
 instance_seed); its id hashes the canonical JSON of these four, so it is the same on any
 machine and executor. Its generators are derived with :class:`numpy.random.SeedSequence`:
 

@@ -1,4 +1,4 @@
-"""The result store of a sweep directory (DESIGN §5).
+"""The result store of a sweep directory (docs/design.md §5).
 
 Layout of ``DIR``::
 

@@ -1,12 +1,12 @@
 """Large-n limits of Bradley–Terry maximum likelihood on a tree: the regret constant C of a
 well-specified class and the misspecification floor of one that does not hold its target.
 
-Setting (THEORY §2, docs/theory.md "The sample-complexity constant"). D holds n pairs, each
+Setting (docs/theory.md §2, docs/theory.md "The sample-complexity constant"). D holds n pairs, each
 drawn as x ~ ρ, ξ₁, ξ₂ ~ μ(·|x) i.i.d., labelled by the true BT model σ(r*(ξ₁) − r*(ξ₂)).
 A reward class is smooth in its parameters θ; near the truth r_θ = r* + ψᵀ(θ − θ*) + o,
 ψ(x, ξ) its *sufficient features* (for a linear class its features, for the local-reward
 class of a policy class the Jacobian of β log π_θ/π_ref). Both pipelines of gvgap are BT MLE
-over such a class followed by soft RL (offline DPO: the local-reward class; THEORY §3), and
+over such a class followed by soft RL (offline DPO: the local-reward class; docs/theory.md §3), and
 the regret of the returned policy is a KL to the optimum (Gibbs identity):
 
     regret = J(π*) − J(π̂) = β E_x KL(P*_{r̂} ‖ P*_{r*}) = (1/2β) E_x Var_{P*}(r̂ − r*) + O(‖δ‖³).

@@ -1,4 +1,5 @@
-"""Exact evaluation of a policy on an enumerable tree (THEORY §2–§3, DESIGN §5 metrics).
+"""Exact evaluation of a policy on an enumerable tree (docs/theory.md §2–§3, docs/design.md §5
+metrics).
 
 Every function takes leaf log-probabilities ``(m, N)`` (N = V^H) and a prompt distribution
 ρ ``(m,)``; expectations are exact sums, never samples.
@@ -57,7 +58,8 @@ def entropy(logp: np.ndarray, rho: np.ndarray) -> float:
 
 
 def per_token_kl(logpi_p: NodeLogp, logpi_q: NodeLogp, rho: np.ndarray) -> float:
-    """Σ_h E_{s_h ~ P} KL(π_p(·|s_h) ‖ π_q(·|s_h)) — equals :func:`kl` on a tree (THEORY §3).
+    """Σ_h E_{s_h ~ P} KL(π_p(·|s_h) ‖ π_q(·|s_h)) — equals :func:`kl` on a tree (docs/theory.md
+    §3).
 
     Args:
         logpi_p, logpi_q: node policies, ``[h]`` of shape ``(m, V^h, V)``.
@@ -77,7 +79,7 @@ def per_token_kl(logpi_p: NodeLogp, logpi_q: NodeLogp, rho: np.ndarray) -> float
 def objective_j(
     logp: np.ndarray, r: np.ndarray, logp_ref: np.ndarray, beta: float, rho: np.ndarray
 ) -> float:
-    """J(π) = E_x E_π[r] − β KL(P_π ‖ P_ref) (THEORY §2)."""
+    """J(π) = E_x E_π[r] − β KL(P_π ‖ P_ref) (docs/theory.md §2)."""
     return expected_reward(logp, r, rho) - beta * kl(logp, logp_ref, rho)
 
 
