@@ -330,3 +330,22 @@ def test_markov_dpo_in_window_coordinates_equals_the_generic_fit(order, m):
     assert fast.extra["solver"] == "newton_window_coordinates" and fast.grad_norm < 1e-9
     np.testing.assert_allclose(fast.logp, slow.logp, atol=1e-7)
     np.testing.assert_allclose(pol.leaf_logp(fast.params), fast.logp, atol=1e-12)
+
+
+def test_dense_features_that_span_everything_are_the_tabular_class():
+    """N Gaussian columns on N leaves span every centred reward: the rung holds any r*, its
+    dimension is N − 1 and its constant is the tabular class's (certified by a Cholesky of the
+    Gram matrix, no SVD); a rank-deficient set is not taken for it."""
+    from gvgap.ladder.bases import spans_everything
+
+    env = make_family("linear", rng=np.random.default_rng(0), vocab=2, horizon=4, k=3)
+    full = np.random.default_rng(1).standard_normal((1, 16, 16))
+    lad = Ladder(env, oracle=full)
+    rung = lad.rung("reward", "oracle")
+    assert rung.contains and rung.dim == 15
+    assert lad.constant("reward", "oracle") == pytest.approx(
+        lad.constant("reward", "tabular"), rel=1e-12
+    )
+    assert spans_everything(full[0])
+    low = full[0][:, :4] @ np.random.default_rng(2).standard_normal((4, 16))  # rank 4
+    assert not spans_everything(low)

@@ -82,12 +82,33 @@ def policy_tangent(logpi: list[np.ndarray], x: int, order: int) -> sp.csr_matrix
     )
 
 
+def spans_everything(features: np.ndarray) -> bool:
+    """Whether the centred columns of ``features`` ``(N, d)`` (d ≥ N − 1) span every centred
+    reward: the Gram matrix F_c F_cᵀ + 11ᵀ/N is then positive definite, certified by a
+    Cholesky factor whose smallest pivot is above √(N ε) times its largest (O(N³/3), a tenth of
+    an SVD)."""
+    from scipy.linalg import LinAlgError, cholesky
+
+    n, d = features.shape
+    if d < n - 1:
+        return False
+    fc = features - features.mean(axis=0, keepdims=True)
+    gram = fc @ fc.T + np.full((n, n), 1.0 / n)
+    try:
+        diag = np.abs(np.diag(cholesky(gram, lower=True, check_finite=False)))
+    except LinAlgError:
+        return False
+    return bool(diag.min() > np.sqrt(n * np.finfo(float).eps) * diag.max())
+
+
 def dense_basis(features: np.ndarray, *, shared: bool) -> list[np.ndarray]:
     """Bases of the centred columns of ``features`` ``(m, N, d)``, one ``(N, r)`` per prompt.
 
     ``shared``: one parameter vector for all prompts, so one change of coordinates T for all,
     Ψ_x = F_x,c T with T = V_r Σ_r⁻¹ from the SVD of the stacked centred features; otherwise
-    an orthonormal basis per prompt (U_r of F_x,c). Rank cut: max(rows, d)·ε·σ_max.
+    an orthonormal basis per prompt (U_r of F_x,c), except where the columns span every reward
+    (:func:`spans_everything`): there the N − 1 first leaf indicators (a basis modulo
+    constants, not orthonormal). Rank cut: max(rows, d)·ε·σ_max.
     """
     fc = features - features.mean(axis=1, keepdims=True)
     m, n, d = fc.shape
@@ -100,6 +121,9 @@ def dense_basis(features: np.ndarray, *, shared: bool) -> list[np.ndarray]:
         return [fc[x] @ t for x in range(m)]
     out = []
     for x in range(m):  # prompts, not leaves
+        if spans_everything(features[x]):  # the tabular class: leaf indicators minus one
+            out.append(np.eye(n)[:, : n - 1])
+            continue
         u, s, _ = np.linalg.svd(fc[x], full_matrices=False)
         keep = s > max(n, d) * np.finfo(float).eps * (s[0] if s.size else 0.0)
         out.append(u[:, keep])

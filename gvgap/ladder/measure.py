@@ -46,7 +46,7 @@ NEAR_TOL = 1e-6
 #: :data:`POLISH_MAX_LEAVES`; above, the bound is the best start's (or NaN), as said in
 #: :attr:`Ladder.skipped`. Containment itself is exact at every size.
 RESIDUAL_MAX_LEAVES = 1 << 14
-POLISH_MAX_LEAVES = 1 << 10
+POLISH_MAX_LEAVES = 1 << 9
 
 
 @dataclass
@@ -150,10 +150,32 @@ class Ladder:
             dim = (1 if self.shared else m) * S.window_dim(vocab, horizon, order)
             out.append(self._reward_rung(window_name(order, horizon), order, dim, outside, var))
         for name, feats in (("oracle", self.oracle), ("dictionary", self.dictionary)):
-            if feats is not None:
-                outside, dim = S.span_residual(r, feats, env.rho, shared=self.shared)
-                out.append(self._reward_rung(name, None, dim, outside, var))
+            if feats is None:
+                continue
+            if self.shared:
+                outside, dim = S.span_residual(r, feats, env.rho, shared=True)
+            else:  # per prompt: project on the orthonormal bases the constants reuse
+                bases = self._dense(name)
+                rc = r - r.mean(axis=1, keepdims=True)
+                res = np.stack(
+                    [
+                        np.zeros_like(rc[x])
+                        if b.shape[1] == env.n_leaves - 1  # every reward
+                        else rc[x] - b @ (b.T @ rc[x])  # orthonormal basis
+                        for x, b in enumerate(bases)
+                    ]
+                )
+                outside, dim = (res * res).mean(axis=1), sum(b.shape[1] for b in bases)
+            out.append(self._reward_rung(name, None, dim, outside, var))
         return out
+
+    def _dense(self, name: str, shared: bool = False) -> list[np.ndarray]:
+        """The dense rung's tangent bases per prompt (one SVD per rung and sharing, cached)."""
+        key = ("bases", name, shared)
+        if key not in self._constants:
+            feats = self.oracle if name == "oracle" else self.dictionary
+            self._constants[key] = B.dense_basis(feats, shared=shared)
+        return self._constants[key]
 
     def _reward_rung(self, name, order, dim, outside, var) -> Rung:
         inside = S.contains(outside, var, self.env.horizon)
@@ -206,6 +228,9 @@ class Ladder:
         if rung.name == "tabular" and not shared:
             return A.tabular_constant(p, mu, env.r_star, env.beta, self.kernels).value
         psi = self._basis(rung, shared)
+        if psi is not None and not shared and all(b.shape[1] == env.n_leaves - 1 for b in psi):
+            # a rung that spans every reward of each prompt is the tabular class
+            return A.tabular_constant(p, mu, env.r_star, env.beta, self.kernels).value
         if psi is None or psi[0].shape[1] > DIM_MAX:
             self.skipped[tag] = f"tangent dimension > {DIM_MAX}"
             return np.nan
@@ -233,8 +258,7 @@ class Ladder:
                 return [eye] * m
             base = B.window_basis(vocab, horizon, order)
             return [base] * m
-        feats = self.oracle if rung.name == "oracle" else self.dictionary
-        return B.dense_basis(feats, shared=shared)
+        return self._dense(rung.name, shared)
 
     # ------------------------------------------------------------ bias floors
 
