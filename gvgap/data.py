@@ -40,6 +40,10 @@ class Preferences:
         """Rows ``idx``."""
         return Preferences(self.prompt[idx], self.chosen[idx], self.rejected[idx], self.weight[idx])
 
+    def margin(self, r: np.ndarray) -> np.ndarray:
+        """Δ_i = r(x_i, ξ⁺_i) − r(x_i, ξ⁻_i) of a leaf reward ``r`` ``(m, N)``, ``(n,)``."""
+        return r[self.prompt, self.chosen] - r[self.prompt, self.rejected]
+
     def split(self, val_frac: float, rng: np.random.Generator) -> tuple[Preferences, Preferences]:
         """Deterministic (given ``rng``) train / held-out split; at least one row each side."""
         return _split(self, len(self), val_frac, rng)
@@ -145,6 +149,17 @@ def label_pairs(
             Preferences(mirror.prompt, mirror.chosen, mirror.rejected, np.full(tied.sum(), 0.5)),
         ]
     )
+
+
+def soft_labels(prompt: np.ndarray, a: np.ndarray, b: np.ndarray, r: np.ndarray) -> Preferences:
+    """The exact BT labels of ``r`` ``(m, N)`` on pairs (a, b) of completions of ``prompt``
+    (each ``(n,)``): every pair twice, a ≻ b weighted y = σ(r(a) − r(b)) and b ≻ a weighted
+    1 − y, ``2n`` rows."""
+    y = expit(r[prompt, a] - r[prompt, b])
+    return Preferences(
+        np.concatenate([prompt, prompt]), np.concatenate([a, b]), np.concatenate([b, a]),
+        np.concatenate([y, 1.0 - y]),
+    )  # fmt: skip
 
 
 def _orient(prompt, a, b, a_wins, rng, flip) -> Preferences:

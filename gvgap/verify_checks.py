@@ -13,12 +13,12 @@ max-abs difference of the output leaf probabilities.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_expit
 
 from gvgap import theory as T
-from gvgap.data import Demos, Preferences
+from gvgap.data import Demos, Preferences, soft_labels
 from gvgap.envs.tree_env import TreeEnv, make_env
 from gvgap.learners import dpo, fit_reward, maxent_irl, online_dpo_exact, rlhf, sft, spin
+from gvgap.losses import bt_rows
 from gvgap.policies import LogLinearPolicy, SoftOptimalPolicy, TabularPolicy, markov_features
 from gvgap.rewards import LinearReward, LocalReward, TabularReward
 
@@ -64,8 +64,7 @@ def random_soft_pairs(env: TreeEnv, rng: np.random.Generator, full: bool = False
         keep = rng.random(x.size) < rng.uniform(0.1, 1.0)
         keep[rng.integers(x.size)] = True
         x, a, b = x[keep], a[keep], b[keep]
-    y = expit(env.r_star[x, a] - env.r_star[x, b])
-    return Preferences(np.r_[x, x], np.r_[a, b], np.r_[b, a], np.r_[y, 1 - y])
+    return soft_labels(x, a, b, env.r_star)
 
 
 def random_demos(env: TreeEnv, rng: np.random.Generator, full: bool) -> Demos:
@@ -83,16 +82,13 @@ def _pmax(lp1: np.ndarray, lp2: np.ndarray) -> float:
 
 def bt_objective(r: np.ndarray, data: Preferences) -> float:
     """Unregularised BT negative log-likelihood L_D(r) (weighted mean)."""
-    margin = r[data.prompt, data.chosen] - r[data.prompt, data.rejected]
-    return float(-(data.weight @ log_expit(margin)) / data.weight.sum())
+    return float(data.weight @ bt_rows(data.margin(r)) / data.weight.sum())
 
 
 def optimum_set_error(r1: np.ndarray, r2: np.ndarray, data: Preferences) -> float:
     """Set comparison at λ = 0: objective values and identified margins must agree."""
     value_gap = abs(bt_objective(r1, data) - bt_objective(r2, data))
-    m1 = r1[data.prompt, data.chosen] - r1[data.prompt, data.rejected]
-    m2 = r2[data.prompt, data.chosen] - r2[data.prompt, data.rejected]
-    return max(value_gap, float(np.max(np.abs(m1 - m2))))
+    return max(value_gap, float(np.max(np.abs(data.margin(r1) - data.margin(r2)))))
 
 
 # ------------------------------------------------------------------ claims 1–2

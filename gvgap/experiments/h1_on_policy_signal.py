@@ -50,9 +50,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import expit
 
-from gvgap.data import Preferences, sample_leaves, sample_prompts
+from gvgap.data import Preferences, sample_leaves, sample_prompts, soft_labels
 from gvgap.experiments import common as C
 from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.base import Verdict
@@ -160,15 +159,6 @@ def pair_draw(logp, rho, n: int, rng: np.random.Generator):
     """``n`` unlabelled pairs: x ~ ρ, ξ, ξ' ~ P(·|x) i.i.d. (P given by leaf log-probs)."""
     x = sample_prompts(rho, n, rng)
     return x, sample_leaves(logp, x, rng), sample_leaves(logp, x, rng)
-
-
-def soft_labels(x, a, b, r: np.ndarray) -> Preferences:
-    """Each pair twice, weighted σ(r(a) − r(b)) and its complement (exact BT labels of r)."""
-    y = expit(r[x, a] - r[x, b])
-    return Preferences(
-        np.concatenate([x, x]), np.concatenate([a, b]), np.concatenate([b, a]),
-        np.concatenate([y, 1.0 - y]),
-    )  # fmt: skip
 
 
 def on_policy_loop(pol, env, data, off, r: np.ndarray, budget: int, rounds: int, rng):

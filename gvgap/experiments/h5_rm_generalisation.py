@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import expit, log_expit
+from scipy.special import expit
 
 from gvgap.data import Preferences
 from gvgap.experiments import common as C
@@ -63,6 +63,7 @@ from gvgap.learners import (
     select_lambda,
     val_bt_loglik,
 )
+from gvgap.losses import bt_rows
 from gvgap.rewards import LocalReward
 from gvgap.theory.metrics import pairwise_accuracy
 
@@ -200,7 +201,7 @@ def val_loglik(r_hat: np.ndarray, r_star: np.ndarray, logq: np.ndarray, rho: np.
     Σ_x ρ Σ_{ξ,ξ'} q(ξ)q(ξ') σ(r*(ξ) − r*(ξ')) log σ(r̂(ξ) − r̂(ξ'))."""
     q = np.exp(logq)
     ys = expit(r_star[:, :, None] - r_star[:, None, :])
-    ll = log_expit(r_hat[:, :, None] - r_hat[:, None, :])
+    ll = -bt_rows(r_hat[:, :, None] - r_hat[:, None, :])  # log σ(Δ̂)
     return float(rho @ np.einsum("ma,mb,mab->m", q, q, ys * ll))
 
 

@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular, svd
 from scipy.sparse import coo_matrix
-from scipy.special import expit, log_expit
+
+from gvgap.losses import bt_nll_terms, bt_rows
 
 #: Relative stopping tolerance on ‖∇f‖ (w.r.t. the gradient at the warm start).
 RTOL = 1e-10
@@ -113,12 +114,6 @@ class NewtonResult:
     n_iter: int
     converged: bool
     grad_dropped: float = 0.0
-
-
-def _bt_terms(delta: np.ndarray, wn: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Σ ŵ softplus(−Δ), its derivative a = −ŵ σ(−Δ) and curvature c = ŵ σ(Δ)σ(−Δ)."""
-    s_neg = expit(-delta)
-    return float(wn @ -log_expit(delta)), -wn * s_neg, wn * s_neg * (1.0 - s_neg)
 
 
 def _newton(
@@ -211,10 +206,10 @@ def bt_newton_tabular(
         return (v2 - v2.mean(axis=1, keepdims=True)).ravel()
 
     def value(r: np.ndarray) -> float:
-        return float(wn @ -log_expit(r[ic] - r[ir])) + 0.5 * mu * float(centre(r) @ centre(r))
+        return float(wn @ bt_rows(r[ic] - r[ir])) + 0.5 * mu * float(centre(r) @ centre(r))
 
     def evaluate(r: np.ndarray):
-        f, a, c = _bt_terms(r[ic] - r[ir], wn)
+        f, a, c = bt_nll_terms(r[ic] - r[ir], wn)
         rc = centre(r)
         f += 0.5 * mu * float(rc @ rc)
         g = np.bincount(ic, a, size) - np.bincount(ir, a, size) + mu * rc
@@ -412,10 +407,10 @@ def bt_newton_linear(
     gram_n = dz @ dz.T if n < rank else None
 
     def value(z: np.ndarray) -> float:
-        return float(wn @ -log_expit(dz @ z)) + 0.5 * mu * float(z @ z)
+        return float(wn @ bt_rows(dz @ z)) + 0.5 * mu * float(z @ z)
 
     def evaluate(z: np.ndarray):
-        f, a, c = _bt_terms(dz @ z, wn)
+        f, a, c = bt_nll_terms(dz @ z, wn)
         f += 0.5 * mu * float(z @ z)
         g = dz.T @ a + mu * z
 
@@ -455,7 +450,7 @@ def _linear_certificate(basis, ic, ir, wn, mu, fit: NewtonResult, gtol: float) -
     r = (basis.flat @ fit.x).reshape(basis.shape)
     rc = (r - r.mean(axis=1, keepdims=True)).ravel()
     r = r.ravel()
-    f, a, _ = _bt_terms(r[ic] - r[ir], wn)
+    f, a, _ = bt_nll_terms(r[ic] - r[ir], wn)
     f += 0.5 * mu * float(rc @ rc)
     g = np.bincount(ic, a, r.size) - np.bincount(ir, a, r.size) + mu * rc
     gn, dropped = basis.certificate(g)

@@ -193,9 +193,7 @@ def write_jsonl(task: Any, path: str | Path, n_pairs: int, seed: int) -> Path:
     idx = torch.randint(0, len(task.train_prompts), (n_pairs,), generator=gen)
     x = task.train_prompts[idx]
     a, b = task.demonstrate(x, gen), task.demonstrate(x, gen)
-    a_wins = torch.rand(n_pairs, generator=gen, dtype=torch.float64) < torch.sigmoid(
-        task.gold(x, a) - task.gold(x, b)
-    )
+    a_wins = task.gold_wins(x, a, b, gen)
     with Path(path).open("w") as fh:
         for i in range(n_pairs):
             c, r = (a[i], b[i]) if a_wins[i] else (b[i], a[i])

@@ -142,9 +142,7 @@ def label_pairs(
     task: Task, prompts: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, gen: torch.Generator
 ) -> Pairs:
     """Label (y_a, y_b) by the gold BT model: a wins with probability σ(r*(a) − r*(b))."""
-    a_wins = torch.rand(len(prompts), generator=gen, dtype=torch.float64) < torch.sigmoid(
-        task.gold(prompts, y_a) - task.gold(prompts, y_b)
-    )
+    a_wins = task.gold_wins(prompts, y_a, y_b, gen)
     chosen = torch.where(a_wins[:, None], y_a, y_b)
     rejected = torch.where(a_wins[:, None], y_b, y_a)
     return {"chosen": task.join(prompts, chosen), "rejected": task.join(prompts, rejected)}
