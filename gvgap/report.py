@@ -17,7 +17,6 @@ import datetime
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +27,7 @@ import pandas as pd
 
 from gvgap import figures as F
 from gvgap import stats
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.report_doc import Doc
 
@@ -114,16 +114,14 @@ def experiment_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+def _write_text(path: Path, text: str) -> None:
+    """:func:`gvgap.atomic.atomic_write` of ``text`` (its directory created); an OSError
+    becomes one UserError naming the file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     except OSError as exc:
         raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_plots(
@@ -152,7 +150,7 @@ def write_plots(
         extra_meta={"results_sha256": digest},
         pool=pool,
     )
-    _atomic_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
+    _write_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
     return [*paths, out / INDEX]
 
 
@@ -559,6 +557,6 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
             continue
         experiment_section(doc, eid, frame, verdicts.get(eid), figs)
     md, page = root / "report.md", root / "report.html"
-    _atomic_text(md, doc.to_markdown())
-    _atomic_text(page, doc.to_html(title))
+    _write_text(md, doc.to_markdown())
+    _write_text(page, doc.to_html(title))
     return [md, page]

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from gvgap import verify_checks as C
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.sweep.executors import sigint_here_only, terminate_pool
-from gvgap.sweep.store import atomic_write
 
 #: Tolerance of every exact identity (float64 round-off in closed forms).
 TOL_IDENTITY = 1e-9
@@ -157,7 +157,7 @@ def run_verify(
         f"({instances} instances each, seed {seed}, {time.perf_counter() - t0:.1f} s)"
     )
     if json_path is not None:
-        atomic_write(Path(json_path), json.dumps(records, indent=2).encode())
+        atomic_write(json_path, json.dumps(records, indent=2))
     return 0 if n_fail == 0 else 1
 
 

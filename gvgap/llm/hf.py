@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 
 KEYS = ("prompt", "chosen", "rejected")
@@ -194,11 +195,12 @@ def write_jsonl(task: Any, path: str | Path, n_pairs: int, seed: int) -> Path:
     x = task.train_prompts[idx]
     a, b = task.demonstrate(x, gen), task.demonstrate(x, gen)
     a_wins = task.gold_wins(x, a, b, gen)
-    with Path(path).open("w") as fh:
-        for i in range(n_pairs):
-            c, r = (a[i], b[i]) if a_wins[i] else (b[i], a[i])
-            row = {"prompt": f"<bos> {text(x[i])} <sep> ", "chosen": text(c), "rejected": text(r)}
-            fh.write(json.dumps(row) + "\n")
+    lines = []
+    for i in range(n_pairs):
+        c, r = (a[i], b[i]) if a_wins[i] else (b[i], a[i])
+        row = {"prompt": f"<bos> {text(x[i])} <sep> ", "chosen": text(c), "rejected": text(r)}
+        lines.append(json.dumps(row) + "\n")
+    atomic_write(path, "".join(lines))
     return Path(path)
 
 
@@ -370,7 +372,7 @@ def run_hf(cfg: HFConfig, out: str | Path) -> dict[str, float]:
         metrics.update({f"rm_{name}/{k}": v for k, v in _lik(delta).items()})
     for name, lm in (("sft", sft), ("dpo", dpo), ("online_dpo_sft", online)):
         metrics.update({f"{name}/{k}": v for k, v in _policy(cfg, tok, lm, sft, rm, val).items()})
-    (out / "metrics.json").write_text(json.dumps({"config": asdict(cfg), "metrics": metrics}))
+    atomic_write(out / "metrics.json", json.dumps({"config": asdict(cfg), "metrics": metrics}))
     return metrics
 
 

@@ -172,13 +172,13 @@ def run_llm(
 
 def write_outputs(root: Path, df: Any) -> list[Path]:
     """``verdicts.json`` (per task), figures and the report of an llm sweep directory."""
+    from gvgap.atomic import atomic_write
     from gvgap.experiments.llm import task_verdicts
     from gvgap.report import write_report
-    from gvgap.sweep.store import atomic_write
 
     verdicts = task_verdicts(df)
     text = json.dumps(verdicts, indent=1, sort_keys=True, default=float)
-    atomic_write(root / VERDICTS, text.encode())
+    atomic_write(root / VERDICTS, text)
     return [root / VERDICTS, *write_report(root)]
 
 
