@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_choice, check_int, check_range
 
 LABELS = ("bt", "argmax")
 TIES = ("random", "drop", "half")
@@ -123,12 +123,9 @@ def label_pairs(
     flip: float = 0.0,
 ) -> Preferences:
     """Label pairs (a, b) of completions of ``prompt`` with the oracle reward ``r`` ``(m, N)``."""
-    if label not in LABELS:
-        raise UserError(f"label must be one of {LABELS}, got {label!r}")
-    if tie not in TIES:
-        raise UserError(f"tie must be one of {TIES}, got {tie!r}")
-    if not 0 <= flip <= 0.5:
-        raise UserError(f"flip must be in [0, 0.5], got {flip}")
+    check_choice("label", label, LABELS)
+    check_choice("tie", tie, TIES)
+    check_range("flip", flip, 0.0, 0.5)
     diff = r[prompt, a] - r[prompt, b]
     if label == "bt":
         return _orient(prompt, a, b, rng.random(diff.shape[0]) < expit(diff), rng, flip)
@@ -180,8 +177,7 @@ def sample_pairs(
     **label_kw,
 ) -> Preferences:
     """``n`` pairs: x ~ ρ, ξ1, ξ2 ~ μ(·|x) i.i.d., labelled by the oracle on ``r`` ``(m, N)``."""
-    if n < 1:
-        raise UserError(f"n_pairs must be >= 1, got {n}")
+    check_int("n_pairs", n, 1)
     x = sample_prompts(rho, n, rng)
     a = sample_leaves(logp_mu, x, rng)
     b = sample_leaves(logp_mu, x, rng)
@@ -190,8 +186,7 @@ def sample_pairs(
 
 def sample_demos(logp: np.ndarray, rho: np.ndarray, n: int, rng: np.random.Generator) -> Demos:
     """``n`` demonstrations x ~ ρ, ξ ~ π(·|x)."""
-    if n < 1:
-        raise UserError(f"n_demos must be >= 1, got {n}")
+    check_int("n_demos", n, 1)
     x = sample_prompts(rho, n, rng)
     return Demos(x, sample_leaves(logp, x, rng), np.ones(n))
 

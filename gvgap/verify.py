@@ -21,7 +21,7 @@ import numpy as np
 
 from gvgap import verify_checks as C
 from gvgap.atomic import atomic_write
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_int
 from gvgap.sweep.executors import sigint_here_only, terminate_pool
 
 #: Tolerance of every exact identity (float64 round-off in closed forms).
@@ -144,8 +144,7 @@ def run_verify(
     instances: int = 200, seed: int = 0, json_path: str | None = None, workers: int | None = None
 ) -> int:
     """CLI entry: print the table, optionally write JSON; exit code 0 iff all pass."""
-    if instances < 1:
-        raise UserError(f"--instances must be >= 1, got {instances}")
+    check_int("--instances", instances, 1)
     if json_path is not None:
         check_json_target(json_path)
     t0 = time.perf_counter()

@@ -65,7 +65,7 @@ import numpy as np
 from gvgap.envs import features as F
 from gvgap.envs.gap import gap_descriptor
 from gvgap.envs.tree_env import TreeEnv, make_env, make_ref_policy
-from gvgap.errors import UserError
+from gvgap.errors import INT64_MAX, UserError, check_choice, check_int, check_range
 from gvgap.theory import (
     MAX_LEAVES_DEFAULT,
     check_tree_size,
@@ -151,26 +151,24 @@ def _num(v: object) -> float:
         return float("nan")
 
 
-def _int(name: str, v: object, lo: int, hi: int | None = None) -> int:
+def _int(name: str, v: object, lo: int, hi: int = INT64_MAX) -> int:
+    """A whole number in [lo, hi] (an int, an integral float or a numeric string), as an int."""
     x = _num(v)
-    ok = np.isfinite(x) and x == int(x) and lo <= x and (hi is None or x <= hi)
-    if isinstance(v, bool) or not ok:
-        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise UserError(f"{name} must be an integer {bound}; got {v!r}")
-    return int(x)
+    whole = not isinstance(v, bool) and np.isfinite(x) and x == int(x)
+    return check_int(name, int(x) if whole else v, lo, hi)
 
 
 def _float(name: str, v: object, lo: float = 0.0, *, lo_open: bool = False) -> float:
+    """A finite number ≥ lo (> lo if ``lo_open``; a number or a numeric string), as a float."""
     x = _num(v)
-    if not np.isfinite(x) or (x <= lo if lo_open else x < lo):
-        raise UserError(f"{name} must be a number {'>' if lo_open else '>='} {lo}; got {v!r}")
+    check_range(name, x if np.isfinite(x) else v, lo, lo_open=lo_open)
     return x
 
 
 def _knob(name: str, v: object, default: object, allowed: tuple[str, ...] = ()) -> object:
     """Validate a family knob by its allowed values or the type of its default."""
-    if allowed and v not in allowed:
-        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+    if allowed:
+        check_choice(name, v, allowed)
     if isinstance(default, bool):
         table = {"true": True, "1": True, "false": False, "0": False}
         if str(v).lower() not in table:
@@ -399,8 +397,7 @@ def make_family(name: str, *, rng: np.random.Generator, **knobs: object) -> Tree
     Raises:
         UserError: unknown family, unknown knob, missing or bad knob value (named).
     """
-    if name not in FAMILIES:
-        raise UserError(f"family must be one of {', '.join(FAMILIES)}; got {name!r}")
+    check_choice("family", name, FAMILIES)
     missing = [req for req in ("vocab", "horizon") if req not in knobs]
     if missing:
         raise UserError(f"{missing[0]} is required by family {name!r}")

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from gvgap import theory as T
-from gvgap.errors import UserError
+from gvgap.errors import check_choice, check_int, check_range
 from gvgap.theory.tree import NodeLogp
 
 RewardFn = Callable[[np.ndarray], np.ndarray]
@@ -120,8 +120,7 @@ def random_ref_policy(
     Large concentration → near uniform; small → peaked. Probabilities are floored at 1e-12
     and renormalised so that log π_ref is finite everywhere.
     """
-    if concentration <= 0:
-        raise UserError(f"ref_concentration must be > 0, got {concentration}")
+    check_range("ref_concentration", concentration, 0.0, lo_open=True)
     out = []
     for shape in T.tree.node_shapes(n_prompts, vocab, horizon):
         p = rng.dirichlet(np.full(vocab, concentration), size=shape[:2])
@@ -143,9 +142,8 @@ def make_ref_policy(
         return tuple(np.asarray(a, dtype=np.float64) for a in kind)
     if kind == "uniform":
         return T.uniform_node_logp(n_prompts, vocab, horizon)
-    if kind == "random":
-        return random_ref_policy(n_prompts, vocab, horizon, concentration, rng)
-    raise UserError(f"ref: unknown reference family {kind!r}; allowed: 'uniform', 'random'")
+    check_choice("ref", kind, ("uniform", "random"))
+    return random_ref_policy(n_prompts, vocab, horizon, concentration, rng)
 
 
 def make_env(
@@ -177,10 +175,8 @@ def make_env(
         ("horizon", horizon, 1),
         ("n_prompts", n_prompts, 1),
     ):
-        if int(val) != val or val < lo:
-            raise UserError(f"{name} must be an integer >= {lo}, got {val!r}")
-    if not beta > 0:
-        raise UserError(f"beta must be > 0, got {beta!r}")
+        check_int(name, val, lo)
+    check_range("beta", beta, 0.0, lo_open=True)
     T.check_tree_size(n_prompts, vocab, horizon, max_leaves)
     rng = rng if rng is not None else np.random.default_rng(0)
     n = T.n_leaves(vocab, horizon)

@@ -22,7 +22,7 @@ import numpy as np
 
 from gvgap import theory as T
 from gvgap.envs.tree_env import TreeEnv, make_env, random_ref_policy
-from gvgap.errors import UserError
+from gvgap.errors import check_choice, check_range
 from gvgap.experiments.base import Verdict
 
 ID = "c1_gibbs"
@@ -76,14 +76,10 @@ class Config:
     def validate(self) -> None:
         """Raise UserError naming the first out-of-range field."""
         for name, lo in (("vocab", 2), ("horizon", 1), ("n_prompts", 1), ("n_policies", 1)):
-            if getattr(self, name) < lo:
-                raise UserError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+            check_range(name, getattr(self, name), lo)
         for name in ("beta", "ref_concentration", "reward_scale", "pi_concentration"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise UserError(f"{name} must be a finite number > 0, got {value}")
-        if self.ref not in REF_FAMILIES:
-            raise UserError(f"ref must be one of {REF_FAMILIES}, got {self.ref!r}")
+            check_range(name, getattr(self, name), 0.0, lo_open=True)
+        check_choice("ref", self.ref, REF_FAMILIES)
         T.check_tree_size(self.n_prompts, self.vocab, self.horizon)
 
 

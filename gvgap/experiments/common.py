@@ -16,8 +16,8 @@ from gvgap import theory as T
 from gvgap.data import Preferences, sample_pairs
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.errors import UserError
-from gvgap.experiments.base import BETA_RANGE, did_you_mean
+from gvgap.errors import UserError, check_choice, check_range
+from gvgap.experiments.base import BETA_RANGE
 from gvgap.ladder.classes import RM_CLASSES, reward_class, tabular_policy
 from gvgap.learners import (
     LAMBDA_GRID,
@@ -31,32 +31,6 @@ from gvgap.learners import (
 
 #: Shorter λ grid used when a Config asks for ``lam_grid="short"`` (quick runs).
 SHORT_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """UserError naming the field unless ``value`` is allowed (with a did-you-mean hint)."""
-    if value not in allowed:
-        hint = did_you_mean(value, allowed)
-        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}{hint}")
-
-
-def check_range(
-    name: str,
-    value: float,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    lo_open: bool = False,
-) -> None:
-    """UserError naming the field unless lo ≤ value ≤ hi (lo < value if ``lo_open``); NaN and
-    ±inf are always refused."""
-    bad = not np.isfinite(value)
-    bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
-    bad = bad or (hi is not None and value > hi)
-    if bad:
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        raise UserError(f"{name} must be in {'(' if lo_open else '['}{lo_s}, {hi_s}]; got {value}")
 
 
 #: Allowed values of the shared problem fields, checked by :func:`validate_problem` and shown

@@ -17,7 +17,7 @@ from gvgap import theory as T
 from gvgap.data import Demos, Preferences
 from gvgap.envs.features import block_features, position_window
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.errors import UserError
+from gvgap.errors import check_range
 from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
@@ -36,10 +36,7 @@ def scatter(values: np.ndarray, prompt: np.ndarray, leaf: np.ndarray, shape) -> 
 
 def check_lam(lam: float) -> float:
     """λ as a float, or UserError: the regulariser strength must be finite and ≥ 0."""
-    lam = float(lam)
-    if not (np.isfinite(lam) and lam >= 0.0):
-        raise UserError(f"lam must be a finite number >= 0; got {lam}")
-    return lam
+    return float(check_range("lam", float(lam), 0.0))
 
 
 def check_weight(total_weight: float) -> float:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gvgap.atomic import atomic_write
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_choice, check_range
 
 KEYS = ("prompt", "chosen", "rejected")
 
@@ -90,13 +90,8 @@ class HFConfig:
             "seed": (0, 2**62),
         }
         for name, (lo, hi) in rules.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-                raise UserError(
-                    f"--{name.replace('_', '-')}: must be in [{lo:g}, {hi:g}]; got {v!r}"
-                )
-        if self.device not in ("cpu", "cuda"):
-            raise UserError(f"--device: cpu or cuda; got {self.device!r}")
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), lo, hi)
+        check_choice("--device", self.device, ("cpu", "cuda"))
         if not (Path(self.model) / "config.json").is_file():
             raise UserError(f"--model: {self.model!r} is not a directory with config.json")
 

@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessP
 from pathlib import Path
 from typing import Any
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_choice, check_int
 from gvgap.sweep.spec import RunSpec
 
 EXECUTORS = ("local", "ray")
@@ -88,18 +88,14 @@ def execute_chunk(runs: Chunk) -> list[Record]:
 
 def check_executor(kind: str) -> str:
     """``kind`` if it is a known executor, else UserError naming --executor."""
-    if kind not in EXECUTORS:
-        raise UserError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
-    return kind
+    return check_choice("--executor", kind, EXECUTORS)
 
 
 def resolve_workers(workers: int | None) -> int:
     """Worker count: ``None`` → ``os.cpu_count()``; refuses anything below 1 (--workers)."""
     if workers is None:
         return os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UserError(f"--workers must be an integer >= 1, got {workers!r}")
-    return workers
+    return check_int("--workers", workers, 1)
 
 
 def import_ray() -> Any:

@@ -16,7 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_int
 from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import get_experiment
 from gvgap.sweep.executors import (
@@ -31,7 +31,7 @@ from gvgap.sweep.executors import (
     resolve_workers,
 )
 from gvgap.sweep.progress import SharedProgress, make_progress
-from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, check_count, config_record
+from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, config_record
 from gvgap.sweep.store import RunStore, os_reason
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ def run_single(
         UserError: unknown experiment or field, bad value, negative seed.
     """
     module = get_experiment(exp_id)
-    seed = check_count("--seed", seed, 0)
-    inst = seed if instance_seed is None else check_count("--instance-seed", instance_seed, 0)
+    seed = check_int("--seed", seed, 0)
+    inst = seed if instance_seed is None else check_int("--instance-seed", instance_seed, 0)
     config = config_record(make_config(module.Config, overrides))
     if echo is not None:
         key = RunSpec(exp_id, config, seed, inst).key()
@@ -119,8 +119,8 @@ def _check_args(executor: str, workers: int | None, chunk_size: int | None) -> i
     n = resolve_workers(workers)
     if executor == "ray":
         import_ray()
-    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
-        raise UserError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, 1)
     return n
 
 
