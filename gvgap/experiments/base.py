@@ -36,6 +36,7 @@ CONTRACT: dict[str, tuple[bool, str]] = {
     "plot": (True, "plot(df, ax=None) -> Axes"),
     "plot_uses": (False, "plot_uses(df) -> columns plot() distinguishes (the rest: facets)"),
     "extra_figures": (False, "extra_figures(df) -> [(kind, plot(df, ax), uses)]: more figures"),
+    "report_section": (False, "report_section(doc, df, verdicts, figs): replaces its report part"),
     "PLOT_USES": (False, "the same as a constant tuple"),
     "ALLOWED": (False, "allowed values of the Config's own fields, for `gvgap show`"),
     "ROBUSTNESS": (False, "Config overrides under which `gvgap reproduce` re-checks"),
