@@ -186,29 +186,6 @@ def check_loop(cfg) -> None:
         )
 
 
-#: Dirichlet concentrations of the peaked-π_ref re-checks (smaller = more peaked).
-ROBUST_CONCENTRATIONS = (0.1, 0.3, 1.0)
-#: β values of the re-checks besides the default β = 1.
-ROBUST_BETAS = (0.1, 3.0)
-#: Prompts of the per-prompt-reward re-check.
-ROBUST_PROMPTS = 2
-
-
-def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
-    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
-    each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
-    ``per_prompt`` (families linear / misspec / planning with sum_mod only), m =
-    :data:`ROBUST_PROMPTS` prompts with their own reward weights (targets)."""
-    out = [
-        *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
-        *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),
-        *({"beta": b} for b in ROBUST_BETAS),
-    ]
-    if per_prompt:
-        out.append({"n_prompts": ROBUST_PROMPTS, "per_prompt_weights": True})
-    return out
-
-
 def family_knobs(cfg) -> dict:
     """The optional family knobs a Config sets (``dictionary``, ``check``,
     ``per_prompt_weights``); unset ones are left to the family's defaults."""

@@ -149,18 +149,10 @@ class Config(C.ProblemConfig):
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=12, lam_grid="short", round_samples=5)
-SETTINGS = {
-    "seeds": 20,
-    "seed_start": Hy.CONFIRM_BLOCK,
-    "fixed": {"vocab": 3, "k": 3},
-    "grid": {"horizon": [3, 4], "n_pairs": [16, 64, 256]},
-}
-#: The confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by the power plan).
-QUICK = Hy.quick_sweep(HEADLINE)
-#: The power pilot: the headline cell on its own seed block.
-PILOT = Hy.pilot_sweep(QUICK)
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random π_ref).
-ROBUSTNESS: list[dict] = C.robustness((4, 3))
+#: The full sweep, the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan), its power pilot (the headline cell on its own seed block) and the overrides
+#: under which the verdict is re-checked (another V, H; β; random π_ref).
+SETTINGS, QUICK, PILOT, ROBUSTNESS = Hy.sweeps(HEADLINE)
 
 build_env = C.build_env
 

@@ -162,28 +162,22 @@ class Config(C.ProblemConfig):
 
 SMOKE = Config(vocab=2, horizon=3, n_prompts=3, n_pairs=12, extra_factor=2.0, lam_grid="short",
                round_samples=5)  # fmt: skip
-SETTINGS = {
-    "seeds": 20,
-    "seed_start": Hy.CONFIRM_BLOCK,
-    "fixed": {"vocab": 3, "k": 3, "horizon": 3, "n_prompts": 16},
-    "grid": {"n_pairs": [16, 64, 256], "shared_reward": [True, False],
-             "extra_factor": [1.0, 4.0]},
-}  # fmt: skip
-#: The confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by the power
-#: plan): the headline and the cell where pooling is misspecified.
-QUICK = Hy.quick_sweep(
-    {k: v for k, v in HEADLINE.items() if k != "shared_reward"},
-    grid={"shared_reward": [True, False]},
+#: The full sweep; the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan): the headline and the cell where pooling is misspecified; its power pilot
+#: (the QUICK cells on their own seed block); the overrides under which the verdict is
+#: re-checked (another V, H; β; random π_ref), each at the headline's ``shared_reward``.
+SETTINGS, QUICK, PILOT, ROBUSTNESS = Hy.sweeps(
+    HEADLINE,
+    fixed={"vocab": 3, "k": 3, "horizon": 3, "n_prompts": 16},
+    grid={"n_pairs": [16, 64, 256], "shared_reward": [True, False], "extra_factor": [1.0, 4.0]},
+    quick_grid={"shared_reward": [True, False]},
+    robust=((2, 4),),
+    robust_fixed={"shared_reward": True},
 )
-#: The power pilot: the QUICK cells on their own seed block.
-PILOT = Hy.pilot_sweep(QUICK)
 #: The headline cell with the swept field HEADLINE leaves open pinned to the value the quick run
 #: reads (the Config default): the full grid sweeps extra_factor ∈ {1, 4}, and the verdict must
 #: not pool the two cells (or decide at one and report the other).
 HEAD_CELL = {**HEADLINE, "extra_factor": Config.extra_factor}
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random
-#: π_ref), each at the headline's ``shared_reward``.
-ROBUSTNESS: list[dict] = [{**o, "shared_reward": True} for o in C.robustness((2, 4))]
 
 
 def plan_seeds(pilot: pd.DataFrame) -> dict:

@@ -301,6 +301,61 @@ def pilot_sweep(quick: dict) -> dict:
     return {**quick, "seeds": PILOT_SEEDS, "seed_start": PILOT_BLOCK}
 
 
+#: Dirichlet concentrations of the peaked-π_ref re-checks (smaller = more peaked).
+ROBUST_CONCENTRATIONS = (0.1, 0.3, 1.0)
+#: β values of the re-checks besides the default β = 1.
+ROBUST_BETAS = (0.1, 3.0)
+#: Prompts of the per-prompt-reward re-check.
+ROBUST_PROMPTS = 2
+
+
+def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
+    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
+    each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
+    ``per_prompt`` (families linear / misspec / planning with sum_mod only), m =
+    :data:`ROBUST_PROMPTS` prompts with their own reward weights (targets)."""
+    out = [
+        *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
+        *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),
+        *({"beta": b} for b in ROBUST_BETAS),
+    ]
+    if per_prompt:
+        out.append({"n_prompts": ROBUST_PROMPTS, "per_prompt_weights": True})
+    return out
+
+
+#: The full sweep of H1, H2, H3 and H5 (:func:`sweeps`): fixed fields and grid.
+SETTINGS_FIXED = {"vocab": 3, "k": 3}
+SETTINGS_GRID = {"horizon": [3, 4], "n_pairs": [16, 64, 256]}
+
+
+def sweeps(
+    headline: dict,
+    *,
+    fixed: dict = SETTINGS_FIXED,
+    grid: dict = SETTINGS_GRID,
+    quick_grid: dict | None = None,
+    robust: tuple[tuple[int, int], ...] = ((4, 3),),
+    robust_fixed: dict | None = None,
+) -> tuple[dict, dict, dict, list[dict]]:
+    """``(SETTINGS, QUICK, PILOT, ROBUSTNESS)`` of an H1–H5 experiment from its headline cell:
+
+    - SETTINGS: the full sweep, ``fixed`` and ``grid``, 20 seeds on :data:`CONFIRM_BLOCK`;
+    - QUICK: the confirmatory sweep of ``gvgap reproduce --quick`` (:func:`quick_sweep`: the
+      headline, less the fields ``quick_grid`` sweeps, and ``quick_grid``; its seeds are
+      replaced by the power plan's);
+    - PILOT: its power pilot on its own seed block (:func:`pilot_sweep`);
+    - ROBUSTNESS: the standard re-checks (:func:`robustness` at the other (V, H) of
+      ``robust``), each with ``robust_fixed`` set too.
+    """
+    quick_grid = dict(quick_grid or {})
+    quick = quick_sweep({k: v for k, v in headline.items() if k not in quick_grid}, grid=quick_grid)
+    grid = {k: list(v) for k, v in grid.items()}
+    settings = {"seeds": 20, "seed_start": CONFIRM_BLOCK, "fixed": dict(fixed), "grid": grid}
+    checks = [{**o, **(robust_fixed or {})} for o in robustness(*robust)]
+    return settings, quick, pilot_sweep(quick), checks
+
+
 def plan_seeds(module, pilot: pd.DataFrame) -> dict:
     """Seeds of the confirmatory sweep and of every re-check, from the pilot block.
 
