@@ -72,11 +72,6 @@ class Doc:
                 self.html.append(f"<pre>{html.escape(body)}</pre>")
             lead = ""
 
-    def bullets(self, items: list[str]) -> None:
-        """A bullet list of one-line items."""
-        self.md.append("\n".join(f"- {md_inline(b)}" for b in items))
-        self.html.append("<ul>" + "".join(f"<li>{_inline(b)}</li>" for b in items) + "</ul>")
-
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
         lines = [header, ["---"] * len(header), *rows]
         self.md.append("\n".join("| " + " | ".join(map(_md_cell, r)) + " |" for r in lines))

@@ -174,18 +174,6 @@ def prepare(
     return env, data, lambda_grid(cfg.lam, cfg.lam_grid), split_seed_from(rng)
 
 
-def check_loop(cfg) -> None:
-    """UserError for a bad online-loop setting (``online_samples``, ``iters``, ``best_worst``
-    with λ = 0) of a Config that runs the exact online loops."""
-    check_range("online_samples", cfg.online_samples, 2)
-    check_range("iters", cfg.iters, 1)
-    if cfg.best_worst and cfg.lam == 0:
-        raise UserError(
-            "lam must be != 0 when best_worst is true (hard best-vs-worst "
-            "labels have no minimiser without a regulariser); got 0"
-        )
-
-
 def family_knobs(cfg) -> dict:
     """The optional family knobs a Config sets (``dictionary``, ``check``,
     ``per_prompt_weights``); unset ones are left to the family's defaults."""

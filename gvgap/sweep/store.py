@@ -346,10 +346,6 @@ class RunStore:
         """Every valid finished run, in file-name order."""
         return self.scan()[0]
 
-    def done_ids(self) -> set[str]:
-        """Ids of the finished runs (invalid run files do not count)."""
-        return {r["run_id"] for r in self.records()}
-
     def write_run(self, record: dict[str, Any]) -> None:
         """Store one finished run with its ``sha256``, atomically."""
         body = {k: v for k, v in record.items() if k != "sha256"}
