@@ -399,7 +399,7 @@ def contrast_table(
         return [], [], 0
     rows = []
     for cell in Hy.cells_of(df, cell_columns(df)):
-        sub = Hy.at_cell(df, cell)
+        sub = stats.at_cell(df, cell)
         for role, c in contrasts:
             d = Hy.paired(sub, c)
             if d.size >= 2:
@@ -465,7 +465,7 @@ def summary_section(doc: Doc, df: pd.DataFrame, module: ModuleType | None) -> No
         )
         return
     for cell in cells:
-        header, rows = summary_table(Hy.at_cell(df, cell), np.random.default_rng(0))
+        header, rows = summary_table(stats.at_cell(df, cell), np.random.default_rng(0))
         if rows:
             doc.para(f"Summary at {_cell_label(cell)} (mean [95% bootstrap CI] over the seeds):")
             doc.table(header, rows)

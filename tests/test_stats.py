@@ -184,3 +184,23 @@ def test_with_column_errors() -> None:
         S.with_column(df, "nothing")
     assert "log_gap" in S.with_column(df, "log_gap").columns
     assert S.has_column(df, "log_gap") and not S.has_column(df, "nothing")
+
+
+def test_at_cell_is_the_one_rows_at_a_cell_rule():
+    """Issue 19 (rows-at-a-cell three times): equality per column, any of a list, NaN matches
+    NaN (h6's cells group with dropna=False), fields the table lacks are ignored; ``select``
+    is the same rule on bare metrics too."""
+    df = pd.DataFrame(
+        {
+            "run_id": [0, 1, 2, 3],
+            "vocab": [2, 3, 3, 3],
+            "cell": ["a", "a", None, "b"],
+            "pipeline": ["", "", "", ""],
+            "metric": ["gap", "gap", "gap", "gap"],
+            "value": [0.5, 1.5, 2.5, 3.5],
+        }
+    )
+    assert S.at_cell(df, {"vocab": 3, "absent": 9})["run_id"].tolist() == [1, 2, 3]
+    assert S.at_cell(df, {"vocab": [2, 3], "cell": "a"})["run_id"].tolist() == [0, 1]
+    assert S.at_cell(df, {"cell": float("nan")})["run_id"].tolist() == [2]
+    assert S.select(df, {"gap": [1.5, 3.5], "vocab": 3})["run_id"].tolist() == [1, 3]

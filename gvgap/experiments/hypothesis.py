@@ -46,19 +46,12 @@ class Contrast:
     metric: str = "J"
 
 
-def at_cell(df: pd.DataFrame, cell: dict) -> pd.DataFrame:
-    """Rows whose Config columns equal ``cell`` (fields absent from the table are ignored)."""
-    mask = np.ones(len(df), bool)
-    for k, v in cell.items():
-        if k in df.columns:
-            mask &= (df[k] == v).to_numpy()
-    return df[mask]
-
-
 def headline_rows(df: pd.DataFrame, headline: dict) -> pd.DataFrame:
     """The rows a figure shows: the headline cell's, or, on a table of one other setting (a
     robustness re-check, where the headline's values were overridden), all rows: the same
     rule as :func:`hypothesis_record`, so a re-check's figure is not silently empty."""
+    from gvgap.stats import at_cell
+
     rows = at_cell(df, headline)
     keys = [k for k in headline if k in df.columns]
     if rows.empty and keys and len(df.drop_duplicates(keys)) == 1:
@@ -137,6 +130,8 @@ def hypothesis_record(
     ``reported`` contrasts (not evidence) and ``extra`` (a string, or a function of the
     headline cell's rows) are read in the same cell as the decision and appended to the
     detail."""
+    from gvgap.stats import at_cell
+
     cells = cells_of(df, by)
     keys = [{k: v for k, v in headline.items() if k in c} for c in cells]
     head_idx = [i for i, c in enumerate(cells) if all(c[k] == v for k, v in keys[i].items())]

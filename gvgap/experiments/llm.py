@@ -295,13 +295,14 @@ def task_verdicts(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     in
     grid order), its other cells under ``robustness``; every cell decided in one Holm family."""
     from gvgap.inference import decide_family
+    from gvgap.stats import at_cell
 
     df = df[df["experiment"] == ID] if "experiment" in df else df
     by = varying_fields(df)
     if "task" not in by:
         by = ["task", *by]
     cells = Hy.cells_of(df, by)
-    frames = [Hy.at_cell(df, c) for c in cells]
+    frames = [at_cell(df, c) for c in cells]
     decisions = decide_family([paired(f, TEST[0]) for f in frames], margin=MARGIN)
     rng = np.random.default_rng(0)
     out: dict[str, dict[str, Any]] = {}
