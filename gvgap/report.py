@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gvgap import figures as F
-from gvgap import stats
+from gvgap import figures, stats
 from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.report_doc import Doc
@@ -143,7 +142,7 @@ def write_plots(
     df = load_results(run_dir)
     digest = _sha256(results_path(run_dir))
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / FIGURES
-    paths, index = F.write_figures(
+    paths, index = figures.write_figures(
         experiment_frames(df),
         out,
         modules=_modules(),
@@ -355,7 +354,7 @@ def cell_columns(df: pd.DataFrame) -> list[str]:
     """The Config columns that define the cells of a table: the varying ones, minus those
     determined by the others kept (a named design cell fixes its generator, tree, …), the
     columns with most levels considered first."""
-    cols = sorted(F.varying(df), key=lambda c: (-F.n_levels(df, c), c))
+    cols = sorted(figures.varying(df), key=lambda c: (-figures.n_levels(df, c), c))
     keep: list[str] = []
     for c in cols:
         if keep and (df.groupby(keep, dropna=False)[c].nunique(dropna=False) <= 1).all():
@@ -392,18 +391,18 @@ def contrast_table(
     """Per cell (:func:`cell_columns`) and contrast (:func:`contrasts_of`): the mean paired
     difference with its 95% bootstrap CI and the paired seeds behind it; a contrast without
     two pairs in a cell is left out (no empty rows). Returns (header, rows, rows cut)."""
-    from gvgap.experiments import hypothesis as Hy
+    from gvgap.experiments import hypothesis
 
     contrasts = contrasts_of(module, df)
     if not contrasts:
         return [], [], 0
     rows = []
-    for cell in Hy.cells_of(df, cell_columns(df)):
+    for cell in hypothesis.cells_of(df, cell_columns(df)):
         sub = stats.at_cell(df, cell)
         for role, c in contrasts:
-            d = Hy.paired(sub, c)
+            d = hypothesis.paired(sub, c)
             if d.size >= 2:
-                m, lo, hi = Hy.mean_ci(d)
+                m, lo, hi = hypothesis.mean_ci(d)
                 rows.append(
                     [_cell_label(cell), role, c.label, c.metric, _ci(m, lo, hi), str(d.size)]
                 )
@@ -445,7 +444,7 @@ def summary_section(doc: Doc, df: pd.DataFrame, module: ModuleType | None) -> No
     """Per cell of the design: the contrasts (test, control, reported) with CIs and seeds,
     then, for a design of at most :data:`MAX_SUMMARY_CELLS` cells, each cell's per-pipeline
     summary — never pooled over cells (protocols, n, …)."""
-    from gvgap.experiments import hypothesis as Hy
+    from gvgap.experiments import hypothesis
 
     header, rows, cut = contrast_table(df, module)
     if rows:
@@ -457,7 +456,7 @@ def summary_section(doc: Doc, df: pd.DataFrame, module: ModuleType | None) -> No
         doc.table(header, rows)
         if cut:
             doc.note(f"{cut} more rows left out (results.parquet holds them).")
-    cells = Hy.cells_of(df, cell_columns(df))
+    cells = hypothesis.cells_of(df, cell_columns(df))
     if len(cells) > MAX_SUMMARY_CELLS:
         doc.para(
             f"Per-pipeline summaries are not shown for the {len(cells)} cells of this design "
@@ -540,7 +539,7 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     title = f"gvgap report: {root.resolve().name}"
     doc = Doc(root)
     doc.heading(1, title)
-    doc.para(f"Generated {now} by gvgap {__version__} (git {F.git_sha() or 'unknown'}).")
+    doc.para(f"Generated {now} by gvgap {__version__} (git {figures.git_sha() or 'unknown'}).")
     manifest_section(doc, df)
     verify_section(doc)
     verdicts = verdict_section(doc)

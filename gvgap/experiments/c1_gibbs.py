@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.envs.tree_env import TreeEnv, make_env, random_ref_policy
 from gvgap.errors import check_choice, check_range
 from gvgap.experiments.base import Verdict
@@ -80,7 +80,7 @@ class Config:
         for name in ("beta", "ref_concentration", "reward_scale", "pi_concentration"):
             check_range(name, getattr(self, name), 0.0, lo_open=True)
         check_choice("ref", self.ref, REF_FAMILIES)
-        T.check_tree_size(self.n_prompts, self.vocab, self.horizon)
+        theory.check_tree_size(self.n_prompts, self.vocab, self.horizon)
 
 
 SETTINGS: dict[str, Any] = {
@@ -120,7 +120,7 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _instance(cfg: Config, instance_rng: np.random.Generator) -> _Instance:
-    m, n = cfg.n_prompts, T.n_leaves(cfg.vocab, cfg.horizon)
+    m, n = cfg.n_prompts, theory.n_leaves(cfg.vocab, cfg.horizon)
     r_star = cfg.reward_scale * instance_rng.standard_normal((m, n))
     rho = instance_rng.dirichlet(np.ones(m))
     env = make_env(
@@ -134,25 +134,29 @@ def _instance(cfg: Config, instance_rng: np.random.Generator) -> _Instance:
         rho=rho,
         rng=instance_rng,
     )
-    logp_star_bf = T.soft_optimal_leaf_logp(env.logp_ref, env.r_star, env.beta)
-    log_z_bf = T.log_partition_leaf(env.logp_ref, env.r_star, env.beta)
+    logp_star_bf = theory.soft_optimal_leaf_logp(env.logp_ref, env.r_star, env.beta)
+    log_z_bf = theory.log_partition_leaf(env.logp_ref, env.r_star, env.beta)
     softvi_error = max(
         _rel_err(logp_star_bf, env.logp_star), _rel_err(log_z_bf, env.soft_star.log_z)
     )
     return _Instance(env, logp_star_bf, log_z_bf, softvi_error)
 
 
-def _policy_errors(inst: _Instance, logpi: T.NodeLogp) -> tuple[float, float]:
+def _policy_errors(inst: _Instance, logpi: theory.NodeLogp) -> tuple[float, float]:
     """(Gibbs error, per-token-vs-trajectory KL error) of one node policy π."""
     env = inst.env
-    logp = T.node_to_leaf_logp(logpi)
+    logp = theory.node_to_leaf_logp(logpi)
     reward = (np.exp(logp) * env.r_star).sum(axis=1)
-    lhs = reward - env.beta * T.kl_per_prompt(logp, env.logp_ref)
-    rhs = env.beta * (inst.log_z_bf - T.kl_per_prompt(logp, inst.logp_star_bf))
+    lhs = reward - env.beta * theory.kl_per_prompt(logp, env.logp_ref)
+    rhs = env.beta * (inst.log_z_bf - theory.kl_per_prompt(logp, inst.logp_star_bf))
     kl_err = max(
-        _rel_err(T.kl(logp, env.logp_ref, env.rho), T.per_token_kl(logpi, env.logpi_ref, env.rho)),
         _rel_err(
-            T.kl(logp, env.logp_star, env.rho), T.per_token_kl(logpi, env.soft_star.logpi, env.rho)
+            theory.kl(logp, env.logp_ref, env.rho),
+            theory.per_token_kl(logpi, env.logpi_ref, env.rho),
+        ),
+        _rel_err(
+            theory.kl(logp, env.logp_star, env.rho),
+            theory.per_token_kl(logpi, env.soft_star.logpi, env.rho),
         ),
     )
     return _rel_err(lhs, rhs), kl_err

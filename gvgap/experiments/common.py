@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.data import Preferences, sample_pairs
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
@@ -280,14 +280,14 @@ TIE_TOL = 1e-9
 
 def tilted_logp(logp_ref: np.ndarray, r: np.ndarray, s: float) -> np.ndarray:
     """Leaf form of soft RL on ``r`` at β' = 1/s: log P ∝ log P_ref + s r (docs/theory.md §2)."""
-    return T.log_normalize_leaf(logp_ref + s * r)
+    return theory.log_normalize_leaf(logp_ref + s * r)
 
 
 def kl_limit(logp_ref: np.ndarray, r: np.ndarray, rho: np.ndarray) -> float:
     """lim_{β'→0} KL(π_{β'}‖π_ref): P_ref restricted to each prompt's argmax set of ``r``."""
     top = r >= r.max(axis=1, keepdims=True) - TIE_TOL
-    lp = T.log_normalize_leaf(np.where(top, logp_ref, -np.inf))
-    return T.kl(lp, logp_ref, rho)
+    lp = theory.log_normalize_leaf(np.where(top, logp_ref, -np.inf))
+    return theory.kl(lp, logp_ref, rho)
 
 
 def match_kl(env: TreeEnv, r: np.ndarray, target: float) -> tuple[np.ndarray, float] | None:
@@ -301,7 +301,7 @@ def match_kl(env: TreeEnv, r: np.ndarray, target: float) -> tuple[np.ndarray, fl
     """
 
     def gap(s: float) -> float:
-        return T.kl(tilted_logp(env.logp_ref, r, s), env.logp_ref, env.rho) - target
+        return theory.kl(tilted_logp(env.logp_ref, r, s), env.logp_ref, env.rho) - target
 
     if target >= kl_limit(env.logp_ref, r, env.rho) - 1e-9:
         return None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gvgap import inference as I
+from gvgap import inference
 from gvgap.experiments.h6_design import (
     DOSE_N,
     GROWTH,
@@ -173,7 +173,7 @@ def misspecified(cells: list[CellStats], runs: pd.DataFrame) -> set[tuple]:
             first = lo[side].to_numpy(float) * mine[0].n
             last = hi[side].to_numpy(float) * mine[-1].n
             grows = np.mean(last) > GROWTH * np.mean(first) and min(first.size, last.size) > 1
-            if grows and mannwhitneyu(last, first, alternative="greater").pvalue < I.ALPHA:
+            if grows and mannwhitneyu(last, first, alternative="greater").pvalue < inference.ALPHA:
                 flagged.add(key)
     return flagged
 

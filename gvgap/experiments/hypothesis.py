@@ -368,7 +368,7 @@ def plan_seeds(module, pilot: pd.DataFrame) -> dict:
     Returns:
         ``{"seeds", "power", "robust_seeds", "robust_power", "parts"}``.
     """
-    from gvgap import inference as I
+    from gvgap import inference
 
     head = headline_rows(pilot, getattr(module, "HEAD_CELL", module.HEADLINE))
     d_ctrl, d_test = paired(head, module.CONTROL), paired(head, module.TEST)
@@ -379,9 +379,9 @@ def plan_seeds(module, pilot: pd.DataFrame) -> dict:
         note = "no pilot control differences" if d_ctrl.size < 2 else f"control {expected}"
         return {"seeds": seeds, "power": nan, "robust_seeds": seeds, "robust_power": nan,
                 "parts": {"note": note}}  # fmt: skip
-    plan = I.seeds_for_power(d_ctrl, test=expected)
+    plan = inference.seeds_for_power(d_ctrl, test=expected)
     seeds = int(np.clip(plan.seeds, *SEED_BOUNDS))
-    pw = I.power(d_ctrl, seeds, test=expected, rng=np.random.default_rng(0))
+    pw = inference.power(d_ctrl, seeds, test=expected, rng=np.random.default_rng(0))
     n_cells = max(1, int(np.prod([len(v) for v in module.QUICK.get("grid", {}).values()])))
     parts: dict = {"control": {**plan.to_json(), "power_at_seeds": pw}}
     if d_test.size >= 2:
@@ -389,11 +389,11 @@ def plan_seeds(module, pilot: pd.DataFrame) -> dict:
         parts["test"] = {
             "pilot_mean": float(d_test.mean()),
             "pilot_n": int(d_test.size),
-            "power_predicted": I.power(
+            "power_predicted": inference.power(
                 d_test, seeds, test=predicted, margin=module.MARGIN, n_tests=n_cells,
                 rng=np.random.default_rng(0),
-            ) if predicted in I.TESTS else float("nan"),
-            "power_equivalent_if_null": I.power(
+            ) if predicted in inference.TESTS else float("nan"),
+            "power_equivalent_if_null": inference.power(
                 d_test, seeds, test="equivalent", margin=module.MARGIN, n_tests=n_cells,
                 rng=np.random.default_rng(0),
             ),
