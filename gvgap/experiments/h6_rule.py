@@ -274,13 +274,13 @@ def decide(df: pd.DataFrame, *, seed: int = 0) -> Decision:
 def headline_effect(df: pd.DataFrame, headline: dict | None = None) -> dict[str, float]:
     """Mean d [95% bootstrap CI] and seeds at ``headline`` (default :data:`HEADLINE`; NaN when
     the table lacks it)."""
-    from gvgap.stats import mean_ci
+    from gvgap.stats import at_cell, mean_ci
 
     head = HEADLINE if headline is None else headline
     runs = run_table(df, head["protocol"])
     if runs.empty or "cell" not in runs.columns:
         return {"effect": np.nan, "ci_low": np.nan, "ci_high": np.nan, "seeds": 0}
-    at = runs[(runs["cell"] == head["cell"]) & (runs["n_pairs"] == head["n_pairs"])]
+    at = at_cell(runs, {"cell": head["cell"], "n_pairs": head["n_pairs"]})
     m, lo, hi = mean_ci(at["d"].to_numpy(float), rng=np.random.default_rng(0))
     return {"effect": m, "ci_low": lo, "ci_high": hi, "seeds": int(at["d"].notna().sum())}
 
