@@ -264,14 +264,14 @@ def test_linear_rm_certificate_covers_the_dropped_directions(monkeypatch):
     but the certificate says no and reports the gradient along the dropped direction. With the
     stated tolerance, an exactly duplicated column and a per-prompt constant are dropped (they
     span nothing: σ at rounding level, zero gradient along them) and the fit is certified."""
-    from gvgap.learners import newton
+    from gvgap.learners import feature_basis
 
     phi, prefs = _scaled_problem()
     dup = np.concatenate([phi, phi[..., :1], np.full((*phi.shape[:2], 1), 3.0)], axis=-1)
     fit = learners.fit_reward(LinearReward(dup), prefs, (1, 16), lam=1e-3)
     assert fit.converged and fit.extra["rank"] == 4
     assert fit.extra["sigma_dropped"] <= 1e-13 and fit.extra["grad_dropped"] <= 1e-15
-    monkeypatch.setattr(newton, "RANK_EPS_FACTOR", 1e14)  # σ ≤ ~0.2 counts as null: drops one
+    monkeypatch.setattr(feature_basis, "RANK_EPS_FACTOR", 1e14)  # σ ≤ ~0.2 is null: drops one
     trunc = learners.fit_reward(LinearReward(phi), prefs, (1, 16), lam=1e-3)
     assert trunc.extra["rank"] == 3 and trunc.extra["sigma_dropped"] > 1e-2
     assert trunc.extra["grad_dropped"] > 1e-6 and not trunc.converged
@@ -282,7 +282,7 @@ def test_linear_rm_rank_of_window_features_is_exact_under_rescaling():
     dependencies within each position block) get the rank of numpy's matrix_rank, also with
     their columns rescaled by e^{±14}."""
     from gvgap.envs import features
-    from gvgap.learners.newton import FeatureBasis
+    from gvgap.learners.feature_basis import FeatureBasis
     from gvgap.theory.tree import leaf_tokens
 
     rng = np.random.default_rng(0)

@@ -17,7 +17,8 @@ from gvgap.data import Demos, Preferences
 from gvgap.envs.features import block_features, position_window
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import check_range
-from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
+from gvgap.learners.feature_basis import feature_basis
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
 from gvgap.policies import TabularPolicy

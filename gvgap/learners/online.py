@@ -16,7 +16,8 @@ from gvgap.data import (
     sample_prompts,
 )
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
+from gvgap.learners.feature_basis import feature_basis
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular
 from gvgap.learners.offline import _reg, check_lam, check_weight, preference_fit, scatter, sft
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
