@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gvgap.data import Preferences, sample_leaves, sample_prompts, soft_labels
-from gvgap.experiments import common, hypothesis
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import dpo, online_dpo_round
 
@@ -216,7 +216,7 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (on- − off-policy pairs, R_sim RM labels), its positive control (the same
     with true labels) and the reported contrasts against offline DPO, in J (mean paired
     difference, 95% bootstrap CI) at the headline cell."""
-    return hypothesis.plot_contrasts(
+    return hypothesis_plots.plot_contrasts(
         hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
@@ -227,4 +227,4 @@ TITLE = "H1: on- vs off-policy pairs, one labeller"
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than J, one figure per metric."""
-    return hypothesis.contrast_figures(sys.modules[__name__], df, title=TITLE)
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title=TITLE)

@@ -53,7 +53,7 @@ from scipy.optimize import brentq
 
 from gvgap import losses, theory
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.experiments import common, hypothesis
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, minimize, online_dpo_round, select_lambda
 from gvgap.learners.offline import on_policy_kl, scatter
@@ -357,11 +357,11 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (DPO regularised on-policy − on the data, at equal KL), its positive control
     (the same against a bad member of the data-only optima) and the reported contrasts, in J
     (mean paired difference, 95% bootstrap CI) at the headline cell."""
-    return hypothesis.plot_contrasts(
+    return hypothesis_plots.plot_contrasts(
         hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than J, one figure per metric."""
-    return hypothesis.contrast_figures(sys.modules[__name__], df, title=TITLE)
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title=TITLE)

@@ -52,7 +52,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from gvgap import theory
-from gvgap.experiments import common, hypothesis
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import dpo, online_dpo_round
 from gvgap.learners.round import round_pairs, tempered_leaf_logp
@@ -295,7 +295,7 @@ def plot(df: pd.DataFrame, ax=None):
     optima at the same KL from π_ref), its positive control (slowed DPO − DPO) and the
     reported contrasts in the same metric (nats; mean paired difference, 95% bootstrap CI)
     at the headline cell."""
-    return hypothesis.plot_contrasts(
+    return hypothesis_plots.plot_contrasts(
         hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
@@ -334,4 +334,4 @@ def plot_curves(df: pd.DataFrame, ax=None):
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The J curves, and the reported contrasts in metrics other than the test's."""
     return [("curves", plot_curves, ("*",)),
-            *hypothesis.contrast_figures(sys.modules[__name__], df, title="H3")]  # fmt: skip
+            *hypothesis_plots.contrast_figures(sys.modules[__name__], df, title="H3")]  # fmt: skip

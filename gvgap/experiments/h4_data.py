@@ -47,7 +47,7 @@ import numpy as np
 from gvgap.data import Preferences
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import UserError
-from gvgap.experiments import common, hypothesis
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, online_dpo_round, rlhf, select_lambda
 from gvgap.rewards import LinearReward
@@ -272,11 +272,11 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (pooled − per-prompt RM on the same pairs), its positive control (the
     per-prompt RM with more pairs) and the reported contrasts, in J (mean paired difference,
     95% bootstrap CI) at the headline cell (shared r*)."""
-    return hypothesis.plot_contrasts(
+    return hypothesis_plots.plot_contrasts(
         hypothesis.headline_rows(df, HEAD_CELL), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than J, one figure per metric."""
-    return hypothesis.contrast_figures(sys.modules[__name__], df, title=TITLE)
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title=TITLE)

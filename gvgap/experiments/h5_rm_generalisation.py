@@ -52,7 +52,7 @@ import numpy as np
 from scipy.special import expit
 
 from gvgap.data import Preferences
-from gvgap.experiments import common, hypothesis
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import (
     best_of_n,
@@ -308,11 +308,11 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (OOD ranking accuracy, linear RM − local RM matched on held-out likelihood),
     its positive control (matched local − local on D) and the reported accuracy contrasts
     (mean paired difference, 95% bootstrap CI) at the headline cell."""
-    return hypothesis.plot_contrasts(
+    return hypothesis_plots.plot_contrasts(
         hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than the test's, one figure per metric."""
-    return hypothesis.contrast_figures(sys.modules[__name__], df, title="H5")
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title="H5")
