@@ -33,16 +33,9 @@ import pandas as pd
 from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.experiments.registry import EXPERIMENTS, get_experiment
-from gvgap.sweep.executors import (
-    SharedPool,
-    SharedRay,
-    check_executor,
-    import_ray,
-    ray_session,
-    resolve_workers,
-    shared_pool,
-)
+from gvgap.sweep.executors import SharedPool, check_executor, resolve_workers, shared_pool
 from gvgap.sweep.progress import SharedProgress, make_progress
+from gvgap.sweep.ray_executor import SharedRay, import_ray, ray_session
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
 from gvgap.sweep.store import RunStore
