@@ -27,9 +27,8 @@ import time
 
 import numpy as np
 
-from gvgap.experiments import common as C
+from gvgap.experiments import common, h6_protocols
 from gvgap.experiments import h6_gap as H
-from gvgap.experiments import h6_protocols as P
 
 
 def cpu(fn, reps: int) -> float:
@@ -57,13 +56,13 @@ def measure(horizon: int, generator: str, reps: int) -> dict[str, float]:
         return H.run(cfg, rng=np.random.default_rng(0), instance_rng=np.random.default_rng(1))
 
     def cold():
-        P.clear_cache()
+        h6_protocols.clear_cache()
         run()
 
     out = {"leaves": 3**horizon, "cold": cpu(cold, reps)}
     run()  # fill the cache
     out["warm"] = cpu(run, reps)
-    out["env"] = cpu(lambda: C.build_env(cfg, np.random.default_rng(1)), reps)
+    out["env"] = cpu(lambda: common.build_env(cfg, np.random.default_rng(1)), reps)
     out["measure"] = max(out["cold"] - out["warm"] - out["env"], 0.0)
     return out
 

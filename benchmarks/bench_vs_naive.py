@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gvgap import theory as T
-from gvgap.experiments import common as C
+from gvgap import theory
+from gvgap.experiments import common
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import naive_script as NV
+import naive_script
 
 
 def _clock() -> tuple[float, float]:
@@ -48,8 +48,8 @@ def measure_gap(k: int, seed: int) -> np.ndarray:
     """CPU/wall seconds of measuring the gap on the instance of (k, seed) (module docstring)."""
     from gvgap.ladder import Ladder
 
-    cfg = C.ProblemConfig(family="linear", dictionary="dense", vocab=4, horizon=5, k=k)
-    env = C.build_env(cfg, np.random.default_rng([1, seed]))
+    cfg = common.ProblemConfig(family="linear", dictionary="dense", vocab=4, horizon=5, k=k)
+    env = common.build_env(cfg, np.random.default_rng([1, seed]))
     t0 = _clock()
     lad = Ladder(env, oracle=env.features)
     lad.constant("policy", "tabular")
@@ -60,25 +60,25 @@ def measure_gap(k: int, seed: int) -> np.ndarray:
 
 def run_cell(k: int, n: int, seed: int) -> dict:
     """One (k, n, seed): both codes on the same instance and data."""
-    cfg = C.ProblemConfig(
+    cfg = common.ProblemConfig(
         family="linear", dictionary="dense", vocab=4, horizon=5, k=k, n_pairs=n, lam_grid="full"
     )
-    env, data, grid, split = C.prepare(
+    env, data, grid, split = common.prepare(
         cfg, np.random.default_rng(seed), np.random.default_rng([1, seed])
     )
     t0 = _clock()
-    off = C.fit_dpo(env, data, grid, split)
-    on = C.fit_rlhf(env, data, "linear", grid, split)
+    off = common.fit_dpo(env, data, grid, split)
+    on = common.fit_rlhf(env, data, "linear", grid, split)
     j = {
-        p: T.objective_j(r.logp, env.r_star, env.logp_ref, env.beta, env.rho)
+        p: theory.objective_j(r.logp, env.r_star, env.logp_ref, env.beta, env.rho)
         for p, r in (("dpo", off), ("rlhf", on))
     }
     t_gv = _since(t0)
     t0 = _clock()
-    rows = {**C.metric_row("dpo", env, off), **C.metric_row("rlhf", env, on)}
+    rows = {**common.metric_row("dpo", env, off), **common.metric_row("rlhf", env, on)}
     t_metrics = _since(t0)
     t0 = _clock()
-    nv = NV.fit_cell(
+    nv = naive_script.fit_cell(
         env.features[0], env.r_star[0], env.logp_ref[0], data.chosen, data.rejected, env.beta, split
     )
     t_nv = _since(t0)
@@ -96,12 +96,12 @@ def main() -> None:
     """Run the grid and print the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="k <= 128, n <= 256")
-    ap.add_argument("--seeds", type=int, default=NV.SEEDS)
+    ap.add_argument("--seeds", type=int, default=naive_script.SEEDS)
     ap.add_argument("--ks", type=str, default=None, help="comma-separated k values")
     ap.add_argument("--ns", type=str, default=None, help="comma-separated n values")
     args = ap.parse_args()
-    ks = NV.KS[:-1] if args.small else NV.KS
-    ns = NV.NS[:-1] if args.small else NV.NS
+    ks = naive_script.KS[:-1] if args.small else naive_script.KS
+    ns = naive_script.NS[:-1] if args.small else naive_script.NS
     ks = tuple(int(v) for v in args.ks.split(",")) if args.ks else ks
     ns = tuple(int(v) for v in args.ns.split(",")) if args.ns else ns
     print(f"grid k={ks} n={ns} seeds={args.seeds}; CPU seconds summed over seeds")

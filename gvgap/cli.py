@@ -12,13 +12,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_int
 
 EXIT_USAGE = 2
 #: Exit code of an environment failure (disk full, permission) outside input validation.
 EXIT_ENV = 1
-#: Largest seed accepted on the command line (results store seeds as int64).
-MAX_SEED = 2**63 - 1
 #: Most random instances per verify check.
 MAX_INSTANCES = 100_000
 
@@ -54,12 +52,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_int(flag: str, value: int, lo: int, hi: int) -> int:
-    if not lo <= value <= hi:
-        raise UserError(f"{flag} must be an integer in [{lo}, {hi}], got {value}")
-    return value
-
-
 def _check_path(flag: str, path: str | None) -> None:
     """A non-empty path whose components fit NAME_MAX (255 bytes) and whose whole fits
     PATH_MAX (an empty one would mean the current directory)."""
@@ -76,8 +68,8 @@ def _check_path(flag: str, path: str | None) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    _check_int("--seed", args.seed, 0, MAX_SEED)
-    _check_int("--instances", args.instances, 1, MAX_INSTANCES)
+    check_int("--seed", args.seed, 0)  # ≤ int64 max: results store seeds as int64
+    check_int("--instances", args.instances, 1, MAX_INSTANCES)
     _check_path("--json", args.json)
     if args.json is not None and os.path.isdir(args.json):
         raise UserError(f"--json {args.json}: is a directory; give a file name")
@@ -92,7 +84,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from gvgap.sweep.runner import run_single
 
-    _check_int("--seed", args.seed, 0, MAX_SEED)
+    check_int("--seed", args.seed, 0)  # ≤ int64 max: results store seeds as int64
     metrics = run_single(args.id, _parse_sets(args.set), seed=args.seed, echo=sys.stderr)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0

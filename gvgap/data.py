@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_choice, check_int, check_range
 
 LABELS = ("bt", "argmax")
 TIES = ("random", "drop", "half")
@@ -39,6 +39,10 @@ class Preferences:
     def subset(self, idx: np.ndarray) -> Preferences:
         """Rows ``idx``."""
         return Preferences(self.prompt[idx], self.chosen[idx], self.rejected[idx], self.weight[idx])
+
+    def margin(self, r: np.ndarray) -> np.ndarray:
+        """Δ_i = r(x_i, ξ⁺_i) − r(x_i, ξ⁻_i) of a leaf reward ``r`` ``(m, N)``, ``(n,)``."""
+        return r[self.prompt, self.chosen] - r[self.prompt, self.rejected]
 
     def split(self, val_frac: float, rng: np.random.Generator) -> tuple[Preferences, Preferences]:
         """Deterministic (given ``rng``) train / held-out split; at least one row each side."""
@@ -119,12 +123,9 @@ def label_pairs(
     flip: float = 0.0,
 ) -> Preferences:
     """Label pairs (a, b) of completions of ``prompt`` with the oracle reward ``r`` ``(m, N)``."""
-    if label not in LABELS:
-        raise UserError(f"label must be one of {LABELS}, got {label!r}")
-    if tie not in TIES:
-        raise UserError(f"tie must be one of {TIES}, got {tie!r}")
-    if not 0 <= flip <= 0.5:
-        raise UserError(f"flip must be in [0, 0.5], got {flip}")
+    check_choice("label", label, LABELS)
+    check_choice("tie", tie, TIES)
+    check_range("flip", flip, 0.0, 0.5)
     diff = r[prompt, a] - r[prompt, b]
     if label == "bt":
         return _orient(prompt, a, b, rng.random(diff.shape[0]) < expit(diff), rng, flip)
@@ -147,6 +148,17 @@ def label_pairs(
     )
 
 
+def soft_labels(prompt: np.ndarray, a: np.ndarray, b: np.ndarray, r: np.ndarray) -> Preferences:
+    """The exact BT labels of ``r`` ``(m, N)`` on pairs (a, b) of completions of ``prompt``
+    (each ``(n,)``): every pair twice, a ≻ b weighted y = σ(r(a) − r(b)) and b ≻ a weighted
+    1 − y, ``2n`` rows."""
+    y = expit(r[prompt, a] - r[prompt, b])
+    return Preferences(
+        np.concatenate([prompt, prompt]), np.concatenate([a, b]), np.concatenate([b, a]),
+        np.concatenate([y, 1.0 - y]),
+    )  # fmt: skip
+
+
 def _orient(prompt, a, b, a_wins, rng, flip) -> Preferences:
     """Chosen/rejected from 'a wins' booleans, after flip noise ε."""
     if flip > 0:
@@ -165,8 +177,7 @@ def sample_pairs(
     **label_kw,
 ) -> Preferences:
     """``n`` pairs: x ~ ρ, ξ1, ξ2 ~ μ(·|x) i.i.d., labelled by the oracle on ``r`` ``(m, N)``."""
-    if n < 1:
-        raise UserError(f"n_pairs must be >= 1, got {n}")
+    check_int("n_pairs", n, 1)
     x = sample_prompts(rho, n, rng)
     a = sample_leaves(logp_mu, x, rng)
     b = sample_leaves(logp_mu, x, rng)
@@ -175,8 +186,7 @@ def sample_pairs(
 
 def sample_demos(logp: np.ndarray, rho: np.ndarray, n: int, rng: np.random.Generator) -> Demos:
     """``n`` demonstrations x ~ ρ, ξ ~ π(·|x)."""
-    if n < 1:
-        raise UserError(f"n_demos must be >= 1, got {n}")
+    check_int("n_demos", n, 1)
     x = sample_prompts(rho, n, rng)
     return Demos(x, sample_leaves(logp, x, rng), np.ones(n))
 

@@ -17,7 +17,6 @@ import importlib
 import json
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gvgap import plots, stats
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.provenance import git_sha
 
@@ -77,17 +77,6 @@ def sidecar(meta: dict[str, Any], files: list[str], seeds: Any = None) -> dict[s
     }
 
 
-def _write_via(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` to a hidden temporary file beside ``path``, then os.replace; the
-    temporary file is removed whatever fails (a full disk leaves nothing behind)."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_figure(
     fig: Figure,
     out_dir: str | os.PathLike,
@@ -118,12 +107,12 @@ def save_figure(
         paths = []
         for fmt in FORMATS:
             path = out / f"{stem}.{fmt}"
-            _write_via(path, partial(fig.savefig, format=fmt, dpi=PNG_DPI))
+            atomic_write(path, partial(fig.savefig, format=fmt, dpi=PNG_DPI))
             paths.append(path)
         record = sidecar(meta, [p.name for p in paths], seeds)
         text = json.dumps(record, indent=1, default=_jsonable, allow_nan=True)
         path = out / f"{stem}.json"
-        _write_via(path, lambda tmp: tmp.write_text(text))
+        atomic_write(path, text)
     except OSError as exc:
         raise UserError(f"cannot write figures to {str(out)!r}: {exc.strerror or exc}") from None
     return [*paths, path]

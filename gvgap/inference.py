@@ -18,7 +18,9 @@ Tests (named, as docs/design.md §3 asks):
 Decision (:func:`decide`) for one cell, each p-value Holm-adjusted within its family by the
 caller (``adjust``): ``greater`` if superiority holds and equivalence does not; ``less`` if
 inferiority holds and equivalence does not; ``equivalent`` if TOST holds (a significant
-difference smaller than δ is practically nil); ``undetermined`` otherwise.
+difference smaller than δ is practically nil); ``undetermined`` otherwise. An exact identity
+(no sampling error) has no test: it holds iff its largest error is within a tolerance
+(:func:`within_tolerance`, the rule of c1_gibbs and of ``gvgap verify``).
 """
 
 from __future__ import annotations
@@ -168,6 +170,23 @@ def decide_family(ds: Sequence[Any], *, margin: float, alpha: float = ALPHA) -> 
         )
         for j, d in enumerate(ds)
     ]
+
+
+#: Tolerance of an exact identity: float64 round-off in closed forms on trees of ≤ 1e6 leaves
+#: (``gvgap verify``'s identity checks and c1_gibbs).
+IDENTITY_TOL = 1e-9
+
+
+def within_tolerance(errors: Any, tolerance: float) -> tuple[bool, float]:
+    """The rule of an exact identity, which has no sampling error and so no test: it holds iff
+    the largest error over every instance is ≤ ``tolerance`` (one failing instance decides).
+
+    Returns:
+        ``(holds, worst)``; no instance: ``(False, nan)``.
+    """
+    errs = np.asarray(errors, dtype=np.float64).ravel()
+    worst = float(np.max(errs)) if errs.size else float("nan")
+    return bool(worst <= tolerance), worst
 
 
 def hypothesis_verdict(outcome: str, *, predicted: str, control_detects: bool) -> tuple[str, bool]:

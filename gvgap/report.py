@@ -6,9 +6,9 @@ The report shows how the run was made (``manifest.json``), the theorem checks
 the re-checks and seed blocks under it) and, per experiment, its claim, design note (docstring
 markup rendered, :mod:`gvgap.report_doc`), figures and, per cell of the design, the tested
 contrast with its controls and reported contrasts (mean paired difference, 95% bootstrap CI,
-seeds) and, for small designs, each cell's per-pipeline summary. Missing pieces are noted,
-not fatal. Figures are reused when ``figures/index.json`` was made from the current
-``results.parquet`` (same SHA-256), otherwise redrawn (:func:`write_plots`).
+seeds) and, for small designs, each cell's per-pipeline summary (:mod:`gvgap.report_tables`).
+Missing pieces are noted, not fatal. Figures are reused when ``figures/index.json`` was made
+from the current ``results.parquet`` (same SHA-256), otherwise redrawn (:func:`write_plots`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import datetime
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -26,10 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gvgap import figures as F
-from gvgap import stats
+from gvgap import figures
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
-from gvgap.report_doc import Doc
+from gvgap.report_doc import Doc, fmt_ci, fmt_value
+from gvgap.report_tables import summary_section
 
 RESULTS, VERDICTS, VERIFY, MANIFEST = (
     "results.parquet",
@@ -38,10 +38,6 @@ RESULTS, VERDICTS, VERIFY, MANIFEST = (
     "manifest.json",
 )
 FIGURES, INDEX = "figures", "index.json"
-#: Metrics summarised per pipeline (docs/design.md §5 shared names), in this order.
-MAIN_METRICS = ("J_norm", "J", "reward", "kl_ref", "kl_opt", "win_rate")
-#: At most this many bare metrics are summarised for an experiment without pipelines.
-MAX_BARE_METRICS = 12
 REQUIRED = ("experiment", "pipeline", "metric", "value")
 # ---------------------------------------------------------------- reading a run directory
 
@@ -114,16 +110,14 @@ def experiment_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+def _write_text(path: Path, text: str) -> None:
+    """:func:`gvgap.atomic.atomic_write` of ``text`` (its directory created); an OSError
+    becomes one UserError naming the file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     except OSError as exc:
         raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_plots(
@@ -145,14 +139,14 @@ def write_plots(
     df = load_results(run_dir)
     digest = _sha256(results_path(run_dir))
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / FIGURES
-    paths, index = F.write_figures(
+    paths, index = figures.write_figures(
         experiment_frames(df),
         out,
         modules=_modules(),
         extra_meta={"results_sha256": digest},
         pool=pool,
     )
-    _atomic_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
+    _write_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
     return [*paths, out / INDEX]
 
 
@@ -165,20 +159,6 @@ def _current_index(root: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- report sections
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    if isinstance(x, (float, np.floating)):
-        return f"{x:.3g}" if np.isfinite(x) else "–"
-    return "–" if x is None else str(x)
-
-
-def _ci(mean: Any, lo: Any, hi: Any) -> str:
-    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
-
-
 def manifest_section(doc: Doc, df: pd.DataFrame) -> None:
     """How it was run: the table's size, manifest scalars and the full manifest."""
     doc.heading(2, "How it was run")
@@ -189,7 +169,9 @@ def manifest_section(doc: Doc, df: pd.DataFrame) -> None:
     if not isinstance(manifest, dict):
         doc.note(f"No manifest ({why or 'not a JSON object'}).")
         return
-    scalars = [[k, _fmt(v)] for k, v in manifest.items() if isinstance(v, (str, int, float, bool))]
+    scalars = [
+        [k, fmt_value(v)] for k, v in manifest.items() if isinstance(v, (str, int, float, bool))
+    ]
     doc.table(["field", "value"], scalars)
     for eid, why in (manifest.get("not_run") or {}).items():
         doc.note(f"{eid} was NOT RUN: {why}. It has no verdict in this report.")
@@ -214,7 +196,8 @@ def verify_section(doc: Doc) -> None:
         return
     keys = ("item", "name", "instances", "max_error", "tolerance")
     rows = [
-        [_fmt(r.get(k)) for k in keys] + ["PASS" if r.get("passed") else "FAIL"] for r in records
+        [fmt_value(r.get(k)) for k in keys] + ["PASS" if r.get("passed") else "FAIL"]
+        for r in records
     ]
     doc.table(["item", "check", "instances", "max error", "tolerance", "result"], rows)
     n_pass = sum(r[-1] == "PASS" for r in rows)
@@ -262,9 +245,9 @@ def verdict_section(doc: Doc) -> dict[str, Any]:
             v.get("verdict", "?"),
             v.get("paper_position") or "–",
             v.get("consistent_with_paper") or "–",
-            _ci(v.get("effect"), v.get("ci_low"), v.get("ci_high")),
+            fmt_ci(v.get("effect"), v.get("ci_low"), v.get("ci_high")),
             _control(v.get("positive_control")),
-            _fmt(v.get("seeds") if v.get("seeds") is not None else v.get("n_runs")),
+            fmt_value(v.get("seeds") if v.get("seeds") is not None else v.get("n_runs")),
             _power(v.get("power")),
             _agreeing(v),
         ]
@@ -289,7 +272,7 @@ def _agreeing(v: dict) -> str:
 
 
 def _override(o: Any) -> str:
-    return ", ".join(f"{k} = {_fmt(x)}" for k, x in o.items()) if isinstance(o, dict) else "–"
+    return ", ".join(f"{k} = {fmt_value(x)}" for k, x in o.items()) if isinstance(o, dict) else "–"
 
 
 def recheck_section(doc: Doc, verdicts: dict[str, dict]) -> None:
@@ -314,8 +297,8 @@ def recheck_section(doc: Doc, verdicts: dict[str, dict]) -> None:
                     [
                         _override(c.get("override")),
                         c.get("verdict", "?"),
-                        _ci(c.get("effect"), c.get("ci_low"), c.get("ci_high")),
-                        _fmt(c.get("seeds")),
+                        fmt_ci(c.get("effect"), c.get("ci_low"), c.get("ci_high")),
+                        fmt_value(c.get("seeds")),
                         _power(c.get("power")),
                     ]
                     for c in checks
@@ -328,9 +311,9 @@ def recheck_section(doc: Doc, verdicts: dict[str, dict]) -> None:
                 ["first seed", "effect [95% CI]", "seeds"],
                 [
                     [
-                        _fmt(b.get("seed_start")),
-                        _ci(b.get("effect"), b.get("ci_low"), b.get("ci_high")),
-                        _fmt(b.get("seeds")),
+                        fmt_value(b.get("seed_start")),
+                        fmt_ci(b.get("effect"), b.get("ci_low"), b.get("ci_high")),
+                        fmt_value(b.get("seeds")),
                     ]
                     for b in blocks
                 ],
@@ -341,136 +324,7 @@ def _control(pc: Any) -> str:
     """``effect [lo, hi]`` of a ``positive_control`` record, ``–`` when absent."""
     if not isinstance(pc, dict):
         return "–"
-    return _ci(pc.get("effect"), pc.get("ci_low"), pc.get("ci_high"))
-
-
-#: At most this many cells get a per-pipeline summary table (a larger design is summarised
-#: by its contrast table alone).
-MAX_SUMMARY_CELLS = 4
-#: At most this many rows in a per-cell contrast table.
-MAX_CONTRAST_ROWS = 240
-#: Contrasts of an experiment that names none (``TEST``), first match wins: (a, b, metric).
-DEFAULT_CONTRASTS = (("rlhf", "dpo", "J"), ("online", "offline", "J"), ("online_dpo", "dpo", "J"))
-
-
-def cell_columns(df: pd.DataFrame) -> list[str]:
-    """The Config columns that define the cells of a table: the varying ones, minus those
-    determined by the others kept (a named design cell fixes its generator, tree, …), the
-    columns with most levels considered first."""
-    cols = sorted(F.varying(df), key=lambda c: (-F.n_levels(df, c), c))
-    keep: list[str] = []
-    for c in cols:
-        if keep and (df.groupby(keep, dropna=False)[c].nunique(dropna=False) <= 1).all():
-            continue
-        keep.append(c)
-    return keep
-
-
-def _cell_label(cell: dict) -> str:
-    return ", ".join(f"{k} = {_fmt(v)}" for k, v in cell.items()) or "all runs"
-
-
-def contrasts_of(module: ModuleType | None, df: pd.DataFrame) -> list[tuple[str, Any]]:
-    """(role, contrast) pairs of an experiment: its TEST, CONTROL and REPORTED, or else the
-    first of :data:`DEFAULT_CONTRASTS` whose pipelines and metric the table has."""
-    from gvgap.experiments.hypothesis import Contrast
-
-    test = getattr(module, "TEST", None)
-    if test is not None:
-        out = [("test", test)]
-        if getattr(module, "CONTROL", None) is not None:
-            out.append(("positive control", module.CONTROL))
-        return out + [("reported", c) for c in getattr(module, "REPORTED", ())]
-    pipes, metrics = set(df["pipeline"]), set(df["metric"])
-    for a, b, metric in DEFAULT_CONTRASTS:
-        if {a, b} <= pipes and metric in metrics:
-            return [("compared", Contrast(f"{a} − {b}", a, b, metric))]
-    return []
-
-
-def contrast_table(
-    df: pd.DataFrame, module: ModuleType | None
-) -> tuple[list[str], list[list[str]], int]:
-    """Per cell (:func:`cell_columns`) and contrast (:func:`contrasts_of`): the mean paired
-    difference with its 95% bootstrap CI and the paired seeds behind it; a contrast without
-    two pairs in a cell is left out (no empty rows). Returns (header, rows, rows cut)."""
-    from gvgap.experiments import hypothesis as Hy
-
-    contrasts = contrasts_of(module, df)
-    if not contrasts:
-        return [], [], 0
-    rows = []
-    for cell in Hy.cells_of(df, cell_columns(df)):
-        sub = Hy.at_cell(df, cell)
-        for role, c in contrasts:
-            d = Hy.paired(sub, c)
-            if d.size >= 2:
-                m, lo, hi = Hy.mean_ci(d)
-                rows.append(
-                    [_cell_label(cell), role, c.label, c.metric, _ci(m, lo, hi), str(d.size)]
-                )
-    header = ["cell", "role", "contrast a − b", "metric", "mean [95% CI]", "seeds"]
-    return header, rows[:MAX_CONTRAST_ROWS], max(len(rows) - MAX_CONTRAST_ROWS, 0)
-
-
-def summary_table(df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[str], list[list]]:
-    """Mean [95% CI] over the runs of ``df`` (one cell; :func:`gvgap.stats.summarize`):
-    pipelines × main metrics, pipelines without any of them left out; or, without
-    pipelines, one row per bare metric with min/max."""
-    piped = df[df["pipeline"] != ""]
-    metrics = [m for m in MAIN_METRICS if m in set(piped["metric"])]
-    if metrics:
-        t = stats.summarize(piped[piped["metric"].isin(metrics)], ["pipeline", "metric"], rng=rng)
-        cell = {(r.pipeline, r.metric): _ci(r.mean, r.ci_low, r.ci_high) for r in t.itertuples()}
-        n = t.groupby("pipeline")["n"].max()
-        pipes = [p for p in dict.fromkeys(piped["pipeline"]) if p in n.index]
-        rows = [[p, *(cell.get((p, m), "–") for m in metrics), _fmt(n.get(p))] for p in pipes]
-        return ["pipeline", *metrics, "n runs"], rows
-    bare = df[df["pipeline"] == ""]
-    names = list(dict.fromkeys(bare["metric"]))[:MAX_BARE_METRICS]
-    t = stats.summarize(bare[bare["metric"].isin(names)], ["metric"], rng=rng)
-    ext = bare.groupby("metric")["value"].agg(["min", "max"])
-    rows = [
-        [
-            r.metric,
-            _ci(r.mean, r.ci_low, r.ci_high),
-            _fmt(ext.at[r.metric, "min"]),
-            _fmt(ext.at[r.metric, "max"]),
-            _fmt(r.n),
-        ]
-        for r in t.itertuples()
-    ]
-    return ["metric", "mean [95% CI]", "min", "max", "n"], rows
-
-
-def summary_section(doc: Doc, df: pd.DataFrame, module: ModuleType | None) -> None:
-    """Per cell of the design: the contrasts (test, control, reported) with CIs and seeds,
-    then, for a design of at most :data:`MAX_SUMMARY_CELLS` cells, each cell's per-pipeline
-    summary — never pooled over cells (protocols, n, …)."""
-    from gvgap.experiments import hypothesis as Hy
-
-    header, rows, cut = contrast_table(df, module)
-    if rows:
-        doc.para(
-            "Contrasts per cell (mean paired difference a − b over the seeds, 95% bootstrap "
-            "CI; the test decides the verdict, the positive control must detect its effect, "
-            "reported contrasts are not evidence):"
-        )
-        doc.table(header, rows)
-        if cut:
-            doc.note(f"{cut} more rows left out (results.parquet holds them).")
-    cells = Hy.cells_of(df, cell_columns(df))
-    if len(cells) > MAX_SUMMARY_CELLS:
-        doc.para(
-            f"Per-pipeline summaries are not shown for the {len(cells)} cells of this design "
-            "(results.parquet holds every run)."
-        )
-        return
-    for cell in cells:
-        header, rows = summary_table(Hy.at_cell(df, cell), np.random.default_rng(0))
-        if rows:
-            doc.para(f"Summary at {_cell_label(cell)} (mean [95% bootstrap CI] over the seeds):")
-            doc.table(header, rows)
+    return fmt_ci(pc.get("effect"), pc.get("ci_low"), pc.get("ci_high"))
 
 
 def experiment_section(
@@ -494,18 +348,18 @@ def experiment_section(
         doc.para(f"**Prediction (if the hypothesis holds).** {module.PREDICTION}")
     if verdict:
         held = verdict.get("prediction_held")
-        eff = _ci(verdict.get("effect"), verdict.get("ci_low"), verdict.get("ci_high"))
+        eff = fmt_ci(verdict.get("effect"), verdict.get("ci_low"), verdict.get("ci_high"))
         agree = verdict.get("consistent_with_paper")
         doc.para(
             f"**Verdict on the hypothesis: {verdict.get('verdict', '?')}**"
-            + ("" if held is None else f" (prediction held: {_fmt(held)})")
+            + ("" if held is None else f" (prediction held: {fmt_value(held)})")
             + f"; effect {eff}"
             + (
                 f"; positive control {_control(verdict['positive_control'])}"
                 if isinstance(verdict.get("positive_control"), dict)
                 else ""
             )
-            + f"; {_fmt(verdict.get('n_runs'))} runs"
+            + f"; {fmt_value(verdict.get('n_runs'))} runs"
             + (f"; consistent with the paper: {agree}" if agree else "")
             + "."
         )
@@ -542,7 +396,7 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     title = f"gvgap report: {root.resolve().name}"
     doc = Doc(root)
     doc.heading(1, title)
-    doc.para(f"Generated {now} by gvgap {__version__} (git {F.git_sha() or 'unknown'}).")
+    doc.para(f"Generated {now} by gvgap {__version__} (git {figures.git_sha() or 'unknown'}).")
     manifest_section(doc, df)
     verify_section(doc)
     verdicts = verdict_section(doc)
@@ -559,6 +413,6 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
             continue
         experiment_section(doc, eid, frame, verdicts.get(eid), figs)
     md, page = root / "report.md", root / "report.html"
-    _atomic_text(md, doc.to_markdown())
-    _atomic_text(page, doc.to_html(title))
+    _write_text(md, doc.to_markdown())
+    _write_text(page, doc.to_html(title))
     return [md, page]

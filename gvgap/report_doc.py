@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: Cell values coloured by class in HTML tables.
 STATUS = ("supported", "against", "inconclusive", "PASS", "FAIL")
 CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -71,11 +73,6 @@ class Doc:
                 self.md.append("```\n" + body + "\n```")
                 self.html.append(f"<pre>{html.escape(body)}</pre>")
             lead = ""
-
-    def bullets(self, items: list[str]) -> None:
-        """A bullet list of one-line items."""
-        self.md.append("\n".join(f"- {md_inline(b)}" for b in items))
-        self.html.append("<ul>" + "".join(f"<li>{_inline(b)}</li>" for b in items) + "</ul>")
 
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
         lines = [header, ["---"] * len(header), *rows]
@@ -227,3 +224,19 @@ def blocks(text: str) -> list[tuple[str, Any]]:
 
 def _td(x: Any) -> str:
     return f'<td class="v-{x}">{x}</td>' if x in STATUS else f"<td>{_inline(x)}</td>"
+
+
+def fmt_value(x: Any) -> str:
+    """A table cell: yes/no, an integer, 3 significant digits, ``–`` for None or non-finite."""
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return f"{x:.3g}" if np.isfinite(x) else "–"
+    return "–" if x is None else str(x)
+
+
+def fmt_ci(mean: Any, lo: Any, hi: Any) -> str:
+    """``mean [lo, hi]`` of :func:`fmt_value` cells."""
+    return f"{fmt_value(mean)} [{fmt_value(lo)}, {fmt_value(hi)}]"

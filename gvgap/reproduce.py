@@ -30,21 +30,15 @@ from typing import Any
 
 import pandas as pd
 
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.experiments.registry import EXPERIMENTS, get_experiment
-from gvgap.sweep.executors import (
-    SharedPool,
-    SharedRay,
-    check_executor,
-    import_ray,
-    ray_session,
-    resolve_workers,
-    shared_pool,
-)
+from gvgap.sweep.executors import SharedPool, check_executor, resolve_workers, shared_pool
 from gvgap.sweep.progress import SharedProgress, make_progress
+from gvgap.sweep.ray_executor import SharedRay, import_ray, ray_session
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
-from gvgap.sweep.store import RunStore, atomic_write
+from gvgap.sweep.store import RunStore
 from gvgap.verify import format_table, run_checks
 
 #: Instances per theorem check in ``--quick`` (the full run uses 200).
@@ -81,7 +75,7 @@ def strict_json(obj: Any) -> Any:
 
 def _write_json(path: Path, obj: Any) -> None:
     text = json.dumps(strict_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
-    atomic_write(path, text.encode())
+    atomic_write(path, text)
 
 
 def base_data(eid: str, quick: bool) -> dict[str, Any]:
@@ -494,12 +488,7 @@ def reproduce(
                 RunStore(job.out).check(job.spec)
         frames, verdicts = run_experiments(runnable, out, quick, executor, n_workers, pool, plans)
         results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        tmp = out / ".results.parquet.tmp"
-        try:  # a full disk leaves no partial file behind
-            results.to_parquet(tmp, index=False)
-            os.replace(tmp, out / "results.parquet")
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(out / "results.parquet", lambda tmp: results.to_parquet(tmp, index=False))
         _write_json(out / "verdicts.json", verdicts)
         _write_json(
             out / "manifest.json",

@@ -387,11 +387,31 @@ def with_column(df: pd.DataFrame, col: str) -> pd.DataFrame:
     return df.merge(values, left_on="run_id", right_index=True, how="left")
 
 
+def at_cell(df: pd.DataFrame, cell: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows of a cell: for every ``cell`` item whose column the table has, the column equals
+    the value (any of them for a list, tuple or set; a NaN value matches NaN). Fields absent
+    from the table are ignored."""
+    mask = np.ones(len(df), bool)
+    for col, val in cell.items():
+        if col not in df.columns:
+            continue
+        if isinstance(val, (list, tuple, set)):
+            hit = df[col].isin(list(val))
+        else:
+            hit = df[col].isna() if _is_nan(val) else df[col] == val
+        mask &= hit.to_numpy(bool)
+    return df[mask]
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and bool(np.isnan(value)))
+
+
 def select(df: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
-    """Rows with ``df[col] == value`` (or ``isin`` for a list/tuple) for every ``where`` item."""
+    """:func:`at_cell` on columns or bare metrics (:func:`with_column`): rows with
+    ``df[col] == value`` (or ``isin`` for a list/tuple) for every ``where`` item."""
     for col, val in (where or {}).items():
-        df = with_column(df, col)
-        df = df[df[col].isin(val) if isinstance(val, (list, tuple, set)) else df[col] == val]
+        df = at_cell(with_column(df, col), {col: val})
     return df
 
 

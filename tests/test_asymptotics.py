@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from gvgap.theory import asymptotics as A
+from gvgap.theory import asymptotics
 
 
 def _problem(n, scale, seed=0):
@@ -23,8 +23,8 @@ def _problem(n, scale, seed=0):
 def test_sigma_prime_is_stable_far_out():
     # σ'(Δ) = σ(Δ)σ(−Δ) = e^{−|Δ|}/(1 + e^{−|Δ|})²: at |Δ| = 800 it is e^{−800} ≈ 3.7e-348
     # (subnormal in float64 → 0), at 30 it is e^{−30}(1 − 2e^{−30}) to 1e-15.
-    assert A.sigma_prime(np.array([30.0]))[0] == pytest.approx(np.exp(-30.0), rel=1e-12)
-    assert A.sigma_prime(np.array([-800.0, 800.0])).tolist() == [0.0, 0.0]
+    assert asymptotics.sigma_prime(np.array([30.0]))[0] == pytest.approx(np.exp(-30.0), rel=1e-12)
+    assert asymptotics.sigma_prime(np.array([-800.0, 800.0])).tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(("n", "scale"), [(12, 1.0), (400, 3.0), (700, 9.0)])
@@ -36,12 +36,12 @@ def test_pair_kernel_factorisation_error(n, scale):
     _, r, _ = _problem(n, scale)
     if n == 12:
         r = np.round(r, 1)  # few distinct values: the grouped factorisation
-    k = A.PairKernel.of(r)
-    exact = A.sigma_prime(r[:, None] - r[None, :])
+    k = asymptotics.PairKernel.of(r)
+    exact = asymptotics.sigma_prime(r[:, None] - r[None, :])
     err = np.abs(k.u @ k.a @ k.u.T - exact).max()
-    capped = k.u.shape[1] == A.KERNEL_MAX_COLUMNS
-    assert err < (1e-6 if capped else 10 * A.KERNEL_TOL) and k.error <= err + 1e-18
-    assert err <= 100 * max(k.error, A.KERNEL_TOL)  # the spot check sees the error's size
+    capped = k.u.shape[1] == asymptotics.KERNEL_MAX_COLUMNS
+    assert err < (1e-6 if capped else 10 * asymptotics.KERNEL_TOL) and k.error <= err + 1e-18
+    assert err <= 100 * max(k.error, asymptotics.KERNEL_TOL)  # the spot check sees the error's size
 
 
 def test_fisher_matches_brute_force_pair_sum():
@@ -49,13 +49,16 @@ def test_fisher_matches_brute_force_pair_sum():
     r[3] = r[7]  # a tie
     psi = np.random.default_rng(2).standard_normal((15, 4))
     brute = sum(
-        mu[i] * mu[j] * A.sigma_prime(r[i] - r[j]) * np.outer(psi[i] - psi[j], psi[i] - psi[j])
+        mu[i]
+        * mu[j]
+        * asymptotics.sigma_prime(r[i] - r[j])
+        * np.outer(psi[i] - psi[j], psi[i] - psi[j])
         for i in range(15)
         for j in range(15)
     )
-    k = A.PairKernel.of(r)
-    np.testing.assert_allclose(A.bt_fisher(psi, mu, k), brute, atol=1e-15)
-    np.testing.assert_allclose(A.bt_fisher(sp.csr_matrix(psi), mu, k), brute, atol=1e-15)
+    k = asymptotics.PairKernel.of(r)
+    np.testing.assert_allclose(asymptotics.bt_fisher(psi, mu, k), brute, atol=1e-15)
+    np.testing.assert_allclose(asymptotics.bt_fisher(sp.csr_matrix(psi), mu, k), brute, atol=1e-15)
 
 
 def test_two_leaf_constant_by_hand():
@@ -66,8 +69,8 @@ def test_two_leaf_constant_by_hand():
     beta = 0.5
     p = mu * np.exp(r / beta)
     p /= p.sum()
-    want = p[0] * p[1] / (2 * beta * 2 * mu[0] * mu[1] * A.sigma_prime(r[0] - r[1]))
-    got = A.tabular_constant(p[None], mu[None], r[None], beta)
+    want = p[0] * p[1] / (2 * beta * 2 * mu[0] * mu[1] * asymptotics.sigma_prime(r[0] - r[1]))
+    got = asymptotics.tabular_constant(p[None], mu[None], r[None], beta)
     assert got.value == pytest.approx(want, rel=1e-13) and got.dim == 1
 
 
@@ -76,15 +79,15 @@ def test_tabular_closed_form_equals_the_dense_pseudo_inverse(n, scale):
     """tr(Σ (2L)⁺)/(2β) by Woodbury on the factorised kernel = the dense pseudo-inverse of the
     pair-graph Laplacian (and = the linear formula with leaf indicators as the basis)."""
     mu, r, p = _problem(n, scale, seed=n)
-    s = A.sigma_prime(r[:, None] - r[None, :])
+    s = asymptotics.sigma_prime(r[:, None] - r[None, :])
     w = mu[:, None] * s * mu[None, :]
     lap = np.diag(w.sum(1)) - w
     cov = np.diag(p) - np.outer(p, p)
     dense = np.trace(cov @ np.linalg.pinv(2 * lap)) / 2.0
-    got = A.tabular_constant(p[None], mu[None], r[None], 1.0).value
+    got = asymptotics.tabular_constant(p[None], mu[None], r[None], 1.0).value
     assert got == pytest.approx(dense, rel=1e-9)
     if n <= 10:
-        lin = A.linear_constant(
+        lin = asymptotics.linear_constant(
             [np.eye(n)[:, :-1]], p[None], mu[None], r[None], np.ones(1), 1.0, shared=True
         )
         assert lin.value == pytest.approx(dense, rel=1e-10)
@@ -99,13 +102,13 @@ def test_constant_is_basis_invariant_and_pools_shared_parameters():
     rho = np.array([0.4, 0.6])
     psi = rng.standard_normal((n, 3))
     mix = psi @ rng.standard_normal((3, 3))  # an invertible change of coordinates
-    a = A.linear_constant([psi, psi], p, mu, r, rho, 1.0, shared=True).value
-    b = A.linear_constant([mix, mix], p, mu, r, rho, 1.0, shared=True).value
+    a = asymptotics.linear_constant([psi, psi], p, mu, r, rho, 1.0, shared=True).value
+    b = asymptotics.linear_constant([mix, mix], p, mu, r, rho, 1.0, shared=True).value
     assert a == pytest.approx(b, rel=1e-10)
-    per = A.linear_constant([psi, psi], p, mu, r, rho, 1.0, shared=False)
+    per = asymptotics.linear_constant([psi, psi], p, mu, r, rho, 1.0, shared=False)
     # per-prompt parameters: C adds over prompts, ρ cancels (prompt x gets ρ_x n pairs)
     solo = [
-        A.linear_constant(
+        asymptotics.linear_constant(
             [psi], p[x : x + 1], mu[x : x + 1], r[x : x + 1], np.ones(1), 1.0, shared=True
         ).value
         for x in range(m)
@@ -120,7 +123,7 @@ def test_unidentified_direction_gives_infinite_constant():
     p = np.array([0.2, 0.3, 0.5])
     r = np.array([0.0, 1.0, 2.0])
     psi = np.array([[0.0], [0.0], [1.0]])
-    c = A.linear_constant([psi], p[None], mu[None], r[None], np.ones(1), 1.0, shared=True)
+    c = asymptotics.linear_constant([psi], p[None], mu[None], r[None], np.ones(1), 1.0, shared=True)
     assert np.isinf(c.value) and c.rank == 0 and c.dropped == pytest.approx(1.0)
 
 
@@ -129,11 +132,15 @@ def test_population_fit_recovers_a_contained_reward_and_projects_otherwise():
     rng = np.random.default_rng(6)
     psi = rng.standard_normal((16, 3))
     r_in = psi @ np.array([0.5, -1.0, 0.25])
-    r_inf, fit = A.population_bt_fit_linear([psi], r_in[None], mu[None], np.ones(1), shared=True)
+    r_inf, fit = asymptotics.population_bt_fit_linear(
+        [psi], r_in[None], mu[None], np.ones(1), shared=True
+    )
     assert fit.converged and fit.loss == pytest.approx(0.0, abs=1e-14)
     np.testing.assert_allclose(r_inf[0] - r_inf[0].mean(), r_in - r_in.mean(), atol=1e-9)
     r_out = r_in + 0.8 * rng.standard_normal(16)
-    _, fit2 = A.population_bt_fit_linear([psi], r_out[None], mu[None], np.ones(1), shared=True)
+    _, fit2 = asymptotics.population_bt_fit_linear(
+        [psi], r_out[None], mu[None], np.ones(1), shared=True
+    )
     assert fit2.converged and fit2.loss > 1e-3  # a KL-type gap: the class misses r*
 
 
@@ -152,8 +159,10 @@ def test_n_times_regret_converges_to_the_constant_on_both_sides():
     env = make_family("linear", rng=np.random.default_rng(0), vocab=2, horizon=4, k=3)
     p, mu = np.exp(env.logp_star), np.exp(env.logp_ref)
     basis = dense_basis(env.features, shared=True)
-    c_on = A.linear_constant(basis, p, mu, env.r_star, env.rho, env.beta, shared=True).value
-    c_off = A.tabular_constant(p, mu, env.r_star, env.beta).value
+    c_on = asymptotics.linear_constant(
+        basis, p, mu, env.r_star, env.rho, env.beta, shared=True
+    ).value
+    c_off = asymptotics.tabular_constant(p, mu, env.r_star, env.beta).value
     assert c_off > 3 * c_on
     n, reps = 4000, 400
     on, off = [], []

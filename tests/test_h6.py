@@ -10,12 +10,9 @@ import pandas as pd
 import pytest
 
 from gvgap.errors import UserError
-from gvgap.experiments import common as C
-from gvgap.experiments import h6_cells as K
+from gvgap.experiments import common, h6_cells, h6_protocols, h6_rule
 from gvgap.experiments import h6_design as D
 from gvgap.experiments import h6_gap as M
-from gvgap.experiments import h6_protocols as P
-from gvgap.experiments import h6_rule as R
 from gvgap.experiments.base import make_config
 
 
@@ -46,7 +43,7 @@ def test_fields_reachable_from_set_strings():
         },
     )
     assert cfg.per_prompt_weights is True and cfg.rm_features == 9  # set by shared_reward
-    assert C.family_knobs(cfg) == {"dictionary": "window1", "per_prompt_weights": True}
+    assert common.family_knobs(cfg) == {"dictionary": "window1", "per_prompt_weights": True}
     gen = make_config(M.Config, {"generator": "additive_full", "tree": "2x4"})
     assert (gen.vocab, gen.horizon, gen.k, gen.dictionary) == (2, 4, 8, "position_token")
     cell = make_config(M.Config, {"cell": "sum_mod_2x4_b0.1"})
@@ -118,14 +115,14 @@ def test_protocols_pick_the_classes():
 
 
 def test_dictionary_holds_the_generating_features_among_distractors():
-    from gvgap.ladder import classes as LC
-    from gvgap.theory import spans as S
+    from gvgap.ladder import classes as ladder_classes
+    from gvgap.theory import spans
 
     cfg = make_config(M.Config, {"generator": "dense", "tree": "2x3"})
-    env = C.build_env(cfg, np.random.default_rng(0))
-    feats = LC.dictionary_features(env, 4, np.random.default_rng(1), shared=True)
+    env = common.build_env(cfg, np.random.default_rng(0))
+    feats = ladder_classes.dictionary_features(env, 4, np.random.default_rng(1), shared=True)
     assert feats.shape[-1] == 7
-    outside, dim = S.span_residual(env.r_star, feats, env.rho, shared=True)
+    outside, dim = spans.span_residual(env.r_star, feats, env.rho, shared=True)
     assert outside.max() < 1e-25 and dim == 7  # r* ∈ span of the K candidates
     hits = [j for j in range(7) if np.allclose(feats[0, :, j], env.features[0, :, 0])]
     assert len(hits) == 1  # the generating column is one of the K, unmarked
@@ -173,7 +170,7 @@ def test_coverage_by_hand():
     """coverage = Σ_x ρ_x Σ_{ξ ∈ D_x} P*(ξ|x): two pairs touching leaves {0, 1} and {1, 3}."""
     from gvgap.data import Preferences
 
-    env = C.build_env(_cfg(generator="dense", tree="2x2"), np.random.default_rng(0))
+    env = common.build_env(_cfg(generator="dense", tree="2x2"), np.random.default_rng(0))
     data = Preferences(np.zeros(2, int), np.array([0, 1]), np.array([1, 3]), np.ones(2))
     p = np.exp(env.logp_star[0])
     assert M.coverage(env, data) == pytest.approx(p[0] + p[1] + p[3])
@@ -185,8 +182,8 @@ def test_learned_protocol_has_no_access_to_r_star():
     selected rungs and fitted policies are identical."""
     cfg = _cfg(generator="dense", tree="2x4", protocol="learned", n_pairs=128)
     inst = M.instance(cfg, np.random.default_rng(3))
-    data = C.draw_pairs(inst.env, cfg.n_pairs, np.random.default_rng(4))
-    grid = C.lambda_grid(cfg.lam, cfg.lam_grid)
+    data = common.draw_pairs(inst.env, cfg.n_pairs, np.random.default_rng(4))
+    grid = common.lambda_grid(cfg.lam, cfg.lam_grid)
     a = M.fit_pipelines(cfg, inst, data, grid, 11)
     other = dataclasses.replace(inst.env, r_star=np.random.default_rng(9).normal(size=(1, 16)))
     b = M.fit_pipelines(cfg, dataclasses.replace(inst, env=other), data, grid, 11)
@@ -196,12 +193,12 @@ def test_learned_protocol_has_no_access_to_r_star():
 
 
 def test_instance_cache_changes_nothing():
-    P.clear_cache()
+    h6_protocols.clear_cache()
     cold = _run(generator="sum_mod", tree="2x4", protocol="learned")
     warm = _run(generator="sum_mod", tree="2x4", protocol="learned")
-    P.clear_cache()
+    h6_protocols.clear_cache()
     np.testing.assert_equal(cold, warm)
-    assert len(P._CACHE) == 0
+    assert len(h6_protocols._CACHE) == 0
 
 
 def test_tabular_rm_with_tabular_policy_is_exact():
@@ -280,7 +277,7 @@ def _frame(slope, ctrl_slope=1.0, noise=0.1, null_shift=0.0):
 
 
 def test_rule_supported_when_the_law_holds():
-    dec = R.decide(_frame(1.0))
+    dec = h6_rule.decide(_frame(1.0))
     assert (
         dec.p1.outcome == "holds" and dec.p2.outcome == "holds" and dec.control.outcome == "holds"
     )
@@ -289,19 +286,19 @@ def test_rule_supported_when_the_law_holds():
 
 
 def test_rule_against_when_the_slope_misses_the_band_or_the_null_fails():
-    low = R.decide(_frame(0.3))
+    low = h6_rule.decide(_frame(0.3))
     assert low.p1.outcome == "fails" and low.verdict == "against" and low.held is False
-    high = R.decide(_frame(2.5))
+    high = h6_rule.decide(_frame(2.5))
     assert high.p1.outcome == "fails" and high.verdict == "against"
     # an advantage of 2 C̄_off where ΔC* = 0: P2 decides "greater"
-    null = R.decide(_frame(1.0, null_shift=2.0))
+    null = h6_rule.decide(_frame(1.0, null_shift=2.0))
     assert null.p2.outcome == "fails" and null.verdict == "against"
 
 
 def test_rule_inconclusive_without_a_detecting_control_or_with_noise():
-    blind = R.decide(_frame(1.0, ctrl_slope=0.2))
+    blind = h6_rule.decide(_frame(1.0, ctrl_slope=0.2))
     assert blind.control.outcome == "fails" and blind.verdict == "inconclusive"
-    noisy = R.decide(_frame(1.0, noise=3.0))
+    noisy = h6_rule.decide(_frame(1.0, noise=3.0))
     assert noisy.verdict == "inconclusive" and noisy.p1.outcome == "undetermined"
 
 
@@ -309,22 +306,22 @@ def test_cells_outside_the_regime_or_misspecified_are_left_out():
     df = _frame(1.0)
     far = (df["cell"] == "c") & (df["metric"] == "rarest_count")
     df.loc[far, "value"] = 1.0  # the rarest leaf drawn once: not asymptotic
-    dec = R.decide(df)
+    dec = h6_rule.decide(df)
     assert dec.p1.n_cells == 2 * len(D.DOSE_N)  # a and b at both n; c out
     miss = _frame(1.0)
     bad = (miss["cell"] == "b") & (miss["metric"] == "contains") & (miss["seed"] < 10)
     miss.loc[bad & (miss["pipeline"] == "online"), "value"] = 0.0
-    dec2 = R.decide(miss)
+    dec2 = h6_rule.decide(miss)
     # b flagged; a at both n, c only at 4096 (C_off/n = 90/1024 > REGIME_C at 1024)
     assert ("b",) in dec2.flagged and dec2.p1.n_cells == 3
 
 
 def test_slope_power_by_hand():
     # cv = 0, any seeds: b̂ = 1 exactly, the interval is the point: power 1.
-    assert R.slope_power(0.0, 5, 10) == 1.0
+    assert h6_rule.slope_power(0.0, 5, 10) == 1.0
     # SE = 1/√(4·25) = 0.1: P(1 − 1.96·0.1 ≥ 0.67 …) = Φ((1.5 − 0.196 − 1)/0.1) − Φ((0.67 +
     # 0.196 − 1)/0.1) = Φ(3.04) − Φ(−1.34) = 0.9988 − 0.0901 = 0.909.
-    assert R.slope_power(1.0, 4, 25) == pytest.approx(0.909, abs=2e-3)
+    assert h6_rule.slope_power(1.0, 4, 25) == pytest.approx(0.909, abs=2e-3)
 
 
 def test_verdict_record_fields():
@@ -340,6 +337,6 @@ def test_surface_plot_on_a_tidy_frame():
 
     from gvgap import plots_h6 as plots
 
-    table = K.dose_table(_frame(1.0))
+    table = h6_cells.dose_table(_frame(1.0))
     ax = plots.dose_response(table, Figure().subplots())
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"

@@ -14,6 +14,7 @@ import pytest
 
 from gvgap import losses
 from gvgap.envs.tree_env import make_env
+from gvgap.experiments import common
 from gvgap.experiments import h1_on_policy_signal as h1
 from gvgap.experiments import h2_regularisation as h2
 from gvgap.experiments import h3_optimisation as h3
@@ -23,7 +24,7 @@ from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import EXPERIMENTS
 from gvgap.learners.sgd import dpo_grad, rloo_grad, run_steps
 from gvgap.policies import TabularPolicy
-from gvgap.theory import metrics as TM
+from gvgap.theory import metrics
 
 matplotlib.use("Agg")
 
@@ -71,9 +72,9 @@ def test_h1_local_rm_relabelling_is_the_theorem_not_an_arm(outs) -> None:
 
     cfg = h1.SMOKE
     rng = np.random.default_rng(0)
-    env, data, grid, split = h1.C.prepare(cfg, rng, np.random.default_rng(1))
-    off = h1.C.fit_dpo(env, data, grid, split)
-    pol = h1.C.tabular_policy(env)
+    env, data, grid, split = common.prepare(cfg, rng, np.random.default_rng(1))
+    off = common.fit_dpo(env, data, grid, split)
+    pol = common.tabular_policy(env)
     x, a, b = h1.pair_draw(env.logp_ref, env.rho, 9, rng)
     both = h1.Preferences.concat([data, h1.soft_labels(x, a, b, off.r_hat)])
     refit = dpo(pol, env, both, lam=off.lam, theta0=off.params)
@@ -101,9 +102,9 @@ def test_h1_on_policy_loop_spends_the_budget_over_the_rounds(monkeypatch) -> Non
     monkeypatch.setattr(h1, "pair_draw", spy)
     cfg = h1.SMOKE
     rng = np.random.default_rng(0)
-    env, data, grid, split = h1.C.prepare(cfg, rng, np.random.default_rng(1))
-    off = h1.C.fit_dpo(env, data, grid, split)
-    h1.on_policy_loop(h1.C.tabular_policy(env), env, data, off, env.r_star, 11, 4, rng)
+    env, data, grid, split = common.prepare(cfg, rng, np.random.default_rng(1))
+    off = common.fit_dpo(env, data, grid, split)
+    h1.on_policy_loop(common.tabular_policy(env), env, data, off, env.r_star, 11, 4, rng)
     assert seen == [3, 3, 3, 2]
 
 
@@ -153,11 +154,11 @@ def test_pairwise_accuracy_blocks_match_and_extremes() -> None:
     assert h5.pairwise_accuracy(0 * r, r, q, rho) == pytest.approx(0.5)
     noisy = r + rng.normal(size=r.shape)
     full = h5.pairwise_accuracy(noisy, r, q, rho)
-    old, TM.ACC_BLOCK = TM.ACC_BLOCK, 7
+    old, metrics.ACC_BLOCK = metrics.ACC_BLOCK, 7
     try:
         assert h5.pairwise_accuracy(noisy, r, q, rho) == pytest.approx(full, abs=1e-12)
     finally:
-        TM.ACC_BLOCK = old
+        metrics.ACC_BLOCK = old
 
 
 def test_snap_ties_merges_only_near_ties() -> None:
@@ -420,7 +421,7 @@ def test_h5_matched_pool_is_nested_in_d() -> None:
     itself, so every prefix of n·f pairs contains D (it used to be an independent draw)."""
     cfg = h5.SMOKE
     rng = np.random.default_rng(0)
-    env, data, _, _ = h5.C.prepare(cfg, rng, np.random.default_rng(1))
+    env, data, _, _ = common.prepare(cfg, rng, np.random.default_rng(1))
     pool = h5.nested_pool(env, data, 4 * len(data), rng)
     assert len(pool) == 4 * len(data)
     for f in ("prompt", "chosen", "rejected", "weight"):
@@ -454,16 +455,16 @@ def test_headline_rows_on_a_recheck_table_are_its_rows_not_empty() -> None:
     """A robustness re-check overrides the headline's vocab: its figure shows its one cell
     (as its verdict does); a table holding the headline keeps only the headline's rows; a
     table of two other cells shows nothing rather than pooling them."""
-    from gvgap.experiments import hypothesis as Hy
+    from gvgap.experiments import hypothesis
 
-    base = Hy.synthetic_table({"a": np.ones(3)}, cell={"vocab": 3, "n_pairs": 16})
+    base = hypothesis.synthetic_table({"a": np.ones(3)}, cell={"vocab": 3, "n_pairs": 16})
     other = base.assign(vocab=2)
     head = {"vocab": 3, "n_pairs": 16}
-    assert len(Hy.headline_rows(other, head)) == len(other)
+    assert len(hypothesis.headline_rows(other, head)) == len(other)
     both = pd.concat([base, other])
-    assert (Hy.headline_rows(both, head)["vocab"] == 3).all()
+    assert (hypothesis.headline_rows(both, head)["vocab"] == 3).all()
     two_others = pd.concat([other, base.assign(vocab=4)])
-    assert Hy.headline_rows(two_others, head).empty
+    assert hypothesis.headline_rows(two_others, head).empty
 
 
 # ---------------------------------------------------------------- the issue-17 designs
@@ -489,7 +490,7 @@ def test_h2_unseen_mass_does_not_change_the_data_only_objective() -> None:
     from gvgap import losses
 
     env = h2.build_env(dataclasses.replace(h2.SMOKE, vocab=3), np.random.default_rng(2))
-    data = h2.C.draw_pairs(env, 6, np.random.default_rng(3))
+    data = common.draw_pairs(env, 6, np.random.default_rng(3))
     leaf = h2.leaf_class(env)
     res = h2.dpo_data_only(leaf, env, data, lam=0.1)
     seen = np.zeros(env.logp_ref.shape, bool)
@@ -512,13 +513,13 @@ def test_h2_unseen_mass_does_not_change_the_data_only_objective() -> None:
 def test_h2_on_policy_arm_is_matched_in_kl() -> None:
     """The on-policy arm reaches the data-only arm's KL(π‖π_ref) to 1e-6 (relative), on the
     node-logit and the leaf form of the tabular class alike (one class, two coordinates)."""
-    env, data, grid, split = h2.C.prepare(h2.SMOKE, np.random.default_rng(0),
+    env, data, grid, split = common.prepare(h2.SMOKE, np.random.default_rng(0),
                                           np.random.default_rng(1))  # fmt: skip
     leaf = h2.leaf_class(env)
     dd, on, err = h2.data_vs_onpolicy(leaf, env, data, grid, split)
     assert err < 1e-6
     assert h2.kl_ref(env, on.logp) == pytest.approx(h2.kl_ref(env, dd.logp), rel=1e-6)
-    tab = h2.C.tabular_policy(env)
+    tab = common.tabular_policy(env)
     dd_t = h2.dpo_data_only(tab, env, data, lam=dd.lam)
     np.testing.assert_allclose(np.exp(dd_t.logp), np.exp(dd.logp), atol=1e-6)
 
@@ -527,14 +528,14 @@ def test_h3_paths_and_the_split_of_the_shortfall() -> None:
     """DPO's λ-path and soft RL's β'-path hit a requested KL; the J shortfall of an iterate is
     the part along its path (early stopping) plus the part off it, exactly."""
     cfg = h3.SMOKE
-    env, data, grid, split = h3.C.prepare(cfg, np.random.default_rng(0), np.random.default_rng(1))
-    pol = h3.C.tabular_policy(env)
-    off = h3.C.fit_dpo(env, data, grid, split)
+    env, data, grid, split = common.prepare(cfg, np.random.default_rng(0), np.random.default_rng(1))
+    pol = common.tabular_policy(env)
+    off = common.fit_dpo(env, data, grid, split)
     kappa = 0.5 * h2.kl_ref(env, off.logp)
     lp = h3.dpo_path_at_kl(env, pol, data, kappa, off.params)
     assert h2.kl_ref(env, lp) == pytest.approx(kappa, rel=1e-5)
-    rm = h3.C.fit_rlhf(env, data, "linear", grid, split)
-    matched = h3.C.match_kl(env, rm.r_hat, kappa)
+    rm = common.fit_rlhf(env, data, "linear", grid, split)
+    matched = common.match_kl(env, rm.r_hat, kappa)
     assert matched is not None and h2.kl_ref(env, matched[0]) == pytest.approx(kappa, rel=1e-9)
     out = smoke(h3)
     for p in ("dpo_sgd", "rlhf_sgd"):
@@ -576,10 +577,10 @@ def test_h5_match_uses_held_out_likelihood_not_r_star(outs) -> None:
 def test_design_blocks_and_paper_position(module) -> None:
     """The confirmatory sweep runs on the CONFIRM block, the pilot on its own block, and the
     paper's position is stated with the verdict that agrees with it."""
-    from gvgap.experiments import hypothesis as Hy
+    from gvgap.experiments import hypothesis
 
-    assert module.QUICK["seed_start"] == Hy.CONFIRM_BLOCK
-    assert module.PILOT["seed_start"] == Hy.PILOT_BLOCK != Hy.DEV_BLOCK
+    assert module.QUICK["seed_start"] == hypothesis.CONFIRM_BLOCK
+    assert module.PILOT["seed_start"] == hypothesis.PILOT_BLOCK != hypothesis.DEV_BLOCK
     assert module.PILOT["fixed"] == module.QUICK["fixed"]
     assert module.PAPER_EXPECTS == "against" and module.PAPER_POSITION
     assert module.PREDICTED == module.CONTROL_EXPECTED == "greater"
@@ -591,18 +592,20 @@ def test_plan_seeds_reaches_the_target_power_and_powers_the_rechecks() -> None:
     """The plan gives the fewest seeds (within the bounds) at which the positive control's
     one-sided signed-rank test has ≥ 80 % power at the pilot's effect, the same seeds to every
     re-check, and the test's powers beside; a huge effect gets the floor."""
-    from gvgap import inference as I
-    from gvgap.experiments import hypothesis as Hy
+    from gvgap import inference
+    from gvgap.experiments import hypothesis
 
     rng = np.random.default_rng(0)
     pilot_ctrl = 0.5 + rng.standard_normal(12)
     df = table(h1, 0.1 * rng.standard_normal(12), pilot_ctrl)
     plan = h1.plan_seeds(df)
-    lo, hi = Hy.SEED_BOUNDS
+    lo, hi = hypothesis.SEED_BOUNDS
     assert lo <= plan["seeds"] <= hi and plan["robust_seeds"] == plan["seeds"]
-    assert plan["power"] == plan["robust_power"] >= I.TARGET_POWER
-    fewer = I.power(pilot_ctrl, plan["seeds"] - 1, test="greater", rng=np.random.default_rng(0))
-    assert plan["seeds"] == lo or fewer < I.TARGET_POWER
+    assert plan["power"] == plan["robust_power"] >= inference.TARGET_POWER
+    fewer = inference.power(
+        pilot_ctrl, plan["seeds"] - 1, test="greater", rng=np.random.default_rng(0)
+    )
+    assert plan["seeds"] == lo or fewer < inference.TARGET_POWER
     assert {"control", "test"} <= set(plan["parts"])
     huge = h1.plan_seeds(table(h1, np.zeros(12), 5.0 + 0.1 * rng.standard_normal(12)))
     assert huge["seeds"] == lo and huge["power"] > 0.99

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import central_fd, random_env
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.envs import make_family
 from gvgap.envs.features import position_token, position_window
 from gvgap.errors import UserError
@@ -80,7 +80,7 @@ def test_ladder_is_nested():
         for ia, ib in zip(small.index, big.index):
             emb[ib.ravel()] = theta[ia.ravel()]
         np.testing.assert_allclose(big.leaf_logp(emb), small.leaf_logp(theta), atol=1e-12)
-    tokens = T.leaf_tokens(v, h)
+    tokens = theory.leaf_tokens(v, h)
     np.testing.assert_array_equal(position_window(tokens, v, 0), position_token(tokens, v))
     ranks = [np.linalg.matrix_rank(position_window(tokens, v, j)) for j in range(h)]
     both = [
@@ -141,7 +141,7 @@ def test_gap_window_reward_gives_markov1_policy():
 def test_patterned_dictionary_names():
     from gvgap.envs.features import dictionary, dictionary_size
 
-    tokens = T.leaf_tokens(3, 3)
+    tokens = theory.leaf_tokens(3, 3)
     rng = np.random.default_rng(0)
     np.testing.assert_array_equal(
         dictionary("ngram2", tokens, 3, rng), dictionary("ngram", tokens, 3, rng, n=2)
@@ -232,13 +232,13 @@ def test_containment_decisions_do_not_depend_on_the_tolerance():
     """Over 24 family instances the (policy order, reward rung) decisions are the same with
     the containment tolerance scaled by 1e-2 and by 1e2: members sit at the rounding level,
     non-members orders of magnitude above (the old optimiser residual changed in 1 of 3)."""
-    import gvgap.ladder.contain as LCN
-    import gvgap.theory.spans as SP
+    from gvgap.ladder import contain
+    from gvgap.theory import spans
 
     def decisions(scale):
         out = []
-        old_p, old_s = LCN.SPAN_RTOL, SP.SPAN_RTOL
-        LCN.SPAN_RTOL, SP.SPAN_RTOL = old_p * scale, old_s * scale
+        old_p, old_s = contain.SPAN_RTOL, spans.SPAN_RTOL
+        contain.SPAN_RTOL, spans.SPAN_RTOL = old_p * scale, old_s * scale
         try:
             for seed in range(6):
                 for fam, kw in (
@@ -253,7 +253,7 @@ def test_containment_decisions_do_not_depend_on_the_tolerance():
                     g = Ladder(env, oracle=env.features, polish_iters=0).metrics()
                     out.append((g["pi_order_min"], g["r_order_min"], g["dim_r_min"]))
         finally:
-            LCN.SPAN_RTOL, SP.SPAN_RTOL = old_p, old_s
+            contain.SPAN_RTOL, spans.SPAN_RTOL = old_p, old_s
         return out
 
     assert decisions(1e-2) == decisions(1.0) == decisions(1e2)
@@ -265,22 +265,22 @@ def test_containment_decisions_do_not_depend_on_the_tolerance():
 def test_window_residuals_equal_least_squares():
     """The ANOVA pieces give, for every J, the same residual variance as least squares on the
     window features (per prompt and shared across prompts with ρ weights)."""
-    from gvgap.theory import spans as S
+    from gvgap.theory import spans
 
     rng = np.random.default_rng(0)
     v, h, m = 3, 4, 2
     r = rng.standard_normal((m, v**h))
     rho = np.array([0.3, 0.7])
-    tokens = T.leaf_tokens(v, h)
-    pieces = S.window_pieces(r, v, h)
+    tokens = theory.leaf_tokens(v, h)
+    pieces = spans.window_pieces(r, v, h)
     for j in range(h):
         win = position_window(tokens, v, j)
         phi = np.broadcast_to(win, (m, *win.shape))
-        ls, dim = S.span_residual(r, phi, rho, shared=False)
-        np.testing.assert_allclose(S.window_outside(pieces, j), ls, atol=1e-13)
-        assert dim == m * S.window_dim(v, h, j)
-        ls_sh, _ = S.span_residual(r, phi, rho, shared=True)
-        assert rho @ S.shared_outside(r, rho, v, h, j) == pytest.approx(rho @ ls_sh, abs=1e-13)
+        ls, dim = spans.span_residual(r, phi, rho, shared=False)
+        np.testing.assert_allclose(spans.window_outside(pieces, j), ls, atol=1e-13)
+        assert dim == m * spans.window_dim(v, h, j)
+        ls_sh, _ = spans.span_residual(r, phi, rho, shared=True)
+        assert rho @ spans.shared_outside(r, rho, v, h, j) == pytest.approx(rho @ ls_sh, abs=1e-13)
 
 
 @pytest.mark.parametrize(("v", "h", "j"), [(2, 4, 0), (3, 3, 1), (2, 5, 2), (3, 4, 0)])
@@ -289,7 +289,7 @@ def test_window_basis_spans_the_window_rung(v, h, j):
     from gvgap.theory.spans import window_dim
 
     basis = window_basis(v, h, j).toarray()
-    full = position_window(T.leaf_tokens(v, h), v, j)
+    full = position_window(theory.leaf_tokens(v, h), v, j)
     ones = np.ones((v**h, 1))
     assert basis.shape[1] == window_dim(v, h, j)
     assert np.linalg.matrix_rank(np.hstack([basis, ones])) == basis.shape[1] + 1  # independent

@@ -26,7 +26,7 @@ from gvgap.llm.hf import (  # noqa: E402
 )
 from gvgap.llm.model import logp_completion, rm_scores  # noqa: E402
 from gvgap.llm.tasks import make_task  # noqa: E402
-from gvgap.nn import losses as L  # noqa: E402
+from gvgap.nn import losses  # noqa: E402
 from gvgap.nn.device import resolve  # noqa: E402
 
 P = resolve("cpu", "float32")
@@ -97,7 +97,7 @@ def test_dpo_loss_and_gradients_match_trl(setup) -> None:
     with torch.no_grad():
         ref = logp_completion(trainer.ref_model, ids, prefix, P, None)
     k = len(ids) // 2
-    ours = L.dpo_rows(lp[:k], lp[k:], ref[:k], ref[k:], 0.1).mean()
+    ours = losses.dpo_rows(lp[:k], lp[k:], ref[:k], ref[k:], 0.1).mean()
     ours.backward()
     t, o = float(theirs.detach()), float(ours.detach())
     assert abs(t - o) < 1e-6 and abs(o - 0.6931) > 1e-3
@@ -128,7 +128,7 @@ def test_reward_loss_matches_trl(setup) -> None:
     batch = next(iter(trainer.get_train_dataloader()))
     theirs = trainer.compute_loss(rm, batch)
     s = rm_scores(rm, batch["input_ids"], P)  # our read-out: the last position (no padding)
-    ours = L.bt_rows(s[:8] - s[8:]).mean()
+    ours = losses.bt_rows(s[:8] - s[8:]).mean()
     assert abs(float(theirs.detach()) - float(ours.detach())) < 1e-6
 
 

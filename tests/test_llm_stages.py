@@ -18,7 +18,7 @@ from gvgap.llm import stages as st  # noqa: E402
 from gvgap.llm.config import LLMConfig  # noqa: E402
 from gvgap.llm.tasks import make_task  # noqa: E402
 from gvgap.llm.train import PATIENCE, fit  # noqa: E402
-from gvgap.nn import losses as L  # noqa: E402
+from gvgap.nn import losses  # noqa: E402
 from gvgap.nn.device import resolve  # noqa: E402
 
 P = resolve("cpu", "float64")
@@ -92,13 +92,13 @@ def test_dpo_loss_at_the_reference_is_log_two(run) -> None:
     tr = pairs["train"]
     ref = st.ref_logps(sft, tr, task, P)
     lp = {k: st.logp_rows(sft, tr[k], task, P) for k in ("chosen", "rejected")}
-    rows = L.dpo_rows(lp["chosen"], lp["rejected"], ref["chosen"], ref["rejected"], 0.1)
+    rows = losses.dpo_rows(lp["chosen"], lp["rejected"], ref["chosen"], ref["rejected"], 0.1)
     assert torch.allclose(rows, torch.full_like(rows, math.log(2)), atol=1e-12)
     # a hand point: margins β·((1 − 0) − (−2 − 0)) = 0.5·3 → −log σ(1.5) = log(1 + e^{−1.5})
-    one = L.dpo_rows(*(torch.tensor([v], dtype=torch.float64) for v in (1, -2, 0, 0)), 0.5)
+    one = losses.dpo_rows(*(torch.tensor([v], dtype=torch.float64) for v in (1, -2, 0, 0)), 0.5)
     assert float(one) == pytest.approx(math.log1p(math.exp(-1.5)), abs=1e-15)
     # reference-free (local RM): −log σ(β (lp_c − lp_r)) at β = 2, lp 0 vs −1 → log(1+e^{−2})
-    loc = L.local_rm_rows(torch.tensor([0.0]), torch.tensor([-1.0]), 2.0)
+    loc = losses.local_rm_rows(torch.tensor([0.0]), torch.tensor([-1.0]), 2.0)
     assert float(loc) == pytest.approx(math.log1p(math.exp(-2.0)), abs=1e-6)
 
 

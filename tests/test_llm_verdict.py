@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gvgap.experiments import llm as X
+from gvgap.experiments import llm as llm_experiment
 
 SEEDS = 8
 
@@ -46,7 +46,9 @@ CTRL = [0.15, 0.2, 0.12, 0.18, 0.16, 0.14, 0.2, 0.17]
 
 
 def test_gap_greater_and_control_equivalent_are_supported() -> None:
-    out = X.task_verdicts(table({"readout": UP, "short": FLAT}, {"readout": CTRL, "short": CTRL}))
+    out = llm_experiment.task_verdicts(
+        table({"readout": UP, "short": FLAT}, {"readout": CTRL, "short": CTRL})
+    )
     gap, ctl = out["llm/readout"], out["llm/short"]
     assert gap["decision"]["outcome"] == "greater" and gap["verdict"] == "supported"
     assert ctl["decision"]["outcome"] == "equivalent" and ctl["verdict"] == "supported"
@@ -62,7 +64,7 @@ def test_gap_greater_and_control_equivalent_are_supported() -> None:
 
 
 def test_no_difference_on_the_gap_task_is_against() -> None:
-    out = X.task_verdicts(table({"readout": FLAT}, {"readout": CTRL}))
+    out = llm_experiment.task_verdicts(table({"readout": FLAT}, {"readout": CTRL}))
     v = out["llm/readout"]
     assert v["decision"]["outcome"] == "equivalent"
     assert v["verdict"] == "against" and v["prediction_held"] is False
@@ -70,14 +72,14 @@ def test_no_difference_on_the_gap_task_is_against() -> None:
 
 
 def test_a_verifier_that_does_not_verify_makes_it_inconclusive() -> None:
-    out = X.task_verdicts(table({"readout": UP}, {"readout": CTRL}, acc=0.6))
+    out = llm_experiment.task_verdicts(table({"readout": UP}, {"readout": CTRL}, acc=0.6))
     v = out["llm/readout"]
     assert v["decision"]["outcome"] == "greater" and v["verdict"] == "inconclusive"
     assert "does not verify" in v["detail"] and not v["verifier_verifies"]
 
 
 def test_a_positive_control_that_does_not_detect_makes_it_inconclusive() -> None:
-    out = X.task_verdicts(table({"readout": UP}, {"readout": FLAT}))
+    out = llm_experiment.task_verdicts(table({"readout": UP}, {"readout": FLAT}))
     v = out["llm/readout"]
     assert v["verdict"] == "inconclusive" and "positive control does not detect" in v["detail"]
 
@@ -86,10 +88,10 @@ def test_other_grid_cells_go_to_robustness_and_the_experiment_verdict() -> None:
     a = table({"readout": UP}, {"readout": CTRL}).assign(pairs_per_prompt=2)
     b = table({"readout": FLAT}, {"readout": CTRL}).assign(pairs_per_prompt=8)
     b["run_id"] = b["run_id"] + "-8"
-    out = X.task_verdicts(pd.concat([a, b], ignore_index=True))
+    out = llm_experiment.task_verdicts(pd.concat([a, b], ignore_index=True))
     v = out["llm/readout"]
     assert v["setting"] == {"task": "readout", "pairs_per_prompt": 2}
     assert [r["setting"]["pairs_per_prompt"] for r in v["robustness"]] == [8]
     assert v["robustness"][0]["verdict"] == "against" and v["robust"] is False
-    head = X.verdict(a)
+    head = llm_experiment.verdict(a)
     assert head.verdict == "supported" and head.positive_control["effect"] > 0.1

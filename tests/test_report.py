@@ -289,10 +289,10 @@ def test_report_on_a_full_disk_leaves_no_temporary_file(
         monkeypatch.setattr(Figure, "savefig", savefig)
     else:
         real_write_text = Path.write_text
-        target = ".json.tmp" if fails == "sidecar" else ".report.md."
+        target = ".json." if fails == "sidecar" else ".report.md."  # a temporary's name
 
         def write_text(self, data, *args, **kwargs):
-            if target in self.name:
+            if target in self.name and self.name.endswith(".tmp"):
                 real_write_text(self, data[:10], *args, **kwargs)
                 raise full
             return real_write_text(self, data, *args, **kwargs)

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gvgap.reproduce import experiment_record, reproduce, run_ordered
+from gvgap.reproduce import (
+    _write_json,
+    experiment_record,
+    missing_requirement,
+    reproduce,
+    run_ordered,
+)
 
 
 def test_run_ordered_runs_jobs_at_once_and_keeps_their_order():
@@ -40,23 +46,19 @@ def test_run_ordered_sequential_and_errors():
 def test_experiment_needing_torch_is_reported_not_run_without_it(monkeypatch) -> None:
     import importlib.util
 
-    from gvgap import reproduce as R
-
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
     )
-    assert "torch" in R.missing_requirement("h6_neural")
-    assert R.missing_requirement("h6_gap") is None
+    assert "torch" in missing_requirement("h6_neural")
+    assert missing_requirement("h6_gap") is None
 
 
 def test_verdict_files_are_strict_json(tmp_path) -> None:
     import json
 
-    from gvgap import reproduce as R
-
     path = tmp_path / "v.json"
-    R._write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    _write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
     assert json.loads(path.read_text(), parse_constant=lambda c: 1 / 0) == {
         "a": None,
         "b": [1.0, None],

@@ -27,7 +27,7 @@ from gvgap.cli import main
 from gvgap.errors import UserError
 from gvgap.experiments import base, h6_gap
 from gvgap.experiments.registry import EXPERIMENTS
-from gvgap.sweep import executors, runner, store
+from gvgap.sweep import executors, ray_executor, runner, store
 from gvgap.sweep.progress import (
     PlainProgress,
     SharedProgress,
@@ -280,7 +280,7 @@ def test_executor_that_fails_to_start_leaves_nothing_behind(
 def test_unreachable_ray_address_fails_fast() -> None:
     start = time.monotonic()
     with pytest.raises(UserError, match=r"--address 127\.0\.0\.1:1: no Ray cluster"):
-        executors.check_address("127.0.0.1:1", timeout=2.0)
+        ray_executor.check_address("127.0.0.1:1", timeout=2.0)
     assert time.monotonic() - start < 5.0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, did_you_mean, short_repr
 
 VERDICTS = ("supported", "against", "inconclusive")
 
@@ -36,6 +36,7 @@ CONTRACT: dict[str, tuple[bool, str]] = {
     "plot": (True, "plot(df, ax=None) -> Axes"),
     "plot_uses": (False, "plot_uses(df) -> columns plot() distinguishes (the rest: facets)"),
     "extra_figures": (False, "extra_figures(df) -> [(kind, plot(df, ax), uses)]: more figures"),
+    "report_section": (False, "report_section(doc, df, verdicts, figs): replaces its report part"),
     "PLOT_USES": (False, "the same as a constant tuple"),
     "ALLOWED": (False, "allowed values of the Config's own fields, for `gvgap show`"),
     "ROBUSTNESS": (False, "Config overrides under which `gvgap reproduce` re-checks"),
@@ -143,23 +144,6 @@ FIXED_BYTES = 256 * 2**20
 def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:
     """Fields of a Config dataclass by name."""
     return {f.name: f for f in dataclasses.fields(config_cls)}
-
-
-def did_you_mean(name: str, choices: Any) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), else ``""``."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (huge or deeply nested values stay one line)."""
-    try:
-        text = repr(value)
-    except (RecursionError, ValueError):
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def coerce_value(config_cls: type, name: str, value: Any) -> Any:

@@ -50,11 +50,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import expit
 
-from gvgap.data import Preferences, sample_leaves, sample_prompts
-from gvgap.experiments import common as C
-from gvgap.experiments import hypothesis as Hy
+from gvgap.data import Preferences, sample_leaves, sample_prompts, soft_labels
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import dpo, online_dpo_round
 
@@ -87,23 +85,23 @@ PREDICTED = "greater"
 CONTROL_EXPECTED = "greater"
 #: The headline cell, fixed before reading results.
 HEADLINE = {"vocab": 3, "horizon": 4, "n_pairs": 16}
-TEST = Hy.Contrast("on-policy − off-policy pairs, R_sim RM labels", "on_rm", "off_rm")
-CONTROL = Hy.Contrast("on-policy − off-policy pairs, true labels", "on_true", "off_true")
+TEST = hypothesis.Contrast("on-policy − off-policy pairs, R_sim RM labels", "on_rm", "off_rm")
+CONTROL = hypothesis.Contrast("on-policy − off-policy pairs, true labels", "on_true", "off_true")
 #: Reported beside the verdict (not evidence).
 REPORTED = [
-    Hy.Contrast("on-policy, R_sim RM labels − dpo", "on_rm", "dpo"),
-    Hy.Contrast("off-policy, R_sim RM labels − dpo", "off_rm", "dpo"),
-    Hy.Contrast("on-policy, true labels − dpo", "on_true", "dpo"),
-    Hy.Contrast("rlhf (same RM) − dpo", "rlhf", "dpo"),
-    Hy.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
-    Hy.Contrast("on-policy − off-policy, R_sim RM labels", "on_rm", "off_rm", "win_rate"),
+    hypothesis.Contrast("on-policy, R_sim RM labels − dpo", "on_rm", "dpo"),
+    hypothesis.Contrast("off-policy, R_sim RM labels − dpo", "off_rm", "dpo"),
+    hypothesis.Contrast("on-policy, true labels − dpo", "on_true", "dpo"),
+    hypothesis.Contrast("rlhf (same RM) − dpo", "rlhf", "dpo"),
+    hypothesis.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
+    hypothesis.Contrast("on-policy − off-policy, R_sim RM labels", "on_rm", "off_rm", "win_rate"),
 ]
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h1_on_policy_signal setting.
 
     Shared problem fields: :class:`common.ProblemConfig`.
@@ -128,47 +126,30 @@ class Config(C.ProblemConfig):
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
         super().validate()
-        C.check_range("budget", self.budget, 0.0, 100.0, lo_open=True)
-        C.check_range("rounds", self.rounds, 1, 100)
-        C.check_range("round_samples", self.round_samples, 2)
-        C.check_range("temperature", self.temperature, 0.0, lo_open=True)
+        common.check_range("budget", self.budget, 0.0, 100.0, lo_open=True)
+        common.check_range("rounds", self.rounds, 1, 100)
+        common.check_range("round_samples", self.round_samples, 2)
+        common.check_range("temperature", self.temperature, 0.0, lo_open=True)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=12, lam_grid="short", round_samples=5)
-SETTINGS = {
-    "seeds": 20,
-    "seed_start": Hy.CONFIRM_BLOCK,
-    "fixed": {"vocab": 3, "k": 3},
-    "grid": {"horizon": [3, 4], "n_pairs": [16, 64, 256]},
-}
-#: The confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by the power plan).
-QUICK = Hy.quick_sweep(HEADLINE)
-#: The power pilot: the headline cell on its own seed block.
-PILOT = Hy.pilot_sweep(QUICK)
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random π_ref).
-ROBUSTNESS: list[dict] = C.robustness((4, 3))
+#: The full sweep, the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan), its power pilot (the headline cell on its own seed block) and the overrides
+#: under which the verdict is re-checked (another V, H; β; random π_ref).
+SETTINGS, QUICK, PILOT, ROBUSTNESS = hypothesis.sweeps(HEADLINE)
 
-build_env = C.build_env
+build_env = common.build_env
 
 
 def plan_seeds(pilot: pd.DataFrame) -> dict:
     """Seeds of the confirmatory sweep and of each re-check (:func:`hypothesis.plan_seeds`)."""
-    return Hy.plan_seeds(sys.modules[__name__], pilot)
+    return hypothesis.plan_seeds(sys.modules[__name__], pilot)
 
 
 def pair_draw(logp, rho, n: int, rng: np.random.Generator):
     """``n`` unlabelled pairs: x ~ ρ, ξ, ξ' ~ P(·|x) i.i.d. (P given by leaf log-probs)."""
     x = sample_prompts(rho, n, rng)
     return x, sample_leaves(logp, x, rng), sample_leaves(logp, x, rng)
-
-
-def soft_labels(x, a, b, r: np.ndarray) -> Preferences:
-    """Each pair twice, weighted σ(r(a) − r(b)) and its complement (exact BT labels of r)."""
-    y = expit(r[x, a] - r[x, b])
-    return Preferences(
-        np.concatenate([x, x]), np.concatenate([a, b]), np.concatenate([b, a]),
-        np.concatenate([y, 1.0 - y]),
-    )  # fmt: skip
 
 
 def on_policy_loop(pol, env, data, off, r: np.ndarray, budget: int, rounds: int, rng):
@@ -188,19 +169,19 @@ def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """π_off; on- and off-policy pairs labelled by the R_sim RM and by r*; RLHF; rounds."""
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    pol = C.tabular_policy(env)
-    off = C.fit_dpo(env, data, grid, split_seed)
-    rsim = C.fit_rlhf(env, data, "linear", grid, split_seed)
-    out = {**Hy.metric_rows("dpo", env, off), **Hy.metric_rows("rlhf", env, rsim)}
+    env, data, grid, split_seed = common.prepare(cfg, rng, instance_rng)
+    pol = common.tabular_policy(env)
+    off = common.fit_dpo(env, data, grid, split_seed)
+    rsim = common.fit_rlhf(env, data, "linear", grid, split_seed)
+    out = {**hypothesis.metric_rows("dpo", env, off), **hypothesis.metric_rows("rlhf", env, rsim)}
     b = max(1, round(cfg.budget * cfg.n_pairs))
     for who, r in (("rm", rsim.r_hat), ("true", env.r_star)):
         x, a, bb = pair_draw(env.logp_ref, env.rho, b, rng)
         res = dpo(pol, env, Preferences.concat([data, soft_labels(x, a, bb, r)]), lam=off.lam,
                   theta0=off.params)  # fmt: skip
-        out.update(Hy.metric_rows(f"off_{who}", env, res))
-        out.update(Hy.metric_rows(f"on_{who}", env, on_policy_loop(pol, env, data, off, r, b,
-                                                                    cfg.rounds, rng)))  # fmt: skip
+        out.update(hypothesis.metric_rows(f"off_{who}", env, res))
+        on = on_policy_loop(pol, env, data, off, r, b, cfg.rounds, rng)
+        out.update(hypothesis.metric_rows(f"on_{who}", env, on))
     kw = {
         "lam": off.lam,
         "n_prompts": cfg.n_pairs,
@@ -212,7 +193,7 @@ def run(
         "round_dpo": online_dpo_round(pol, env, rsim.r_hat, theta0=off.params, **kw),
     }
     for name, res in rounds.items():
-        out.update(Hy.metric_rows(name, env, res))
+        out.update(hypothesis.metric_rows(name, env, res))
     out["max_grad_norm"] = max(v for k, v in out.items() if k.endswith("/grad_norm"))
     return out
 
@@ -220,7 +201,7 @@ def run(
 def verdict(df: pd.DataFrame) -> Verdict:
     """:func:`hypothesis.module_verdict`: test on_rm − off_rm (J, predicted ``greater``),
     positive control on_true − off_true (J, expected ``greater``), margin ``MARGIN``."""
-    return Hy.module_verdict(
+    return hypothesis.module_verdict(
         sys.modules[__name__],
         df,
         predicted=PREDICTED,
@@ -235,8 +216,8 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (on- − off-policy pairs, R_sim RM labels), its positive control (the same
     with true labels) and the reported contrasts against offline DPO, in J (mean paired
     difference, 95% bootstrap CI) at the headline cell."""
-    return Hy.plot_contrasts(
-        Hy.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
+    return hypothesis_plots.plot_contrasts(
+        hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
@@ -246,4 +227,4 @@ TITLE = "H1: on- vs off-policy pairs, one labeller"
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than J, one figure per metric."""
-    return Hy.contrast_figures(sys.modules[__name__], df, title=TITLE)
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title=TITLE)

@@ -51,11 +51,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.optimize import brentq
 
-from gvgap import losses
-from gvgap import theory as T
+from gvgap import losses, theory
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.experiments import common as C
-from gvgap.experiments import hypothesis as Hy
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, minimize, online_dpo_round, select_lambda
 from gvgap.learners.offline import on_policy_kl, scatter
@@ -96,17 +94,17 @@ PREDICTED = "greater"
 CONTROL_EXPECTED = "greater"
 #: The headline cell, fixed before reading results.
 HEADLINE = {"vocab": 3, "horizon": 4, "n_pairs": 16}
-TEST = Hy.Contrast("on-policy − on-data regulariser, equal KL", "dpo_onpolicy", "dpo_data")
-CONTROL = Hy.Contrast("the same vs the worst data-only optimum", "spike_on", "spike_data")
+TEST = hypothesis.Contrast("on-policy − on-data regulariser, equal KL", "dpo_onpolicy", "dpo_data")
+CONTROL = hypothesis.Contrast("the same vs the worst data-only optimum", "spike_on", "spike_data")
 REPORTED = [
-    Hy.Contrast("online, tabular RM, equal KL − dpo_data", "rlhf_tab_matched", "dpo_data"),
-    Hy.Contrast("online, R_sim RM, equal KL − dpo_data", "rlhf_matched", "dpo_data"),
-    Hy.Contrast("full-support Ω DPO − dpo_data", "dpo", "dpo_data"),
-    Hy.Contrast("rlhf (R_sim RM, β) − dpo_data", "rlhf", "dpo_data"),
-    Hy.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
-    Hy.Contrast("on-policy − on-data regulariser", "dpo_onpolicy", "dpo_data", "win_rate"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
+    hypothesis.Contrast("online, tabular RM, equal KL − dpo_data", "rlhf_tab_matched", "dpo_data"),
+    hypothesis.Contrast("online, R_sim RM, equal KL − dpo_data", "rlhf_matched", "dpo_data"),
+    hypothesis.Contrast("full-support Ω DPO − dpo_data", "dpo", "dpo_data"),
+    hypothesis.Contrast("rlhf (R_sim RM, β) − dpo_data", "rlhf", "dpo_data"),
+    hypothesis.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
+    hypothesis.Contrast("on-policy − on-data regulariser", "dpo_onpolicy", "dpo_data", "win_rate"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
 ]
 #: Bracket of log α for the KL match (α from 1e-12 to 1e4).
 LOG_ALPHA = (-12.0 * np.log(10.0), 4.0 * np.log(10.0))
@@ -123,7 +121,7 @@ MATCH_RTOL = 1e-6
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h2_regularisation setting.
 
     Shared problem fields: :class:`common.ProblemConfig`.
@@ -141,30 +139,22 @@ class Config(C.ProblemConfig):
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
         super().validate()
-        C.check_range("round_samples", self.round_samples, 2)
-        C.check_range("temperature", self.temperature, 0.0, lo_open=True)
+        common.check_range("round_samples", self.round_samples, 2)
+        common.check_range("temperature", self.temperature, 0.0, lo_open=True)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=20, lam_grid="short")
-SETTINGS = {
-    "seeds": 20,
-    "seed_start": Hy.CONFIRM_BLOCK,
-    "fixed": {"vocab": 3, "k": 3},
-    "grid": {"horizon": [3, 4], "n_pairs": [16, 64, 256]},
-}
-#: The confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by the power plan).
-QUICK = Hy.quick_sweep(HEADLINE)
-#: The power pilot: the headline cell on its own seed block.
-PILOT = Hy.pilot_sweep(QUICK)
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random π_ref).
-ROBUSTNESS: list[dict] = C.robustness((4, 3))
+#: The full sweep, the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan), its power pilot (the headline cell on its own seed block) and the overrides
+#: under which the verdict is re-checked (another V, H; β; random π_ref).
+SETTINGS, QUICK, PILOT, ROBUSTNESS = hypothesis.sweeps(HEADLINE)
 
-build_env = C.build_env
+build_env = common.build_env
 
 
 def plan_seeds(pilot: pd.DataFrame) -> dict:
     """Seeds of the confirmatory sweep and of each re-check (:func:`hypothesis.plan_seeds`)."""
-    return Hy.plan_seeds(sys.modules[__name__], pilot)
+    return hypothesis.plan_seeds(sys.modules[__name__], pilot)
 
 
 def dpo_data_only(
@@ -223,7 +213,7 @@ def min_kl_completion(logp: np.ndarray, logp_ref: np.ndarray, seen: np.ndarray) 
 
 def kl_ref(env: TreeEnv, logp: np.ndarray) -> float:
     """E_x KL(P‖P_ref) of leaf log-probabilities ``logp``."""
-    return T.kl(logp, env.logp_ref, env.rho)
+    return theory.kl(logp, env.logp_ref, env.rho)
 
 
 def onpolicy_at_kl(pol, env: TreeEnv, data, lam_floor: float, target: float, theta0) -> Result:
@@ -281,7 +271,7 @@ def leaf_class(env: TreeEnv) -> SoftOptimalPolicy:
     free r per (prompt, completion): the same class as the node-logit tabular policy (on a
     tree every full-support law is one autoregressive policy, docs/theory.md §2), and about
     ten times faster to fit (no tree pass per gradient)."""
-    return SoftOptimalPolicy(C.reward_class("tabular", env), env.logp_ref, env.beta, env.vocab,
+    return SoftOptimalPolicy(common.reward_class("tabular", env), env.logp_ref, env.beta, env.vocab,
                              env.horizon)  # fmt: skip
 
 
@@ -303,11 +293,11 @@ def run(
     """On-data vs on-policy regularisation of DPO at equal KL (and against a bad member of the
     data-only optima), online soft RL at the same KL, full-support DPO, RLHF and the online
     DPO round."""
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    pol = C.tabular_policy(env)
-    off = C.fit_dpo(env, data, grid, split_seed)
-    on = C.fit_rlhf(env, data, "linear", grid, split_seed)
-    tab = C.fit_rlhf(env, data, "tabular", grid, split_seed)
+    env, data, grid, split_seed = common.prepare(cfg, rng, instance_rng)
+    pol = common.tabular_policy(env)
+    off = common.fit_dpo(env, data, grid, split_seed)
+    on = common.fit_rlhf(env, data, "linear", grid, split_seed)
+    tab = common.fit_rlhf(env, data, "tabular", grid, split_seed)
     leaf = leaf_class(env)
     dd, dpo_on, err = data_vs_onpolicy(leaf, env, data, grid, split_seed)
     seen = np.zeros(env.logp_ref.shape, bool)
@@ -317,10 +307,10 @@ def run(
     s_on = onpolicy_at_kl(leaf, env, data, min(grid), target, dd.params)
     s_err = abs(kl_ref(env, s_on.logp) - target) / max(target, 1e-12)
     out = {
-        **Hy.metric_rows("dpo", env, off),
-        **Hy.metric_rows("rlhf", env, on),
-        **Hy.metric_rows("dpo_data", env, dd),
-        **Hy.metric_rows("spike_data", env, spike),
+        **hypothesis.metric_rows("dpo", env, off),
+        **hypothesis.metric_rows("rlhf", env, on),
+        **hypothesis.metric_rows("dpo_data", env, dd),
+        **hypothesis.metric_rows("spike_data", env, spike),
         "kl_match_err": 0.0,
         "n_unmatched": 0.0,
     }
@@ -328,11 +318,11 @@ def run(
         if e > MATCH_RTOL:  # the target KL is beyond the on-policy arm's range: no pair
             out["n_unmatched"] += 1.0
             continue
-        out.update(Hy.metric_rows(name, env, res))
+        out.update(hypothesis.metric_rows(name, env, res))
         out["kl_match_err"] = max(out["kl_match_err"], e)
     target = kl_ref(env, dd.logp)
     for name, r in (("rlhf_matched", on.r_hat), ("rlhf_tab_matched", tab.r_hat)):
-        matched = C.match_kl(env, r, target)
+        matched = common.match_kl(env, r, target)
         if matched is None:
             out["n_unmatched"] += 1.0
             continue
@@ -341,16 +331,16 @@ def run(
         out[f"{name}/beta_eff"] = float(matched[1])
     kw = {"lam": off.lam, "n_prompts": cfg.n_pairs, "n_samples": cfg.round_samples,
           "temperature": cfg.temperature}  # fmt: skip
-    out.update(Hy.metric_rows("round_sft", env, online_dpo_round(pol, env, on.r_hat, **kw)))
+    out.update(hypothesis.metric_rows("round_sft", env, online_dpo_round(pol, env, on.r_hat, **kw)))
     rd = online_dpo_round(pol, env, on.r_hat, theta0=off.params, **kw)
-    out.update(Hy.metric_rows("round_dpo", env, rd))
+    out.update(hypothesis.metric_rows("round_dpo", env, rd))
     return out
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
     """:func:`hypothesis.module_verdict`: test dpo_onpolicy − dpo_data (J at equal KL,
     predicted ``greater``), positive control spike_on − spike_data (expected ``greater``)."""
-    return Hy.module_verdict(
+    return hypothesis.module_verdict(
         sys.modules[__name__],
         df,
         predicted=PREDICTED,
@@ -367,11 +357,11 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (DPO regularised on-policy − on the data, at equal KL), its positive control
     (the same against a bad member of the data-only optima) and the reported contrasts, in J
     (mean paired difference, 95% bootstrap CI) at the headline cell."""
-    return Hy.plot_contrasts(
-        Hy.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
+    return hypothesis_plots.plot_contrasts(
+        hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than J, one figure per metric."""
-    return Hy.contrast_figures(sys.modules[__name__], df, title=TITLE)
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title=TITLE)

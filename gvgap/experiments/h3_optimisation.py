@@ -51,9 +51,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.optimize import brentq
 
-from gvgap import theory as T
-from gvgap.experiments import common as C
-from gvgap.experiments import hypothesis as Hy
+from gvgap import theory
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import dpo, online_dpo_round
 from gvgap.learners.round import round_pairs, tempered_leaf_logp
@@ -96,25 +95,29 @@ CHECKPOINTS = (25, 50, 100, 200, 250, 300, 400)
 SLOW = 20.0
 #: Bracket of log λ for DPO's regularisation path at an iterate's KL.
 LOG_LAM = (-6.0 * np.log(10.0), 6.0 * np.log(10.0))
-TEST = Hy.Contrast("distance to own optimum, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "kl_to_opt")
-CONTROL = Hy.Contrast("distance to own optimum, slow − Adam DPO", "dpo_slow", "dpo_sgd",
+TEST = hypothesis.Contrast(
+    "distance to own optimum, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "kl_to_opt"
+)
+CONTROL = hypothesis.Contrast("distance to own optimum, slow − Adam DPO", "dpo_slow", "dpo_sgd",
                       "kl_to_opt")  # fmt: skip
 REPORTED = [
-    Hy.Contrast("distance to own optimum, dpo − round", "dpo_sgd", "round_sgd", "kl_to_opt"),
-    Hy.Contrast("off own path at κ_T, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "kl_off_path"),
-    Hy.Contrast("J shortfall, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "shortfall"),
-    Hy.Contrast("shortfall off the path, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "stop_opt"),
-    Hy.Contrast("shortfall along the path, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "stop_reg"),
-    Hy.Contrast("rlhf_sgd − dpo_sgd at budget", "rlhf_sgd", "dpo_sgd"),
-    Hy.Contrast("round_sgd − dpo_sgd at budget", "round_sgd", "dpo_sgd"),
-    Hy.Contrast("rlhf (β') − dpo converged", "rlhf", "dpo"),
-    Hy.Contrast("online DPO round − dpo converged", "online_dpo_round", "dpo"),
-    Hy.Contrast("round_sgd − dpo_sgd at budget", "round_sgd", "dpo_sgd", "win_rate"),
+    hypothesis.Contrast(
+        "distance to own optimum, dpo − round", "dpo_sgd", "round_sgd", "kl_to_opt"
+    ),
+    hypothesis.Contrast("off own path at κ_T, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "kl_off_path"),
+    hypothesis.Contrast("J shortfall, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "shortfall"),
+    hypothesis.Contrast("shortfall off the path, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "stop_opt"),
+    hypothesis.Contrast("shortfall along the path, dpo − rlhf", "dpo_sgd", "rlhf_sgd", "stop_reg"),
+    hypothesis.Contrast("rlhf_sgd − dpo_sgd at budget", "rlhf_sgd", "dpo_sgd"),
+    hypothesis.Contrast("round_sgd − dpo_sgd at budget", "round_sgd", "dpo_sgd"),
+    hypothesis.Contrast("rlhf (β') − dpo converged", "rlhf", "dpo"),
+    hypothesis.Contrast("online DPO round − dpo converged", "online_dpo_round", "dpo"),
+    hypothesis.Contrast("round_sgd − dpo_sgd at budget", "round_sgd", "dpo_sgd", "win_rate"),
 ]
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h3_optimisation setting.
 
     Shared problem fields: :class:`common.ProblemConfig`.
@@ -140,34 +143,26 @@ class Config(C.ProblemConfig):
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
         super().validate()
-        C.check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
-        C.check_range("batch", self.batch, 1)
-        C.check_range("rl_prompts", self.rl_prompts, 1)
-        C.check_range("rl_k", self.rl_k, 2)
-        C.check_range("round_samples", self.round_samples, 2)
-        C.check_range("temperature", self.temperature, 0.0, lo_open=True)
+        common.check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        common.check_range("batch", self.batch, 1)
+        common.check_range("rl_prompts", self.rl_prompts, 1)
+        common.check_range("rl_k", self.rl_k, 2)
+        common.check_range("round_samples", self.round_samples, 2)
+        common.check_range("temperature", self.temperature, 0.0, lo_open=True)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=12, lam_grid="short", round_samples=5)
-SETTINGS = {
-    "seeds": 20,
-    "seed_start": Hy.CONFIRM_BLOCK,
-    "fixed": {"vocab": 3, "k": 3},
-    "grid": {"horizon": [3, 4], "n_pairs": [16, 64, 256]},
-}
-#: The confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by the power plan).
-QUICK = Hy.quick_sweep(HEADLINE)
-#: The power pilot: the headline cell on its own seed block.
-PILOT = Hy.pilot_sweep(QUICK)
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random π_ref).
-ROBUSTNESS: list[dict] = C.robustness((4, 3))
+#: The full sweep, the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan), its power pilot (the headline cell on its own seed block) and the overrides
+#: under which the verdict is re-checked (another V, H; β; random π_ref).
+SETTINGS, QUICK, PILOT, ROBUSTNESS = hypothesis.sweeps(HEADLINE)
 
-build_env = C.build_env
+build_env = common.build_env
 
 
 def plan_seeds(pilot: pd.DataFrame) -> dict:
     """Seeds of the confirmatory sweep and of each re-check (:func:`hypothesis.plan_seeds`)."""
-    return Hy.plan_seeds(sys.modules[__name__], pilot)
+    return hypothesis.plan_seeds(sys.modules[__name__], pilot)
 
 
 def dpo_path_at_kl(env, pol, data, target: float, theta0) -> np.ndarray | None:
@@ -179,7 +174,7 @@ def dpo_path_at_kl(env, pol, data, target: float, theta0) -> np.ndarray | None:
         return dpo(pol, env, data, lam=float(np.exp(log_lam)), theta0=theta0)
 
     def gap(log_lam: float) -> float:
-        return T.kl(fit(log_lam).logp, env.logp_ref, env.rho) - target
+        return theory.kl(fit(log_lam).logp, env.logp_ref, env.rho) - target
 
     lo, hi = LOG_LAM
     g_lo, g_hi = gap(lo), gap(hi)
@@ -198,12 +193,12 @@ def _at_budget(name: str, env, pol, saved: dict, conv_logp, path) -> dict[str, f
     out[f"{name}/regret"] = float(env.j_star - out[f"{name}/J"])
     j_conv = env.objective(conv_logp)
     out[f"{name}/shortfall"] = float(j_conv - out[f"{name}/J"])
-    out[f"{name}/kl_to_opt"] = T.kl(lp, conv_logp, env.rho)
+    out[f"{name}/kl_to_opt"] = theory.kl(lp, conv_logp, env.rho)
     on_path = path(out[f"{name}/kl_ref"])
     if on_path is not None:
         out[f"{name}/stop_reg"] = float(j_conv - env.objective(on_path))
         out[f"{name}/stop_opt"] = float(env.objective(on_path) - out[f"{name}/J"])
-        out[f"{name}/kl_off_path"] = T.kl(lp, on_path, env.rho)
+        out[f"{name}/kl_off_path"] = theory.kl(lp, on_path, env.rho)
     return out
 
 
@@ -212,18 +207,21 @@ def run(
 ) -> dict[str, float]:
     """Converged DPO / RLHF at matched KL / online DPO round, then the same pipelines at
     finite compute, each against its own optimum and regularisation path."""
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    pol = C.tabular_policy(env)
-    rc = C.reward_class("linear", env)
-    off = C.fit_dpo(env, data, grid, split_seed)
-    rm = C.fit_rlhf(env, data, "linear", grid, split_seed)
-    kappa = T.kl(off.logp, env.logp_ref, env.rho)
-    matched = C.match_kl(env, rm.r_hat, kappa)
+    env, data, grid, split_seed = common.prepare(cfg, rng, instance_rng)
+    pol = common.tabular_policy(env)
+    rc = common.reward_class("linear", env)
+    off = common.fit_dpo(env, data, grid, split_seed)
+    rm = common.fit_rlhf(env, data, "linear", grid, split_seed)
+    kappa = theory.kl(off.logp, env.logp_ref, env.rho)
+    matched = common.match_kl(env, rm.r_hat, kappa)
     beta_on = env.beta if matched is None else matched[1]
     on_logp = rm.logp if matched is None else matched[0]
     kw = {"n_samples": cfg.round_samples, "temperature": cfg.temperature}
     rnd = online_dpo_round(pol, env, rm.r_hat, lam=off.lam, n_prompts=cfg.n_pairs, **kw)
-    out = {**Hy.metric_rows("dpo", env, off), **Hy.metric_rows("online_dpo_round", env, rnd)}
+    out = {
+        **hypothesis.metric_rows("dpo", env, off),
+        **hypothesis.metric_rows("online_dpo_round", env, rnd),
+    }
     out.update({f"rlhf/{k}": float(v) for k, v in env.metrics(on_logp).items()})
     out["rlhf/regret"] = float(env.j_star - out["rlhf/J"])
     out["rlhf/grad_norm"] = float(rm.grad_norm)
@@ -233,7 +231,7 @@ def run(
         return dpo_path_at_kl(env, pol, data, k, off.params)
 
     def rl_path(k):
-        m = C.match_kl(env, rm.r_hat, k)
+        m = common.match_kl(env, rm.r_hat, k)
         return None if m is None else m[0]
 
     budget, half = CHECKPOINTS[-1], CHECKPOINTS[-1] // 2
@@ -278,7 +276,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
     """:func:`hypothesis.module_verdict`: test kl_to_opt(dpo_sgd) − kl_to_opt(rlhf_sgd)
     (predicted ``greater``), positive control kl_to_opt(dpo_slow) − kl_to_opt(dpo_sgd)
     (expected ``greater``), margin ``MARGIN``."""
-    return Hy.module_verdict(
+    return hypothesis.module_verdict(
         sys.modules[__name__],
         df,
         predicted=PREDICTED,
@@ -297,8 +295,8 @@ def plot(df: pd.DataFrame, ax=None):
     optima at the same KL from π_ref), its positive control (slowed DPO − DPO) and the
     reported contrasts in the same metric (nats; mean paired difference, 95% bootstrap CI)
     at the headline cell."""
-    return Hy.plot_contrasts(
-        Hy.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
+    return hypothesis_plots.plot_contrasts(
+        hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
@@ -311,7 +309,7 @@ def plot_curves(df: pd.DataFrame, ax=None):
     from gvgap.plots import _log_ticks, pipeline_colors
 
     ax = ax or plt.gca()
-    head = Hy.headline_rows(df, HEADLINE)
+    head = hypothesis.headline_rows(df, HEADLINE)
     pairs = {"dpo_sgd": "dpo", "rlhf_sgd": "rlhf", "round_sgd": "online_dpo_round",
              "dpo_slow": None}  # fmt: skip
     colors = pipeline_colors(list(pairs))
@@ -336,4 +334,4 @@ def plot_curves(df: pd.DataFrame, ax=None):
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The J curves, and the reported contrasts in metrics other than the test's."""
     return [("curves", plot_curves, ("*",)),
-            *Hy.contrast_figures(sys.modules[__name__], df, title="H3")]  # fmt: skip
+            *hypothesis_plots.contrast_figures(sys.modules[__name__], df, title="H3")]  # fmt: skip

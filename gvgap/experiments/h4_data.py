@@ -47,8 +47,7 @@ import numpy as np
 from gvgap.data import Preferences
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import UserError
-from gvgap.experiments import common as C
-from gvgap.experiments import hypothesis as Hy
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import Result, online_dpo_round, rlhf, select_lambda
 from gvgap.rewards import LinearReward
@@ -84,17 +83,17 @@ PREDICTED = "greater"
 CONTROL_EXPECTED = "greater"
 #: The headline cell, fixed before reading results.
 HEADLINE = {"vocab": 3, "horizon": 3, "n_prompts": 16, "n_pairs": 32, "shared_reward": True}
-TEST = Hy.Contrast("pooled − per-prompt RM, same D", "rlhf_pooled", "rlhf_same")
-CONTROL = Hy.Contrast("extra RM pairs − same D (per-prompt RM)", "rlhf_extra", "rlhf_same")
+TEST = hypothesis.Contrast("pooled − per-prompt RM, same D", "rlhf_pooled", "rlhf_same")
+CONTROL = hypothesis.Contrast("extra RM pairs − same D (per-prompt RM)", "rlhf_extra", "rlhf_same")
 REPORTED = [
-    Hy.Contrast("per-prompt RM − dpo (no pooling)", "rlhf_same", "dpo"),
-    Hy.Contrast("pooled RM − dpo", "rlhf_pooled", "dpo"),
-    Hy.Contrast("extra prompts − identical (per-prompt)", "rlhf_prompts", "rlhf_same"),
-    Hy.Contrast("extra prompts − identical (pooled)", "rlhf_pooled_all", "rlhf_pooled"),
-    Hy.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
-    Hy.Contrast("pooled − per-prompt RM, same D", "rlhf_pooled", "rlhf_same", "win_rate"),
+    hypothesis.Contrast("per-prompt RM − dpo (no pooling)", "rlhf_same", "dpo"),
+    hypothesis.Contrast("pooled RM − dpo", "rlhf_pooled", "dpo"),
+    hypothesis.Contrast("extra prompts − identical (per-prompt)", "rlhf_prompts", "rlhf_same"),
+    hypothesis.Contrast("extra prompts − identical (pooled)", "rlhf_pooled_all", "rlhf_pooled"),
+    hypothesis.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
+    hypothesis.Contrast("pooled − per-prompt RM, same D", "rlhf_pooled", "rlhf_same", "win_rate"),
 ]
 
 
@@ -123,7 +122,7 @@ class PerPromptLinearReward:
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h4_data setting.
 
     Shared problem fields: :class:`common.ProblemConfig`.
@@ -155,40 +154,34 @@ class Config(C.ProblemConfig):
                 "per_prompt_weights is set by shared_reward in h4_data; set shared_reward=false "
                 "for per-prompt rewards"
             )
-        C.check_range("extra_factor", self.extra_factor, 0.0, 1000.0, lo_open=True)
-        C.check_range("round_samples", self.round_samples, 2)
-        C.check_range("temperature", self.temperature, 0.0, lo_open=True)
+        common.check_range("extra_factor", self.extra_factor, 0.0, 1000.0, lo_open=True)
+        common.check_range("round_samples", self.round_samples, 2)
+        common.check_range("temperature", self.temperature, 0.0, lo_open=True)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_prompts=3, n_pairs=12, extra_factor=2.0, lam_grid="short",
                round_samples=5)  # fmt: skip
-SETTINGS = {
-    "seeds": 20,
-    "seed_start": Hy.CONFIRM_BLOCK,
-    "fixed": {"vocab": 3, "k": 3, "horizon": 3, "n_prompts": 16},
-    "grid": {"n_pairs": [16, 64, 256], "shared_reward": [True, False],
-             "extra_factor": [1.0, 4.0]},
-}  # fmt: skip
-#: The confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by the power
-#: plan): the headline and the cell where pooling is misspecified.
-QUICK = Hy.quick_sweep(
-    {k: v for k, v in HEADLINE.items() if k != "shared_reward"},
-    grid={"shared_reward": [True, False]},
+#: The full sweep; the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan): the headline and the cell where pooling is misspecified; its power pilot
+#: (the QUICK cells on their own seed block); the overrides under which the verdict is
+#: re-checked (another V, H; β; random π_ref), each at the headline's ``shared_reward``.
+SETTINGS, QUICK, PILOT, ROBUSTNESS = hypothesis.sweeps(
+    HEADLINE,
+    fixed={"vocab": 3, "k": 3, "horizon": 3, "n_prompts": 16},
+    grid={"n_pairs": [16, 64, 256], "shared_reward": [True, False], "extra_factor": [1.0, 4.0]},
+    quick_grid={"shared_reward": [True, False]},
+    robust=((2, 4),),
+    robust_fixed={"shared_reward": True},
 )
-#: The power pilot: the QUICK cells on their own seed block.
-PILOT = Hy.pilot_sweep(QUICK)
 #: The headline cell with the swept field HEADLINE leaves open pinned to the value the quick run
 #: reads (the Config default): the full grid sweeps extra_factor ∈ {1, 4}, and the verdict must
 #: not pool the two cells (or decide at one and report the other).
 HEAD_CELL = {**HEADLINE, "extra_factor": Config.extra_factor}
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random
-#: π_ref), each at the headline's ``shared_reward``.
-ROBUSTNESS: list[dict] = [{**o, "shared_reward": True} for o in C.robustness((2, 4))]
 
 
 def plan_seeds(pilot: pd.DataFrame) -> dict:
     """Seeds of the confirmatory sweep and of each re-check (:func:`hypothesis.plan_seeds`)."""
-    return Hy.plan_seeds(sys.modules[__name__], pilot)
+    return hypothesis.plan_seeds(sys.modules[__name__], pilot)
 
 
 def instance_config(cfg: Config) -> Config:
@@ -199,7 +192,7 @@ def instance_config(cfg: Config) -> Config:
 
 def build_env(cfg: Config, instance_rng: np.random.Generator) -> TreeEnv:
     """The instance of ``cfg`` (:func:`common.build_env` on :func:`instance_config`)."""
-    return C.build_env(instance_config(cfg), instance_rng)
+    return common.build_env(instance_config(cfg), instance_rng)
 
 
 def restrict_to_prompts(res: Result, env: TreeEnv, seen: np.ndarray) -> Result:
@@ -230,13 +223,13 @@ def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """DPO vs RLHF: identical data without pooling, pooled, extra pairs, extra prompts."""
-    env, data, grid, split_seed = C.prepare(instance_config(cfg), rng, instance_rng)
-    extra = C.draw_pairs(env, max(1, round(cfg.extra_factor * cfg.n_pairs)), rng)
+    env, data, grid, split_seed = common.prepare(instance_config(cfg), rng, instance_rng)
+    extra = common.draw_pairs(env, max(1, round(cfg.extra_factor * cfg.n_pairs)), rng)
     seen = np.bincount(data.prompt, minlength=env.n_prompts) > 0
-    pol = C.tabular_policy(env)
-    off = C.fit_dpo(env, data, grid, split_seed)
+    pol = common.tabular_policy(env)
+    off = common.fit_dpo(env, data, grid, split_seed)
     same = fit_per_prompt(env, data, grid, split_seed, cfg.k)
-    pooled = C.fit_rlhf(env, data, LinearReward(shared_features(env, cfg.k)), grid, split_seed)
+    pooled = common.fit_rlhf(env, data, LinearReward(shared_features(env, cfg.k)), grid, split_seed)
     more = fit_per_prompt(env, Preferences.concat([data, extra]), grid, split_seed, cfg.k)
     arms = {
         "dpo": off,
@@ -252,7 +245,7 @@ def run(
     arms["round_dpo"] = online_dpo_round(pol, env, same.r_hat, theta0=off.params, **kw)
     out = {}
     for name, res in arms.items():
-        out.update(Hy.metric_rows(name, env, res))
+        out.update(hypothesis.metric_rows(name, env, res))
     out["prompt_coverage"] = float(env.rho[seen].sum())
     return out
 
@@ -261,7 +254,7 @@ def verdict(df: pd.DataFrame) -> Verdict:
     """:func:`hypothesis.module_verdict`: test rlhf_pooled − rlhf_same (J, predicted
     ``greater``), positive control rlhf_extra − rlhf_same (J, expected ``greater``), at
     :data:`HEAD_CELL`, Holm across the cells present."""
-    return Hy.module_verdict(
+    return hypothesis.module_verdict(
         sys.modules[__name__],
         df,
         predicted=PREDICTED,
@@ -279,11 +272,11 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (pooled − per-prompt RM on the same pairs), its positive control (the
     per-prompt RM with more pairs) and the reported contrasts, in J (mean paired difference,
     95% bootstrap CI) at the headline cell (shared r*)."""
-    return Hy.plot_contrasts(
-        Hy.headline_rows(df, HEAD_CELL), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
+    return hypothesis_plots.plot_contrasts(
+        hypothesis.headline_rows(df, HEAD_CELL), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than J, one figure per metric."""
-    return Hy.contrast_figures(sys.modules[__name__], df, title=TITLE)
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title=TITLE)

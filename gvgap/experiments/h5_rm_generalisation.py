@@ -49,11 +49,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import expit, log_expit
+from scipy.special import expit
 
 from gvgap.data import Preferences
-from gvgap.experiments import common as C
-from gvgap.experiments import hypothesis as Hy
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import (
     best_of_n,
@@ -63,6 +62,7 @@ from gvgap.learners import (
     select_lambda,
     val_bt_loglik,
 )
+from gvgap.losses import bt_rows
 from gvgap.rewards import LocalReward
 from gvgap.theory.metrics import pairwise_accuracy
 
@@ -103,27 +103,37 @@ FACTORS: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256)
 HEAD_N = 16
 #: Relative tolerance below which fitted rewards are snapped to a tie.
 TIE_TOL = 1e-5
-TEST = Hy.Contrast("OOD acc linear − matched local", "rm_linear", "rm_local_matched", "acc_opt")
-CONTROL = Hy.Contrast("OOD acc matched local − local", "rm_local_matched", "rm_local", "acc_opt")
+TEST = hypothesis.Contrast(
+    "OOD acc linear − matched local", "rm_linear", "rm_local_matched", "acc_opt"
+)
+CONTROL = hypothesis.Contrast(
+    "OOD acc matched local − local", "rm_local_matched", "rm_local", "acc_opt"
+)
 REPORTED = [
-    Hy.Contrast("ID acc linear − matched local", "rm_linear", "rm_local_matched", "acc_ref"),
-    Hy.Contrast(
+    hypothesis.Contrast(
+        "ID acc linear − matched local", "rm_linear", "rm_local_matched", "acc_ref"
+    ),
+    hypothesis.Contrast(
         "held-out ll linear − matched local", "rm_linear", "rm_local_matched", "heldout_ll"
     ),
-    Hy.Contrast("own-BoN acc linear − matched local", "rm_linear", "rm_local_matched", "acc_bon"),
-    Hy.Contrast("BoN linear − matched local", "bon_linear", "bon_local_matched"),
-    Hy.Contrast("BoN linear − local", "bon_linear", "bon_local"),
-    Hy.Contrast("val lik global − DPO implicit", "rm_linear", "rm_local", "val_lik"),
-    Hy.Contrast("val lik ref-free local − DPO implicit", "rm_reffree", "rm_local", "val_lik"),
-    Hy.Contrast("rlhf − dpo", "rlhf", "dpo"),
-    Hy.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
+    hypothesis.Contrast(
+        "own-BoN acc linear − matched local", "rm_linear", "rm_local_matched", "acc_bon"
+    ),
+    hypothesis.Contrast("BoN linear − matched local", "bon_linear", "bon_local_matched"),
+    hypothesis.Contrast("BoN linear − local", "bon_linear", "bon_local"),
+    hypothesis.Contrast("val lik global − DPO implicit", "rm_linear", "rm_local", "val_lik"),
+    hypothesis.Contrast(
+        "val lik ref-free local − DPO implicit", "rm_reffree", "rm_local", "val_lik"
+    ),
+    hypothesis.Contrast("rlhf − dpo", "rlhf", "dpo"),
+    hypothesis.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
 ]
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h5_rm_generalisation setting.
 
     Shared problem fields: :class:`common.ProblemConfig`.
@@ -143,31 +153,23 @@ class Config(C.ProblemConfig):
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
         super().validate()
-        C.check_range("n_val", self.n_val, 2, 1_000_000)
-        C.check_range("round_samples", self.round_samples, 2)
-        C.check_range("temperature", self.temperature, 0.0, lo_open=True)
+        common.check_range("n_val", self.n_val, 2, 1_000_000)
+        common.check_range("round_samples", self.round_samples, 2)
+        common.check_range("temperature", self.temperature, 0.0, lo_open=True)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=12, lam_grid="short", round_samples=5)
-SETTINGS = {
-    "seeds": 20,
-    "seed_start": Hy.CONFIRM_BLOCK,
-    "fixed": {"vocab": 3, "k": 3},
-    "grid": {"horizon": [3, 4], "n_pairs": [16, 64, 256]},
-}
-#: The confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by the power plan).
-QUICK = Hy.quick_sweep(HEADLINE)
-#: The power pilot: the headline cell on its own seed block.
-PILOT = Hy.pilot_sweep(QUICK)
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random π_ref).
-ROBUSTNESS: list[dict] = C.robustness((4, 3))
+#: The full sweep, the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan), its power pilot (the headline cell on its own seed block) and the overrides
+#: under which the verdict is re-checked (another V, H; β; random π_ref).
+SETTINGS, QUICK, PILOT, ROBUSTNESS = hypothesis.sweeps(HEADLINE)
 
-build_env = C.build_env
+build_env = common.build_env
 
 
 def plan_seeds(pilot: pd.DataFrame) -> dict:
     """Seeds of the confirmatory sweep and of each re-check (:func:`hypothesis.plan_seeds`)."""
-    return Hy.plan_seeds(sys.modules[__name__], pilot)
+    return hypothesis.plan_seeds(sys.modules[__name__], pilot)
 
 
 def bon_pipeline(rm: str, n: int) -> str:
@@ -200,7 +202,7 @@ def val_loglik(r_hat: np.ndarray, r_star: np.ndarray, logq: np.ndarray, rho: np.
     Σ_x ρ Σ_{ξ,ξ'} q(ξ)q(ξ') σ(r*(ξ) − r*(ξ')) log σ(r̂(ξ) − r̂(ξ'))."""
     q = np.exp(logq)
     ys = expit(r_star[:, :, None] - r_star[:, None, :])
-    ll = log_expit(r_hat[:, :, None] - r_hat[:, None, :])
+    ll = -bt_rows(r_hat[:, :, None] - r_hat[:, None, :])  # log σ(Δ̂)
     return float(rho @ np.einsum("ma,mb,mab->m", q, q, ys * ll))
 
 
@@ -217,7 +219,7 @@ def _rm_rows(name: str, r: np.ndarray, env, dists: dict) -> dict[str, float]:
 def nested_pool(env, data: Preferences, n_total: int, rng: np.random.Generator) -> Preferences:
     """The matched local RM's pool: D followed by ``n_total − |D|`` fresh pairs from μ = π_ref
     (true BT labels), so that its first n·f pairs are D plus (f − 1)·n more (nested in f)."""
-    extra = C.draw_pairs(env, n_total - len(data), rng)
+    extra = common.draw_pairs(env, n_total - len(data), rng)
     return Preferences.concat([data, extra])
 
 
@@ -226,12 +228,12 @@ def run(
 ) -> dict[str, float]:
     """RMs on D (and the matched local RM on more pairs): exact ID / OOD accuracy, best-of-N,
     validation likelihood; RLHF and the online DPO round beside."""
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
+    env, data, grid, split_seed = common.prepare(cfg, rng, instance_rng)
     pool = nested_pool(env, data, cfg.n_pairs * max(FACTORS), rng)
-    heldout = C.draw_pairs(env, cfg.n_val, rng)
-    pol = C.tabular_policy(env)
-    off = C.fit_dpo(env, data, grid, split_seed)
-    lin = C.fit_rlhf(env, data, "linear", grid, split_seed)
+    heldout = common.draw_pairs(env, cfg.n_val, rng)
+    pol = common.tabular_policy(env)
+    off = common.fit_dpo(env, data, grid, split_seed)
+    lin = common.fit_rlhf(env, data, "linear", grid, split_seed)
     rf = LocalReward(pol, None, env.beta)
     reffree = select_lambda(
         lambda d, lam: fit_reward(rf, d, env.logp_ref.shape, lam=lam),
@@ -253,18 +255,20 @@ def run(
     }
     out = {}
     for name, res in (("dpo", off), ("rlhf", lin)):
-        out.update(Hy.metric_rows(name, env, res))
+        out.update(hypothesis.metric_rows(name, env, res))
     for rm, r in rewards.items():
         bon = best_of_n(env, r, HEAD_N)
-        out.update(Hy.metric_rows(f"bon_{rm}", env, bon))
+        out.update(hypothesis.metric_rows(f"bon_{rm}", env, bon))
         dists = {"ref": env.logp_ref, "opt": env.logp_star, "bon": bon.logp}
         out.update(_rm_rows(f"rm_{rm}", r, env, dists))
         out[f"rm_{rm}/heldout_ll"] = val_bt_loglik(r, heldout)
     kw = {"lam": off.lam, "n_prompts": cfg.n_pairs, "n_samples": cfg.round_samples,
           "temperature": cfg.temperature}  # fmt: skip
-    out.update(Hy.metric_rows("round_sft", env, online_dpo_round(pol, env, lin.r_hat, **kw)))
+    out.update(
+        hypothesis.metric_rows("round_sft", env, online_dpo_round(pol, env, lin.r_hat, **kw))
+    )
     rd = online_dpo_round(pol, env, lin.r_hat, theta0=off.params, **kw)
-    out.update(Hy.metric_rows("round_dpo", env, rd))
+    out.update(hypothesis.metric_rows("round_dpo", env, rd))
     out["match_factor"] = float(factor)
     out["matched"] = float(out["rm_local_matched/heldout_ll"] >= ll_lin)
     return out
@@ -273,7 +277,7 @@ def run(
 def verdict(df: pd.DataFrame) -> Verdict:
     """:func:`hypothesis.module_verdict`: test acc_opt linear − matched local (predicted
     ``greater``), positive control acc_opt matched local − local (expected ``greater``)."""
-    return Hy.module_verdict(
+    return hypothesis.module_verdict(
         sys.modules[__name__],
         df,
         predicted=PREDICTED,
@@ -304,11 +308,11 @@ def plot(df: pd.DataFrame, ax=None):
     """The test (OOD ranking accuracy, linear RM − local RM matched on held-out likelihood),
     its positive control (matched local − local on D) and the reported accuracy contrasts
     (mean paired difference, 95% bootstrap CI) at the headline cell."""
-    return Hy.plot_contrasts(
-        Hy.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
+    return hypothesis_plots.plot_contrasts(
+        hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:
     """The reported contrasts in metrics other than the test's, one figure per metric."""
-    return Hy.contrast_figures(sys.modules[__name__], df, title="H5")
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title="H5")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gvgap import inference as I
+from gvgap import inference
 from gvgap.experiments.h6_design import (
     DOSE_N,
     GROWTH,
@@ -155,6 +155,8 @@ def misspecified(cells: list[CellStats], runs: pd.DataFrame) -> set[tuple]:
     """Cells (keys) flagged misspecified over :data:`DOSE_N` (module docstring)."""
     from scipy.stats import mannwhitneyu
 
+    from gvgap.stats import at_cell
+
     flagged = set()
     dose = [c for c in cells if c.n in DOSE_N]
     keys = cell_keys(runs)
@@ -165,20 +167,15 @@ def misspecified(cells: list[CellStats], runs: pd.DataFrame) -> set[tuple]:
             continue
         if len(mine) < 2:
             continue
+        cell = dict(zip(keys, key))
+        lo, hi = (at_cell(runs, {**cell, "n_pairs": c.n}) for c in (mine[0], mine[-1]))
         for side in ("offline/regret", "online/regret"):
-            first = _at(runs, keys, key, mine[0].n)[side].to_numpy(float) * mine[0].n
-            last = _at(runs, keys, key, mine[-1].n)[side].to_numpy(float) * mine[-1].n
+            first = lo[side].to_numpy(float) * mine[0].n
+            last = hi[side].to_numpy(float) * mine[-1].n
             grows = np.mean(last) > GROWTH * np.mean(first) and min(first.size, last.size) > 1
-            if grows and mannwhitneyu(last, first, alternative="greater").pvalue < I.ALPHA:
+            if grows and mannwhitneyu(last, first, alternative="greater").pvalue < inference.ALPHA:
                 flagged.add(key)
     return flagged
-
-
-def _at(runs: pd.DataFrame, keys: list[str], key: tuple, n: int) -> pd.DataFrame:
-    mask = runs["n_pairs"] == n
-    for k, v in zip(keys, key):
-        mask &= runs[k].astype(str) == str(v)
-    return runs[mask]
 
 
 def law_cells(cells: list[CellStats], flagged: set) -> list[CellStats]:
@@ -192,7 +189,7 @@ def dose_table(df: pd.DataFrame) -> pd.DataFrame:
     cell (in the regime, not misspecified) and the law's prediction ΔC/n (the figures' table)."""
     import pandas as pd
 
-    from gvgap.stats import mean_ci
+    from gvgap.stats import at_cell, mean_ci
 
     rows = []
     for protocol in sorted(df["protocol"].unique()) if "protocol" in df else [None]:
@@ -203,7 +200,7 @@ def dose_table(df: pd.DataFrame) -> pd.DataFrame:
         cells = cell_stats(runs)
         flagged = misspecified(cells, runs)
         for c in cells:
-            at = _at(runs, keys, c.key, c.n)
+            at = at_cell(runs, {**dict(zip(keys, c.key)), "n_pairs": c.n})
             rng = np.random.default_rng(0)
             nd, lo, hi = mean_ci(c.nd, rng=rng)
             d, dlo, dhi = mean_ci(c.d, rng=rng)

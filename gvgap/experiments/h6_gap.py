@@ -51,11 +51,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gvgap.errors import UserError
-from gvgap.experiments import common as C
-from gvgap.experiments import h6_cells as K
+from gvgap.experiments import common, h6_cells, h6_rule, hypothesis
 from gvgap.experiments import h6_design as D
-from gvgap.experiments import h6_rule as R
-from gvgap.experiments import hypothesis as Hy
 from gvgap.experiments.h6_protocols import (
     NON_ORACLE_DISTRACTORS,
     class_metrics,
@@ -118,7 +115,7 @@ def _tree(tree: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h6_gap setting. Shared problem fields: :class:`common.ProblemConfig`.
 
     Attributes:
@@ -152,7 +149,7 @@ class Config(C.ProblemConfig):
 
     def __post_init__(self) -> None:
         if self.cell:
-            C.check_choice("cell", self.cell, tuple(D.CELLS))
+            common.check_choice("cell", self.cell, tuple(D.CELLS))
             self._preset("cell", D.CELLS[self.cell])
         if self.tree:
             v, h = _tree(self.tree)
@@ -166,9 +163,9 @@ class Config(C.ProblemConfig):
             )
         if not self.generator:
             return
-        C.check_choice("generator", self.generator, tuple(GENERATORS))
+        common.check_choice("generator", self.generator, tuple(GENERATORS))
         spec = dict(GENERATORS[self.generator])
-        if spec["k"] != "all" and self.k != C.ProblemConfig.k:
+        if spec["k"] != "all" and self.k != common.ProblemConfig.k:
             del spec["k"]  # a generator's k is a default: an explicit k (≠ 3) is kept
         elif spec["k"] == "all":
             from gvgap.envs.features import dictionary_size
@@ -190,9 +187,9 @@ class Config(C.ProblemConfig):
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field (rm_class: the ladder's names)."""
-        C.ProblemConfig.validate(dataclasses.replace(self, rm_class="linear"))
-        C.check_choice("protocol", self.protocol, PROTOCOLS)
-        C.check_range("rm_features", self.rm_features, 0, 4096)
+        common.ProblemConfig.validate(dataclasses.replace(self, rm_class="linear"))
+        common.check_choice("protocol", self.protocol, PROTOCOLS)
+        common.check_range("rm_features", self.rm_features, 0, 4096)
         if self.policy_class != "auto":
             policy_order(self.policy_class, self.horizon)
         try:
@@ -252,11 +249,14 @@ def run(
     """Offline (DPO over a policy rung) vs online (RM over a reward rung + soft RL)."""
     inst = instance(cfg, instance_rng)
     env = inst.env
-    data = C.draw_pairs(env, cfg.n_pairs, rng)
-    grid, split_seed = C.lambda_grid(cfg.lam, cfg.lam_grid), C.split_seed_from(rng)
+    data = common.draw_pairs(env, cfg.n_pairs, rng)
+    grid, split_seed = common.lambda_grid(cfg.lam, cfg.lam_grid), common.split_seed_from(rng)
     off, p_name, on, r_name = fit_pipelines(cfg, inst, data, grid, split_seed)
-    out = {**Hy.metric_rows("offline", env, off), **Hy.metric_rows("online", env, on)}
-    out |= C.gap_metrics(env) | inst.ladder.metrics()
+    out = {
+        **hypothesis.metric_rows("offline", env, off),
+        **hypothesis.metric_rows("online", env, on),
+    }
+    out |= common.gap_metrics(env) | inst.ladder.metrics()
     out |= class_metrics(inst, p_name, r_name, online_policy(cfg, env) is None)
     out["delta_C_star"] = delta_c_star(inst)
     out["isomorphic"] = float(isomorphic(inst, p_name, r_name))
@@ -283,19 +283,19 @@ QUICK = D.QUICK
 ROBUSTNESS = D.ROBUSTNESS
 ROBUST_SEEDS = D.ROBUST_SEEDS
 PILOT = D.PILOT
-plan_seeds = R.plan_seeds
+plan_seeds = h6_rule.plan_seeds
 STABILITY_BLOCKS = D.STABILITY_BLOCKS
 HEADLINE = D.HEADLINE
 
 
 def headline_effect(df: pd.DataFrame) -> dict[str, float]:
     """The headline effect (d at :data:`HEADLINE`) with its interval and seeds."""
-    return R.headline_effect(df, HEADLINE)
+    return h6_rule.headline_effect(df, HEADLINE)
 
 
 #: The per-run contrast behind the rule, d = regret(offline) − regret(online) on the same
 #: pairs: the report's per-cell table (the rule itself reads n·d against ΔC per cell).
-TEST = Hy.Contrast("d = regret offline − online", "offline", "online", "regret")
+TEST = hypothesis.Contrast("d = regret offline − online", "offline", "online", "regret")
 
 #: What the paper concludes about H6, and the verdict on the hypothesis that agrees with it.
 PAPER_POSITION = "most support: the gap, with RL restricted to the simple verifier's policies"
@@ -304,7 +304,7 @@ PAPER_EXPECTS = "supported"
 
 def verdict(df: pd.DataFrame):
     """The dose–response rule of :mod:`gvgap.experiments.h6_rule` (P1, P2; P3 reported)."""
-    return R.verdict(df, claim=CLAIM)
+    return h6_rule.verdict(df, claim=CLAIM)
 
 
 #: Columns the surface figure distinguishes itself; other varying fields become panels.
@@ -344,7 +344,7 @@ def plot(df: pd.DataFrame, ax=None):
             if (df["protocol"] == D.HEADLINE_PROTOCOL).any()
             else (df["protocol"].iloc[0])
         )
-        return dose_response(K.dose_table(df), ax, protocol=protocol, n_values=D.DOSE_N)
+        return dose_response(h6_cells.dose_table(df), ax, protocol=protocol, n_values=D.DOSE_N)
     if "generator" in df.columns and df["generator"].nunique() > 1:
         return h6_surface(df, ax)
     return h6_curves(df, ax, line=_curve_line(df))
@@ -355,7 +355,9 @@ def plot_control(df: pd.DataFrame, ax=None):
     generating features), n·d against ΔC on log–log axes with the identity and the P1 band."""
     from gvgap.plots_h6 import dose_response
 
-    return dose_response(K.dose_table(df), ax, protocol=D.CONTROL_PROTOCOL, n_values=D.DOSE_N)
+    return dose_response(
+        h6_cells.dose_table(df), ax, protocol=D.CONTROL_PROTOCOL, n_values=D.DOSE_N
+    )
 
 
 def plot_d_vs_n(df: pd.DataFrame, ax=None):
@@ -363,7 +365,7 @@ def plot_d_vs_n(df: pd.DataFrame, ax=None):
     prediction ΔC/n dashed in the cell's colour."""
     from gvgap.plots_h6 import d_against_n
 
-    return d_against_n(K.dose_table(df), ax, protocol=D.HEADLINE_PROTOCOL)
+    return d_against_n(h6_cells.dose_table(df), ax, protocol=D.HEADLINE_PROTOCOL)
 
 
 def plot_rank(df: pd.DataFrame, ax=None):
@@ -371,7 +373,7 @@ def plot_rank(df: pd.DataFrame, ax=None):
     proxy of the gap, with each cell's ΔC printed beside it (headline protocol)."""
     from gvgap.plots_h6 import rank_scatter
 
-    return rank_scatter(K.dose_table(df), ax, n=D.RANK_N[0], protocol=D.HEADLINE_PROTOCOL)
+    return rank_scatter(h6_cells.dose_table(df), ax, n=D.RANK_N[0], protocol=D.HEADLINE_PROTOCOL)
 
 
 def extra_figures(df: pd.DataFrame) -> list[tuple]:

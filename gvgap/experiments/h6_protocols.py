@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gvgap.experiments import common as C
+from gvgap.experiments import common
 from gvgap.ladder import Ladder
-from gvgap.ladder import classes as LC
+from gvgap.ladder import classes as ladder_classes
 from gvgap.ladder.rungs import policy_order, rung_name, window_name, window_order
 
 #: Distractor columns of the dictionary rung when ``rm_features`` = 0.
@@ -78,9 +78,9 @@ def instance(cfg, instance_rng: np.random.Generator) -> Instance:
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    env = C.build_env(cfg, instance_rng)
+    env = common.build_env(cfg, instance_rng)
     shared = cfg.shared_reward or env.n_prompts == 1
-    dictionary = LC.dictionary_features(env, n_extra(cfg), instance_rng, shared=shared)
+    dictionary = ladder_classes.dictionary_features(env, n_extra(cfg), instance_rng, shared=shared)
     ladder = Ladder(env, oracle=env.features, dictionary=dictionary, shared=shared)
     inst = _CACHE[key] = Instance(env, ladder, dictionary)
     while len(_CACHE) > CACHE_ENTRIES or (
@@ -141,14 +141,14 @@ def _reward_name(name: str, horizon: int) -> str:
 
 def _reward_class(name: str, inst: Instance):
     env = inst.env
-    return LC.reward_class(
+    return ladder_classes.reward_class(
         name, env, shared=inst.ladder.shared or env.n_prompts == 1, dictionary=inst.dictionary
     )
 
 
 def online_policy(cfg, env):
     if policy_order(cfg.online_policy_class, env.horizon) < env.horizon - 1:
-        return LC.policy_class(cfg.online_policy_class, env)
+        return ladder_classes.policy_class(cfg.online_policy_class, env)
     return None
 
 
@@ -181,14 +181,16 @@ def fit_pipelines(cfg, inst: Instance, data, grid, split_seed) -> tuple:
             if cfg.rm_class != "auto"
             else reward_ladder(inst)
         )
-        off_fits = {n: _dpo_fit(LC.policy_class(n, env), env) for n in offs}
+        off_fits = {n: _dpo_fit(ladder_classes.policy_class(n, env), env) for n in offs}
         on_fits = {n: _rlhf_fit(_reward_class(n, inst), env, on_pol) for n in ons}
         p_name, off, _ = select_model(off_fits, data, split_seed=split_seed, grid=grid)
         r_name, on, _ = select_model(on_fits, data, split_seed=split_seed, grid=grid)
         return off, p_name, on, r_name
     p_name, r_name = fixed_classes(cfg, inst)
-    off = C.fit_dpo(env, data, grid, split_seed, policy=LC.policy_class(p_name, env))
-    on = C.fit_rlhf(env, data, _reward_class(r_name, inst), grid, split_seed, policy=on_pol)
+    off = common.fit_dpo(
+        env, data, grid, split_seed, policy=ladder_classes.policy_class(p_name, env)
+    )
+    on = common.fit_rlhf(env, data, _reward_class(r_name, inst), grid, split_seed, policy=on_pol)
     return off, p_name, on, r_name
 
 

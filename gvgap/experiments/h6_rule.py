@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gvgap import inference as I
+from gvgap import inference
 from gvgap.experiments.base import Verdict
 from gvgap.experiments.h6_cells import (
     CellStats,
@@ -139,7 +139,7 @@ def slope(cells: list[CellStats], *, rng: np.random.Generator, band=SLOPE_BAND) 
 class NullTest:
     """P2: the pooled law-residual TOST and, per cell, n·d/C̄_off against 0 (reported)."""
 
-    pooled: I.Decision | None
+    pooled: inference.Decision | None
     keys: list
     scales: list
     raw: list
@@ -155,8 +155,8 @@ def null_test(cells: list[CellStats]) -> NullTest:
         return NullTest(None, [], [], [], "untested")
     scales = [max(float(np.nanmean(c.c_off)), 1e-12) for c in cells]
     resid = np.concatenate([(c.nd - c.dc) / s for c, s in zip(cells, scales)])
-    pooled = I.decide(resid, margin=P2_REL)
-    raw = I.decide_family([c.nd / s for c, s in zip(cells, scales)], margin=P2_REL)
+    pooled = inference.decide(resid, margin=P2_REL)
+    raw = inference.decide_family([c.nd / s for c, s in zip(cells, scales)], margin=P2_REL)
     outcome = {"equivalent": "holds", "greater": "fails", "less": "fails"}.get(
         pooled.outcome, "undetermined"
     )
@@ -217,7 +217,7 @@ def secondary(cells: list[CellStats]) -> dict[str, Any]:
     tested = [(c, p) for c, p in zip(small, pred) if p is not None]
     if not tested:
         return {"held": 0, "tested": 0}
-    decs = I.decide_family([c.d for c, _ in tested], margin=OLD_MARGIN)
+    decs = inference.decide_family([c.d for c, _ in tested], margin=OLD_MARGIN)
     held = sum(d.outcome == p for (_, p), d in zip(tested, decs))
     return {"held": int(held), "tested": len(tested)}
 
@@ -274,13 +274,13 @@ def decide(df: pd.DataFrame, *, seed: int = 0) -> Decision:
 def headline_effect(df: pd.DataFrame, headline: dict | None = None) -> dict[str, float]:
     """Mean d [95% bootstrap CI] and seeds at ``headline`` (default :data:`HEADLINE`; NaN when
     the table lacks it)."""
-    from gvgap.stats import mean_ci
+    from gvgap.stats import at_cell, mean_ci
 
     head = HEADLINE if headline is None else headline
     runs = run_table(df, head["protocol"])
     if runs.empty or "cell" not in runs.columns:
         return {"effect": np.nan, "ci_low": np.nan, "ci_high": np.nan, "seeds": 0}
-    at = runs[(runs["cell"] == head["cell"]) & (runs["n_pairs"] == head["n_pairs"])]
+    at = at_cell(runs, {"cell": head["cell"], "n_pairs": head["n_pairs"]})
     m, lo, hi = mean_ci(at["d"].to_numpy(float), rng=np.random.default_rng(0))
     return {"effect": m, "ci_low": lo, "ci_high": hi, "seeds": int(at["d"].notna().sum())}
 
@@ -405,20 +405,24 @@ def plan_seeds(pilot: pd.DataFrame) -> dict[str, Any]:
     for name, protocol in (("P1", HEADLINE_PROTOCOL), ("control", CONTROL_PROTOCOL)):
         cv = _cv_eff(run_table(pilot, protocol), gap_cells, n)
         need = next(
-            (k for k in I.SEED_GRID if slope_power(cv, PLANNED_P1_CELLS, k) >= I.TARGET_POWER),
-            I.SEED_GRID[-1],
+            (
+                k
+                for k in inference.SEED_GRID
+                if slope_power(cv, PLANNED_P1_CELLS, k) >= inference.TARGET_POWER
+            ),
+            inference.SEED_GRID[-1],
         )
         parts[name] = {"seeds": need, "cv": cv}
     runs = run_table(pilot, HEADLINE_PROTOCOL)
     null = runs[(runs["cell"] == null_cell) & (runs["n_pairs"] == n)]
     resid = ((null["nd"] - null["delta_C"]) / null["offline/C"].mean()).to_numpy(float)
     resid = resid[np.isfinite(resid)]
-    plan = I.seeds_for_power(resid, test="equivalent", margin=P2_REL)  # pooled runs
+    plan = inference.seeds_for_power(resid, test="equivalent", margin=P2_REL)  # pooled runs
     parts["P2"] = {"seeds": int(np.ceil(plan.seeds / PLANNED_P2_CELLS)), "pooled_runs": plan.seeds}
     seeds = int(np.clip(max(p["seeds"] for p in parts.values()), *SEED_BOUNDS))
     for name in ("P1", "control"):
         parts[name]["power"] = slope_power(parts[name]["cv"], PLANNED_P1_CELLS, seeds)
-    parts["P2"]["power"] = I.power(
+    parts["P2"]["power"] = inference.power(
         resid,
         seeds * PLANNED_P2_CELLS,
         test="equivalent",

@@ -46,19 +46,12 @@ class Contrast:
     metric: str = "J"
 
 
-def at_cell(df: pd.DataFrame, cell: dict) -> pd.DataFrame:
-    """Rows whose Config columns equal ``cell`` (fields absent from the table are ignored)."""
-    mask = np.ones(len(df), bool)
-    for k, v in cell.items():
-        if k in df.columns:
-            mask &= (df[k] == v).to_numpy()
-    return df[mask]
-
-
 def headline_rows(df: pd.DataFrame, headline: dict) -> pd.DataFrame:
     """The rows a figure shows: the headline cell's, or, on a table of one other setting (a
     robustness re-check, where the headline's values were overridden), all rows: the same
     rule as :func:`hypothesis_record`, so a re-check's figure is not silently empty."""
+    from gvgap.stats import at_cell
+
     rows = at_cell(df, headline)
     keys = [k for k in headline if k in df.columns]
     if rows.empty and keys and len(df.drop_duplicates(keys)) == 1:
@@ -137,6 +130,8 @@ def hypothesis_record(
     ``reported`` contrasts (not evidence) and ``extra`` (a string, or a function of the
     headline cell's rows) are read in the same cell as the decision and appended to the
     detail."""
+    from gvgap.stats import at_cell
+
     cells = cells_of(df, by)
     keys = [{k: v for k, v in headline.items() if k in c} for c in cells]
     head_idx = [i for i, c in enumerate(cells) if all(c[k] == v for k, v in keys[i].items())]
@@ -301,6 +296,61 @@ def pilot_sweep(quick: dict) -> dict:
     return {**quick, "seeds": PILOT_SEEDS, "seed_start": PILOT_BLOCK}
 
 
+#: Dirichlet concentrations of the peaked-π_ref re-checks (smaller = more peaked).
+ROBUST_CONCENTRATIONS = (0.1, 0.3, 1.0)
+#: β values of the re-checks besides the default β = 1.
+ROBUST_BETAS = (0.1, 3.0)
+#: Prompts of the per-prompt-reward re-check.
+ROBUST_PROMPTS = 2
+
+
+def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
+    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
+    each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
+    ``per_prompt`` (families linear / misspec / planning with sum_mod only), m =
+    :data:`ROBUST_PROMPTS` prompts with their own reward weights (targets)."""
+    out = [
+        *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
+        *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),
+        *({"beta": b} for b in ROBUST_BETAS),
+    ]
+    if per_prompt:
+        out.append({"n_prompts": ROBUST_PROMPTS, "per_prompt_weights": True})
+    return out
+
+
+#: The full sweep of H1, H2, H3 and H5 (:func:`sweeps`): fixed fields and grid.
+SETTINGS_FIXED = {"vocab": 3, "k": 3}
+SETTINGS_GRID = {"horizon": [3, 4], "n_pairs": [16, 64, 256]}
+
+
+def sweeps(
+    headline: dict,
+    *,
+    fixed: dict = SETTINGS_FIXED,
+    grid: dict = SETTINGS_GRID,
+    quick_grid: dict | None = None,
+    robust: tuple[tuple[int, int], ...] = ((4, 3),),
+    robust_fixed: dict | None = None,
+) -> tuple[dict, dict, dict, list[dict]]:
+    """``(SETTINGS, QUICK, PILOT, ROBUSTNESS)`` of an H1–H5 experiment from its headline cell:
+
+    - SETTINGS: the full sweep, ``fixed`` and ``grid``, 20 seeds on :data:`CONFIRM_BLOCK`;
+    - QUICK: the confirmatory sweep of ``gvgap reproduce --quick`` (:func:`quick_sweep`: the
+      headline, less the fields ``quick_grid`` sweeps, and ``quick_grid``; its seeds are
+      replaced by the power plan's);
+    - PILOT: its power pilot on its own seed block (:func:`pilot_sweep`);
+    - ROBUSTNESS: the standard re-checks (:func:`robustness` at the other (V, H) of
+      ``robust``), each with ``robust_fixed`` set too.
+    """
+    quick_grid = dict(quick_grid or {})
+    quick = quick_sweep({k: v for k, v in headline.items() if k not in quick_grid}, grid=quick_grid)
+    grid = {k: list(v) for k, v in grid.items()}
+    settings = {"seeds": 20, "seed_start": CONFIRM_BLOCK, "fixed": dict(fixed), "grid": grid}
+    checks = [{**o, **(robust_fixed or {})} for o in robustness(*robust)]
+    return settings, quick, pilot_sweep(quick), checks
+
+
 def plan_seeds(module, pilot: pd.DataFrame) -> dict:
     """Seeds of the confirmatory sweep and of every re-check, from the pilot block.
 
@@ -318,7 +368,7 @@ def plan_seeds(module, pilot: pd.DataFrame) -> dict:
     Returns:
         ``{"seeds", "power", "robust_seeds", "robust_power", "parts"}``.
     """
-    from gvgap import inference as I
+    from gvgap import inference
 
     head = headline_rows(pilot, getattr(module, "HEAD_CELL", module.HEADLINE))
     d_ctrl, d_test = paired(head, module.CONTROL), paired(head, module.TEST)
@@ -329,9 +379,9 @@ def plan_seeds(module, pilot: pd.DataFrame) -> dict:
         note = "no pilot control differences" if d_ctrl.size < 2 else f"control {expected}"
         return {"seeds": seeds, "power": nan, "robust_seeds": seeds, "robust_power": nan,
                 "parts": {"note": note}}  # fmt: skip
-    plan = I.seeds_for_power(d_ctrl, test=expected)
+    plan = inference.seeds_for_power(d_ctrl, test=expected)
     seeds = int(np.clip(plan.seeds, *SEED_BOUNDS))
-    pw = I.power(d_ctrl, seeds, test=expected, rng=np.random.default_rng(0))
+    pw = inference.power(d_ctrl, seeds, test=expected, rng=np.random.default_rng(0))
     n_cells = max(1, int(np.prod([len(v) for v in module.QUICK.get("grid", {}).values()])))
     parts: dict = {"control": {**plan.to_json(), "power_at_seeds": pw}}
     if d_test.size >= 2:
@@ -339,123 +389,14 @@ def plan_seeds(module, pilot: pd.DataFrame) -> dict:
         parts["test"] = {
             "pilot_mean": float(d_test.mean()),
             "pilot_n": int(d_test.size),
-            "power_predicted": I.power(
+            "power_predicted": inference.power(
                 d_test, seeds, test=predicted, margin=module.MARGIN, n_tests=n_cells,
                 rng=np.random.default_rng(0),
-            ) if predicted in I.TESTS else float("nan"),
-            "power_equivalent_if_null": I.power(
+            ) if predicted in inference.TESTS else float("nan"),
+            "power_equivalent_if_null": inference.power(
                 d_test, seeds, test="equivalent", margin=module.MARGIN, n_tests=n_cells,
                 rng=np.random.default_rng(0),
             ),
         }  # fmt: skip
     return {"seeds": seeds, "power": pw, "robust_seeds": seeds, "robust_power": pw,
             "parts": parts}  # fmt: skip
-
-
-# ---------------------------------------------------------------- figures
-
-#: Colour, marker and legend text of each role of a contrast in :func:`plot_contrasts`
-#: (a categorical palette: the test, its positive control and reported contrasts apart).
-ROLE_STYLE = {
-    "test": ("#0072B2", "o", "test (decides the verdict)"),
-    "control": ("#D55E00", "s", "positive control"),
-    "reported": ("0.45", "D", "reported only (not evidence)"),
-}
-#: Characters per line of a wrapped title or tick label.
-WRAP = 48
-
-
-#: Short names of the metrics on a contrast axis (the caption and LABELS give the rest).
-SHORT_LABELS = {
-    "J": "J (E r* − β KL)",
-    "win_rate": "win rate vs π_ref",
-    "acc_ref": "accuracy, pairs from π_ref",
-    "acc_opt": "accuracy, pairs from π*",
-    "acc_bon": "accuracy, pairs from own BoN",
-    "val_lik": "validation likelihood",
-    "heldout_ll": "held-out BT log-lik. / pair",
-    "kl_to_opt": "KL(P_SGD ‖ P_conv) (nats)",
-    "kl_off_path": "KL(P_SGD ‖ own path) (nats)",
-    "shortfall": "J shortfall",
-    "stop_reg": "shortfall along the path",
-    "stop_opt": "shortfall off the path",
-}
-
-
-def metric_label(metric: str) -> str:
-    """The y-axis label of a paired difference in ``metric`` (short enough to fit)."""
-    return f"a − b in {SHORT_LABELS.get(metric, metric)}\n(mean, 95% bootstrap CI)"
-
-
-def plot_contrasts(
-    df: pd.DataFrame,
-    test: Contrast,
-    control: Contrast,
-    reported: Sequence[Contrast] = (),
-    *,
-    title: str,
-    metric: str | None = None,
-    ax=None,
-):
-    """Mean paired difference (95% bootstrap CI) of each contrast in one ``metric`` (default
-    the test's): one metric per axis. The test, its positive control and the reported-only
-    contrasts are told apart by colour, marker and legend; each tick names the contrast and
-    the paired seeds behind it. Contrasts in other metrics belong to other figures
-    (:func:`contrast_figures`)."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
-    from gvgap.plots import plt_line
-
-    ax = ax or plt.gca()
-    metric = metric or test.metric
-    roles = [("test", test), ("control", control), *(("reported", c) for c in reported)]
-    roles = [(r, c) for r, c in roles if c.metric == metric]
-    ticks, used = [], []
-    for r, c in roles:
-        d = paired(df, c)
-        m, lo, hi = mean_ci(d)
-        if not np.isfinite(m):
-            continue
-        i = len(ticks)
-        color, marker, _ = ROLE_STYLE[r]
-        err = [[max(m - lo, 0.0)], [max(hi - m, 0.0)]] if np.isfinite(lo) else None
-        ax.errorbar([i], [m], yerr=err, marker=marker, ls="none", capsize=3, color=color,
-                    ms=8 if r == "test" else 6)  # fmt: skip
-        ticks.append(textwrap.fill(f"{c.label} ({len(d)} seeds)", 28))
-        used.append(r)
-    ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.set_ylabel(metric_label(metric))
-    ax.set_title(textwrap.fill(title, WRAP), fontsize=10)
-    handles = [plt_line(ROLE_STYLE[r][0], ROLE_STYLE[r][1], ROLE_STYLE[r][2])
-               for r in ROLE_STYLE if r in used]  # fmt: skip
-    if handles:
-        ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.7)
-    return ax
-
-
-def contrast_figures(module, df: pd.DataFrame, *, title: str) -> list[tuple]:
-    """One further figure per metric of ``module.REPORTED`` other than the test's
-    (``extra_figures``: ``(kind, plot(df, ax), uses)``), so that no axis mixes metrics."""
-    head_cell = getattr(module, "HEAD_CELL", module.HEADLINE)
-    metrics = [c.metric for c in module.REPORTED if c.metric != module.TEST.metric]
-    out = []
-    for metric in dict.fromkeys(metrics):
-        if not len(paired(df, next(c for c in module.REPORTED if c.metric == metric))):
-            continue
-
-        def draw(frame: pd.DataFrame, ax=None, metric=metric):
-            return plot_contrasts(
-                headline_rows(frame, head_cell), module.TEST, module.CONTROL, module.REPORTED,
-                title=f"{title} ({metric})", metric=metric, ax=ax,
-            )  # fmt: skip
-
-        draw.__doc__ = (
-            f"Reported contrasts (not evidence) in {metric}: mean paired difference a − b with "
-            "its 95% bootstrap CI at the headline cell."
-        )
-        out.append((f"contrasts_{metric}", draw, ("*",)))
-    return out

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gvgap.experiments import hypothesis as Hy
+from gvgap.experiments import hypothesis
 from gvgap.experiments.base import Verdict
 from gvgap.llm.config import LIMITS, PRESETS, LLMConfig
 
@@ -231,21 +231,21 @@ def _record(
     predicted = PREDICTION[task]
     d = paired(cell_df, TEST[0])
     d_ctrl = paired(cell_df, CONTROL[0])
-    ok, ctrl_outcome = Hy.detects(d_ctrl, "greater", MARGIN)
+    ok, ctrl_outcome = hypothesis.detects(d_ctrl, "greater", MARGIN)
     labs = labeller_summary(cell_df)
     verifies = labs["global"]["label_accuracy"] >= VERIFIER_FLOOR
     verdict, held = hypothesis_verdict(
         decision.outcome, predicted=predicted, control_detects=ok and verifies
     )
-    m, lo, hi = Hy.mean_ci(d)
-    cm, clo, chi = Hy.mean_ci(d_ctrl)
+    m, lo, hi = hypothesis.mean_ci(d)
+    cm, clo, chi = hypothesis.mean_ci(d_ctrl)
     # the power of this test at the effect of interest, with the spread the seeds showed
     power_at = (
         power(d - d.mean() + EFFECT_OF_INTEREST, d.size, n_tests=n_cells, rng=rng)
         if d.size > 1
         else float("nan")
     )
-    fm, flo, fhi = Hy.mean_ci(final_diff(cell_df, *TEST))
+    fm, flo, fhi = hypothesis.mean_ci(final_diff(cell_df, *TEST))
     order = [labs[k]["val_likelihood"] for k in ("global", "local", "dpo")]
     s = decision.summary
     why = []
@@ -295,13 +295,14 @@ def task_verdicts(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     in
     grid order), its other cells under ``robustness``; every cell decided in one Holm family."""
     from gvgap.inference import decide_family
+    from gvgap.stats import at_cell
 
     df = df[df["experiment"] == ID] if "experiment" in df else df
     by = varying_fields(df)
     if "task" not in by:
         by = ["task", *by]
-    cells = Hy.cells_of(df, by)
-    frames = [Hy.at_cell(df, c) for c in cells]
+    cells = hypothesis.cells_of(df, by)
+    frames = [at_cell(df, c) for c in cells]
     decisions = decide_family([paired(f, TEST[0]) for f in frames], margin=MARGIN)
     rng = np.random.default_rng(0)
     out: dict[str, dict[str, Any]] = {}
@@ -357,29 +358,29 @@ def report_section(doc: Any, df: pd.DataFrame, verdicts: dict, figs: list[dict])
     experiment's figure, the best-of-N, KL-frontier and labeller figures, tables, verdicts."""
     from matplotlib.figure import Figure
 
-    from gvgap import figures as F
-    from gvgap.llm import report as R
+    from gvgap import figures
+    from gvgap.llm import report as llm_report
 
     out = doc.root / "figures"
     shown = [(out / f"{e['name']}.png", e.get("caption", "")) for e in figs if "error" not in e]
-    meta = F.figure_meta(ID, df)
+    meta = figures.figure_meta(ID, df)
     extra = [
         ("llm__bon", "Best-of-N from π_ref, reranked by each labeller (mean ± SE over seeds).",
-         R.plot_bon),
+         llm_report.plot_bon),
         ("llm__frontier", "KL frontier of each DPO run (win rate vs k1 KL, mean over seeds).",
-         R.plot_frontier),
+         llm_report.plot_frontier),
     ]  # fmt: skip
-    for task in R.tasks_of(df):
+    for task in llm_report.tasks_of(df):
         for name, caption, fn in extra:
             fig = Figure(figsize=(6.4, 4.4), layout="constrained")
             fn(df, fig.add_subplot(), task=task)
-            F.save_figure(fig, out, f"{name}_{task}", meta=meta)
+            figures.save_figure(fig, out, f"{name}_{task}", meta=meta)
             shown.append((out / f"{name}_{task}.png", f"{caption} Task {task}."))
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    R.plot_labellers(df, fig.add_subplot())
-    F.save_figure(fig, out, "llm__labellers", meta=meta)
+    llm_report.plot_labellers(df, fig.add_subplot())
+    figures.save_figure(fig, out, "llm__labellers", meta=meta)
     shown.append(
         (out / "llm__labellers.png", "Online − DPO at matched KL vs the labeller's accuracy.")
     )
     mine = {k: v for k, v in verdicts.items() if k == ID or k.startswith(f"{ID}/")}
-    R.section(doc, df, mine, shown)
+    llm_report.section(doc, df, mine, shown)

@@ -66,7 +66,7 @@ def get_experiment(eid: str) -> ModuleType:
         UserError: unknown id, listing the known ones.
     """
     if eid not in EXPERIMENTS:
-        from gvgap.experiments.base import did_you_mean
+        from gvgap.errors import did_you_mean
 
         raise UserError(
             f"unknown experiment {eid!r}{did_you_mean(eid, EXPERIMENTS)}; "

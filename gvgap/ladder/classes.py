@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gvgap.envs import features as F
+from gvgap.envs import features
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.errors import UserError
 from gvgap.ladder.rungs import policy_order, window_order
@@ -46,7 +46,7 @@ def spread_features(phi: np.ndarray, n_prompts: int, shared: bool) -> np.ndarray
     """``(N, d)`` features for every prompt: ``(m, N, d)`` shared, ``(m, N, m d)`` blocks."""
     if shared or n_prompts == 1:
         return np.broadcast_to(phi, (n_prompts, *phi.shape))
-    return F.block_features(phi, n_prompts)
+    return features.block_features(phi, n_prompts)
 
 
 def reward_class(name: str, env: TreeEnv, *, shared: bool = True, dictionary=None):
@@ -73,7 +73,9 @@ def reward_class(name: str, env: TreeEnv, *, shared: bool = True, dictionary=Non
         if shared and m > 1:
             return LinearReward(spread_features(np.eye(env.n_leaves), m, True))
         return TabularReward(m, env.n_leaves)
-    return LinearReward(spread_features(F.position_window(env.tokens, env.vocab, order), m, shared))
+    return LinearReward(
+        spread_features(features.position_window(env.tokens, env.vocab, order), m, shared)
+    )
 
 
 def distractor_features(env: TreeEnv, n_extra: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,14 +89,16 @@ def distractor_features(env: TreeEnv, n_extra: int, rng: np.random.Generator) ->
     cols = np.zeros((len(tokens), 0))
     if name != "dense" and n_extra > 0:
         n = env.info.get("ngram_n", 2)
-        cand = F.standardize(F.dictionary(name, tokens, env.vocab, rng, n=n))
+        cand = features.standardize(features.dictionary(name, tokens, env.vocab, rng, n=n))
         a = np.column_stack([np.ones(len(tokens)), env.features[0]])  # prompt 0's block
         res = cand - a @ np.linalg.lstsq(a, cand, rcond=None)[0]
         keep = np.flatnonzero(np.linalg.norm(res, axis=0) > 1e-6 * np.sqrt(len(tokens)))
         pick = np.sort(rng.choice(keep, size=min(n_extra, keep.size), replace=False))
         cols = cand[:, pick]
     if cols.shape[1] < n_extra:
-        fresh = F.standardize(F.dense_random(len(tokens), n_extra - cols.shape[1], rng))
+        fresh = features.standardize(
+            features.dense_random(len(tokens), n_extra - cols.shape[1], rng)
+        )
         cols = np.concatenate([cols, fresh], axis=1)
     return cols
 

@@ -26,13 +26,11 @@ import numpy as np
 from scipy.optimize import minimize
 
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.ladder import bases as B
+from gvgap.ladder import bases
 from gvgap.ladder.contain import centred_tilts, containment_tol, policy_bound, tilt_spread
 from gvgap.ladder.rungs import policy_dim, rung_name, window_name
 from gvgap.policies.markov import MarkovPolicy
-from gvgap.theory import asymptotics as A
-from gvgap.theory import kl, node_to_leaf_logp, soft_value_iteration
-from gvgap.theory import spans as S
+from gvgap.theory import asymptotics, kl, node_to_leaf_logp, soft_value_iteration, spans
 
 #: Largest tangent dimension of a linear rung whose constant is computed (d³ work, d² memory).
 DIM_MAX = 2048
@@ -139,33 +137,33 @@ class Ladder:
         env = self.env
         m, vocab, horizon = env.n_prompts, env.vocab, env.horizon
         r = env.r_star
-        var = S.centred_var(r)
-        pieces = S.window_pieces(r, vocab, horizon)
+        var = spans.centred_var(r)
+        pieces = spans.window_pieces(r, vocab, horizon)
         out = []
         for order in range(horizon):
             if self.shared:
-                outside = S.shared_outside(r, env.rho, vocab, horizon, order)
+                outside = spans.shared_outside(r, env.rho, vocab, horizon, order)
             else:
-                outside = S.window_outside(pieces, order)
-            dim = (1 if self.shared else m) * S.window_dim(vocab, horizon, order)
+                outside = spans.window_outside(pieces, order)
+            dim = (1 if self.shared else m) * spans.window_dim(vocab, horizon, order)
             out.append(self._reward_rung(window_name(order, horizon), order, dim, outside, var))
         for name, feats in (("oracle", self.oracle), ("dictionary", self.dictionary)):
             if feats is None:
                 continue
             if self.shared:
-                outside, dim = S.span_residual(r, feats, env.rho, shared=True)
+                outside, dim = spans.span_residual(r, feats, env.rho, shared=True)
             else:  # per prompt: project on the orthonormal bases the constants reuse
-                bases = self._dense(name)
+                prompt_bases = self._dense(name)
                 rc = r - r.mean(axis=1, keepdims=True)
                 res = np.stack(
                     [
                         np.zeros_like(rc[x])
                         if b.shape[1] == env.n_leaves - 1  # every reward
                         else rc[x] - b @ (b.T @ rc[x])  # orthonormal basis
-                        for x, b in enumerate(bases)
+                        for x, b in enumerate(prompt_bases)
                     ]
                 )
-                outside, dim = (res * res).mean(axis=1), sum(b.shape[1] for b in bases)
+                outside, dim = (res * res).mean(axis=1), sum(b.shape[1] for b in prompt_bases)
             out.append(self._reward_rung(name, None, dim, outside, var))
         return out
 
@@ -174,13 +172,13 @@ class Ladder:
         key = ("bases", name, shared)
         if key not in self._constants:
             feats = self.oracle if name == "oracle" else self.dictionary
-            self._constants[key] = B.dense_basis(feats, shared=shared)
+            self._constants[key] = bases.dense_basis(feats, shared=shared)
         return self._constants[key]
 
     def _reward_rung(self, name, order, dim, outside, var) -> Rung:
-        inside = S.contains(outside, var, self.env.horizon)
+        inside = spans.contains(outside, var, self.env.horizon)
         rel = float(np.sqrt(np.max(outside / np.maximum(var, np.finfo(float).tiny))))
-        frac = S.fraction(outside, var, self.env.rho)
+        frac = spans.fraction(outside, var, self.env.rho)
         return Rung("reward", name, order, int(dim), inside, 0.0 if inside else frac, rel)
 
     def rung(self, side: str, name: str) -> Rung:
@@ -207,7 +205,7 @@ class Ladder:
         """Each prompt's factorised pair kernel (:class:`~gvgap.theory.asymptotics.PairKernel`),
         computed once."""
         if "kernels" not in self._constants:
-            self._constants["kernels"] = [A.PairKernel.of(r) for r in self.env.r_star]
+            self._constants["kernels"] = [asymptotics.PairKernel.of(r) for r in self.env.r_star]
         return self._constants["kernels"]
 
     def constant(self, side: str, name: str, shared: bool | None = None) -> float:
@@ -226,15 +224,15 @@ class Ladder:
         p, mu = self._laws
         tag = f"C {rung.side}/{rung.name}"
         if rung.name == "tabular" and not shared:
-            return A.tabular_constant(p, mu, env.r_star, env.beta, self.kernels).value
+            return asymptotics.tabular_constant(p, mu, env.r_star, env.beta, self.kernels).value
         psi = self._basis(rung, shared)
         if psi is not None and not shared and all(b.shape[1] == env.n_leaves - 1 for b in psi):
             # a rung that spans every reward of each prompt is the tabular class
-            return A.tabular_constant(p, mu, env.r_star, env.beta, self.kernels).value
+            return asymptotics.tabular_constant(p, mu, env.r_star, env.beta, self.kernels).value
         if psi is None or psi[0].shape[1] > DIM_MAX:
             self.skipped[tag] = f"tangent dimension > {DIM_MAX}"
             return np.nan
-        return A.linear_constant(
+        return asymptotics.linear_constant(
             psi, p, mu, env.r_star, env.rho, env.beta, shared=shared, kernels=self.kernels
         ).value
 
@@ -246,17 +244,17 @@ class Ladder:
             if policy_dim(rung.order, 1, vocab, horizon) > DIM_MAX:
                 return None
             logpi = env.soft_star.logpi
-            return [B.policy_tangent(logpi, x, rung.order) for x in range(m)]
+            return [bases.policy_tangent(logpi, x, rung.order) for x in range(m)]
         if rung.order is not None:
             order = min(rung.order, horizon - 1)
-            if S.window_dim(vocab, horizon, order) > DIM_MAX:
+            if spans.window_dim(vocab, horizon, order) > DIM_MAX:
                 return None
             if order >= horizon - 1:  # shared tabular: leaf indicators minus one
                 import scipy.sparse as sp
 
                 eye = sp.eye(env.n_leaves, env.n_leaves - 1, format="csr")
                 return [eye] * m
-            base = B.window_basis(vocab, horizon, order)
+            base = bases.window_basis(vocab, horizon, order)
             return [base] * m
         return self._dense(rung.name, shared)
 
@@ -282,7 +280,7 @@ class Ladder:
         if rung.side == "policy" and not self._uniform_ref:
             return self._policy_bias(rung.order, mu)
         if rung.side == "policy":  # uniform π_ref: R(markovJ) = window<J>, per prompt
-            psi = [B.window_basis(env.vocab, env.horizon, rung.order).toarray()] * env.n_prompts
+            psi = [bases.window_basis(env.vocab, env.horizon, rung.order).toarray()] * env.n_prompts
             shared = False
         else:
             shared = self.shared
@@ -290,7 +288,7 @@ class Ladder:
                 np.asarray(b.todense()) if hasattr(b, "todense") else b
                 for b in self._basis(rung, shared)
             ]
-        r_inf, _ = A.population_bt_fit_linear(psi, env.r_star, mu, env.rho, shared=shared)
+        r_inf, _ = asymptotics.population_bt_fit_linear(psi, env.r_star, mu, env.rho, shared=shared)
         lp = node_to_leaf_logp(soft_value_iteration(env.logpi_ref, r_inf, env.beta).logpi)
         return env.beta * kl(lp, env.logp_star, env.rho)
 
@@ -305,7 +303,7 @@ class Ladder:
 
         def fg(theta):
             lp = pol.leaf_logp(theta)
-            loss, g, _ = A.population_bt_loss(
+            loss, g, _ = asymptotics.population_bt_loss(
                 env.beta * (lp - env.logp_ref), env.r_star, mu, env.rho
             )
             return loss, pol.vjp(theta, env.beta * g)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 
 from gvgap.errors import UserError
-from gvgap.theory.spans import window_dim
 
 #: Policy rung names accepted besides ``markov<J>``.
 POLICY_RUNGS = ("product", "tabular")
@@ -81,8 +80,3 @@ def window_order(name: str, horizon: int) -> int | None:
 def window_name(order: int, horizon: int) -> str:
     """Canonical name of the window rung of order J (``tabular`` when J ≥ H − 1)."""
     return "tabular" if order >= horizon - 1 else f"window{order}"
-
-
-def reward_dim_window(order: int, n_prompts: int, vocab: int, horizon: int, shared: bool) -> int:
-    """dim(window<J>) (× m unless ``shared``) (module docstring)."""
-    return (1 if shared else n_prompts) * window_dim(vocab, horizon, order)

@@ -18,9 +18,9 @@ the *pair Laplacian* of the comparison graph plus the regulariser. Two parameter
 * **linear** (r = Φ w): in the orthonormal coordinates z of the centred feature span
   (u = U_r from the SVD of the centred, column-normalised features, so ‖C r‖ = ‖z‖; w = t z)
   the Hessian is Dzᵀ W Dz + μ I, factorised by Cholesky (k×k, or the n×n Woodbury form when
-  n < rank). The rank is decided relative to the data (:class:`FeatureBasis`): rescaling a
-  column changes neither the basis nor the fit. The basis is computed once per feature map and
-  shared by every fit (λ path, train/full refits).
+  n < rank). The basis and its rank, decided relative to the data (rescaling a column changes
+  neither the basis nor the fit), come from :mod:`gvgap.learners.feature_basis`, once per
+  feature map and shared by every fit (λ path, train/full refits).
 
 Both are certified by the Euclidean norm of ∇f in those coordinates. The iteration stops
 when ‖∇f‖ ≤ min(gtol, RTOL · ‖∇f(r₀)‖), then takes full Newton steps while the step
@@ -35,16 +35,17 @@ directions dropped as numerically null (``grad_dropped``) ≤ gtol.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular, svd
+from scipy.linalg import cho_factor, cho_solve
 from scipy.sparse import coo_matrix
-from scipy.special import expit, log_expit
+
+from gvgap.learners.feature_basis import FeatureBasis
+from gvgap.losses import bt_nll_terms, bt_rows
 
 #: Relative stopping tolerance on ‖∇f‖ (w.r.t. the gradient at the warm start).
 RTOL = 1e-10
@@ -60,15 +61,6 @@ FLOOR = 1e-10
 POLISH_STEPS = 3
 #: ... and while the Newton step, which estimates the error, exceeds this relative to 1 + ‖x‖∞.
 POLISH_RTOL = 1e-13
-#: Rank tolerance of the column-normalised centred features Φ̃_c, in units of
-#: max(mN, k) · ε · ‖Φ̃‖_F (numpy.linalg.matrix_rank's rule, scaled by the uncentred
-#: column-normalised features so that a column constant within each prompt, which centres to
-#: rounding noise, spans nothing): singular values at or below it are numerically zero.
-RANK_EPS_FACTOR = 1.0
-#: Full-span fast path (:class:`FeatureBasis`): pivots of the column-normalised centred Gram
-#: above this (σ ≳ 1e-5 of a unit column) certify that the features reach every centred
-#: reward; a weaker span goes to the SVD.
-FULL_SPAN_PIVOT_TOL = 1e-10
 
 
 #: Solutions of the fits run inside :func:`warm_path`, per problem space and λ.
@@ -113,12 +105,6 @@ class NewtonResult:
     n_iter: int
     converged: bool
     grad_dropped: float = 0.0
-
-
-def _bt_terms(delta: np.ndarray, wn: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Σ ŵ softplus(−Δ), its derivative a = −ŵ σ(−Δ) and curvature c = ŵ σ(Δ)σ(−Δ)."""
-    s_neg = expit(-delta)
-    return float(wn @ -log_expit(delta)), -wn * s_neg, wn * s_neg * (1.0 - s_neg)
 
 
 def _newton(
@@ -211,10 +197,10 @@ def bt_newton_tabular(
         return (v2 - v2.mean(axis=1, keepdims=True)).ravel()
 
     def value(r: np.ndarray) -> float:
-        return float(wn @ -log_expit(r[ic] - r[ir])) + 0.5 * mu * float(centre(r) @ centre(r))
+        return float(wn @ bt_rows(r[ic] - r[ir])) + 0.5 * mu * float(centre(r) @ centre(r))
 
     def evaluate(r: np.ndarray):
-        f, a, c = _bt_terms(r[ic] - r[ir], wn)
+        f, a, c = bt_nll_terms(r[ic] - r[ir], wn)
         rc = centre(r)
         f += 0.5 * mu * float(rc @ rc)
         g = np.bincount(ic, a, size) - np.bincount(ir, a, size) + mu * rc
@@ -284,103 +270,6 @@ def _pcg(matvec, b: np.ndarray, precond, rtol: float, maxiter: int) -> np.ndarra
 # ------------------------------------------------------------------------------ linear
 
 
-class FeatureBasis:
-    """Orthonormal coordinates of the centred feature span, rank decided relative to the data.
-
-    With Φ ``(m N, k)`` the flattened features, D the diagonal of their (uncentred) column
-    norms and Φ̃_c = C Φ D⁻¹ the centred column-normalised features, the thin SVD
-    Φ̃_c = U Σ Vᵀ keeps the r directions with σ_i > tol = ``RANK_EPS_FACTOR`` · max(mN, k) · ε ·
-    ‖Φ̃‖_F (a stated multiple of machine precision in the data's own units: rescaling a
-    column leaves U, Σ, V unchanged). Then
-
-    * ``u`` = U_r ``(m N, r)``: an orthonormal basis of the centred reward span; the
-      pair-difference rows of a data set are rows of ``u``;
-    * ``t`` = D⁻¹ V_r Σ_r⁻¹ ``(k, r)``: w = t z has Φ_c w = u z (when the features are
-      rank-deficient, the minimum-norm w in D-scaled units: r_w is unique, w is not);
-    * ``v_dropped`` = V_{r:} and ``sigma_dropped`` = σ_{r+1} (0 if none): the directions
-      discarded as numerically null and their size, ‖Φ̃_c − U_r Σ_r V_rᵀ‖₂ (issue 19).
-
-    Full span (k ≥ m(N − 1), the fit is the tabular one): when the pivoted Cholesky of
-    Φ̃_cᵀΦ̃_c (LAPACK ``pstrf``) finds m(N − 1) pivots above ``FULL_SPAN_PIVOT_TOL`` (every
-    direction at σ ≳ 1e-5 of a unit column), the features reach every centred reward and no
-    SVD is needed: ``u`` is None, w = D⁻¹ R₁₁⁻¹ R₁₁⁻ᵀ Φ̃_c[:, piv]ᵀ r_c on the pivot columns
-    (two triangular solves), and the gradient on the span is the whole centred gradient.
-    Otherwise the SVD decides.
-    """
-
-    def __init__(self, shape, flat, col_norm, rank: int, *, u=None, t=None, v_dropped=None,
-                 sigma_dropped: float = 0.0, pivots=None):  # fmt: skip
-        self.shape, self.flat, self.col_norm, self.rank = shape, flat, col_norm, int(rank)
-        self.u, self.t, self.v_dropped = u, t, v_dropped
-        self.sigma_dropped, self._pivots = float(sigma_dropped), pivots
-
-    @classmethod
-    def of(cls, features: np.ndarray) -> FeatureBasis:
-        """From features ``(m, N, k)``: column norms, centring, rank, basis (class doc)."""
-        m, n_leaves, k = features.shape
-        flat = features.reshape(-1, k)
-        norm = np.sqrt(np.einsum("ij,ij->j", flat, flat))
-        d = np.where(norm > 0, norm, 1.0)
-        phi_c = ((features - features.mean(axis=1, keepdims=True)) / d).reshape(-1, k)
-        full = m * (n_leaves - 1)
-        if k >= full > 0:
-            fac, piv, rank, info = lapack.dpstrf(phi_c.T @ phi_c, tol=FULL_SPAN_PIVOT_TOL, lower=0)
-            if info >= 0 and rank == full:
-                sel = piv[:rank] - 1
-                return cls((m, n_leaves), flat, d, rank, pivots=(sel, fac[:rank, :rank], phi_c))
-        u, s, vt = svd(phi_c, full_matrices=False, overwrite_a=True, check_finite=False)
-        tol = RANK_EPS_FACTOR * max(m * n_leaves, k) * np.finfo(float).eps
-        tol *= math.sqrt(float(np.count_nonzero(norm)))  # ‖Φ̃‖_F: unit columns
-        rank = int(np.count_nonzero(s > tol))
-        return cls(
-            (m, n_leaves),
-            flat,
-            d,
-            rank,
-            u=u[:, :rank].copy(),
-            t=vt[:rank].T / s[:rank] / d[:, None],
-            v_dropped=vt[rank:].T.copy(),
-            sigma_dropped=float(s[rank]) if s.size > rank else 0.0,
-        )
-
-    def w_of_centred_reward(self, r_c: np.ndarray) -> np.ndarray:
-        """w with Φ_c w = r_c for a centred reward r_c in the span: t uᵀ r_c, or (full span)
-        the two triangular solves on the pivot columns (class doc)."""
-        if self._pivots is None:
-            return self.t @ (self.u.T @ r_c.ravel())
-        sel, r11, phi_c = self._pivots
-        z = solve_triangular(r11, (phi_c.T @ r_c.ravel())[sel], trans="T", lower=False)
-        w = np.zeros(self.flat.shape[1])
-        w[sel] = solve_triangular(r11, z, lower=False) / self.col_norm[sel]
-        return w
-
-    def certificate(self, g_r: np.ndarray) -> tuple[float, float]:
-        """(‖uᵀ g‖, ‖V_droppedᵀ D⁻¹ Φᵀ g‖) for a per-prompt centred gradient g ``(m N,)``: the
-        gradient on the kept span (orthonormal coordinates; ‖g‖ itself on a full span) and
-        the directional derivatives along the dropped directions per unit of column-normalised
-        weight (≤ σ_{r+1} ‖g‖)."""
-        if self._pivots is not None:
-            return float(np.linalg.norm(g_r)), 0.0
-        dropped = 0.0
-        if self.v_dropped.shape[1]:
-            dropped = float(
-                np.linalg.norm(self.v_dropped.T @ ((self.flat.T @ g_r) / self.col_norm))
-            )
-        return float(np.linalg.norm(self.u.T @ g_r)), dropped
-
-
-_BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def feature_basis(reward_class) -> FeatureBasis:
-    """The :class:`FeatureBasis` of a ``LinearReward``, computed once per instance (shared
-    factorisation across the λ path and the train/full refits)."""
-    basis = _BASES.get(reward_class)
-    if basis is None:
-        basis = _BASES[reward_class] = FeatureBasis.of(reward_class.features)
-    return basis
-
-
 def bt_newton_linear(
     features: np.ndarray,
     basis: FeatureBasis,
@@ -412,10 +301,10 @@ def bt_newton_linear(
     gram_n = dz @ dz.T if n < rank else None
 
     def value(z: np.ndarray) -> float:
-        return float(wn @ -log_expit(dz @ z)) + 0.5 * mu * float(z @ z)
+        return float(wn @ bt_rows(dz @ z)) + 0.5 * mu * float(z @ z)
 
     def evaluate(z: np.ndarray):
-        f, a, c = _bt_terms(dz @ z, wn)
+        f, a, c = bt_nll_terms(dz @ z, wn)
         f += 0.5 * mu * float(z @ z)
         g = dz.T @ a + mu * z
 
@@ -455,7 +344,7 @@ def _linear_certificate(basis, ic, ir, wn, mu, fit: NewtonResult, gtol: float) -
     r = (basis.flat @ fit.x).reshape(basis.shape)
     rc = (r - r.mean(axis=1, keepdims=True)).ravel()
     r = r.ravel()
-    f, a, _ = _bt_terms(r[ic] - r[ir], wn)
+    f, a, _ = bt_nll_terms(r[ic] - r[ir], wn)
     f += 0.5 * mu * float(rc @ rc)
     g = np.bincount(ic, a, r.size) - np.bincount(ir, a, r.size) + mu * rc
     gn, dropped = basis.certificate(g)

@@ -12,13 +12,13 @@ import weakref
 
 import numpy as np
 
-from gvgap import losses
-from gvgap import theory as T
+from gvgap import losses, theory
 from gvgap.data import Demos, Preferences
 from gvgap.envs.features import block_features, position_window
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.errors import UserError
-from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
+from gvgap.errors import check_range
+from gvgap.learners.feature_basis import feature_basis
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
 from gvgap.policies import TabularPolicy
@@ -36,10 +36,7 @@ def scatter(values: np.ndarray, prompt: np.ndarray, leaf: np.ndarray, shape) -> 
 
 def check_lam(lam: float) -> float:
     """λ as a float, or UserError: the regulariser strength must be finite and ≥ 0."""
-    lam = float(lam)
-    if not (np.isfinite(lam) and lam >= 0.0):
-        raise UserError(f"lam must be a finite number >= 0; got {lam}")
-    return lam
+    return float(check_range("lam", float(lam), 0.0))
 
 
 def check_weight(total_weight: float) -> float:
@@ -170,7 +167,7 @@ def window_reward(policy: MarkovPolicy) -> LinearReward:
     rc = _WINDOWS.get(policy)
     if rc is None:
         phi = position_window(
-            T.leaf_tokens(policy.vocab, policy.horizon), policy.vocab, policy.order
+            theory.leaf_tokens(policy.vocab, policy.horizon), policy.vocab, policy.order
         )
         feats = block_features(phi, policy.n_prompts) if policy.n_prompts > 1 else phi[None]
         rc = _WINDOWS[policy] = LinearReward(feats)
@@ -221,8 +218,8 @@ def _dpo_result(env, r, fit, lam, beta, solver, markov=None) -> Result:
     """The DPO Result of a BT fit in reward coordinates r ``(m, N)``: π̂ = π*_r by soft value
     iteration, r̂ = r − β log Z = β(log P̂ − log P_ref) (without cancellation), θ the node
     log-probabilities (tabular) or, for a ``markov`` policy, each context's logit row."""
-    sv = T.soft_value_iteration(env.logpi_ref, r, beta)
-    lp = T.node_to_leaf_logp(sv.logpi)
+    sv = theory.soft_value_iteration(env.logpi_ref, r, beta)
+    lp = theory.node_to_leaf_logp(sv.logpi)
     r_hat = r - beta * sv.log_z[:, None]
     if markov is None:
         theta = np.concatenate([a.ravel() for a in sv.logpi])

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gvgap import losses
-from gvgap import theory as T
+from gvgap import losses, theory
 from gvgap.data import (
     Demos,
     Preferences,
@@ -17,7 +16,8 @@ from gvgap.data import (
     sample_prompts,
 )
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
+from gvgap.learners.feature_basis import feature_basis
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular
 from gvgap.learners.offline import _reg, check_lam, check_weight, preference_fit, scatter, sft
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
@@ -91,8 +91,8 @@ def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: floa
     projection of P*_r onto the class (docs/theory.md §3 Gibbs identity), by converged L-BFGS.
     """
     if policy is None or isinstance(policy, TabularPolicy):
-        sv = T.soft_value_iteration(env.logpi_ref, r, env.beta)
-        lp = T.node_to_leaf_logp(sv.logpi)
+        sv = theory.soft_value_iteration(env.logpi_ref, r, env.beta)
+        lp = theory.node_to_leaf_logp(sv.logpi)
         return Result(
             "soft_rl",
             lp,
@@ -298,8 +298,8 @@ def policy_gradient(
     steps = 0
     while not np.linalg.norm(g) <= gtol and steps < NATURAL_STEPS:
         steps += 1
-        nxt = T.log_normalize_leaf(lp + g / env.beta)
-        theta = policy.params_from_node_logp(T.leaf_to_node_logp(nxt, env.vocab, env.horizon))
+        nxt = theory.log_normalize_leaf(lp + g / env.beta)
+        theta = policy.params_from_node_logp(theory.leaf_to_node_logp(nxt, env.vocab, env.horizon))
         lp = policy.leaf_logp(theta)
         g = _natural_gradient(lp, r_hat, env)
     loss = losses.reverse_kl_objective(lp, r_hat, env.logp_ref, env.beta, env.rho)[0]
@@ -337,5 +337,5 @@ def best_of_n(
     env: TreeEnv, r_hat: np.ndarray, n: int, base_logp: np.ndarray | None = None
 ) -> Result:
     """Best-of-n reranking of samples from ``base_logp`` (default π_ref) by r̂: exact law."""
-    lp = T.best_of_n_logp(env.logp_ref if base_logp is None else base_logp, r_hat, n)
+    lp = theory.best_of_n_logp(env.logp_ref if base_logp is None else base_logp, r_hat, n)
     return Result("bon", lp, r_hat, np.array([n], float), float("nan"), 0.0, True, 0.0, {"n": n})

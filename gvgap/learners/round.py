@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.data import Preferences, best_worst_pair_weights, expected_pairs
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.learners.offline import preference_fit
@@ -55,7 +55,7 @@ def tempered_leaf_logp(node_logp, temperature: float) -> np.ndarray:
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return T.node_to_leaf_logp(tuple(T.log_softmax(z / temperature) for z in node_logp))
+    return theory.node_to_leaf_logp(tuple(theory.log_softmax(z / temperature) for z in node_logp))
 
 
 def round_pairs(

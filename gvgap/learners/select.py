@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import log_expit
 
 from gvgap.data import Preferences
 from gvgap.learners.newton import warm_path
 from gvgap.learners.result import Result
+from gvgap.losses import bt_rows
 
 #: Default λ grid (reward-coordinate regulariser, see ``losses.centred_sq``).
 LAMBDA_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -28,8 +28,18 @@ SCORE_TIE = 1e-7
 
 def val_bt_loglik(r_hat: np.ndarray, val: Preferences) -> float:
     """Mean held-out BT log-likelihood Σ w log σ(r̂(ξ⁺) − r̂(ξ⁻)) / Σ w."""
-    margin = r_hat[val.prompt, val.chosen] - r_hat[val.prompt, val.rejected]
-    return float(val.weight @ log_expit(margin) / val.weight.sum())
+    return _mean(pair_bt_loglik(r_hat, val), val)
+
+
+def pair_bt_loglik(r_hat: np.ndarray, val: Preferences) -> np.ndarray:
+    """Per-pair held-out BT log-likelihood log σ(r̂(ξ⁺) − r̂(ξ⁻)) = −``losses.bt_rows``,
+    ``(n_val,)``."""
+    return -bt_rows(val.margin(r_hat))
+
+
+def _mean(per_pair: np.ndarray, val: Preferences) -> float:
+    """The weighted mean Σ w v / Σ w of per-pair values over ``val``."""
+    return float(val.weight @ per_pair / val.weight.sum())
 
 
 def select_lambda(
@@ -108,7 +118,7 @@ def select_model(
             lls = {}
             for lam in sorted(grid)[::-1]:
                 lls[lam] = pair_bt_loglik(fits[name](train, lam).r_hat, val)
-                scores[name, lam] = float(val.weight @ lls[lam] / val.weight.sum())
+                scores[name, lam] = _mean(lls[lam], val)
             top = max(scores[name, lam] for lam in grid)
             best_lam[name] = max(lam for lam in grid if scores[name, lam] >= top - SCORE_TIE)
             per_pair[name] = lls[best_lam[name]]
@@ -123,8 +133,3 @@ def select_model(
                 chosen = name
                 break
         return chosen, fits[chosen](data, best_lam[chosen]), scores
-
-
-def pair_bt_loglik(r_hat: np.ndarray, val: Preferences) -> np.ndarray:
-    """Per-pair held-out BT log-likelihood log σ(r̂(ξ⁺) − r̂(ξ⁻)), ``(n_val,)``."""
-    return log_expit(r_hat[val.prompt, val.chosen] - r_hat[val.prompt, val.rejected])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_choice, check_range
 
 #: Policies the pipeline evaluates, in the order of the paper's table (best-of-N arms are
 #: added by the evaluation and appended by the report).
@@ -170,12 +170,10 @@ class LLMConfig:
     def validate(self) -> None:
         """Ranges (:data:`LIMITS`) and cross-field checks; UserError naming the field."""
         for name, rule in LIMITS.items():
-            value = getattr(self, name)
             if isinstance(rule[0], str):
-                if value not in rule:
-                    raise UserError(f"{name} must be one of {', '.join(rule)}; got {value!r}")
-            elif not (math.isfinite(value) and rule[0] <= value <= rule[1]):
-                raise UserError(f"{name} must be in [{rule[0]:g}, {rule[1]:g}]; got {value}")
+                check_choice(name, getattr(self, name), rule)
+            else:
+                check_range(name, getattr(self, name), *rule)
         check_model(self.model, "model")
         if self.rm_model != "sft":
             check_model(self.rm_model, "rm_model")

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from gvgap.errors import UserError
+from gvgap.atomic import atomic_write
+from gvgap.errors import UserError, check_choice, check_range
 
 KEYS = ("prompt", "chosen", "rejected")
 
@@ -89,13 +90,8 @@ class HFConfig:
             "seed": (0, 2**62),
         }
         for name, (lo, hi) in rules.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-                raise UserError(
-                    f"--{name.replace('_', '-')}: must be in [{lo:g}, {hi:g}]; got {v!r}"
-                )
-        if self.device not in ("cpu", "cuda"):
-            raise UserError(f"--device: cpu or cuda; got {self.device!r}")
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), lo, hi)
+        check_choice("--device", self.device, ("cpu", "cuda"))
         if not (Path(self.model) / "config.json").is_file():
             raise UserError(f"--model: {self.model!r} is not a directory with config.json")
 
@@ -193,14 +189,13 @@ def write_jsonl(task: Any, path: str | Path, n_pairs: int, seed: int) -> Path:
     idx = torch.randint(0, len(task.train_prompts), (n_pairs,), generator=gen)
     x = task.train_prompts[idx]
     a, b = task.demonstrate(x, gen), task.demonstrate(x, gen)
-    a_wins = torch.rand(n_pairs, generator=gen, dtype=torch.float64) < torch.sigmoid(
-        task.gold(x, a) - task.gold(x, b)
-    )
-    with Path(path).open("w") as fh:
-        for i in range(n_pairs):
-            c, r = (a[i], b[i]) if a_wins[i] else (b[i], a[i])
-            row = {"prompt": f"<bos> {text(x[i])} <sep> ", "chosen": text(c), "rejected": text(r)}
-            fh.write(json.dumps(row) + "\n")
+    a_wins = task.gold_wins(x, a, b, gen)
+    lines = []
+    for i in range(n_pairs):
+        c, r = (a[i], b[i]) if a_wins[i] else (b[i], a[i])
+        row = {"prompt": f"<bos> {text(x[i])} <sep> ", "chosen": text(c), "rejected": text(r)}
+        lines.append(json.dumps(row) + "\n")
+    atomic_write(path, "".join(lines))
     return Path(path)
 
 
@@ -372,7 +367,7 @@ def run_hf(cfg: HFConfig, out: str | Path) -> dict[str, float]:
         metrics.update({f"rm_{name}/{k}": v for k, v in _lik(delta).items()})
     for name, lm in (("sft", sft), ("dpo", dpo), ("online_dpo_sft", online)):
         metrics.update({f"{name}/{k}": v for k, v in _policy(cfg, tok, lm, sft, rm, val).items()})
-    (out / "metrics.json").write_text(json.dumps({"config": asdict(cfg), "metrics": metrics}))
+    atomic_write(out / "metrics.json", json.dumps({"config": asdict(cfg), "metrics": metrics}))
     return metrics
 
 

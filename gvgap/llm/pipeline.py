@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gvgap.atomic import atomic_dir
 from gvgap.llm import evaluate as ev
 from gvgap.llm import stages as st
 from gvgap.llm.config import LLMConfig
@@ -125,18 +126,16 @@ class StageStore:
         if not self.write:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{stage}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        if model is not None:
-            torch.save(model.state_dict(), tmp / "model.pt")
-        if tensors:
-            torch.save(tensors, tmp / "tensors.pt")
-        (tmp / "info.json").write_text(json.dumps(info, sort_keys=True))
-        seal(tmp)
-        final = self.root / stage
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+
+        def fill(tmp: Path) -> None:
+            if model is not None:
+                torch.save(model.state_dict(), tmp / "model.pt")
+            if tensors:
+                torch.save(tensors, tmp / "tensors.pt")
+            (tmp / "info.json").write_text(json.dumps(info, sort_keys=True))
+            seal(tmp)
+
+        atomic_dir(self.root / stage, fill)
         shutil.rmtree(self.root / ".partial" / stage, ignore_errors=True)
 
     def load_info(self, stage: str) -> tuple[dict, dict]:

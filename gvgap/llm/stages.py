@@ -31,7 +31,7 @@ from gvgap.llm.config import LLMConfig
 from gvgap.llm.model import build_lm, build_rm, logp_completion, rm_scores, sample
 from gvgap.llm.tasks import Task
 from gvgap.llm.train import fit
-from gvgap.nn import losses as L
+from gvgap.nn import losses
 from gvgap.nn.device import Placement
 
 Pairs = dict[str, torch.Tensor]
@@ -133,7 +133,7 @@ def stage_sft(
 
     def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         lp = logp_completion(model, seqs[idx], task.prefix_len, placement, task.n_content)
-        return L.sft_rows(lp, cfg.H)
+        return losses.sft_rows(lp, cfg.H)
 
     return lm, fit(lm, row_loss, len(seqs), cfg.sft_steps, cfg, gen, lr=cfg.lr, ckpt_dir=ckpt)
 
@@ -142,9 +142,7 @@ def label_pairs(
     task: Task, prompts: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, gen: torch.Generator
 ) -> Pairs:
     """Label (y_a, y_b) by the gold BT model: a wins with probability σ(r*(a) − r*(b))."""
-    a_wins = torch.rand(len(prompts), generator=gen, dtype=torch.float64) < torch.sigmoid(
-        task.gold(prompts, y_a) - task.gold(prompts, y_b)
-    )
+    a_wins = task.gold_wins(prompts, y_a, y_b, gen)
     chosen = torch.where(a_wins[:, None], y_a, y_b)
     rejected = torch.where(a_wins[:, None], y_b, y_a)
     return {"chosen": task.join(prompts, chosen), "rejected": task.join(prompts, rejected)}
@@ -220,7 +218,7 @@ def stage_global_rm(
     def loss_on(split: Pairs) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
         def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
             r_c, r_r = rm_scores(model, _fused(split, idx), placement).chunk(2)
-            return L.bt_rows(r_c - r_r)
+            return losses.bt_rows(r_c - r_r)
 
         return row_loss
 
@@ -249,7 +247,7 @@ def stage_local_rm(
         def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
             seqs = _fused(split, idx)
             lp = logp_completion(model, seqs, task.prefix_len, placement, task.n_content)
-            return L.local_rm_rows(*lp.chunk(2), cfg.beta)
+            return losses.local_rm_rows(*lp.chunk(2), cfg.beta)
 
         return row_loss
 
@@ -285,7 +283,7 @@ def run_dpo(
         lp = logp_completion(model, _fused(pairs, idx), task.prefix_len, placement, task.n_content)
         lp_c, lp_r = lp.chunk(2)
         ref_c, ref_r = (ref[k][idx].to(lp.device, lp.dtype) for k in ("chosen", "rejected"))
-        return L.dpo_rows(lp_c, lp_r, ref_c, ref_r, cfg.beta)
+        return losses.dpo_rows(lp_c, lp_r, ref_c, ref_r, cfg.beta)
 
     hook = None if on_step is None else (lambda k: on_step(lm, k))
     info = fit(

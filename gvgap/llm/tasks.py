@@ -135,6 +135,14 @@ class Task:
         """:meth:`gold` of full rows, ``(B,)``."""
         return self.gold(*self.split(seqs))
 
+    def gold_wins(
+        self, prompts: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Gold Bradley–Terry labels of pairs (y_a, y_b): ``(B,)`` bools, True with probability
+        P(a ≻ b) = σ(r*(x, a) − r*(x, b)) (one float64 uniform per pair from ``gen``)."""
+        u = torch.rand(len(prompts), generator=gen, dtype=torch.float64)
+        return u < torch.sigmoid(self.gold(prompts, y_a) - self.gold(prompts, y_b))
+
     def styled(self, b: int, gen: torch.Generator) -> torch.Tensor:
         """``(b, H)`` rows of the style chain: y_1 uniform, then y_j = τ(y_{j−1}) with
         probability ``demo_style``, else uniform."""
@@ -256,8 +264,3 @@ def make_task(cfg: LLMConfig, instance_seed: int) -> Task:
     style = rng.permutation(v)
     t = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
     return Task(cfg, t(train), t(evals), t(perms), t(style))
-
-
-def bt_prob(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
-    """Gold Bradley–Terry P(a ≻ b) = σ(r*(a) − r*(b)), elementwise."""
-    return torch.sigmoid(r_a - r_b)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gvgap.atomic import atomic_dir
 from gvgap.errors import UserError
 from gvgap.llm.config import LLMConfig
 
@@ -243,13 +244,12 @@ def _save(acc: Any, ckpt_dir: Path) -> None:
     """A mid-stage checkpoint into ``ckpt_dir`` (replacing the previous one), sealed last."""
     if not acc.is_main_process:
         return
-    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    acc.save_state(str(tmp))
-    seal(tmp)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    tmp.rename(ckpt_dir)
+
+    def fill(tmp: Path) -> None:
+        acc.save_state(str(tmp))
+        seal(tmp)
+
+    atomic_dir(ckpt_dir, fill)
 
 
 def _resume(acc: Any, ckpt_dir: Path | None) -> bool:

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.theory.tree import NodeLogp, log_softmax
 
 
@@ -63,7 +63,7 @@ class LogitPolicy:
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
         """log P_θ(ξ|x), ``(m, V^H)``."""
-        return T.node_to_leaf_logp(self.node_logp(theta))
+        return theory.node_to_leaf_logp(self.node_logp(theta))
 
 
 class TabularPolicy(LogitPolicy):
@@ -75,7 +75,7 @@ class TabularPolicy(LogitPolicy):
     """
 
     def __init__(self, n_prompts: int, vocab: int, horizon: int, init: NodeLogp | None = None):
-        self.shapes = T.tree.node_shapes(n_prompts, vocab, horizon)
+        self.shapes = theory.tree.node_shapes(n_prompts, vocab, horizon)
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.n_params = int(sum(self.sizes))
         self.vocab, self.horizon = vocab, horizon
@@ -184,7 +184,7 @@ class SoftOptimalPolicy:
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
         """log P* = log P_ref + r_θ/β − log Z_θ."""
-        return T.log_normalize_leaf(
+        return theory.log_normalize_leaf(
             self.logp_ref + self.reward_class.leaf_reward(theta) / self.beta
         )
 
@@ -196,4 +196,4 @@ class SoftOptimalPolicy:
 
     def node_logp(self, theta: np.ndarray) -> NodeLogp:
         """Node form, by the tree conditionals of the leaf distribution."""
-        return T.leaf_to_node_logp(self.leaf_logp(theta), self.vocab, self.horizon)
+        return theory.leaf_to_node_logp(self.leaf_logp(theta), self.vocab, self.horizon)

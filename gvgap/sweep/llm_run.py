@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_choice
 
 EXPERIMENT = "llm"
 VERDICTS = "verdicts.json"
@@ -133,8 +133,8 @@ def run_llm(
     from gvgap.sweep.store import RunStore
 
     spec = load(file)
-    if stop_after is not None and stop_after not in dict(STAGES):
-        raise UserError(f"--stop-after: one of {', '.join(dict(STAGES))}; got {stop_after!r}")
+    if stop_after is not None:
+        check_choice("--stop-after", stop_after, tuple(dict(STAGES)))
     store = RunStore(_check_out(out))
     store.check(spec)
     runs = spec.runs()
@@ -172,13 +172,13 @@ def run_llm(
 
 def write_outputs(root: Path, df: Any) -> list[Path]:
     """``verdicts.json`` (per task), figures and the report of an llm sweep directory."""
+    from gvgap.atomic import atomic_write
     from gvgap.experiments.llm import task_verdicts
     from gvgap.report import write_report
-    from gvgap.sweep.store import atomic_write
 
     verdicts = task_verdicts(df)
     text = json.dumps(verdicts, indent=1, sort_keys=True, default=float)
-    atomic_write(root / VERDICTS, text.encode())
+    atomic_write(root / VERDICTS, text)
     return [root / VERDICTS, *write_report(root)]
 
 

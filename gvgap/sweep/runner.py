@@ -12,26 +12,26 @@ import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_int
 from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import get_experiment
 from gvgap.sweep.executors import (
     Chunk,
     SharedPool,
-    SharedRay,
-    check_address,
     check_executor,
     execute_chunk,
-    import_ray,
-    open_executor,
     resolve_workers,
+    run_in_pool,
+    run_in_process,
 )
 from gvgap.sweep.progress import SharedProgress, make_progress
-from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, check_count, config_record
+from gvgap.sweep.ray_executor import SharedRay, check_address, import_ray, ray_session, run_on_ray
+from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, config_record
 from gvgap.sweep.store import RunStore, os_reason
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ def run_single(
         UserError: unknown experiment or field, bad value, negative seed.
     """
     module = get_experiment(exp_id)
-    seed = check_count("--seed", seed, 0)
-    inst = seed if instance_seed is None else check_count("--instance-seed", instance_seed, 0)
+    seed = check_int("--seed", seed, 0)
+    inst = seed if instance_seed is None else check_int("--instance-seed", instance_seed, 0)
     config = config_record(make_config(module.Config, overrides))
     if echo is not None:
         key = RunSpec(exp_id, config, seed, inst).key()
@@ -119,8 +119,8 @@ def _check_args(executor: str, workers: int | None, chunk_size: int | None) -> i
     n = resolve_workers(workers)
     if executor == "ray":
         import_ray()
-    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
-        raise UserError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, 1)
     return n
 
 
@@ -139,6 +139,25 @@ def _check_out(out_dir: str | os.PathLike) -> Path:
     if len(str(path.resolve()).encode()) > PATH_MAX - 64:
         raise UserError(f"--out: path too long (> {PATH_MAX - 64} bytes)")
     return path
+
+
+@contextlib.contextmanager
+def open_executor(kind: str, workers: int, address: str | None = None) -> Iterator[Any]:
+    """A function ``chunks -> iterator of record lists`` for the chosen executor.
+
+    ``local`` with one worker runs in this process; ``ray`` starts (and afterwards stops) a
+    local cluster of ``workers`` CPUs, or connects to ``address``.
+    """
+    if kind == "ray":
+        with ray_session(workers, address) as ray:
+            window = workers
+            if address:
+                window = max(1, int(ray.cluster_resources().get("CPU", workers)))
+            yield lambda chunks: run_on_ray(ray, list(chunks), 2 * window)
+    elif workers == 1:
+        yield run_in_process
+    else:
+        yield lambda chunks: run_in_pool(list(chunks), workers)
 
 
 def warn(message: str) -> None:
@@ -187,7 +206,7 @@ def run_sweep(
         append: allow a spec different from the one(s) already run in ``out_dir``; the
             manifest then records every spec.
         pool: run the chunks on this shared executor (a :class:`SharedPool`, or a
-            :class:`~gvgap.sweep.executors.SharedRay` with ``executor="ray"``) instead of one
+            :class:`~gvgap.sweep.ray_executor.SharedRay` with ``executor="ray"``) instead of one
             of this sweep's own (concurrent sweeps in threads; ``workers`` then only sizes the
             chunks).
 

@@ -41,8 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from gvgap.errors import UserError
-from gvgap.experiments.base import did_you_mean, short_repr
+from gvgap.errors import INT64_MAX, UserError, check_int, did_you_mean, short_repr
 
 try:
     import tomllib
@@ -58,7 +57,7 @@ TABLES = ("sweep", "fixed", "grid")
 #: Most seeds in one sweep (seeds 0..MAX_SEEDS-1).
 MAX_SEEDS = 10_000
 #: Largest seed / instance seed: results.parquet stores them as int64.
-MAX_SEED = 2**63 - 1
+MAX_SEED = INT64_MAX
 #: Most grid cells (configurations) in one sweep, counted before the grid is expanded.
 MAX_CELLS = 10_000
 #: Most runs (cells × seeds) in one sweep.
@@ -179,17 +178,6 @@ class SweepSpec:
 # ---------------------------------------------------------------- validation helpers
 
 
-def check_count(name: str, value: Any, lo: int, hi: int = MAX_SEED) -> int:
-    """An integer in ``[lo, hi]`` (bools refused), or UserError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge int"
-        bound = f">= {lo}" if hi == MAX_SEED else f"in [{lo}, {hi}]"
-        if hi == MAX_SEED and isinstance(value, int) and value > hi:
-            bound = f"in [{lo}, 2**63 - 1]"
-        raise UserError(f"{name} must be an integer {bound}, got {shown[:60]}")
-    return value
-
-
 def check_size(where: str, n_cells: int, seeds: int) -> None:
     """Refuse more than :data:`MAX_CELLS` grid cells or :data:`MAX_RUNS` runs (one line)."""
     if n_cells > MAX_CELLS:
@@ -286,10 +274,10 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
         raise UserError(
             f"{where} unknown key {unknown[0]!r}{hint}; allowed: {', '.join(DATA_KEYS)}"
         )
-    seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1, MAX_SEEDS)
-    start = check_count(f"{where} seed_start", data.get("seed_start", 0), 0, MAX_SEED - seeds)
+    seeds = check_int(f"{where} seeds", data.get("seeds", 1), 1, MAX_SEEDS)
+    start = check_int(f"{where} seed_start", data.get("seed_start", 0), 0, MAX_SEED - seeds)
     inst = data.get("instance_seed")
-    inst = None if inst is None else check_count(f"{where} instance_seed", inst, 0)
+    inst = None if inst is None else check_int(f"{where} instance_seed", inst, 0)
     fixed = _check_table(where, data.get("fixed", {}), "fixed")
     grid = _check_table(where, data.get("grid", {}), "grid")
     _check_grid(where, grid, fixed)
@@ -369,7 +357,7 @@ def load_spec(target: str, seeds: int | None = None, quick: bool = False) -> Swe
         UserError: anything invalid, naming the field; nothing has run or been written.
     """
     if seeds is not None:
-        check_count("--seeds", seeds, 1, MAX_SEEDS)
+        check_int("--seeds", seeds, 1, MAX_SEEDS)
     if _is_file_target(str(target)):
         if quick:
             raise UserError(

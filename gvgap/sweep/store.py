@@ -6,10 +6,10 @@ Layout of ``DIR``::
     runs/<run_id>.json one finished run (config, seeds, metrics), written atomically
     results.parquet    the tidy table of every finished run, rebuilt from runs/
 
-Atomicity: every file is written to a hidden temporary file in the same directory and moved
-into place with :func:`os.replace`, so a reader (or a resumed sweep) sees either the old file
-or the new one, never a part. A crash, SIGKILL or full disk loses at most the runs in flight;
-leftover temporary files are removed on the next start.
+Atomicity: every file is written by :func:`gvgap.atomic.atomic_write` (a hidden temporary file
+in the same directory, moved into place with :func:`os.replace`), so a reader (or a resumed
+sweep) sees either the old file or the new one, never a part. A crash, SIGKILL or full disk
+loses at most the runs in flight; leftover temporary files are removed on the next start.
 
 Integrity: each run file carries ``sha256``, a hash of its canonical JSON (experiment, config,
 seeds, metrics), and its name is the run id that (experiment, config, seeds) hash to. On
@@ -28,11 +28,11 @@ import datetime
 import importlib.metadata
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.provenance import git_sha
 from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, digest
@@ -56,17 +56,6 @@ def split_metric(key: str) -> tuple[str, str]:
     """``"dpo/J"`` → ``("dpo", "J")``; a bare ``"J"`` → ``("", "J")`` (split on the first /)."""
     pipeline, sep, metric = key.partition("/")
     return (pipeline, metric) if sep else ("", key)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory + os.replace."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _now() -> str:
@@ -357,10 +346,6 @@ class RunStore:
         """Every valid finished run, in file-name order."""
         return self.scan()[0]
 
-    def done_ids(self) -> set[str]:
-        """Ids of the finished runs (invalid run files do not count)."""
-        return {r["run_id"] for r in self.records()}
-
     def write_run(self, record: dict[str, Any]) -> None:
         """Store one finished run with its ``sha256``, atomically."""
         body = {k: v for k, v in record.items() if k != "sha256"}
@@ -376,10 +361,5 @@ class RunStore:
         fields = [f.name for f in dataclasses.fields(get_experiment(experiment).Config)]
         records = [r for r in self.records() if r.get("experiment") == experiment]
         df = tidy_frame(records, fields)
-        tmp = self.root / f".{RESULTS}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, self.root / RESULTS)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(self.root / RESULTS, lambda tmp: df.to_parquet(tmp, index=False))
         return df

@@ -46,7 +46,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import LinAlgError, cho_factor, cho_solve, eigh
-from scipy.special import expit, log_expit
+from scipy.special import expit
+
+from gvgap.losses import bt_rows
 
 #: Relative eigenvalue tolerance (× dimension × machine ε) below which a Fisher direction is
 #: numerically null; its leaf variance is reported as ``dropped`` (0 when every direction of
@@ -341,8 +343,8 @@ def population_bt_loss(
         ds = r_star[x][:, None] - r_star[x][None, :]
         q = expit(ds)
         mm = mu[x][:, None] * mu[x][None, :]
-        ce = -(q * log_expit(d) + (1 - q) * log_expit(-d))
-        ce0 = -(q * log_expit(ds) + (1 - q) * log_expit(-ds))
+        ce = q * bt_rows(d) + (1 - q) * bt_rows(-d)
+        ce0 = q * bt_rows(ds) + (1 - q) * bt_rows(-ds)
         loss += rho[x] * float(np.sum(mm * (ce - ce0)))
         grad[x] = 2 * rho[x] * np.sum(mm * (expit(d) - q), axis=1)
         kernels.append(rho[x] * mm * sigma_prime(d))
