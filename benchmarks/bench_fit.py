@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from gvgap import data as D
-from gvgap import learners as L
+from gvgap import learners
+from gvgap.data import sample_pairs
 from gvgap.envs.tree_env import make_env
 from gvgap.policies import TabularPolicy
 from gvgap.rewards import TabularReward
@@ -36,7 +36,7 @@ def _problem(horizon: int, n_pairs: int, seed: int = 0):
     env = make_env(
         vocab=2, horizon=horizon, r_star=rng.standard_normal(2**horizon), ref="random", rng=rng
     )
-    prefs = D.sample_pairs(env.logp_ref, env.r_star, env.rho, n_pairs, rng)
+    prefs = sample_pairs(env.logp_ref, env.r_star, env.rho, n_pairs, rng)
     return env, prefs
 
 
@@ -75,11 +75,11 @@ def main() -> None:
             fits = {
                 "dpo": (
                     pol.n_params,
-                    lambda env=env, prefs=prefs, pol=pol: L.dpo(pol, env, prefs, lam=LAM),
+                    lambda env=env, prefs=prefs, pol=pol: learners.dpo(pol, env, prefs, lam=LAM),
                 ),
                 "rm": (
                     rc.n_params,
-                    lambda env=env, prefs=prefs, rc=rc: L.fit_reward(
+                    lambda env=env, prefs=prefs, rc=rc: learners.fit_reward(
                         rc, prefs, env.logp_ref.shape, lam=LAM
                     ),
                 ),

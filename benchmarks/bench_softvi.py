@@ -34,7 +34,7 @@ import timeit
 
 import numpy as np
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.envs.tree_env import random_ref_policy
 from gvgap.theory import soft_fused
 from gvgap.theory.soft import SoftVIBuffers
@@ -179,20 +179,22 @@ def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, r
     logpi_ref = random_ref_policy(m, vocab, horizon, 1.0, rng)
     r = rng.standard_normal((m, vocab**horizon))
     x, buf = rng.standard_normal(n), np.empty(n)
-    lib = T.soft_value_iteration(logpi_ref, r, beta, backend="numpy")
+    lib = theory.soft_value_iteration(logpi_ref, r, beta, backend="numpy")
     cand, log_z = soft_vi_slices(logpi_ref, r, beta)
     err = max(float(np.abs(a - b).max()) for a, b in zip(cand, lib.logpi))
     err = max(err, float(np.abs(log_z - lib.log_z).max()))
-    err = max(err, float(np.abs(leaf_slices(lib.logpi) - T.node_to_leaf_logp(lib.logpi)).max()))
+    err = max(
+        err, float(np.abs(leaf_slices(lib.logpi) - theory.node_to_leaf_logp(lib.logpi)).max())
+    )
     vibuf = SoftVIBuffers.empty(m, vocab, horizon)
-    into = T.soft_value_iteration(logpi_ref, r, beta, out=vibuf, backend="numpy")
+    into = theory.soft_value_iteration(logpi_ref, r, beta, out=vibuf, backend="numpy")
     err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(into.logpi, lib.logpi)))
     # issue 8: the library into reused buffers, the kernels and both memory passes,
     # interleaved (one call of each per round) and all into the same buffers, so that each
     # call finds the caches as the previous one left them: the same state for all
     runs = {
         "mem": lambda: memory_pass(logpi_ref, r, beta, vibuf),
-        "softvi_out": lambda: T.soft_value_iteration(
+        "softvi_out": lambda: theory.soft_value_iteration(
             logpi_ref, r, beta, out=vibuf, backend="numpy"
         ),
     }
@@ -200,7 +202,7 @@ def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, r
     if soft_fused.available():
         fbuf = SoftVIBuffers.empty(m, vocab, horizon)
         t0 = time.perf_counter()  # first call: JIT for this V (if not compiled yet) + one run
-        got = T.soft_value_iteration(logpi_ref, r, beta, out=fbuf, backend="numba")
+        got = theory.soft_value_iteration(logpi_ref, r, beta, out=fbuf, backend="numba")
         t["jit"] = time.perf_counter() - t0
         diffs = [
             np.abs(a - b).max() for a, b in zip(got.logpi + got.values, lib.logpi + lib.values)
@@ -210,7 +212,7 @@ def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, r
         numba_pass("memory", logpi_ref, r, beta, fbuf)  # its JIT (once), out of the timings
         t["jit_mem"] = time.perf_counter() - t0
         numba_pass("exp", logpi_ref, r, beta, fbuf)
-        runs["fused"] = lambda: T.soft_value_iteration(
+        runs["fused"] = lambda: theory.soft_value_iteration(
             logpi_ref, r, beta, out=vibuf, backend="numba"
         )
         runs["mem_nb"] = lambda: numba_pass("memory", logpi_ref, r, beta, vibuf)
@@ -220,9 +222,9 @@ def measure(vocab: int, horizon: int, m: int, beta: float, repeat: int, timer, r
         "n": n,
         "exp": best_of(lambda: np.exp(x, out=buf), repeat, timer),
         "softvi": best_of(
-            lambda: T.soft_value_iteration(logpi_ref, r, beta, backend="numpy"), repeat, timer
+            lambda: theory.soft_value_iteration(logpi_ref, r, beta, backend="numpy"), repeat, timer
         ),
-        "leaf": best_of(lambda: T.node_to_leaf_logp(lib.logpi), repeat, timer),
+        "leaf": best_of(lambda: theory.node_to_leaf_logp(lib.logpi), repeat, timer),
         "vi_slices": best_of(lambda: soft_vi_slices(logpi_ref, r, beta), repeat, timer),
         "leaf_slices": best_of(lambda: leaf_slices(lib.logpi), repeat, timer),
         "err": err,

@@ -1,16 +1,23 @@
-"""Throughput of gvgap's DPO step on Pythia-shaped models (GPU; run by llm_gpu.sh).
+"""Throughput of gvgap's DPO step and sampler on Pythia-shaped models (GPU; run by llm_gpu.sh).
 
-Per preset (``pythia-410m``, ``pythia-1.4b`` by default), batch 8 preference pairs, 256 prompt +
-256 completion tokens, bf16 autocast (float32 master weights, as TRL's ``bf16=True``):
+Per preset (``pythia-410m`` by default; ``--presets pythia-410m pythia-1.4b`` for both), batch
+8 preference pairs, 256 prompt + 256 completion tokens, bf16 autocast (float32 master
+weights, as TRL's ``bf16=True``):
 
-- ``gvgap``: :func:`gvgap.llm.stages.fit` on :func:`gvgap.llm.stages.dpo_row_loss` — the exact
-  code path of ``gvgap llm run``: chosen and rejected in one fused forward, reference
+- ``gvgap``: :func:`gvgap.llm.stages.run_dpo` (the accelerate loop of
+  :func:`gvgap.llm.train.fit` on :func:`gvgap.nn.losses.dpo_rows`) — the exact code path of
+  ``gvgap llm run``: chosen and rejected in one fused forward, reference
   log-probs precomputed once per data set (timed separately as ``ref_pass``), the output layer
   on completion positions only, AdamW + gradient clipping.
 - ``plain``: a plain PyTorch DPO loop measured in the same run: separate chosen / rejected
   forwards, reference forwards every step, full logits.
-- ``trl``: TRL's DPOTrainer on the same model and batch when ``trl`` imports (guarded; any
-  failure is printed as a skip with its reason).
+- ``trl``: TRL's DPOTrainer on the same model and batch when ``trl`` imports (TRL ≥ 1.16
+  arguments: no ``max_prompt_length``; a word-level tokenizer with a whitespace
+  pre-tokenizer, so each number of the text rows is one id); any failure is printed as a
+  skip with its reason. The ratio ``trl s/step ÷ gvgap s/step`` is printed (goal ≥ 1.5).
+- ``sample``: gvgap's KV-cache sampler (:func:`gvgap.llm.model.sample`, the one law over
+  content tokens) drawing 256-token completions for 8 × 8 prompts — sampling dominates online
+  DPO, so it is timed too (completions/s and tokens/s).
 
 Reported: samples/s (preference pairs per second), tokens/s (2 × 512 tokens per pair), and
 MFU = 6 N T / (t · peak) + attention 12 L d s T / (t · peak), N = non-embedding parameters
@@ -67,22 +74,32 @@ def make_pairs(vocab: int, batch: int, prompt: int, completion: int) -> dict[str
 
 def bench_gvgap(lm, pairs, prompt: int, steps: int, placement) -> tuple[float, float]:
     """(seconds per DPO step, seconds of the one-off reference pass) of gvgap's code path."""
-    task = SimpleNamespace(prefix_len=prompt)
-    cfg = LLMConfig(batch_size=len(pairs["chosen"]), lr=1e-6, beta=0.05)
+    cfg = LLMConfig(batch_size=len(pairs["chosen"]), lr=1e-6, beta=0.05, pref_lr=1e-6)
+    task = SimpleNamespace(prefix_len=prompt, n_content=None, cfg=SimpleNamespace(H=0))
     pairs = {k: v.to(placement.device) for k, v in pairs.items()}
-    ref_t = timed(
-        lambda: {k: st.logp_rows(lm, pairs[k], task, placement) for k in pairs},
-        1,
-        placement.device,
-    )
-    ref = {k: st.logp_rows(lm, pairs[k], task, placement) for k in pairs}
-    loss = st.dpo_row_loss(lm, pairs, ref, cfg.beta, task, placement)
+    ref_t = timed(lambda: st.ref_logps(lm, pairs, task, placement), 1, placement.device)
+    ref = st.ref_logps(lm, pairs, task, placement)
     gen = torch.Generator().manual_seed(0)
-    # one fit call = `steps` optimiser steps; fit's warm-up is the timed() warm-up call
-    per_call = timed(
-        lambda: st.fit(lm, loss, len(pairs["chosen"]), steps, cfg, gen), 1, placement.device
-    )
-    return per_call / steps, ref_t
+    clock: list[float] = []
+
+    def tick(_lm, k: int) -> None:  # steady state: from the end of step 1 to the last step
+        if placement.is_cuda:
+            torch.cuda.synchronize()
+        clock.append(time.perf_counter())
+
+    st.run_dpo(cfg, task, lm, pairs, ref, steps + 1, gen, placement, on_step=tick)
+    return (clock[-1] - clock[1]) / steps, ref_t
+
+
+def bench_sample(lm, prompt: int, completion: int, placement) -> float:
+    """Seconds to sample 64 completions of ``completion`` tokens (8 prompts × 8) with gvgap's
+    KV-cache sampler over the content tokens."""
+    from gvgap.llm.model import sample
+
+    vocab = lm.config.vocab_size - 8
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (64, prompt), generator=gen)
+    return timed(lambda: sample(lm, x, completion, vocab, 1.0, gen, placement), 1, placement.device)
 
 
 def bench_plain(lm, ref_lm, pairs, prompt: int, steps: int, placement) -> float:
@@ -109,20 +126,21 @@ def bench_plain(lm, ref_lm, pairs, prompt: int, steps: int, placement) -> float:
     return timed(lambda: [step() for _ in range(steps)], 1, placement.device) / steps
 
 
-def bench_trl(preset: str, batch: int, prompt: int, completion: int, steps: int) -> float:
+def bench_trl(
+    preset: str, batch: int, prompt: int, completion: int, steps: int, device: str = "cuda"
+) -> float:
     """Seconds per step of TRL's DPOTrainer (raises when TRL or its API is unavailable)."""
+    import copy
+
     import datasets
     import trl
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
 
-    placement = resolve("cuda", "bfloat16")
-    lm = build_lm(preset, 50304, prompt + completion, 0, placement)
-    vocab = {str(i): i for i in range(lm.config.vocab_size)}
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="0"))
-    )
-    tok.pad_token, tok.eos_token = "1", "2"
+    from gvgap.llm.hf import word_tokenizer
+
+    cuda = device != "cpu"
+    placement = resolve(device, "bfloat16" if cuda else "float32")
+    lm = build_lm(preset, PRESETS[preset].vocab or 64, prompt + completion + 1, 0, placement)
+    tok = word_tokenizer(lm.config.vocab_size - 5)  # words 0…V−6 + 5 special tokens = V ids
     pairs = make_pairs(lm.config.vocab_size - 8, batch * (steps + 2), prompt, completion)
     words = lambda t: " ".join(map(str, t.tolist()))  # noqa: E731
     data = datasets.Dataset.from_dict(
@@ -135,9 +153,9 @@ def bench_trl(preset: str, batch: int, prompt: int, completion: int, steps: int)
     args = trl.DPOConfig(
         output_dir="/tmp/gvgap_trl_bench",
         per_device_train_batch_size=batch,
-        bf16=True,
-        max_length=prompt + completion,
-        max_prompt_length=prompt,
+        bf16=cuda,
+        use_cpu=not cuda,
+        max_length=prompt + completion + 1,
         max_steps=steps + 2,
         beta=0.05,
         logging_steps=10_000,
@@ -145,13 +163,16 @@ def bench_trl(preset: str, batch: int, prompt: int, completion: int, steps: int)
         report_to=[],
         learning_rate=1e-6,
     )
-    trainer = trl.DPOTrainer(model=lm, args=args, train_dataset=data, processing_class=tok)
+    trainer = trl.DPOTrainer(
+        model=lm, ref_model=copy.deepcopy(lm), args=args, train_dataset=data, processing_class=tok
+    )
     t0 = []
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **k):
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             t0.append(time.perf_counter())
 
     trainer.add_callback(Clock())
@@ -161,7 +182,7 @@ def bench_trl(preset: str, batch: int, prompt: int, completion: int, steps: int)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--presets", nargs="+", default=["pythia-410m", "pythia-1.4b"])
+    p.add_argument("--presets", nargs="+", default=["pythia-410m"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt", type=int, default=256)
     p.add_argument("--completion", type=int, default=256)
@@ -187,9 +208,10 @@ def main() -> None:
         ref_lm = build_lm(preset, PRESETS[preset].vocab or 64, seq, 1, placement).eval()
         rows["plain"] = bench_plain(lm, ref_lm, pairs, a.prompt, a.steps, placement)
         del ref_lm
-        if not a.no_trl and placement.is_cuda:
+        t_sample = bench_sample(lm, a.prompt, a.completion, placement)
+        if not a.no_trl:
             try:
-                rows["trl"] = bench_trl(preset, a.batch, a.prompt, a.completion, a.steps)
+                rows["trl"] = bench_trl(preset, a.batch, a.prompt, a.completion, a.steps, a.device)
             except Exception as exc:
                 print(f"{preset:<12} trl    skipped: {type(exc).__name__}: {str(exc)[:120]}")
         for impl, t in rows.items():
@@ -202,6 +224,15 @@ def main() -> None:
             f"{preset:<12} gvgap reference log-probs, once per data set: "
             f"{a.batch / ref_t:.1f} pairs/s; "
             f"speed-up gvgap/plain {rows['plain'] / rows['gvgap']:.2f}x"
+            + (
+                f", gvgap/trl {rows['trl'] / rows['gvgap']:.2f}x (goal >= 1.5)"
+                if "trl" in rows
+                else ""
+            )
+        )
+        print(
+            f"{preset:<12} sample {64 / t_sample:8.1f} completions/s "
+            f"{64 * a.completion / t_sample:10.0f} tokens/s ({a.completion}-token completions)"
         )
         del lm
         if placement.is_cuda:

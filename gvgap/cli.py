@@ -1,4 +1,4 @@
-"""Command-line interface (DESIGN §4). Every command's work lives in a library module;
+"""Command-line interface (docs/design.md §4). Every command's work lives in a library module;
 this file parses arguments and turns :class:`~gvgap.errors.UserError` into one line + exit 2.
 """
 
@@ -8,16 +8,15 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_int
 
 EXIT_USAGE = 2
 #: Exit code of an environment failure (disk full, permission) outside input validation.
 EXIT_ENV = 1
-#: Largest seed accepted on the command line (results store seeds as int64).
-MAX_SEED = 2**63 - 1
 #: Most random instances per verify check.
 MAX_INSTANCES = 100_000
 
@@ -53,16 +52,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_int(flag: str, value: int, lo: int, hi: int) -> int:
-    if not lo <= value <= hi:
-        raise UserError(f"{flag} must be an integer in [{lo}, {hi}], got {value}")
-    return value
-
-
 def _check_path(flag: str, path: str | None) -> None:
-    """A path whose components fit NAME_MAX (255 bytes) and whose whole fits PATH_MAX."""
+    """A non-empty path whose components fit NAME_MAX (255 bytes) and whose whole fits
+    PATH_MAX (an empty one would mean the current directory)."""
     if path is None:
         return
+    if not path.strip():
+        raise UserError(f"{flag}: empty path; give a file or directory name")
     from gvgap.sweep.runner import NAME_MAX, PATH_MAX
 
     if any(len(part.encode()) > NAME_MAX for part in path.split(os.sep)):
@@ -72,20 +68,23 @@ def _check_path(flag: str, path: str | None) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    _check_int("--seed", args.seed, 0, MAX_SEED)
-    _check_int("--instances", args.instances, 1, MAX_INSTANCES)
+    check_int("--seed", args.seed, 0)  # ≤ int64 max: results store seeds as int64
+    check_int("--instances", args.instances, 1, MAX_INSTANCES)
     _check_path("--json", args.json)
     if args.json is not None and os.path.isdir(args.json):
         raise UserError(f"--json {args.json}: is a directory; give a file name")
-    from gvgap.verify import run_verify
+    from gvgap.verify import check_json_target, run_verify
 
+    if args.json is not None:
+        check_json_target(args.json)
+    _work_begins()
     return run_verify(instances=args.instances, seed=args.seed, json_path=args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gvgap.sweep.runner import run_single
 
-    _check_int("--seed", args.seed, 0, MAX_SEED)
+    check_int("--seed", args.seed, 0)  # ≤ int64 max: results store seeds as int64
     metrics = run_single(args.id, _parse_sets(args.set), seed=args.seed, echo=sys.stderr)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
@@ -105,6 +104,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     _check_path("--out", args.out)
     spec = load_spec(args.target, seeds=args.seeds, quick=args.quick)
+    import pandas  # noqa: F401 (imported before the work begins: see _work_begins)
+
+    _work_begins()
     df = run_sweep(
         spec,
         args.out,
@@ -123,6 +125,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     _check_path("--out", args.out)
     from gvgap.report import write_plots
 
+    _work_begins()
     for path in write_plots(args.dir, args.out):
         print(path)
     return 0
@@ -132,6 +135,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_path("DIR", args.dir)
     from gvgap.report import write_report
 
+    _work_begins()
     for path in write_report(args.dir):
         print(path)
     return 0
@@ -139,8 +143,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     _check_path("--out", args.out)
+    import gvgap.report  # noqa: F401 (matplotlib, before the work begins: see _work_begins)
     from gvgap.reproduce import reproduce
 
+    _work_begins()
     return reproduce(
         args.out,
         quick=args.quick,
@@ -151,8 +157,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_llm(args: argparse.Namespace) -> int:
-    from gvgap.llm.cli import main as llm_main  # lazy: torch/transformers only when asked
+    from gvgap.sweep.llm_run import main as llm_main  # lazy: torch only when it runs
 
+    _work_begins()
     return llm_main(args.llm_args)
 
 
@@ -171,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id", help="experiment id (gvgap list)")
     s.set_defaults(fn=cmd_show)
 
-    s = sub.add_parser("verify", help="numeric checks of THEORY §6 items 1-8")
+    s = sub.add_parser("verify", help="numeric checks of docs/theory.md §6 items 1-8")
     s.add_argument("--instances", type=int, default=200, help="random instances per check")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None, help="write one record per check to this file")
@@ -277,6 +284,22 @@ ONE_LINE_ERRNOS = {
 }
 
 
+def _work_begins() -> None:
+    """A command calls this when its side effects begin (its first write or child process),
+    after its imports and validation. Until then a Ctrl-C ends the ``gvgap`` process at once
+    with the one line (the start-up handler installed by :mod:`gvgap`): nothing is there to
+    undo, and an interrupt inside an extension module's initialisation would otherwise
+    surface as ``ImportError: initialization failed``, or be swallowed by a library's
+    fallback import so that the command carried on (issue 19). From here on a Ctrl-C is a
+    KeyboardInterrupt that unwinds (ending pools and Ray, which ignore SIGINT themselves, and
+    releasing the directory lock) to :func:`main`'s one line. In-process callers of
+    :func:`main` (tests) keep their own handler."""
+    import gvgap
+
+    if signal.getsignal(signal.SIGINT) is gvgap._cli_startup_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gvgap`` console script."""
     try:
@@ -288,14 +311,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
-        print("gvgap: interrupted (run the same command again to resume)", file=sys.stderr)
-        return 130
+        return _interrupted_exit()
     except OSError as exc:
+        if _interrupted(exc):
+            return _interrupted_exit()
         if exc.errno not in ONE_LINE_ERRNOS:
             raise
         where = f": {exc.filename}" if exc.filename else ""
         print(f"gvgap: error: {ONE_LINE_ERRNOS[exc.errno]}{where}", file=sys.stderr)
         return EXIT_ENV
+    except Exception as exc:
+        if _interrupted(exc):
+            return _interrupted_exit()
+        raise
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a Ctrl-C that a library turned into its own error (an
+    extension module interrupted while it initialises raises ``ImportError: initialization
+    failed`` from the KeyboardInterrupt, issue 19)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted_exit() -> int:
+    """The one line and exit code of an interrupted command."""
+    from gvgap import EXIT_INTERRUPTED, INTERRUPTED
+
+    print(INTERRUPTED, file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

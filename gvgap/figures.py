@@ -2,7 +2,7 @@
 
 :func:`generic_specs` picks the :mod:`gvgap.plots` figures whose columns a table has;
 :func:`render` draws one on a fresh Figure (one panel per other varying setting);
-:func:`save_figure` writes PNG + PDF + a JSON sidecar (DESIGN §1 ``figures/``).
+:func:`save_figure` writes PNG + PDF + a JSON sidecar (docs/design.md §1 ``figures/``).
 
 The sidecar ``<name>.json`` records what is needed to regenerate and trust the figure: the
 git SHA of the source tree, the gvgap version, the configuration and seeds it was drawn
@@ -17,7 +17,6 @@ import importlib
 import json
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from gvgap import plots, stats
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.provenance import git_sha
 
@@ -77,13 +77,6 @@ def sidecar(meta: dict[str, Any], files: list[str], seeds: Any = None) -> dict[s
     }
 
 
-def _replace_into(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_figure(
     fig: Figure,
     out_dir: str | os.PathLike,
@@ -114,15 +107,12 @@ def save_figure(
         paths = []
         for fmt in FORMATS:
             path = out / f"{stem}.{fmt}"
-            tmp = out / f".{stem}.{uuid.uuid4().hex[:8]}.{fmt}.tmp"
-            fig.savefig(tmp, format=fmt, dpi=PNG_DPI)
-            _replace_into(tmp, path)
+            atomic_write(path, partial(fig.savefig, format=fmt, dpi=PNG_DPI))
             paths.append(path)
         record = sidecar(meta, [p.name for p in paths], seeds)
+        text = json.dumps(record, indent=1, default=_jsonable, allow_nan=True)
         path = out / f"{stem}.json"
-        tmp = out / f".{stem}.{uuid.uuid4().hex[:8]}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=_jsonable, allow_nan=True))
-        _replace_into(tmp, path)
+        atomic_write(path, text)
     except OSError as exc:
         raise UserError(f"cannot write figures to {str(out)!r}: {exc.strerror or exc}") from None
     return [*paths, path]
@@ -150,12 +140,16 @@ class FigureSpec:
         draw: ``draw(df, ax) -> Axes`` on the experiment's tidy table.
         uses: columns the plot itself distinguishes; other varying Config fields (not
             determined by these) become panels. ``("*",)``: one panel of every run.
+        sharey: the panels share one y axis (the default: a quantity compared across
+            panels, e.g. an effect shrinking with n, must be read on one scale); False for
+            plots whose y axis is categorical (heat maps).
     """
 
     name: str
     caption: str
     draw: Callable[[pd.DataFrame, Axes], Axes]
     uses: tuple[str, ...] = (ALL,)
+    sharey: bool = True
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -181,7 +175,7 @@ def _first(df: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
 
 
 def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
-    """The :mod:`gvgap.plots` figures whose columns ``df`` has (DESIGN §5 layout).
+    """The :mod:`gvgap.plots` figures whose columns ``df`` has (docs/design.md §5 layout).
 
     Online-vs-offline figures need pipelines ``dpo`` and ``rlhf`` (or ``online_dpo``) with
     ``J_norm``; sample-complexity curves need a varying ``n_pairs``.
@@ -193,8 +187,10 @@ def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
     online = next((p for p in ("rlhf", "online_dpo") if p in pipes), None)
     specs: list[FigureSpec] = []
 
-    def add(kind: str, caption: str, fn: Callable[..., Axes], uses: tuple, **kw: Any) -> None:
-        specs.append(FigureSpec(f"{eid}__{kind}", caption, partial(_call, fn, kw), uses))
+    def add(
+        kind: str, caption: str, fn: Callable[..., Axes], uses: tuple, sharey=True, **kw: Any
+    ) -> None:
+        specs.append(FigureSpec(f"{eid}__{kind}", caption, partial(_call, fn, kw), uses, sharey))
 
     if online and "dpo" in pipes and "J_norm" in metrics:
         pair = {"online": online, "offline": "dpo"}
@@ -214,6 +210,7 @@ def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
                 f"Mean advantage {online} − dpo over {grid_gap} × n.",
                 plots.phase_heatmap,
                 (grid_gap, n),
+                sharey=False,
                 gap_col=grid_gap,
                 **pair,
             )
@@ -236,7 +233,9 @@ def generic_specs(eid: str, df: pd.DataFrame) -> list[FigureSpec]:
         if "J" in metrics:
             add(
                 "equivalence",
-                f"J of {online} vs dpo per run; the isomorphic control must lie on the diagonal.",
+                f"Per-run J of {online} (y) against dpo (x) on the same pairs, colour = the "
+                "RM class where it varies; dashed line y = x (equal J; points above it: "
+                f"{online} better).",
                 plots.equivalence_scatter,
                 (ALL,),
                 **pair,
@@ -284,6 +283,18 @@ def facets(df: pd.DataFrame, uses: tuple[str, ...]) -> tuple[list[dict[str, Any]
     return panels[:MAX_PANELS], len(panels) > MAX_PANELS
 
 
+#: Characters per title line of a 6.4-inch panel at 10 pt (longer lines are wrapped).
+TITLE_WIDTH = 60
+
+
+def fit_title(title: str, width: int = TITLE_WIDTH) -> str:
+    """``title`` with each of its lines wrapped to ``width`` characters, so that it fits
+    above its panel."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) or line for line in title.split("\n"))
+
+
 def _facet_value(v: Any) -> str:
     """A facet value for a title: integral floats as integers (``16.0`` → ``16``)."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
@@ -297,12 +308,17 @@ def render(spec: FigureSpec, df: pd.DataFrame) -> tuple[Figure, list[dict[str, A
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
     fig = Figure(figsize=(6.4 * ncols, 4.4 * nrows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    share = spec.sharey and len(panels) > 1
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=share)).ravel()
     for ax, where in zip(axes, panels):
         spec.draw(stats.select(df, where), ax)
+        title = ax.get_title()
         if where:
             facet = ", ".join(f"{k} = {_facet_value(v)}" for k, v in where.items())
-            ax.set_title(f"{ax.get_title()}\n{facet}")
+            title = f"{title}\n{facet}"
+        ax.set_title(fit_title(title), fontsize=min(ax.title.get_fontsize(), 10))
+        if share:
+            ax.yaxis.set_tick_params(labelleft=True)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig, panels, truncated
@@ -338,6 +354,10 @@ def experiment_specs(eid: str, df: pd.DataFrame, module: ModuleType | None) -> l
         fn = getattr(module, "plot_uses", None)
         uses = tuple(fn(df) if callable(fn) else getattr(module, "PLOT_USES", (ALL,)))
         own.append(FigureSpec(eid, caption, module.plot, uses))
+        extra = getattr(module, "extra_figures", None)
+        for kind, draw, extra_uses in extra(df) if callable(extra) else ():
+            doc = " ".join((draw.__doc__ or "").strip().split("\n\n")[0].split())
+            own.append(FigureSpec(f"{eid}__{kind}", doc or kind, draw, tuple(extra_uses)))
     return own + generic_specs(eid, df)
 
 

@@ -1,6 +1,6 @@
 """Loss functions, one per equation, each returning ``(value, gradients)`` in numpy.
 
-Conventions (DESIGN §3): ``*_chosen`` / ``*_rejected`` are per-pair arrays ``(n,)``;
+Conventions (docs/design.md §3): ``*_chosen`` / ``*_rejected`` are per-pair arrays ``(n,)``;
 ``weight`` ``(n,)`` weights rows (a sampled pair has weight 1, soft labels and exact
 expectations use fractional weights) and every loss is the weighted *mean* Σ w ℓ / Σ w.
 Gradients are with respect to the per-pair inputs, same order as the arguments.
@@ -18,13 +18,29 @@ def _wmean(loss: np.ndarray, weight: np.ndarray) -> tuple[float, np.ndarray]:
     return float(wn @ loss), wn
 
 
+def bt_rows(margin: np.ndarray) -> np.ndarray:
+    """Per-pair Bradley–Terry NLL ℓ_i = −log σ(Δ_i) = softplus(−Δ_i), Δ = r(ξ⁺) − r(ξ⁻),
+    ``(n,)`` (−``bt_rows`` is the per-pair BT log-likelihood log σ(Δ))."""
+    return -log_expit(margin)
+
+
 def bt_nll(margin: np.ndarray, weight: np.ndarray) -> tuple[float, np.ndarray]:
     """Bradley–Terry negative log-likelihood of margins Δ = r(ξ⁺) − r(ξ⁻).
 
     ℓ = −Σ w log σ(Δ) / Σ w;  ∂ℓ/∂Δ = −w σ(−Δ) / Σ w.
     """
-    value, wn = _wmean(-log_expit(margin), weight)
-    return value, -wn * expit(-margin)
+    value, grad, _ = bt_nll_terms(margin, weight / weight.sum())
+    return value, grad
+
+
+def bt_nll_terms(margin: np.ndarray, wn: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The Bradley–Terry NLL with its first two derivatives in Δ, for normalised weights
+    ŵ ``(n,)`` (Σ ŵ = 1), as the Newton solvers use them:
+
+    f = Σ ŵ softplus(−Δ),  a = ∂f/∂Δ = −ŵ σ(−Δ),  c = ∂²f/∂Δ² = ŵ σ(Δ) σ(−Δ)  (each ``(n,)``).
+    """
+    s_neg = expit(-margin)
+    return float(wn @ bt_rows(margin)), -wn * s_neg, wn * s_neg * (1.0 - s_neg)
 
 
 def dpo_loss(

@@ -1,4 +1,4 @@
-"""Plots of tidy results (DESIGN §5 layout): ``fn(df, ax=None, **kw) -> Axes``; no file I/O.
+"""Plots of tidy results (docs/design.md §5 layout): ``fn(df, ax=None, **kw) -> Axes``; no file I/O.
 
 Every function takes the column names it uses as keyword arguments, so one function serves
 any experiment whose table has the quantities. A keyword column may also name a *bare metric*
@@ -43,6 +43,12 @@ LABELS: dict[str, str] = {
     "kl_ref": "KL(π‖π_ref)  (nats)",
     "kl_opt": "KL(π‖π*)  (nats)",
     "win_rate": "win rate vs π_ref (true BT)",
+    "regret": "regret J(π*) − J(π)",
+    "acc_ref": "pairwise accuracy vs r* on pairs from π_ref",
+    "acc_opt": "pairwise accuracy vs r* on pairs from π*",
+    "acc_bon": "pairwise accuracy vs r* on pairs from the RM's best-of-N",
+    "val_lik": "held-out BT likelihood per pair (geometric mean)",
+    "kl_to_opt": "KL(P_SGD ‖ P_converged)  (nats)",
 }
 #: One colour per pipeline, the same in every figure.
 PIPELINE_ORDER = ("sft", "dpo", "ipo", "rlhf", "online_dpo", "bon", "spin")
@@ -55,6 +61,13 @@ MIN_COLOR_SPAN = 0.05
 def label(col: str) -> str:
     """Axis label of a column or metric (its name when unknown)."""
     return LABELS.get(col, col)
+
+
+def plt_line(color: Any, marker: str, text: str):
+    """A legend handle: a marker of ``color`` labelled ``text``."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=color, marker=marker, ls="none", label=text)
 
 
 def _axes(ax: Axes | None) -> Axes:
@@ -113,8 +126,9 @@ def _curves(
 ) -> None:
     """One band per (line level, style level): colour by ``line``, line style by ``style``."""
     lines, styles = _levels(table, line), _levels(table, style)
-    if colors is None:
-        colors = dict(zip(lines, sns.color_palette("crest", len(lines) + 1)[1:]))
+    if colors is None:  # a categorical palette: every level told apart at a glance
+        pal = "colorblind" if len(lines) <= 10 else "tab20"
+        colors = dict(zip(lines, sns.color_palette(pal, len(lines))))
     else:
         lines = [lv for lv in colors if lv in lines]
     for lv in lines:
@@ -221,7 +235,7 @@ def advantage_vs_gap(
     style_col: str | None = "rm_class",
     **kw: Any,
 ) -> Axes:
-    """Headline (THEORY §6.9–10): Δ J_norm (online − offline) vs gap size, one curve per n.
+    """Headline (docs/theory.md §6.9–10): Δ J_norm (online − offline) vs gap size, one curve per n.
 
     ``gap_col``: a column (``horizon``, ``k``) or bare metric (``log_gap`` =
     log(#params Π / #params R_sim)); ``style_col`` (e.g. ``rm_class``) gets line styles.
@@ -241,7 +255,7 @@ def misspecification_crossover(
     style_col: str | None = None,
     **kw: Any,
 ) -> Axes:
-    """THEORY §6.15: Δ vs n (log x), one curve per ε; a crossover is where a curve meets 0.
+    """docs/theory.md §6.15: Δ vs n (log x), one curve per ε; a crossover is where a curve meets 0.
 
     Keywords as in :func:`advantage_lines`.
     """
@@ -260,7 +274,7 @@ def horizon_scaling(
     line_col: str | None = "rm_class",
     **kw: Any,
 ) -> Axes:
-    """THEORY §6.11: Δ vs horizon at one fixed n (default: the smallest), a curve per
+    """docs/theory.md §6.11: Δ vs horizon at one fixed n (default: the smallest), a curve per
     ``line_col`` level. Keywords as in :func:`advantage_lines`."""
     if n is None and n_col in df.columns:
         n = df[n_col].min()
@@ -338,7 +352,7 @@ def equivalence_scatter(
 ) -> Axes:
     """Per-run ``metric`` of offline (x) vs online (y), coloured by ``hue_col``; y = x line.
 
-    With isomorphic classes the theorem (THEORY §3) puts every point on the diagonal.
+    With isomorphic classes the theorem (docs/theory.md §3) puts every point on the diagonal.
     """
     ax = _axes(ax)
     hue_col = hue_col if has_column(df, hue_col) else None

@@ -1,10 +1,14 @@
-"""Run directory → figures, ``report.md`` and a self-contained ``report.html`` (DESIGN §4–5).
+"""Run directory → figures, ``report.md`` and a self-contained ``report.html`` (docs/design.md
+§4–5).
 
 The report shows how the run was made (``manifest.json``), the theorem checks
-(``verify.json``), the verdict table (``verdicts.json``) and, per experiment, its claim, design
-note, figures and a summary table (mean and 95% bootstrap CI per pipeline). Missing pieces are
-noted, not fatal. Figures are reused when ``figures/index.json`` was made from the current
-``results.parquet`` (same SHA-256), otherwise redrawn (:func:`write_plots`).
+(``verify.json``), the verdict table (``verdicts.json``: the paper's position, seeds, power,
+the re-checks and seed blocks under it) and, per experiment, its claim, design note (docstring
+markup rendered, :mod:`gvgap.report_doc`), figures and, per cell of the design, the tested
+contrast with its controls and reported contrasts (mean paired difference, 95% bootstrap CI,
+seeds) and, for small designs, each cell's per-pipeline summary (:mod:`gvgap.report_tables`).
+Missing pieces are noted, not fatal. Figures are reused when ``figures/index.json`` was made
+from the current ``results.parquet`` (same SHA-256), otherwise redrawn (:func:`write_plots`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import datetime
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -22,10 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gvgap import figures as F
-from gvgap import stats
+from gvgap import figures
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
-from gvgap.report_doc import Doc
+from gvgap.report_doc import Doc, fmt_ci, fmt_value
+from gvgap.report_tables import summary_section
 
 RESULTS, VERDICTS, VERIFY, MANIFEST = (
     "results.parquet",
@@ -34,10 +38,6 @@ RESULTS, VERDICTS, VERIFY, MANIFEST = (
     "manifest.json",
 )
 FIGURES, INDEX = "figures", "index.json"
-#: Metrics summarised per pipeline (DESIGN §5 shared names), in this order.
-MAIN_METRICS = ("J_norm", "J", "reward", "kl_ref", "kl_opt", "win_rate")
-#: At most this many bare metrics are summarised for an experiment without pipelines.
-MAX_BARE_METRICS = 12
 REQUIRED = ("experiment", "pipeline", "metric", "value")
 # ---------------------------------------------------------------- reading a run directory
 
@@ -70,7 +70,7 @@ def load_results(run_dir: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise UserError(f"{str(path)!r} lacks columns {missing} (DESIGN §5 layout)")
+        raise UserError(f"{str(path)!r} lacks columns {missing} (docs/design.md §5 layout)")
     df["pipeline"] = df["pipeline"].fillna("").astype(str)
     return df
 
@@ -110,16 +110,14 @@ def experiment_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+def _write_text(path: Path, text: str) -> None:
+    """:func:`gvgap.atomic.atomic_write` of ``text`` (its directory created); an OSError
+    becomes one UserError naming the file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     except OSError as exc:
         raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_plots(
@@ -141,14 +139,14 @@ def write_plots(
     df = load_results(run_dir)
     digest = _sha256(results_path(run_dir))
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / FIGURES
-    paths, index = F.write_figures(
+    paths, index = figures.write_figures(
         experiment_frames(df),
         out,
         modules=_modules(),
         extra_meta={"results_sha256": digest},
         pool=pool,
     )
-    _atomic_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
+    _write_text(out / INDEX, json.dumps({"results_sha256": digest, "experiments": index}))
     return [*paths, out / INDEX]
 
 
@@ -161,20 +159,6 @@ def _current_index(root: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- report sections
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    if isinstance(x, (float, np.floating)):
-        return f"{x:.3g}" if np.isfinite(x) else "–"
-    return "–" if x is None else str(x)
-
-
-def _ci(mean: Any, lo: Any, hi: Any) -> str:
-    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
-
-
 def manifest_section(doc: Doc, df: pd.DataFrame) -> None:
     """How it was run: the table's size, manifest scalars and the full manifest."""
     doc.heading(2, "How it was run")
@@ -185,7 +169,9 @@ def manifest_section(doc: Doc, df: pd.DataFrame) -> None:
     if not isinstance(manifest, dict):
         doc.note(f"No manifest ({why or 'not a JSON object'}).")
         return
-    scalars = [[k, _fmt(v)] for k, v in manifest.items() if isinstance(v, (str, int, float, bool))]
+    scalars = [
+        [k, fmt_value(v)] for k, v in manifest.items() if isinstance(v, (str, int, float, bool))
+    ]
     doc.table(["field", "value"], scalars)
     for eid, why in (manifest.get("not_run") or {}).items():
         doc.note(f"{eid} was NOT RUN: {why}. It has no verdict in this report.")
@@ -210,98 +196,142 @@ def verify_section(doc: Doc) -> None:
         return
     keys = ("item", "name", "instances", "max_error", "tolerance")
     rows = [
-        [_fmt(r.get(k)) for k in keys] + ["PASS" if r.get("passed") else "FAIL"] for r in records
+        [fmt_value(r.get(k)) for k in keys] + ["PASS" if r.get("passed") else "FAIL"]
+        for r in records
     ]
     doc.table(["item", "check", "instances", "max error", "tolerance", "result"], rows)
     n_pass = sum(r[-1] == "PASS" for r in rows)
     doc.para(f"{n_pass} of {len(rows)} checks pass.")
 
 
+#: The verdict table's legend (one line).
+VERDICT_LEGEND = (
+    "Legend: the verdict is on the hypothesis (supported / against / inconclusive), not on "
+    "the code; *consistent with paper* is yes when it is the verdict the paper reached, no "
+    "when it is the other decided one, undecided when inconclusive; *effect* is the tested "
+    "contrast in the cell that decided the verdict (mean paired difference; for h6_gap the "
+    "P1 slope) and the positive control the same for the arm that shows the test can detect "
+    "its effect (a control that does not detect makes the verdict inconclusive); *seeds* and "
+    "*power* come from the power plan (the control's power at its pilot effect); *re-checks* "
+    "counts the re-checks listed below whose verdict equals the main one."
+)
+
+
 def verdict_section(doc: Doc) -> dict[str, Any]:
-    """The verdict table from ``verdicts.json``; returns the records (``{}`` if none)."""
+    """The verdict table from ``verdicts.json`` with its legend, then every re-check and
+    seed block; returns the records (``{}`` if none)."""
     doc.heading(2, "Verdicts")
     verdicts, why = read_json(doc.root / VERDICTS)
     if not isinstance(verdicts, dict) or not verdicts:
         doc.note(f"Skipped: {why or 'verdicts.json holds no verdicts'}.")
         return {}
     verdicts = {k: v if isinstance(v, dict) else {} for k, v in verdicts.items()}
-    robust = any("robust" in v for v in verdicts.values())
     header = [
         "id",
         "hypothesis (or claim)",
         "verdict on the hypothesis",
-        "prediction held",
-        "effect",
-        "95% CI",
+        "paper's position",
+        "consistent with paper",
+        "effect [95% CI]",
         "positive control [95% CI]",
-        "n_runs",
-        *(["robust"] * robust),
+        "seeds",
+        "power",
+        "re-checks agreeing",
     ]
     rows = [
         [
             eid,
             v.get("hypothesis") or v.get("claim", ""),
             v.get("verdict", "?"),
-            _fmt(v.get("prediction_held")),
-            _fmt(v.get("effect")),
-            f"[{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]",
+            v.get("paper_position") or "–",
+            v.get("consistent_with_paper") or "–",
+            fmt_ci(v.get("effect"), v.get("ci_low"), v.get("ci_high")),
             _control(v.get("positive_control")),
-            _fmt(v.get("n_runs")),
-            *([_fmt(v.get("robust"))] if robust else []),
+            fmt_value(v.get("seeds") if v.get("seeds") is not None else v.get("n_runs")),
+            _power(v.get("power")),
+            _agreeing(v),
         ]
         for eid, v in verdicts.items()
     ]
     doc.table(header, rows)
-    doc.para(
-        "Each verdict is on the hypothesis (supported / against / inconclusive), not on the "
-        "code: a hypothesis the paper argues against is expected to come out *against*. "
-        "“Prediction held” says whether the test's outcome is the one the hypothesis "
-        "predicts; the positive control is the effect that shows the test can detect what it "
-        "looks for (a control whose CI includes 0 makes the verdict inconclusive)."
-    )
+    doc.para(VERDICT_LEGEND)
+    recheck_section(doc, verdicts)
     return verdicts
+
+
+def _power(p: Any) -> str:
+    ok = isinstance(p, (int, float)) and not isinstance(p, bool) and np.isfinite(p)
+    return f"{p:.2f}" if ok else "–"
+
+
+def _agreeing(v: dict) -> str:
+    checks = [c for c in v.get("robustness") or [] if isinstance(c, dict)]
+    if not checks:
+        return "–"
+    return f"{sum(c.get('verdict') == v.get('verdict') for c in checks)} of {len(checks)}"
+
+
+def _override(o: Any) -> str:
+    return ", ".join(f"{k} = {fmt_value(x)}" for k, x in o.items()) if isinstance(o, dict) else "–"
+
+
+def recheck_section(doc: Doc, verdicts: dict[str, dict]) -> None:
+    """Each experiment's robustness re-checks (setting, verdict, effect, seeds, power) and the
+    headline effect on each seed block, one table each."""
+    have = {e: v for e, v in verdicts.items() if v.get("robustness") or v.get("stability")}
+    if not have:
+        return
+    doc.heading(3, "Re-checks and seed blocks")
+    doc.para(
+        "Each re-check reruns an experiment with one setting changed, on its confirmatory seed "
+        "block with the planned seeds, and is decided by the same rule; a seed block "
+        "re-measures the headline effect on further instances."
+    )
+    for eid, v in have.items():
+        checks = [c for c in v.get("robustness") or [] if isinstance(c, dict)]
+        if checks:
+            doc.para(f"**{eid}** (main verdict {v.get('verdict', '?')}), re-checks:")
+            doc.table(
+                ["setting changed", "verdict", "effect [95% CI]", "seeds", "power"],
+                [
+                    [
+                        _override(c.get("override")),
+                        c.get("verdict", "?"),
+                        fmt_ci(c.get("effect"), c.get("ci_low"), c.get("ci_high")),
+                        fmt_value(c.get("seeds")),
+                        _power(c.get("power")),
+                    ]
+                    for c in checks
+                ],
+            )
+        blocks = [b for b in v.get("stability") or [] if isinstance(b, dict)]
+        if blocks:
+            doc.para(f"**{eid}**, headline effect per seed block:")
+            doc.table(
+                ["first seed", "effect [95% CI]", "seeds"],
+                [
+                    [
+                        fmt_value(b.get("seed_start")),
+                        fmt_ci(b.get("effect"), b.get("ci_low"), b.get("ci_high")),
+                        fmt_value(b.get("seeds")),
+                    ]
+                    for b in blocks
+                ],
+            )
 
 
 def _control(pc: Any) -> str:
     """``effect [lo, hi]`` of a ``positive_control`` record, ``–`` when absent."""
     if not isinstance(pc, dict):
         return "–"
-    return _ci(pc.get("effect"), pc.get("ci_low"), pc.get("ci_high"))
-
-
-def summary_table(df: pd.DataFrame, rng: np.random.Generator) -> tuple[list[str], list[list]]:
-    """Mean [95% CI] pooled over all settings and seeds (:func:`gvgap.stats.summarize`):
-    pipelines × main metrics, or, without pipelines, one row per bare metric with min/max."""
-    piped = df[df["pipeline"] != ""]
-    metrics = [m for m in MAIN_METRICS if m in set(piped["metric"])]
-    if metrics:
-        t = stats.summarize(piped[piped["metric"].isin(metrics)], ["pipeline", "metric"], rng=rng)
-        cell = {(r.pipeline, r.metric): _ci(r.mean, r.ci_low, r.ci_high) for r in t.itertuples()}
-        n = t.groupby("pipeline")["n"].max()
-        pipes = list(dict.fromkeys(piped["pipeline"]))
-        rows = [[p, *(cell.get((p, m), "–") for m in metrics), _fmt(n.get(p))] for p in pipes]
-        return ["pipeline", *metrics, "n runs"], rows
-    bare = df[df["pipeline"] == ""]
-    names = list(dict.fromkeys(bare["metric"]))[:MAX_BARE_METRICS]
-    t = stats.summarize(bare[bare["metric"].isin(names)], ["metric"], rng=rng)
-    ext = bare.groupby("metric")["value"].agg(["min", "max"])
-    rows = [
-        [
-            r.metric,
-            _ci(r.mean, r.ci_low, r.ci_high),
-            _fmt(ext.at[r.metric, "min"]),
-            _fmt(ext.at[r.metric, "max"]),
-            _fmt(r.n),
-        ]
-        for r in t.itertuples()
-    ]
-    return ["metric", "mean [95% CI]", "min", "max", "n"], rows
+    return fmt_ci(pc.get("effect"), pc.get("ci_low"), pc.get("ci_high"))
 
 
 def experiment_section(
     doc: Doc, eid: str, df: pd.DataFrame, verdict: dict | None, figs: list[dict]
 ) -> None:
-    """Claim, design note, verdict, figures and summary table of one experiment."""
+    """Claim, design note (rendered), verdict, figures and per-cell tables of one
+    experiment."""
     module = _modules().get(eid)
     doc.heading(3, eid)
     claim = getattr(module, "CLAIM", None) or (verdict or {}).get("claim")
@@ -309,8 +339,8 @@ def experiment_section(
     if getattr(module, "NOTES", None):
         doc.para(f"paper_notes.md section: {module.NOTES}.")
     note = str(getattr(module, "DESIGN_NOTE", None) or "").strip()
-    for i, part in enumerate(p for p in note.split("\n\n") if p.strip()):
-        doc.para(("**Design.** " if i == 0 else "") + " ".join(part.split()))
+    if note:  # a note with its own labelled paragraphs (Mechanism, Design, …) gets no lead
+        doc.rich(note, lead="" if "**Design.**" in note else "**Design.** ")
     hypothesis = getattr(module, "HYPOTHESIS", None) or (verdict or {}).get("hypothesis")
     if hypothesis:
         doc.para(f"**Hypothesis.** {hypothesis}")
@@ -318,39 +348,29 @@ def experiment_section(
         doc.para(f"**Prediction (if the hypothesis holds).** {module.PREDICTION}")
     if verdict:
         held = verdict.get("prediction_held")
-        eff = _ci(verdict.get("effect"), verdict.get("ci_low"), verdict.get("ci_high"))
+        eff = fmt_ci(verdict.get("effect"), verdict.get("ci_low"), verdict.get("ci_high"))
+        agree = verdict.get("consistent_with_paper")
         doc.para(
             f"**Verdict on the hypothesis: {verdict.get('verdict', '?')}**"
-            + ("" if held is None else f" (prediction held: {_fmt(held)})")
+            + ("" if held is None else f" (prediction held: {fmt_value(held)})")
             + f"; effect {eff}"
             + (
                 f"; positive control {_control(verdict['positive_control'])}"
                 if isinstance(verdict.get("positive_control"), dict)
                 else ""
             )
-            + f"; {_fmt(verdict.get('n_runs'))} runs. {verdict.get('detail', '')}"
+            + f"; {fmt_value(verdict.get('n_runs'))} runs"
+            + (f"; consistent with the paper: {agree}" if agree else "")
+            + "."
         )
+        if verdict.get("detail"):
+            doc.para(f"Detail: {verdict['detail']}")
     for entry in figs:
         if "error" in entry:
             doc.note(f"Figure {entry['name']} failed: {entry['error']}")
         else:
             doc.figure(doc.root / FIGURES / f"{entry['name']}.png", entry.get("caption", ""))
-    header, rows = summary_table(df, np.random.default_rng(0))
-    if rows:
-        doc.para("Summary, pooled over all settings and seeds (mean [95% bootstrap CI]):")
-        doc.table(header, rows)
-
-
-#: ``experiment`` value of the rows written by ``gvgap llm run`` (its own section).
-LLM_EXPERIMENT = "llm"
-
-
-def llm_section(doc: Doc, root: Path, frame: pd.DataFrame) -> None:
-    """The LLM-scale section (:func:`gvgap.llm.report.section`) with its table figure."""
-    from gvgap.llm.report import section
-
-    png = root / "figures" / "llm_table.png"
-    section(doc, frame, png if png.exists() else None)
+    summary_section(doc, df, module)
 
 
 def write_report(run_dir: str | os.PathLike) -> list[Path]:
@@ -376,7 +396,7 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     title = f"gvgap report: {root.resolve().name}"
     doc = Doc(root)
     doc.heading(1, title)
-    doc.para(f"Generated {now} by gvgap {__version__} (git {F.git_sha() or 'unknown'}).")
+    doc.para(f"Generated {now} by gvgap {__version__} (git {figures.git_sha() or 'unknown'}).")
     manifest_section(doc, df)
     verify_section(doc)
     verdicts = verdict_section(doc)
@@ -384,13 +404,15 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     frames = experiment_frames(df)
     if not frames:
         doc.note("results.parquet holds no experiment rows.")
+    modules = _modules()
     for eid, frame in frames.items():
-        if eid == LLM_EXPERIMENT:
-            llm_section(doc, root, frame)
-            continue
         figs = index.get("experiments", {}).get(eid, [])
+        own = getattr(modules.get(eid), "report_section", None)  # an experiment's own section
+        if callable(own):
+            own(doc, frame, verdicts, figs)
+            continue
         experiment_section(doc, eid, frame, verdicts.get(eid), figs)
     md, page = root / "report.md", root / "report.html"
-    _atomic_text(md, doc.to_markdown())
-    _atomic_text(page, doc.to_html(title))
+    _write_text(md, doc.to_markdown())
+    _write_text(page, doc.to_html(title))
     return [md, page]

@@ -1,9 +1,17 @@
 """``gvgap reproduce``: verify + every experiment (+ robustness re-checks) + figures + report.
 
-The run directory gets ``verify.json``, ``sweeps/<id>/`` (one resumable sweep per experiment
-and per robustness setting), the consolidated ``results.parquet``, ``verdicts.json``
-(DESIGN §5, plus ``robust`` and the per-setting robustness verdicts), ``manifest.json``,
-``figures/``, ``report.md`` and ``report.html``. Re-running in the same directory resumes.
+Phases: (1) ``gvgap verify``; (2) the *power pilot* of every experiment that declares one
+(``PILOT``, on its own instance-seed block): ``plan_seeds(pilot)`` turns it into the seeds of
+the confirmatory sweep and their power; (3) every confirmatory sweep at once — the main sweep
+(``QUICK``/``SETTINGS`` with the planned seeds), the robustness re-checks (``ROBUSTNESS``) and
+the headline re-measured on further seed blocks (``STABILITY_BLOCKS``); (4) verdicts,
+figures, report.
+
+The run directory gets ``verify.json``, ``sweeps/<id>/`` (one resumable sweep per experiment,
+pilot, re-check and stability block), the consolidated ``results.parquet``, ``verdicts.json``
+(docs/design.md §5: the verdict, its seeds and power, the paper's position, the re-checks and the
+stability blocks), ``manifest.json``, ``figures/``, ``report.md`` and ``report.html``.
+Re-running in the same directory resumes (the pilot is the same, so is the plan).
 """
 
 from __future__ import annotations
@@ -22,18 +30,12 @@ from typing import Any
 
 import pandas as pd
 
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.experiments.registry import EXPERIMENTS, get_experiment
-from gvgap.sweep.executors import (
-    SharedPool,
-    SharedRay,
-    check_executor,
-    import_ray,
-    ray_session,
-    resolve_workers,
-    shared_pool,
-)
+from gvgap.sweep.executors import SharedPool, check_executor, resolve_workers, shared_pool
 from gvgap.sweep.progress import SharedProgress, make_progress
+from gvgap.sweep.ray_executor import SharedRay, import_ray, ray_session
 from gvgap.sweep.runner import run_sweep
 from gvgap.sweep.spec import SweepSpec, load_spec, spec_from_data
 from gvgap.sweep.store import RunStore
@@ -72,52 +74,108 @@ def strict_json(obj: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
     text = json.dumps(strict_json(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
-def robust_spec(eid: str, override: dict[str, Any], quick: bool, index: int) -> SweepSpec:
-    """The experiment's QUICK/SETTINGS sweep with ``override`` fixed (those fields leave the
-    grid); fewer seeds in quick mode."""
+def base_data(eid: str, quick: bool) -> dict[str, Any]:
+    """The experiment's QUICK (``--quick``) or SETTINGS sweep as data."""
     module = EXPERIMENTS[eid]
-    base = module.QUICK if quick and hasattr(module, "QUICK") else module.SETTINGS
+    return dict(module.QUICK if quick and hasattr(module, "QUICK") else module.SETTINGS)
+
+
+def robust_spec(
+    eid: str, override: dict[str, Any], quick: bool, index: int, seeds: int | None = None
+) -> SweepSpec:
+    """The experiment's QUICK/SETTINGS sweep with ``override`` fixed (those fields leave the
+    grid), on the main sweep's seed block; ``seeds`` (the power plan's) or fewer seeds in
+    quick mode."""
+    module = EXPERIMENTS[eid]
+    base = base_data(eid, quick)
     grid = {k: v for k, v in base.get("grid", {}).items() if k not in override}
-    seeds = base.get("seeds", 1)
+    n = base.get("seeds", 1)
+    if seeds is None:
+        seeds = getattr(module, "ROBUST_SEEDS", min(n, QUICK_ROBUST_SEEDS)) if quick else n
+    data = {"seeds": seeds, "fixed": {**base.get("fixed", {}), **override}, "grid": grid}
+    if base.get("seed_start"):
+        data["seed_start"] = base["seed_start"]
+    return spec_from_data(eid, data, f"{eid}:ROBUSTNESS[{index}]")
+
+
+def main_spec(eid: str, quick: bool, seeds: int | None) -> SweepSpec:
+    """The main sweep (QUICK/SETTINGS), with the planned ``seeds`` when given."""
+    if seeds is None:
+        return load_spec(eid, quick=quick)
+    data = {**base_data(eid, quick), "seeds": seeds}
+    return spec_from_data(eid, data, f"{eid}:{'QUICK' if quick else 'SETTINGS'}")
+
+
+def stability_spec(eid: str, quick: bool, block: int, seeds: int | None) -> SweepSpec:
+    """The headline cell of ``eid`` (``HEADLINE`` fixed) on the seed block ``block``."""
+    module = EXPERIMENTS[eid]
+    base = base_data(eid, quick)
+    head = dict(module.HEADLINE)
+    grid = {k: v for k, v in base.get("grid", {}).items() if k not in head}
     data = {
-        "seeds": getattr(module, "ROBUST_SEEDS", min(seeds, QUICK_ROBUST_SEEDS))
-        if quick
-        else seeds,
-        "fixed": {**base.get("fixed", {}), **override},
+        "seeds": seeds or base.get("seeds", 1),
+        "seed_start": block,
+        "fixed": {**base.get("fixed", {}), **head},
         "grid": grid,
     }
-    return spec_from_data(eid, data, f"{eid}:ROBUSTNESS[{index}]")
+    return spec_from_data(eid, data, f"{eid}:STABILITY[{block}]")
+
+
+def pilot_spec(eid: str, quick: bool = False) -> SweepSpec | None:
+    """The power pilot of ``eid`` (its ``PILOT`` sweep; with ``quick``, its ``QUICK_PILOT``
+    where it declares one: a pilot of the QUICK design), or None."""
+    module = EXPERIMENTS[eid]
+    name = "QUICK_PILOT" if quick and hasattr(module, "QUICK_PILOT") else "PILOT"
+    pilot = getattr(module, name, None)
+    return None if pilot is None else spec_from_data(eid, pilot, f"{eid}:{name}")
 
 
 @dataclass(frozen=True)
 class SweepJob:
-    """One sweep of ``gvgap reproduce``: an experiment's main sweep (``index`` None) or its
-    robustness re-check ``index`` (``override`` fixed), into its own directory."""
+    """One sweep of ``gvgap reproduce``: an experiment's main sweep (``index`` None), its
+    robustness re-check ``index`` (``override`` fixed) or a stability block (``block``), into
+    its own directory."""
 
     eid: str
     spec: SweepSpec
     out: Path
     index: int | None = None
     override: dict[str, Any] | None = None
+    block: int | None = None
+
+    @property
+    def main(self) -> bool:
+        """Whether this is the experiment's main sweep."""
+        return self.index is None and self.block is None
 
 
-def sweep_jobs(eid: str, out: Path, quick: bool) -> list[SweepJob]:
-    """The main sweep of ``eid``, then one sweep per ``ROBUSTNESS`` override."""
-    jobs = [SweepJob(eid, load_spec(eid, quick=quick), out / "sweeps" / eid)]
-    for i, override in enumerate(getattr(EXPERIMENTS[eid], "ROBUSTNESS", [])):
-        spec = robust_spec(eid, override, quick, i)
+def sweep_jobs(
+    eid: str, out: Path, quick: bool, plan: dict[str, Any] | None = None
+) -> list[SweepJob]:
+    """The main sweep of ``eid``, one sweep per ``ROBUSTNESS`` override and one per
+    ``STABILITY_BLOCKS`` block, with the seeds of ``plan`` (the power plan) when given."""
+    module = EXPERIMENTS[eid]
+    seeds = None if plan is None else plan.get("seeds")
+    robust = None if plan is None else plan.get("robust_seeds", seeds)
+    jobs = [SweepJob(eid, main_spec(eid, quick, seeds), out / "sweeps" / eid)]
+    for i, override in enumerate(getattr(module, "ROBUSTNESS", [])):
+        spec = robust_spec(eid, override, quick, i, robust)
         jobs.append(SweepJob(eid, spec, out / "sweeps" / f"{eid}-robust{i}", i, dict(override)))
+    for block in getattr(module, "STABILITY_BLOCKS", ()):
+        spec = stability_spec(eid, quick, block, seeds)
+        jobs.append(SweepJob(eid, spec, out / "sweeps" / f"{eid}-block{block}", block=block))
     return jobs
 
 
-def verdict_record(eid: str, df: pd.DataFrame) -> dict[str, Any]:
-    """``EXPERIMENTS[eid].verdict(df)`` as JSON (module-level: runs on a pool worker)."""
+def verdict_record(eid: str, df: pd.DataFrame, stability: bool = False) -> dict[str, Any]:
+    """``EXPERIMENTS[eid].verdict(df)`` as JSON, or for a stability block the headline effect
+    (``headline_effect(df)``) (module-level: runs on a pool worker)."""
+    if stability:
+        return dict(EXPERIMENTS[eid].headline_effect(df))
     return EXPERIMENTS[eid].verdict(df).to_json()
 
 
@@ -184,22 +242,107 @@ def run_sweep_job(
     df = run_sweep(
         job.spec, job.out, executor=executor, workers=workers, pool=pool, progress=progress
     )
+    stab = job.block is not None
     if isinstance(pool, SharedPool):
-        return df, pool.submit(verdict_record, job.eid, df).result()
+        return df, pool.submit(verdict_record, job.eid, df, stab).result()
     with _VERDICT_LOCK:  # Ray: sweep threads decide in this process; warnings filters and
-        return df, verdict_record(job.eid, df)  # the bootstrap are not thread-safe
+        return df, verdict_record(job.eid, df, stab)  # the bootstrap are not thread-safe
+
+
+def consistent_with_paper(verdict: str, expects: str | None) -> str:
+    """``yes`` when the verdict on the hypothesis is the one the paper reached, ``no`` when it
+    is the other decided verdict, ``undecided`` when inconclusive (or the paper takes none)."""
+    if expects is None or verdict == "inconclusive":
+        return "undecided"
+    return "yes" if verdict == expects else "no"
 
 
 def experiment_record(
-    main: dict[str, Any], rechecks: list[tuple[dict[str, Any], dict[str, Any]]]
+    main: dict[str, Any],
+    rechecks: list[tuple[dict[str, Any], dict[str, Any], int]],
+    *,
+    eid: str | None = None,
+    plan: dict[str, Any] | None = None,
+    seeds: int | None = None,
+    stability: list[tuple[int, dict[str, Any]]] = (),
 ) -> dict[str, Any]:
-    """The verdict record of an experiment: its main sweep's, plus ``robustness`` (each
-    re-check's override and verdict) and ``robust`` (every re-check agrees; None if none)."""
+    """The verdict record of an experiment (docs/design.md §5): its main sweep's verdict, the
+    paper's
+    position and whether the verdict agrees with it, the seeds behind it and their power
+    (from the pilot's plan), ``robustness`` (each re-check's override, verdict, effect, seeds
+    and power), ``robust`` (every re-check agrees; None if none) and ``stability`` (the
+    headline effect on each further seed block)."""
+    module = EXPERIMENTS.get(eid) if eid else None
+    power = None if plan is None else plan.get("power")
+    robust_power = None if plan is None else plan.get("robust_power", power)
     checks = [
-        {"override": override, **{k: rec[k] for k in ROBUST_FIELDS}} for override, rec in rechecks
+        {
+            "override": override,
+            **{k: rec[k] for k in ROBUST_FIELDS},
+            "seeds": n,
+            "power": robust_power,
+        }
+        for override, rec, n in rechecks
     ]
     robust = all(c["verdict"] == main["verdict"] for c in checks) if checks else None
-    return {**main, "robust": robust, "robustness": checks}
+    expects = getattr(module, "PAPER_EXPECTS", None)
+    out = {
+        **main,
+        "paper_position": getattr(module, "PAPER_POSITION", ""),
+        "consistent_with_paper": consistent_with_paper(main["verdict"], expects),
+        "seeds": seeds,
+        "power": power,
+        "plan": plan,
+        "robust": robust,
+        "robustness": checks,
+    }
+    if stability:
+        out["stability"] = [{"seed_start": b, **rec} for b, rec in stability]
+    return out
+
+
+def run_pilots(
+    eids: list[str],
+    out: Path,
+    executor: str,
+    workers: int,
+    pool: SharedPool | SharedRay | None,
+    quick: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """The power pilot of every experiment that declares one (all at once), and the seed plan
+    each gives (``plan_seeds(pilot)``), printed one line each."""
+    jobs = [(eid, spec) for eid in eids if (spec := pilot_spec(eid, quick)) is not None]
+    if not jobs:
+        return {}
+    total = sum(len(spec.runs()) for _, spec in jobs)
+    progress = SharedProgress(make_progress(total, 0, "pilot"))
+
+    def one(eid: str, spec: SweepSpec) -> pd.DataFrame:
+        return run_sweep(
+            spec,
+            out / "sweeps" / f"{eid}-pilot",
+            executor=executor,
+            workers=workers,
+            pool=pool,
+            progress=progress,
+        )
+
+    frames = run_ordered(
+        [lambda e=e, s=s: one(e, s) for e, s in jobs],
+        len(jobs) if pool is not None else 1,
+        abort=None if pool is None else lambda: pool.close(cancel=True),
+    )
+    progress.close()
+    plans = {}
+    for (eid, spec), df in zip(jobs, frames):
+        plans[eid] = EXPERIMENTS[eid].plan_seeds(df) | {"pilot_seeds": spec.seeds}
+        plan = plans[eid]
+        print(
+            f"== {eid}: power pilot ({spec.seeds} seeds from {spec.seed_start}): "
+            f"{plan['seeds']} seeds, power {plan['power']:.2f}",
+            flush=True,
+        )
+    return plans
 
 
 def run_experiments(
@@ -209,10 +352,12 @@ def run_experiments(
     executor: str,
     workers: int,
     pool: SharedPool | SharedRay | None,
+    plans: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[pd.DataFrame], dict[str, dict[str, Any]]]:
     """Every sweep of every experiment at once (one after another with one local worker),
     each verdict line printed as its experiment completes; results in registry order."""
-    jobs = [job for eid in eids for job in sweep_jobs(eid, out, quick)]
+    plans = plans or {}
+    jobs = [job for eid in eids for job in sweep_jobs(eid, out, quick, plans.get(eid))]
     left = {eid: sum(j.eid == eid for j in jobs) for eid in eids}
     done: dict[int, tuple[pd.DataFrame, dict[str, Any]]] = {}
     total = sum(len(j.spec.runs()) for j in jobs)
@@ -224,7 +369,7 @@ def run_experiments(
         eid = jobs[i].eid
         left[eid] -= 1
         if left[eid] == 0:
-            v = verdicts[eid] = _assemble(eid, jobs, done)
+            v = verdicts[eid] = _assemble(eid, jobs, done, plans)
             print(
                 f"== {eid}: verdict {v['verdict']}  effect {v['effect']:.4g} "
                 f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]  robust: {v['robust']}",
@@ -239,15 +384,35 @@ def run_experiments(
         abort=None if pool is None else lambda: pool.close(cancel=True),
     )
     progress.close()
-    frames = [done[i][0] for i, j in enumerate(jobs) if j.index is None]
+    frames = [done[i][0] for i, j in enumerate(jobs) if j.main]
     return frames, {eid: verdicts[eid] for eid in eids}
 
 
-def _assemble(eid: str, jobs: list[SweepJob], done: dict[int, Any]) -> dict[str, Any]:
+def _assemble(
+    eid: str, jobs: list[SweepJob], done: dict[int, Any], plans: dict[str, Any]
+) -> dict[str, Any]:
     mine = [i for i, j in enumerate(jobs) if j.eid == eid]
-    main = next(done[i][1] for i in mine if jobs[i].index is None)
-    rechecks = [(jobs[i].override, done[i][1]) for i in mine if jobs[i].index is not None]
-    return experiment_record(main, rechecks)
+    main_i = next(i for i in mine if jobs[i].main)
+    rechecks = [
+        (jobs[i].override, done[i][1], jobs[i].spec.seeds)
+        for i in mine
+        if jobs[i].index is not None
+    ]
+    stab = [(jobs[main_i].spec.seed_start, _headline(eid, done[main_i][0]))]
+    stab += [(jobs[i].block, done[i][1]) for i in mine if jobs[i].block is not None]
+    return experiment_record(
+        done[main_i][1],
+        rechecks,
+        eid=eid,
+        plan=plans.get(eid),
+        seeds=jobs[main_i].spec.seeds,
+        stability=stab if len(stab) > 1 else (),
+    )
+
+
+def _headline(eid: str, df: pd.DataFrame) -> dict[str, Any]:
+    fn = getattr(EXPERIMENTS[eid], "headline_effect", None)
+    return dict(fn(df)) if fn is not None else {}
 
 
 @contextlib.contextmanager
@@ -303,8 +468,13 @@ def reproduce(
             + "; ".join(f"{eid}: {why}" for eid, why in skipped.items())
         )
     for eid in runnable:  # every sweep directory may take its spec (reads only)
+        if (spec := pilot_spec(eid, quick)) is not None:
+            RunStore(out / "sweeps" / f"{eid}-pilot").check(spec)
+        planned = getattr(EXPERIMENTS[eid], "PILOT", None) is not None
         for job in sweep_jobs(eid, out, quick):
-            RunStore(job.out).check(job.spec)
+            # with a pilot the seeds are not known yet: everything but the spec itself is
+            # checked now (a file in the way, another experiment's runs), the spec once planned
+            RunStore(job.out).check(job.spec, append=planned)
     _writable_dir(out)
     t0 = time.perf_counter()
     n_inst = QUICK_VERIFY_INSTANCES if quick else FULL_VERIFY_INSTANCES
@@ -316,15 +486,17 @@ def reproduce(
         print(f"== {eid}: NOT RUN, {why}; no verdict recorded", flush=True)
     print(f"== {len(runnable)} experiments at once on {n_workers} workers ({executor})", flush=True)
     with backend(executor, n_workers) as pool:
-        frames, verdicts = run_experiments(runnable, out, quick, executor, n_workers, pool)
+        plans = run_pilots(runnable, out, executor, n_workers, pool, quick)
+        for eid, plan in plans.items():  # the planned sweeps may take their directories
+            for job in sweep_jobs(eid, out, quick, plan):
+                RunStore(job.out).check(job.spec)
+        frames, verdicts = run_experiments(runnable, out, quick, executor, n_workers, pool, plans)
         results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        tmp = out / "results.parquet.tmp"
-        results.to_parquet(tmp, index=False)
-        os.replace(tmp, out / "results.parquet")
+        atomic_write(out / "results.parquet", lambda tmp: results.to_parquet(tmp, index=False))
         _write_json(out / "verdicts.json", verdicts)
         _write_json(
             out / "manifest.json",
-            _manifest(quick, time.perf_counter() - t0) | {"not_run": skipped},
+            _manifest(quick, time.perf_counter() - t0) | {"not_run": skipped, "plans": plans},
         )
         from gvgap.report import write_plots, write_report
 
@@ -345,6 +517,8 @@ def _manifest(quick: bool, seconds: float) -> dict[str, Any]:
             "QUICK": getattr(m, "QUICK", None),
             "SETTINGS": getattr(m, "SETTINGS", None),
             "ROBUSTNESS": getattr(m, "ROBUSTNESS", None),
+            "PILOT": getattr(m, "PILOT", None),
+            "STABILITY_BLOCKS": getattr(m, "STABILITY_BLOCKS", None),
         }
         for eid, m in EXPERIMENTS.items()
     }

@@ -1,10 +1,10 @@
 """Bootstrap confidence intervals, paired differences and the probability of improvement.
 
-Pure functions on arrays and tidy frames (DESIGN §5 ``results.parquet`` layout); no I/O and
+Pure functions on arrays and tidy frames (docs/design.md §5 ``results.parquet`` layout); no I/O and
 no global random state: every resampling draws from the ``numpy.random.Generator`` passed in,
 so every number is reproducible given its seed.
 
-Estimators (named, as DESIGN §3 asks):
+Estimators (named, as docs/design.md §3 asks):
 
 - mean and its CI: sample mean x̄ = (1/n) Σ_i x_i with a bias-corrected and accelerated (BCa)
   bootstrap interval (:func:`scipy.stats.bootstrap`), falling back to the percentile interval
@@ -387,9 +387,47 @@ def with_column(df: pd.DataFrame, col: str) -> pd.DataFrame:
     return df.merge(values, left_on="run_id", right_index=True, how="left")
 
 
+def at_cell(df: pd.DataFrame, cell: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows of a cell: for every ``cell`` item whose column the table has, the column equals
+    the value (any of them for a list, tuple or set; a NaN value matches NaN). Fields absent
+    from the table are ignored."""
+    mask = np.ones(len(df), bool)
+    for col, val in cell.items():
+        if col not in df.columns:
+            continue
+        if isinstance(val, (list, tuple, set)):
+            hit = df[col].isin(list(val))
+        else:
+            hit = df[col].isna() if _is_nan(val) else df[col] == val
+        mask &= hit.to_numpy(bool)
+    return df[mask]
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and bool(np.isnan(value)))
+
+
 def select(df: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
-    """Rows with ``df[col] == value`` (or ``isin`` for a list/tuple) for every ``where`` item."""
+    """:func:`at_cell` on columns or bare metrics (:func:`with_column`): rows with
+    ``df[col] == value`` (or ``isin`` for a list/tuple) for every ``where`` item."""
     for col, val in (where or {}).items():
-        df = with_column(df, col)
-        df = df[df[col].isin(val) if isinstance(val, (list, tuple, set)) else df[col] == val]
+        df = at_cell(with_column(df, col), {col: val})
     return df
+
+
+def runs_wide(df: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """One row per run: its identity columns (Config fields, seeds) and one column per name in
+    ``names`` — ``"<pipeline>/<metric>"`` or a bare metric — holding that run's value (the
+    mean of repeated rows; NaN where the run lacks it). Runs with none of ``names`` are
+    dropped."""
+    key = [c for c in df.columns if c not in NON_KEY_COLUMNS]
+    pipe = df["pipeline"].fillna("").astype(str)
+    label = np.where(pipe == "", df["metric"].astype(str), pipe + "/" + df["metric"].astype(str))
+    mask = np.isin(label, list(names))
+    sub = df.loc[mask, ["run_id", "value"]].assign(name=label[mask])
+    if sub.empty:
+        return pd.DataFrame(columns=["run_id", *key, *names])
+    wide = sub.pivot_table(index="run_id", columns="name", values="value", aggfunc="mean")
+    wide = wide.reindex(columns=list(names))
+    ident = df.drop_duplicates("run_id").set_index("run_id")[key]
+    return ident.join(wide, how="inner").reset_index()

@@ -1,4 +1,4 @@
-"""``gvgap verify``: the theorems of THEORY §6 (items 1–8) checked numerically.
+"""``gvgap verify``: the theorems of docs/theory.md §6 (items 1–8) checked numerically.
 
 Each check runs on ``instances`` random problems (random V, H, m, β, π_ref, r*, datasets from
 a handful of pairs to full coverage) and reports the maximum error against its tolerance.
@@ -19,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gvgap import verify_checks as C
-from gvgap.errors import UserError
+from gvgap import verify_checks
+from gvgap.atomic import atomic_write
+from gvgap.errors import UserError, check_int
+from gvgap.inference import IDENTITY_TOL, within_tolerance
+from gvgap.sweep.executors import sigint_here_only, terminate_pool
 
 #: Tolerance of every exact identity (float64 round-off in closed forms).
-TOL_IDENTITY = 1e-9
+TOL_IDENTITY = IDENTITY_TOL
 #: Tolerance where two converged optimisers are compared (‖∇‖ ≤ 1e-9 at both ends).
 TOL_OPTIMUM = 1e-6
 #: Control: two pipelines "agree" on an instance when max |ΔP| is below this.
@@ -34,7 +37,7 @@ CONTROL_MAX_AGREE = 0.1
 
 @dataclass(frozen=True)
 class Check:
-    """A named numerical check of one THEORY §6 item."""
+    """A named numerical check of one docs/theory.md §6 item."""
 
     name: str
     item: str
@@ -44,18 +47,20 @@ class Check:
 
 
 CHECKS: tuple[Check, ...] = (
-    Check("gibbs_softvi_kl", "1", C.check_gibbs, TOL_IDENTITY),
-    Check("local_rm_normalisation", "2", C.check_local_normalisation, TOL_IDENTITY),
-    Check("isomorphic_reference_free", "3", C.check_isomorphic_reference_free, TOL_OPTIMUM),
-    Check("isomorphic_kl_ref", "4", C.check_isomorphic_kl_ref, TOL_OPTIMUM),
-    Check("sft_maxent_irl", "5", C.check_sft_irl, TOL_OPTIMUM),
-    Check("spin_fixed_point", "6", C.check_spin_fixed_point, TOL_OPTIMUM),
-    Check("relabel_no_information", "7", C.check_relabel, TOL_OPTIMUM),
-    Check("rsim_online_eq_restricted_mle", "8", C.check_rsim, TOL_OPTIMUM),
+    Check("gibbs_softvi_kl", "1", verify_checks.check_gibbs, TOL_IDENTITY),
+    Check("local_rm_normalisation", "2", verify_checks.check_local_normalisation, TOL_IDENTITY),
+    Check(
+        "isomorphic_reference_free", "3", verify_checks.check_isomorphic_reference_free, TOL_OPTIMUM
+    ),
+    Check("isomorphic_kl_ref", "4", verify_checks.check_isomorphic_kl_ref, TOL_OPTIMUM),
+    Check("sft_maxent_irl", "5", verify_checks.check_sft_irl, TOL_OPTIMUM),
+    Check("spin_fixed_point", "6", verify_checks.check_spin_fixed_point, TOL_OPTIMUM),
+    Check("relabel_no_information", "7", verify_checks.check_relabel, TOL_OPTIMUM),
+    Check("rsim_online_eq_restricted_mle", "8", verify_checks.check_rsim, TOL_OPTIMUM),
     Check(
         "control_non_isomorphic_differ",
         "control",
-        C.check_control_non_isomorphic,
+        verify_checks.check_control_non_isomorphic,
         CONTROL_MAX_AGREE,
         control=True,
     ),
@@ -90,8 +95,9 @@ def evaluate(check_idx: int, errors: list[float]) -> dict:
     if check.control:
         stat = float(np.mean(errs < CONTROL_MIN_DIFF))
         detail = f"median |ΔP| = {np.median(errs):.3g}; agree-fraction"
+        passed = bool(stat <= check.tolerance)
     else:
-        stat = float(np.max(errs)) if errs.size else float("nan")
+        passed, stat = within_tolerance(errs, check.tolerance)
         detail = "max error"
     return {
         "name": check.name,
@@ -99,7 +105,7 @@ def evaluate(check_idx: int, errors: list[float]) -> dict:
         "instances": int(errs.size),
         "max_error": stat,
         "tolerance": check.tolerance,
-        "passed": bool(stat <= check.tolerance),
+        "passed": passed,
         "statistic": detail,
         "used_by": list(HYPOTHESIS_IDENTITIES.get(check.name, ())),
     }
@@ -113,7 +119,13 @@ def run_checks(instances: int, seed: int, workers: int | None = None) -> list[di
         errs = [_instance(j) for j in jobs]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            errs = list(pool.map(_instance, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+            try:
+                with sigint_here_only():  # map submits every job: the workers start here
+                    done = pool.map(_instance, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+                errs = list(done)
+            except BaseException:  # Ctrl-C (the workers ignore it) or a failed check
+                terminate_pool(pool)
+                raise
     return [evaluate(c, errs[c * instances : (c + 1) * instances]) for c in range(len(CHECKS))]
 
 
@@ -136,14 +148,9 @@ def run_verify(
     instances: int = 200, seed: int = 0, json_path: str | None = None, workers: int | None = None
 ) -> int:
     """CLI entry: print the table, optionally write JSON; exit code 0 iff all pass."""
-    if instances < 1:
-        raise UserError(f"--instances must be >= 1, got {instances}")
+    check_int("--instances", instances, 1)
     if json_path is not None:
-        parent = Path(json_path).resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UserError(
-                f"--json: cannot write to {json_path!r} (directory missing or not writable)"
-            )
+        check_json_target(json_path)
     t0 = time.perf_counter()
     records = run_checks(instances, seed, workers)
     print(format_table(records))
@@ -153,7 +160,25 @@ def run_verify(
         f"({instances} instances each, seed {seed}, {time.perf_counter() - t0:.1f} s)"
     )
     if json_path is not None:
-        tmp = Path(json_path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(records, indent=2))
-        os.replace(tmp, json_path)
+        atomic_write(json_path, json.dumps(records, indent=2))
     return 0 if n_fail == 0 else 1
+
+
+def check_json_target(json_path: str) -> None:
+    """Refuse, before any check runs, a ``--json`` path that cannot be written: a probe file
+    is created and removed beside it (``os.access`` says yes to root even on /proc), and an
+    existing target must be a regular file (os.replace would swap out a device or FIFO).
+
+    Raises:
+        UserError: naming --json and the reason.
+    """
+    path = Path(json_path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"--json {json_path}: exists and is not a regular file")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"--json {json_path}: cannot write there ({reason})") from None

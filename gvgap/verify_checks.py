@@ -1,8 +1,8 @@
-"""One function per numerically testable claim of THEORY §6 (items 1–8) plus a control.
+"""One function per numerically testable claim of docs/theory.md §6 (items 1–8) plus a control.
 
 Each check draws one random instance from ``rng`` and returns the instance's error (a float;
 the suite compares the maximum over instances with the check's tolerance). Optimum *sets*
-(THEORY §3): with λ = 0 and partial coverage the likelihood is flat off the data, so two
+(docs/theory.md §3): with λ = 0 and partial coverage the likelihood is flat off the data, so two
 pipelines may return different members; there the error is the larger of (i) the gap between
 the two pipelines' objective values, each evaluated at the other's output, and (ii) the
 disagreement on the identified part (reward margins of the data pairs). With λ > 0 (strictly
@@ -13,12 +13,12 @@ max-abs difference of the output leaf probabilities.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_expit
 
-from gvgap import theory as T
-from gvgap.data import Demos, Preferences
+from gvgap import theory
+from gvgap.data import Demos, Preferences, soft_labels
 from gvgap.envs.tree_env import TreeEnv, make_env
 from gvgap.learners import dpo, fit_reward, maxent_irl, online_dpo_exact, rlhf, sft, spin
+from gvgap.losses import bt_rows
 from gvgap.policies import LogLinearPolicy, SoftOptimalPolicy, TabularPolicy, markov_features
 from gvgap.rewards import LinearReward, LocalReward, TabularReward
 
@@ -64,8 +64,7 @@ def random_soft_pairs(env: TreeEnv, rng: np.random.Generator, full: bool = False
         keep = rng.random(x.size) < rng.uniform(0.1, 1.0)
         keep[rng.integers(x.size)] = True
         x, a, b = x[keep], a[keep], b[keep]
-    y = expit(env.r_star[x, a] - env.r_star[x, b])
-    return Preferences(np.r_[x, x], np.r_[a, b], np.r_[b, a], np.r_[y, 1 - y])
+    return soft_labels(x, a, b, env.r_star)
 
 
 def random_demos(env: TreeEnv, rng: np.random.Generator, full: bool) -> Demos:
@@ -83,16 +82,13 @@ def _pmax(lp1: np.ndarray, lp2: np.ndarray) -> float:
 
 def bt_objective(r: np.ndarray, data: Preferences) -> float:
     """Unregularised BT negative log-likelihood L_D(r) (weighted mean)."""
-    margin = r[data.prompt, data.chosen] - r[data.prompt, data.rejected]
-    return float(-(data.weight @ log_expit(margin)) / data.weight.sum())
+    return float(data.weight @ bt_rows(data.margin(r)) / data.weight.sum())
 
 
 def optimum_set_error(r1: np.ndarray, r2: np.ndarray, data: Preferences) -> float:
     """Set comparison at λ = 0: objective values and identified margins must agree."""
     value_gap = abs(bt_objective(r1, data) - bt_objective(r2, data))
-    m1 = r1[data.prompt, data.chosen] - r1[data.prompt, data.rejected]
-    m2 = r2[data.prompt, data.chosen] - r2[data.prompt, data.rejected]
-    return max(value_gap, float(np.max(np.abs(m1 - m2))))
+    return max(value_gap, float(np.max(np.abs(data.margin(r1) - data.margin(r2)))))
 
 
 # ------------------------------------------------------------------ claims 1–2
@@ -103,20 +99,21 @@ def check_gibbs(rng: np.random.Generator) -> float:
     enumeration; Σ_h per-token KL = trajectory KL."""
     env = random_env(rng)
     logits = rng.normal(size=env.r_star.shape) * 2
-    lp = T.log_normalize_leaf(logits)
+    lp = theory.log_normalize_leaf(logits)
     lhs = env.objective(lp)
-    rhs = env.j_star - env.beta * T.kl(lp, env.logp_star, env.rho)
-    brute = T.soft_optimal_leaf_logp(env.logp_ref, env.r_star, env.beta)
-    node_lp = T.leaf_to_node_logp(lp, env.vocab, env.horizon)
-    kl_tok = T.per_token_kl(node_lp, env.logpi_ref, env.rho)
+    rhs = env.j_star - env.beta * theory.kl(lp, env.logp_star, env.rho)
+    brute = theory.soft_optimal_leaf_logp(env.logp_ref, env.r_star, env.beta)
+    node_lp = theory.leaf_to_node_logp(lp, env.vocab, env.horizon)
+    kl_tok = theory.per_token_kl(node_lp, env.logpi_ref, env.rho)
     return max(
         abs(lhs - rhs),
         float(np.max(np.abs(brute - env.logp_star))),
-        abs(kl_tok - T.kl(lp, env.logp_ref, env.rho)),
+        abs(kl_tok - theory.kl(lp, env.logp_ref, env.rho)),
         float(
             np.max(
                 np.abs(
-                    env.soft_star.log_z - T.log_partition_leaf(env.logp_ref, env.r_star, env.beta)
+                    env.soft_star.log_z
+                    - theory.log_partition_leaf(env.logp_ref, env.r_star, env.beta)
                 )
             )
         ),
@@ -128,9 +125,9 @@ def check_local_normalisation(rng: np.random.Generator) -> float:
     env = random_env(rng)
     pol = TabularPolicy(env.n_prompts, env.vocab, env.horizon)
     lp = pol.leaf_logp(rng.normal(size=pol.n_params) * 2)
-    r_pi = T.local_reward(lp, env.logp_ref, env.beta)
-    log_z = T.log_partition_leaf(env.logp_ref, r_pi, env.beta)
-    back = T.soft_optimal(env.logpi_ref, r_pi, env.beta)
+    r_pi = theory.local_reward(lp, env.logp_ref, env.beta)
+    log_z = theory.log_partition_leaf(env.logp_ref, r_pi, env.beta)
+    back = theory.soft_optimal(env.logpi_ref, r_pi, env.beta)
     return max(float(np.max(np.abs(log_z))), _pmax(back, lp))
 
 
@@ -150,7 +147,7 @@ def _dpo_vs_rlhf(env: TreeEnv, rng: np.random.Generator, reference_free: bool) -
     on = rlhf(TabularReward(*env.r_star.shape), env, data, lam=lam, gtol=GTOL)
     if lam > 0:
         return _pmax(off_logp, on.logp)
-    return optimum_set_error(T.local_reward(off_logp, env.logp_ref, env.beta), on.r_hat, data)
+    return optimum_set_error(theory.local_reward(off_logp, env.logp_ref, env.beta), on.r_hat, data)
 
 
 def check_isomorphic_reference_free(rng: np.random.Generator) -> float:

@@ -39,7 +39,16 @@ def test_bench_vs_naive_both_codes_reach_the_same_objective() -> None:
         assert gv_grad <= 1e-9  # gvgap certifies its fits
         # same convex problems; the naive L-BFGS-B stops at ‖∇‖ ~ 1e-5, hence |ΔJ| ≲ 1e-3
         assert dj < 1e-2, row
-    assert "TOTAL CPU gvgap" in out
+    assert "TOTAL CPU gvgap" in out and "TOTAL CPU of measuring the gap" in out
+
+
+def test_bench_ladder_prints_every_tree_and_the_slope() -> None:
+    out = run_script("benchmarks/bench_ladder.py", "--max-h", "6", "--reps", "1")
+    rows = [ln.split() for ln in out.splitlines() if re.match(r"\s*\d+\s+\d", ln)]
+    assert [int(r[0]) for r in rows] == [81, 243, 729]
+    for r in rows:  # cold ≥ warm: the measurement is work the cached run skips
+        assert float(r[1]) >= 0 and float(r[4]) >= 0
+    assert "log-log slope" in out
 
 
 def test_bench_softvi_kernels_agree_with_the_library() -> None:

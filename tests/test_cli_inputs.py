@@ -1,5 +1,5 @@
 """Malformed input through the real CLI: exit code 2, one line naming the field, no traceback,
-and an existing sweep directory left byte-for-byte as it was (DESIGN §4).
+and an existing sweep directory left byte-for-byte as it was (docs/design.md §4).
 
 Most cases run as concurrent ``python -m gvgap.cli`` subprocesses (a module fixture); the
 variations listed in :data:`IN_PROCESS` call ``gvgap.cli.main`` directly to keep the suite fast.
@@ -7,6 +7,7 @@ variations listed in :data:`IN_PROCESS` call ``gvgap.cli.main`` directly to keep
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -180,6 +181,16 @@ CASES: dict[str, tuple[list[str], str | None, str]] = {
         GOOD,
         "--address",
     ),
+    # issue 19: non-regular files, empty paths, unwritable --json: refused before any work
+    "toml_dev_zero": (["sweep", "/dev/zero", "--out", "{tmp}/o_dev_zero"], None, "regular"),
+    "toml_fifo": (["sweep", "{tmp}/fifo.toml", "--out", "{tmp}/o_fifo"], None, "regular"),
+    "toml_huge": (["sweep", "{f}", "--out", "{tmp}/o_huge"], "#" * (1 << 21), "larger than"),
+    "out_empty": (["sweep", "{f}", "--out", ""], GOOD, "--out: empty path"),
+    "reproduce_out_empty": (["reproduce", "--out", ""], None, "--out: empty path"),
+    "plot_out_empty": (["plot", "{out}", "--out", ""], None, "--out: empty path"),
+    "verify_json_empty": (["verify", "--json", ""], None, "--json: empty path"),
+    "verify_json_proc": (["verify", "--instances", "1", "--json", "/proc/x.json"], None, "--json"),
+    "verify_json_devnull": (["verify", "--json", "/dev/null"], None, "not a regular file"),
     "id_did_you_mean": (["run", "h6_gp"], None, "did you mean 'h6_gap'"),
     "field_did_you_mean": (["run", "c1_gibbs", "--set", "vocabb=2"], None, "did you mean 'vocab'"),
     "show_unknown": (["show", "c1_gibs"], None, "did you mean 'c1_gibbs'"),
@@ -228,6 +239,12 @@ IN_PROCESS = frozenset(
         "address_without_ray",
         "field_did_you_mean",
         "show_unknown",
+        "toml_huge",
+        "out_empty",
+        "reproduce_out_empty",
+        "plot_out_empty",
+        "verify_json_empty",
+        "verify_json_devnull",
     }
 )
 
@@ -273,6 +290,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
     (tmp / "adir.toml").mkdir()
     (tmp / "foreign").mkdir()
     (tmp / "foreign" / "manifest.json").write_text('{"experiment": "other_exp"}')
+    os.mkfifo(tmp / "fifo.toml")  # opening it would block: refused before it is opened
     before = {"good": _snapshot(out), "foreign": _snapshot(tmp / "foreign")}
     spawned = [n for n in CASES if n not in IN_PROCESS]
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -303,3 +321,31 @@ def test_existing_results_are_untouched(corpus: tuple[dict, dict, dict]) -> None
     _, before, after = corpus
     assert after == before
     assert "results.parquet" in before["good"] and "manifest.json" in before["good"]
+
+
+def test_refused_inputs_create_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: ``--out ""`` wrote into the current directory, ``sweep /dev/zero`` read
+    without bound, and ``verify --json /proc/x.json`` ran every check before failing. Each
+    is refused on one line before any work: nothing appears in the current directory, and
+    verify refuses before a single check runs."""
+    from gvgap import verify
+
+    def no_checks(*args, **kwargs):
+        raise AssertionError("a check ran before --json was validated")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(verify, "run_checks", no_checks)
+    good = tmp_path.parent / f"{tmp_path.name}-good.toml"
+    good.write_text(GOOD)
+    for argv in (
+        ["sweep", str(good), "--out", ""],
+        ["sweep", str(good), "--out", "  "],
+        ["sweep", "/dev/zero", "--out", "o"],
+        ["reproduce", "--quick", "--out", ""],
+        ["verify", "--json", "/proc/x.json"],
+        ["verify", "--json", str(tmp_path / "missing" / "x.json")],
+    ):
+        code, out, err = _in_process(argv)
+        assert code == 2 and err.count("\n") == 1 and out == "", (argv, err)
+    assert list(tmp_path.iterdir()) == []
+    good.unlink()

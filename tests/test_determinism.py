@@ -1,4 +1,4 @@
-"""Same seeds ⇒ identical arrays; the core never touches numpy's global RNG (DESIGN §3)."""
+"""Same seeds ⇒ identical arrays; the core never touches numpy's global RNG (docs/design.md §3)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import random_env
 
-from gvgap import data as D
-from gvgap import learners as L
+from gvgap import learners
+from gvgap.data import label_pairs, sample_demos, sample_leaves, sample_pairs
 from gvgap.envs.tree_env import make_env
 from gvgap.policies import TabularPolicy
 from gvgap.rewards import TabularReward
@@ -27,17 +27,20 @@ def _pipeline(seed: int) -> dict[str, np.ndarray]:
         rng=inst,
     )
     rng = np.random.default_rng([seed, 1])
-    prefs = D.sample_pairs(env.logp_ref, env.r_star, env.rho, 16, rng, label="bt", flip=0.1)
-    demos = D.sample_demos(env.logp_star, env.rho, 8, rng)
+    prefs = sample_pairs(env.logp_ref, env.r_star, env.rho, 16, rng, label="bt", flip=0.1)
+    demos = sample_demos(env.logp_star, env.rho, 8, rng)
     pol = TabularPolicy(2, 2, 3, init=env.logpi_ref)
-    dpo = L.dpo(pol, env, prefs, lam=0.1)
-    rlhf = L.rlhf(TabularReward(2, 8), env, prefs, lam=0.1)
-    sft = L.sft(pol, env, demos, lam=0.1)
-    odpo = L.online_dpo_sampled(
+    dpo = learners.dpo(pol, env, prefs, lam=0.1)
+    rlhf = learners.rlhf(TabularReward(2, 8), env, prefs, lam=0.1)
+    sft = learners.sft(pol, env, demos, lam=0.1)
+    odpo = learners.online_dpo_sampled(
         pol, env, rlhf.r_hat, rng, lam=0.1, iters=2, prompts_per_iter=8, n_samples=3
     )
-    sel, scores = L.select_lambda(
-        lambda d, lam: L.dpo(pol, env, d, lam=lam), prefs, split_seed=seed, grid=(0.01, 0.1, 1.0)
+    sel, scores = learners.select_lambda(
+        lambda d, lam: learners.dpo(pol, env, d, lam=lam),
+        prefs,
+        split_seed=seed,
+        grid=(0.01, 0.1, 1.0),
     )
     return {
         "r_star": env.r_star,
@@ -72,7 +75,7 @@ def test_core_leaves_global_rng_untouched():
     state = np.random.get_state()
     _pipeline(7)
     env = random_env(8, vocab=3, horizon=2, n_prompts=2)
-    D.label_pairs(
+    label_pairs(
         np.zeros(4, int),
         np.arange(4),
         np.arange(4),
@@ -92,11 +95,9 @@ def test_labelling_deterministic(tie):
     outs = []
     for _ in range(2):
         rng = np.random.default_rng(10)
-        a = D.sample_leaves(env.logp_ref, np.zeros(50, int), rng)
-        b = D.sample_leaves(env.logp_ref, np.zeros(50, int), rng)
-        outs.append(
-            D.label_pairs(np.zeros(50, int), a, b, r, rng, label="argmax", tie=tie, flip=0.2)
-        )
+        a = sample_leaves(env.logp_ref, np.zeros(50, int), rng)
+        b = sample_leaves(env.logp_ref, np.zeros(50, int), rng)
+        outs.append(label_pairs(np.zeros(50, int), a, b, r, rng, label="argmax", tie=tie, flip=0.2))
     for f in ("prompt", "chosen", "rejected", "weight"):
         assert np.array_equal(getattr(outs[0], f), getattr(outs[1], f))
 

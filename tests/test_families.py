@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp
 
-from gvgap.envs import features as F
+from gvgap.envs import features
 from gvgap.envs.families import FAMILIES, gap_descriptor, make_family
 from gvgap.envs.tree_env import make_env
 from gvgap.errors import UserError
@@ -31,50 +31,58 @@ def test_leaf_tokens_match_hand_enumeration():
 
 def test_feature_builders_hand_case():
     # counts (#0, #1): (0,0)->(2,0), (0,1)->(1,1), (1,0)->(1,1), (1,1)->(0,2)
-    np.testing.assert_array_equal(F.token_counts(TOK_22, 2), [[2, 0], [1, 1], [1, 1], [0, 2]])
+    np.testing.assert_array_equal(
+        features.token_counts(TOK_22, 2), [[2, 0], [1, 1], [1, 1], [0, 2]]
+    )
     # position_token columns (h0:a=0, h0:a=1, h1:a=0, h1:a=1)
     np.testing.assert_array_equal(
-        F.position_token(TOK_22, 2),
+        features.position_token(TOK_22, 2),
         [[1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 1]],
     )
     # bigrams: each leaf has one window, its own bigram, column 2 g_1 + g_2 = leaf index
-    np.testing.assert_array_equal(F.ngram_indicators(TOK_22, 2, 2), np.eye(4))
+    np.testing.assert_array_equal(features.ngram_indicators(TOK_22, 2, 2), np.eye(4))
     # unigrams are token counts
-    np.testing.assert_array_equal(F.ngram_indicators(TOK_22, 2, 1), F.token_counts(TOK_22, 2))
+    np.testing.assert_array_equal(
+        features.ngram_indicators(TOK_22, 2, 1), features.token_counts(TOK_22, 2)
+    )
 
 
 def test_ngram_counts_repeated_windows():
     # V=3: (1,1,1) has the bigram (1,1) (column 3*1+1 = 4) twice; (2,0,1): (2,0)->6, (0,1)->1
-    phi = F.ngram_indicators(np.array([[1, 1, 1], [2, 0, 1]]), 3, 2)
+    phi = features.ngram_indicators(np.array([[1, 1, 1], [2, 0, 1]]), 3, 2)
     expected = np.zeros((2, 9))
     expected[0, 4] = 2
     expected[1, [6, 1]] = 1
     np.testing.assert_array_equal(phi, expected)
     with pytest.raises(UserError, match="ngram_n"):
-        F.ngram_indicators(TOK_22, 2, 3)
+        features.ngram_indicators(TOK_22, 2, 3)
 
 
 def test_check_indicators_hand_case():
     # sums 0,1,1,2: ≡ 0 (mod 2) for leaves 0 and 3; last = first for leaves 0 and 3;
     # motif (0,1) only in leaf 1
-    np.testing.assert_array_equal(F.check_indicator(TOK_22, 2, "sum_mod"), [1, 0, 0, 1])
-    np.testing.assert_array_equal(F.check_indicator(TOK_22, 2, "ends_with_first"), [1, 0, 0, 1])
-    np.testing.assert_array_equal(F.check_indicator(TOK_22, 2, "motif", motif=(0, 1)), [0, 1, 0, 0])
+    np.testing.assert_array_equal(features.check_indicator(TOK_22, 2, "sum_mod"), [1, 0, 0, 1])
+    np.testing.assert_array_equal(
+        features.check_indicator(TOK_22, 2, "ends_with_first"), [1, 0, 0, 1]
+    )
+    np.testing.assert_array_equal(
+        features.check_indicator(TOK_22, 2, "motif", motif=(0, 1)), [0, 1, 0, 0]
+    )
 
 
 def test_dictionary_subsets_and_dense():
     tok = leaf_tokens(3, 3)
-    full = F.dictionary("position_token", tok, 3, np.random.default_rng(0))
-    sub = F.dictionary("position_token", tok, 3, np.random.default_rng(0), k=4)
+    full = features.dictionary("position_token", tok, 3, np.random.default_rng(0))
+    sub = features.dictionary("position_token", tok, 3, np.random.default_rng(0), k=4)
     assert full.shape == (27, 9) and sub.shape == (27, 4)
     assert all(any(np.array_equal(c, f) for f in full.T) for c in sub.T)
-    d1 = F.dictionary("dense", tok, 3, np.random.default_rng(5), k=3)
-    np.testing.assert_array_equal(d1, F.dense_random(27, 3, np.random.default_rng(5)))
+    d1 = features.dictionary("dense", tok, 3, np.random.default_rng(5), k=3)
+    np.testing.assert_array_equal(d1, features.dense_random(27, 3, np.random.default_rng(5)))
     with pytest.raises(UserError, match="k must be in"):
-        F.dictionary("counts", tok, 3, np.random.default_rng(0), k=4)
+        features.dictionary("counts", tok, 3, np.random.default_rng(0), k=4)
     with pytest.raises(UserError, match="dictionary"):
-        F.dictionary("nope", tok, 3, np.random.default_rng(0), k=1)
-    z = F.standardize(full)
+        features.dictionary("nope", tok, 3, np.random.default_rng(0), k=1)
+    z = features.standardize(full)
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-12)
 
@@ -163,7 +171,7 @@ def test_misspec_leaves_feature_span_by_epsilon(residual):
 
 @pytest.mark.parametrize("ref", ["uniform", "random"])
 def test_policy_complex_is_a_normalised_local_reward(ref):
-    # r* = β(log P_π − log P_ref) ⇒ Σ_ξ P_ref e^{r*/β} = Σ_ξ P_π = 1 (THEORY §3), and
+    # r* = β(log P_π − log P_ref) ⇒ Σ_ξ P_ref e^{r*/β} = Σ_ξ P_π = 1 (docs/theory.md §3), and
     # P*_{r*} ∝ P_ref e^{r*/β} = P_π.
     beta = 0.5
     env = _env("policy_complex", vocab=3, horizon=3, n_prompts=3, beta=beta, ref=ref, k=2)

@@ -14,6 +14,7 @@ import pytest
 
 from gvgap import losses
 from gvgap.envs.tree_env import make_env
+from gvgap.experiments import common
 from gvgap.experiments import h1_on_policy_signal as h1
 from gvgap.experiments import h2_regularisation as h2
 from gvgap.experiments import h3_optimisation as h3
@@ -23,7 +24,7 @@ from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import EXPERIMENTS
 from gvgap.learners.sgd import dpo_grad, rloo_grad, run_steps
 from gvgap.policies import TabularPolicy
-from gvgap.theory import metrics as TM
+from gvgap.theory import metrics
 
 matplotlib.use("Agg")
 
@@ -62,12 +63,49 @@ def test_smoke_runs_with_every_compared_pipeline(module, outs) -> None:
         make_config(module.Config, {**module.QUICK["fixed"], **override})
 
 
-def test_h1_exact_relabelling_is_the_theorem(outs) -> None:
-    """THEORY §6.7 (gvgap verify item 7): soft labels σ(r̂(a) − r̂(b)) from π_off's own
-    implicit reward leave π_off stationary, so D ∪ relabelled pairs returns π_off."""
-    out = outs[h1.ID]
-    assert out["relabel_exact/J"] == pytest.approx(out["dpo/J"], abs=1e-6)
-    assert out["max_grad_norm"] < 1e-6
+def test_h1_local_rm_relabelling_is_the_theorem_not_an_arm(outs) -> None:
+    """docs/theory.md §6.7 (gvgap verify item 7): exact BT labels σ(r̂(a) − r̂(b)) from π_off's
+    own implicit reward leave π_off stationary, on off-policy pairs and through every round
+    of the on-policy loop alike — an identity, so h1 keeps it out of its arms (they share the
+    R_sim RM or r*) and leaves it to `gvgap verify`."""
+    from gvgap.learners import dpo
+
+    cfg = h1.SMOKE
+    rng = np.random.default_rng(0)
+    env, data, grid, split = common.prepare(cfg, rng, np.random.default_rng(1))
+    off = common.fit_dpo(env, data, grid, split)
+    pol = common.tabular_policy(env)
+    x, a, b = h1.pair_draw(env.logp_ref, env.rho, 9, rng)
+    both = h1.Preferences.concat([data, h1.soft_labels(x, a, b, off.r_hat)])
+    refit = dpo(pol, env, both, lam=off.lam, theta0=off.params)
+    assert env.objective(refit.logp) == pytest.approx(env.objective(off.logp), abs=1e-7)
+    looped = h1.on_policy_loop(pol, env, data, off, off.r_hat, 9, 3, rng)
+    assert env.objective(looped.logp) == pytest.approx(env.objective(off.logp), abs=1e-7)
+    told = h1.Preferences.concat([data, h1.soft_labels(x, a, b, env.r_star)])
+    moved = dpo(pol, env, told, lam=off.lam, theta0=off.params)
+    assert abs(env.objective(moved.logp) - env.objective(off.logp)) > 1e-3  # r* teaches
+    arms = {k.split("/")[0] for k in outs[h1.ID]}
+    assert {"on_rm", "off_rm", "on_true", "off_true"} <= arms
+    assert not {"relabel", "relabel_exact"} & arms
+
+
+def test_h1_on_policy_loop_spends_the_budget_over_the_rounds(monkeypatch) -> None:
+    """The on-policy arm labels exactly B pairs in total, B/rounds per round (the remainder to
+    the first rounds), each round drawn from the policy of the previous fit."""
+    seen: list[int] = []
+    real = h1.pair_draw
+
+    def spy(logp, rho, n, rng):
+        seen.append(n)
+        return real(logp, rho, n, rng)
+
+    monkeypatch.setattr(h1, "pair_draw", spy)
+    cfg = h1.SMOKE
+    rng = np.random.default_rng(0)
+    env, data, grid, split = common.prepare(cfg, rng, np.random.default_rng(1))
+    off = common.fit_dpo(env, data, grid, split)
+    h1.on_policy_loop(common.tabular_policy(env), env, data, off, env.r_star, 11, 4, rng)
+    assert seen == [3, 3, 3, 2]
 
 
 def test_h5_reference_free_local_rm_equals_dpo_implicit_under_uniform_ref(outs) -> None:
@@ -116,11 +154,11 @@ def test_pairwise_accuracy_blocks_match_and_extremes() -> None:
     assert h5.pairwise_accuracy(0 * r, r, q, rho) == pytest.approx(0.5)
     noisy = r + rng.normal(size=r.shape)
     full = h5.pairwise_accuracy(noisy, r, q, rho)
-    old, TM.ACC_BLOCK = TM.ACC_BLOCK, 7
+    old, metrics.ACC_BLOCK = metrics.ACC_BLOCK, 7
     try:
         assert h5.pairwise_accuracy(noisy, r, q, rho) == pytest.approx(full, abs=1e-12)
     finally:
-        TM.ACC_BLOCK = old
+        metrics.ACC_BLOCK = old
 
 
 def test_snap_ties_merges_only_near_ties() -> None:
@@ -275,8 +313,7 @@ def _effects(module, kind: str, rng) -> tuple[np.ndarray, np.ndarray]:
     return 0.05 * rng.normal(size=n) + 0.2 * rng.normal(size=n), detects  # undetermined
 
 
-PREDICTED = {h1.ID: "greater", h2.ID: "equivalent", h3.ID: "greater", h4.ID: "equivalent",
-             h5.ID: "greater"}  # fmt: skip
+PREDICTED = {m.ID: m.PREDICTED for m in MODULES}
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.ID)
@@ -357,7 +394,6 @@ def test_a_single_other_cell_is_read_as_the_headline() -> None:
     df = table(h1, -d, d).assign(vocab=4)
     v = h1.verdict(df)
     assert v.verdict == "against" and v.n_runs == 6
-    assert h1.ROBUST_SEEDS >= 5
 
 
 def test_headline_effect_is_read_in_the_decided_cell_only() -> None:
@@ -368,14 +404,14 @@ def test_headline_effect_is_read_in_the_decided_cell_only() -> None:
     rng = np.random.default_rng(5)
     n = 20
     tiny = 0.002 * rng.normal(size=n)
-    at_default = table(h4, tiny, np.full(n, 0.4) + 0.05 * rng.normal(size=n)).assign(
+    at_default = table(h4, 0.3 + tiny, np.full(n, 0.4) + 0.05 * rng.normal(size=n)).assign(
         extra_factor=h4.Config.extra_factor
     )
-    other = table(h4, 0.3 + tiny, np.full(n, -0.4), seed=1).assign(extra_factor=1.0)
+    other = table(h4, tiny, np.full(n, -0.4), seed=1).assign(extra_factor=1.0)
     other["run_id"] += n
     v = h4.verdict(pd.concat([other, at_default], ignore_index=True))
     assert v.n_runs == n, v.detail
-    assert v.effect == pytest.approx(tiny.mean(), abs=1e-12)
+    assert v.effect == pytest.approx(0.3 + tiny.mean(), abs=1e-12)
     assert v.positive_control["effect"] > 0.3, v.detail
     assert v.verdict == "supported", v.detail
 
@@ -385,7 +421,7 @@ def test_h5_matched_pool_is_nested_in_d() -> None:
     itself, so every prefix of n·f pairs contains D (it used to be an independent draw)."""
     cfg = h5.SMOKE
     rng = np.random.default_rng(0)
-    env, data, _, _ = h5.C.prepare(cfg, rng, np.random.default_rng(1))
+    env, data, _, _ = common.prepare(cfg, rng, np.random.default_rng(1))
     pool = h5.nested_pool(env, data, 4 * len(data), rng)
     assert len(pool) == 4 * len(data)
     for f in ("prompt", "chosen", "rejected", "weight"):
@@ -409,7 +445,9 @@ def test_reported_lines_and_notes_are_read_in_the_decided_cell() -> None:
         ]
     df = pd.concat([df, pd.DataFrame(extra).assign(**h5.HEADLINE)], ignore_index=True)
     v = h5.verdict(df.assign(vocab=4))
-    assert "Matched ID accuracy in 100% of runs (median data factor 4)" in v.detail, v.detail
+    assert "Matched held-out likelihood in 100% of runs (median data factor 4)" in v.detail, (
+        v.detail
+    )
     assert "ID acc linear − matched local (acc_ref) +0.1 [+0.1, +0.1]" in v.detail, v.detail
 
 
@@ -417,13 +455,179 @@ def test_headline_rows_on_a_recheck_table_are_its_rows_not_empty() -> None:
     """A robustness re-check overrides the headline's vocab: its figure shows its one cell
     (as its verdict does); a table holding the headline keeps only the headline's rows; a
     table of two other cells shows nothing rather than pooling them."""
-    from gvgap.experiments import hypothesis as Hy
+    from gvgap.experiments import hypothesis
 
-    base = Hy.synthetic_table({"a": np.ones(3)}, cell={"vocab": 3, "n_pairs": 16})
+    base = hypothesis.synthetic_table({"a": np.ones(3)}, cell={"vocab": 3, "n_pairs": 16})
     other = base.assign(vocab=2)
     head = {"vocab": 3, "n_pairs": 16}
-    assert len(Hy.headline_rows(other, head)) == len(other)
+    assert len(hypothesis.headline_rows(other, head)) == len(other)
     both = pd.concat([base, other])
-    assert (Hy.headline_rows(both, head)["vocab"] == 3).all()
+    assert (hypothesis.headline_rows(both, head)["vocab"] == 3).all()
     two_others = pd.concat([other, base.assign(vocab=4)])
-    assert Hy.headline_rows(two_others, head).empty
+    assert hypothesis.headline_rows(two_others, head).empty
+
+
+# ---------------------------------------------------------------- the issue-17 designs
+
+
+def test_h2_completions_of_the_data_only_optimum_hand_derived() -> None:
+    """One prompt, leaves 0–3, leaves 0 and 1 seen with P = 0.5 and 0.3 (unseen mass 0.2);
+    π_ref = (.25, .25, .4, .1). Min-KL member: the unseen mass ∝ π_ref → (0.16, 0.04). Bad
+    member: r* = (0, 0, 1, 0) on the unseen leaves (1, 0), median 0.5, so all 0.2 on leaf 3."""
+    logp = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    ref = np.log(np.array([[0.25, 0.25, 0.4, 0.1]]))
+    seen = np.array([[True, True, False, False]])
+    got = np.exp(h2.min_kl_completion(logp, ref, seen))
+    np.testing.assert_allclose(got, [[0.5, 0.3, 0.16, 0.04]], atol=1e-12)
+    bad = np.exp(h2.worst_completion(logp, ref, np.array([[0.0, 0.0, 1.0, 0.0]]), seen))
+    np.testing.assert_allclose(bad, [[0.5, 0.3, 0.0, 0.2]], atol=1e-12)
+
+
+def test_h2_unseen_mass_does_not_change_the_data_only_objective() -> None:
+    """The data-only DPO objective depends on the completions D never shows only through their
+    total mass: the min-KL and the bad member of the optimal set have the same DPO loss and
+    data term (so the positive control's arm is an optimum of the same objective)."""
+    from gvgap import losses
+
+    env = h2.build_env(dataclasses.replace(h2.SMOKE, vocab=3), np.random.default_rng(2))
+    data = common.draw_pairs(env, 6, np.random.default_rng(3))
+    leaf = h2.leaf_class(env)
+    res = h2.dpo_data_only(leaf, env, data, lam=0.1)
+    seen = np.zeros(env.logp_ref.shape, bool)
+    seen[data.prompt, data.chosen] = seen[data.prompt, data.rejected] = True
+    assert (~seen).sum() >= 2
+
+    def objective(lp):
+        p, c, r = data.prompt, data.chosen, data.rejected
+        v, _ = losses.dpo_loss(lp[p, c], lp[p, r], env.logp_ref[p, c], env.logp_ref[p, r],
+                               env.beta, data.weight)  # fmt: skip
+        rew = np.where(seen, env.beta * (lp - env.logp_ref), 0.0)
+        return v + 0.5 * 0.1 / data.weight.sum() / lp.shape[0] * (rew**2).sum()
+
+    bad = h2.worst_completion(res.logp, env.logp_ref, env.r_star, seen)
+    assert objective(bad) == pytest.approx(objective(res.logp), abs=1e-12)
+    assert env.objective(bad) < env.objective(res.logp)
+    assert res.grad_norm < 1e-6
+
+
+def test_h2_on_policy_arm_is_matched_in_kl() -> None:
+    """The on-policy arm reaches the data-only arm's KL(π‖π_ref) to 1e-6 (relative), on the
+    node-logit and the leaf form of the tabular class alike (one class, two coordinates)."""
+    env, data, grid, split = common.prepare(h2.SMOKE, np.random.default_rng(0),
+                                          np.random.default_rng(1))  # fmt: skip
+    leaf = h2.leaf_class(env)
+    dd, on, err = h2.data_vs_onpolicy(leaf, env, data, grid, split)
+    assert err < 1e-6
+    assert h2.kl_ref(env, on.logp) == pytest.approx(h2.kl_ref(env, dd.logp), rel=1e-6)
+    tab = common.tabular_policy(env)
+    dd_t = h2.dpo_data_only(tab, env, data, lam=dd.lam)
+    np.testing.assert_allclose(np.exp(dd_t.logp), np.exp(dd.logp), atol=1e-6)
+
+
+def test_h3_paths_and_the_split_of_the_shortfall() -> None:
+    """DPO's λ-path and soft RL's β'-path hit a requested KL; the J shortfall of an iterate is
+    the part along its path (early stopping) plus the part off it, exactly."""
+    cfg = h3.SMOKE
+    env, data, grid, split = common.prepare(cfg, np.random.default_rng(0), np.random.default_rng(1))
+    pol = common.tabular_policy(env)
+    off = common.fit_dpo(env, data, grid, split)
+    kappa = 0.5 * h2.kl_ref(env, off.logp)
+    lp = h3.dpo_path_at_kl(env, pol, data, kappa, off.params)
+    assert h2.kl_ref(env, lp) == pytest.approx(kappa, rel=1e-5)
+    rm = common.fit_rlhf(env, data, "linear", grid, split)
+    matched = common.match_kl(env, rm.r_hat, kappa)
+    assert matched is not None and h2.kl_ref(env, matched[0]) == pytest.approx(kappa, rel=1e-9)
+    out = smoke(h3)
+    for p in ("dpo_sgd", "rlhf_sgd"):
+        if f"{p}/stop_reg" in out:
+            total = out[f"{p}/stop_reg"] + out[f"{p}/stop_opt"]
+            assert total == pytest.approx(out[f"{p}/shortfall"], abs=1e-12)
+        assert out[f"{p}/kl_to_opt"] >= 0
+    assert out["kl_matched"] == 1.0  # RLHF's optimum at DPO's KL from π_ref
+
+
+def test_h4_pooling_is_the_only_difference_of_its_arms() -> None:
+    """With one prompt, pooled and per-prompt RMs are the same estimator (identical J); with
+    per-prompt r* (shared_reward = false) the base features are recovered from the block
+    features e_x ⊗ φ and r* differs across prompts."""
+    one = smoke(h4, n_prompts=1)
+    assert one["rlhf_pooled/J"] == pytest.approx(one["rlhf_same/J"], abs=1e-7)
+    cfg = dataclasses.replace(h4.SMOKE, shared_reward=False)
+    env = h4.build_env(cfg, np.random.default_rng(1))
+    phi = h4.shared_features(env, cfg.k)
+    assert phi.shape == (cfg.n_prompts, env.n_leaves, cfg.k)
+    np.testing.assert_allclose(phi[0], phi[1])
+    assert np.abs(env.r_star[0] - env.r_star[1]).max() > 1e-6
+    shared = h4.build_env(h4.SMOKE, np.random.default_rng(1))
+    np.testing.assert_allclose(shared.r_star[0], shared.r_star[1])
+    with pytest.raises(Exception, match="shared_reward"):
+        make_config(h4.Config, {"per_prompt_weights": True})
+
+
+def test_h5_match_uses_held_out_likelihood_not_r_star(outs) -> None:
+    """A matched run has the local RM's held-out BT log-likelihood at or above the linear
+    RM's on the same held-out pairs (the match never reads r*)."""
+    out = outs[h5.ID]
+    if out["matched"]:
+        assert out["rm_local_matched/heldout_ll"] >= out["rm_linear/heldout_ll"]
+    assert np.isfinite(out["rm_linear/heldout_ll"])
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.ID)
+def test_design_blocks_and_paper_position(module) -> None:
+    """The confirmatory sweep runs on the CONFIRM block, the pilot on its own block, and the
+    paper's position is stated with the verdict that agrees with it."""
+    from gvgap.experiments import hypothesis
+
+    assert module.QUICK["seed_start"] == hypothesis.CONFIRM_BLOCK
+    assert module.PILOT["seed_start"] == hypothesis.PILOT_BLOCK != hypothesis.DEV_BLOCK
+    assert module.PILOT["fixed"] == module.QUICK["fixed"]
+    assert module.PAPER_EXPECTS == "against" and module.PAPER_POSITION
+    assert module.PREDICTED == module.CONTROL_EXPECTED == "greater"
+    for k in ("mechanism", "design", "test", "positive control"):
+        assert f"**{k}" in module.__doc__.lower(), k
+
+
+def test_plan_seeds_reaches_the_target_power_and_powers_the_rechecks() -> None:
+    """The plan gives the fewest seeds (within the bounds) at which the positive control's
+    one-sided signed-rank test has ≥ 80 % power at the pilot's effect, the same seeds to every
+    re-check, and the test's powers beside; a huge effect gets the floor."""
+    from gvgap import inference
+    from gvgap.experiments import hypothesis
+
+    rng = np.random.default_rng(0)
+    pilot_ctrl = 0.5 + rng.standard_normal(12)
+    df = table(h1, 0.1 * rng.standard_normal(12), pilot_ctrl)
+    plan = h1.plan_seeds(df)
+    lo, hi = hypothesis.SEED_BOUNDS
+    assert lo <= plan["seeds"] <= hi and plan["robust_seeds"] == plan["seeds"]
+    assert plan["power"] == plan["robust_power"] >= inference.TARGET_POWER
+    fewer = inference.power(
+        pilot_ctrl, plan["seeds"] - 1, test="greater", rng=np.random.default_rng(0)
+    )
+    assert plan["seeds"] == lo or fewer < inference.TARGET_POWER
+    assert {"control", "test"} <= set(plan["parts"])
+    huge = h1.plan_seeds(table(h1, np.zeros(12), 5.0 + 0.1 * rng.standard_normal(12)))
+    assert huge["seeds"] == lo and huge["power"] > 0.99
+
+
+def test_verdict_record_says_what_it_means() -> None:
+    """The record `gvgap reproduce` writes for an H1–H5 experiment: the paper's position, the
+    verdict's consistency with it (against = the paper's for H1–H5), the seeds and power of the
+    plan, and each re-check with its setting, verdict, effect, seeds and the plan's power."""
+    from gvgap.reproduce import experiment_record
+
+    main = {"verdict": "against", "effect": -0.02, "ci_low": -0.05, "ci_high": 0.01}
+    plan = {"seeds": 20, "power": 0.9, "robust_seeds": 20, "robust_power": 0.9}
+    checks = [({"beta": 0.1}, {"verdict": "inconclusive", "effect": 0.0, "ci_low": -0.1,
+                              "ci_high": 0.1}, 20)]  # fmt: skip
+    rec = experiment_record(main, checks, eid=h2.ID, plan=plan, seeds=20)
+    assert rec["paper_position"] == h2.PAPER_POSITION and rec["consistent_with_paper"] == "yes"
+    assert rec["seeds"] == 20 and rec["power"] == 0.9 and rec["robust"] is False
+    (c,) = rec["robustness"]
+    assert c["override"] == {"beta": 0.1} and c["seeds"] == 20 and c["power"] == 0.9
+    assert c["verdict"] == "inconclusive" and {"effect", "ci_low", "ci_high"} <= set(c)
+    other = experiment_record({**main, "verdict": "supported"}, [], eid=h4.ID, plan=plan)
+    assert other["consistent_with_paper"] == "no"
+    undecided = experiment_record({**main, "verdict": "inconclusive"}, [], eid=h1.ID, plan=plan)
+    assert undecided["consistent_with_paper"] == "undecided"

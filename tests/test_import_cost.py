@@ -49,7 +49,7 @@ def test_version_and_registry_lookups_import_no_experiment() -> None:
         "from gvgap.experiments.registry import EXPERIMENTS\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    gvgap.cli.main(['--version'])\n"
-        "assert 'h4_data' in EXPERIMENTS and len(EXPERIMENTS) == 8 and list(EXPERIMENTS)\n"
+        "assert 'h4_data' in EXPERIMENTS and len(EXPERIMENTS) == 9 and list(EXPERIMENTS)\n"
     )
     mods = loaded_after(code)
     assert not {m for m in mods if m.startswith("gvgap.experiments.") and m[18:] in EXPERIMENTS}

@@ -13,6 +13,7 @@ from gvgap.inference import (
     robust_summary,
     signed_rank_p,
     tost_p,
+    within_tolerance,
 )
 
 
@@ -133,3 +134,15 @@ def test_seeds_for_power_is_the_smallest_grid_value_reaching_the_target():
     # an effect too small for the grid is reported, not hidden
     weak = seeds_for_power(_normal_pilot(0.05), seed=3)
     assert not weak.reached and weak.seeds == 200 and weak.power < 0.8
+
+
+def test_within_tolerance_is_the_identity_rule():
+    """c1_gibbs and `gvgap verify` decide an exact identity by its largest error: within the
+    tolerance (equality included) holds; one instance above, a NaN (an identity that could not
+    be evaluated) or no instance at all does not."""
+    assert within_tolerance([0.0, 1e-12, 1e-9], 1e-9) == (True, 1e-9)
+    assert within_tolerance([0.0, 2e-9], 1e-9) == (False, 2e-9)
+    held, worst = within_tolerance([0.0, float("nan")], 1e-9)
+    assert not held and np.isnan(worst)
+    held, worst = within_tolerance([], 1e-9)
+    assert not held and np.isnan(worst)

@@ -1,5 +1,6 @@
-"""Data parallel with no code change: two gloo processes take the same steps as one process
-on the same global batch (gradients all-reduced, loss divided by the global batch)."""
+"""Data parallel with no code change (accelerate): two gloo processes, each with gradient
+accumulation over two micro-batches, take the same steps as one process on the same global
+batch (DDP averages, the loss carries W·A/B)."""
 
 from __future__ import annotations
 
@@ -11,47 +12,55 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-import torch.distributed as tdist  # noqa: E402
+pytest.importorskip("accelerate")
 import torch.multiprocessing as mp  # noqa: E402
 
-from gvgap.llm import dist  # noqa: E402
 from gvgap.llm import stages as st  # noqa: E402
 from gvgap.llm.config import LLMConfig  # noqa: E402
 from gvgap.llm.tasks import make_task  # noqa: E402
+from gvgap.llm.train import shard  # noqa: E402
 from gvgap.nn.device import resolve  # noqa: E402
 
 CFG = LLMConfig(
-    task="sum",
+    task="readout",
     vocab=5,
     prompt_len=3,
     completion_len=3,
-    n_train_prompts=8,
+    n_train_prompts=16,
+    n_eval_prompts=4,
     sft_steps=4,
     dpo_steps=3,
     batch_size=8,
+    grad_accum=2,
     lr=1e-2,
 )
 
 
 def train(seed: int) -> dict[str, torch.Tensor]:
-    """SFT then DPO on its pairs (the same code path as `gvgap llm run`); final parameters."""
+    """SFT then DPO on its pairs (the code path of `gvgap llm run`); final parameters."""
     p = resolve("cpu", "float64")
     task = make_task(CFG, 0)
     sft, _ = st.stage_sft(CFG, task, seed, p)
     pairs = st.stage_pairs(CFG, task, sft, seed, p)["train"]
-    dpo, _ = st.stage_dpo(CFG, task, sft, sft, pairs, seed, p)
+    ref = st.ref_logps(sft, pairs, task, p)
+    dpo, _ = st.run_dpo(CFG, task, sft, pairs, ref, 3, st.stage_gen(seed, "dpo"), p)
     return {k: v.detach().clone() for k, v in dpo.state_dict().items()}
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    dist.setup(is_cuda=False)
-    assert dist.world() == (rank, world)
+    from accelerate.state import AcceleratorState
+
+    # a forked child inherits the parent's (single-process) accelerate state: start afresh
+    AcceleratorState._reset_state(reset_partial_state=True)
     torch.save(train(0), Path(out) / f"rank{rank}.pt")
-    tdist.destroy_process_group()
 
 
 def _free_port() -> int:
@@ -60,14 +69,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_shard_strides_like_distributed_sampler(monkeypatch) -> None:
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    assert dist.shard(torch.arange(8)).tolist() == [1, 4, 7]
+def test_shard_strides_like_distributed_sampler() -> None:
+    assert shard(torch.arange(8), 1, 3).tolist() == [1, 4, 7]
 
 
+@pytest.mark.slow  # two processes with a gloo group (~10 s on 2 cores)
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
-    assert dist.world() == (0, 1)
     # fork: the children inherit the imported modules (spawn would re-import transformers)
     mp.start_processes(
         _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"

@@ -1,7 +1,12 @@
-"""`gvgap llm run`: the results contract, resume after a kill, bad input (exit 2, no writes)."""
+"""`gvgap llm run`: the sweep contract (store, lock, verdicts, report), resume after a kill,
+corrupted stages re-run, the same numbers as `gvgap sweep`, and bad input (exit 2, one line,
+nothing written)."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,128 +15,244 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
 import pandas as pd
 
 from gvgap.cli import main
-from gvgap.llm.config import spec_from_data
-from gvgap.llm.pipeline import STAGES, StopRunError, run_spec
+from gvgap.llm.pipeline import STAGES, StopRunError
+from gvgap.sweep.llm_run import run_llm
 
 FIXED = {
     "vocab": 5,
     "prompt_len": 3,
     "completion_len": 3,
-    "n_train_prompts": 8,
+    "n_train_prompts": 16,
     "n_eval_prompts": 4,
-    "sft_steps": 8,
+    "pairs_per_prompt": 2,
+    "sft_steps": 6,
     "rm_steps": 4,
-    "dpo_steps": 4,
-    "online_steps": 3,
+    "dpo_steps": 3,
+    "online_steps": 2,
     "batch_size": 4,
     "online_samples": 3,
-    "online_rounds": 2,
-    "bon_n": [1, 3],
+    "bon_n": '"1,3"',
     "eval_samples": 2,
+    "eval_every": 2,
+    "frontier": 2,
 }
-TOML = '[llm]\ntasks = ["sum", "short"]\nseeds = 1\n[fixed]\n' + "\n".join(
-    f"{k} = {v}" for k, v in FIXED.items()
+TOML = (
+    '[sweep]\nexperiment = "llm"\nseeds = 2\ninstance_seed = 3\n[fixed]\n'
+    + "\n".join(f"{k} = {v}" for k, v in FIXED.items())
+    + '\n[grid]\ntask = ["readout", "short"]\n'
 )
 
 
-def spec(tasks: list[str] = ["sum"]):  # noqa: B006
-    return spec_from_data({"llm": {"tasks": tasks, "seeds": 1}, "fixed": FIXED}, "test")
+def write(tmp: Path, text: str = TOML, name: str = "p.toml") -> Path:
+    f = tmp / name
+    f.write_text(text)
+    return f
 
 
-def test_resume_after_kill_gives_the_same_table(tmp_path: Path) -> None:
-    full = run_spec(spec(), tmp_path / "a")
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
+    """One finished `gvgap llm run` (2 tasks × 2 seeds) shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("llm")
+    f = write(tmp)
+    assert main(["llm", "run", str(f), "--out", str(tmp / "o")]) == 0
+    return f, tmp / "o", pd.read_parquet(tmp / "o" / "results.parquet")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_results_verdicts_report_provenance(done) -> None:
+    _, out, df = done
     cols = {"run_id", "experiment", "task", "seed", "instance_seed", "pipeline", "metric", "value"}
-    assert cols <= set(full.columns) and set(full["experiment"]) == {"llm"}
-    pipes = set(full["pipeline"])
-    assert {"sft", "dpo", "online_dpo_sft", "online_dpo_iter", "online_dpo_gold"} <= pipes
-    assert {"bon_global_n3", "bon_local_n1", "bon_dpo_n3", "rm_global", "rm_gold"} <= pipes
-    # killed right after "dpo" was checkpointed, then resumed
+    assert cols <= set(df.columns) and set(df["experiment"]) == {"llm"}
+    assert set(df["task"]) == {"readout", "short"} and set(df["seed"]) == {0, 1}
+    pipes = set(df["pipeline"])
+    assert {"sft", "dpo", "dpo_extra", "online_dpo_sft", "online_dpo_dpo"} <= pipes
+    assert {"online_dpo_local", "online_dpo_gold", "bon_global_n3", "bon_dpo_n1"} <= pipes
+    assert {"rm_global", "rm_local", "rm_dpo", "rm_gold", "rm_sft"} <= pipes
+    metrics = set(df["metric"])
+    assert {"val_likelihood", "val_likelihood_se", "label_accuracy", "label_ties"} <= metrics
+    assert {"win_rate", "win_demo", "kl_k1", "kl_k3", "win_rate_matched", "frontier2_kl"} <= metrics
+    gold = df[(df.pipeline == "rm_gold") & (df.metric == "label_accuracy")]["value"]
+    assert set(gold.dropna()) <= {1.0}  # r* labels its own best-vs-worst pairs correctly
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert set(verdicts) == {"llm/readout", "llm/short"}
+    keys = {"claim", "hypothesis", "verdict", "prediction_held", "effect", "ci_low", "ci_high"}
+    keys |= {"n_runs", "positive_control", "robust", "paper_position", "consistent_with_paper"}
+    keys |= {"seeds", "power", "robustness", "labellers"}
+    for v in verdicts.values():
+        assert keys <= set(v) and v["seeds"] == 2 and v["n_runs"] == 2
+        assert v["verdict"] in ("supported", "against", "inconclusive")
+    report = (out / "report.md").read_text()
+    man = json.loads((out / "manifest.json").read_text())
+    assert "LLM-scale pipeline" in report and "llm/readout" in report
+    assert man["experiment"] == "llm" and "git_sha" in man and man["n_runs"] == 4
+    assert "gvgap_version" in report and "instance_seed" in report  # provenance in the report
+    for name in (
+        "llm.png",
+        "llm__bon_readout.png",
+        "llm__frontier_short.png",
+        "llm__labellers.png",
+    ):
+        assert (out / "figures" / name).is_file()
+
+
+def test_second_run_resumes_everything_and_rewrites_the_same_table(done, capsys) -> None:
+    f, out, df = done
+    assert main(["llm", "run", str(f), "--out", str(out)]) == 0
+    pd.testing.assert_frame_equal(df, pd.read_parquet(out / "results.parquet"))
+    assert "llm/readout:" in capsys.readouterr().out
+
+
+def test_stop_after_a_stage_then_resume_gives_the_same_table(done, tmp_path) -> None:
+    _, _, df = done
+    f = write(tmp_path, TOML.replace("seeds = 2", "seeds = 1").replace(', "short"]', "]"))
     with pytest.raises(StopRunError):
-        run_spec(spec(), tmp_path / "b", stop_after="dpo")
+        run_llm(str(f), tmp_path / "b", stop_after="dpo", progress=False)
     stages = next((tmp_path / "b" / "stages").iterdir())
-    assert sorted(p.name for p in stages.iterdir()) == sorted(
+    assert sorted(p.name for p in stages.iterdir() if not p.name.startswith(".")) == sorted(
         ["sft", "pairs", "global_rm", "local_rm", "dpo"]
     )
     assert not (tmp_path / "b" / "results.parquet").exists()
-    again = run_spec(spec(), tmp_path / "b")
-    pd.testing.assert_frame_equal(full, again)
-    assert len(list(stages.iterdir())) == len(STAGES)
+    again = run_llm(str(f), tmp_path / "b", progress=False)
+    one = df[(df.task == "readout") & (df.seed == 0)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(one, again)  # the same run as in the 2 × 2 sweep
+    assert len([p for p in stages.iterdir() if not p.name.startswith(".")]) == len(STAGES) - 1
 
 
-def test_cli_run_writes_table_figure_report(tmp_path: Path, capsys) -> None:
-    f = tmp_path / "p.toml"
-    f.write_text(TOML)
-    assert main(["llm", "run", str(f), "--out", str(tmp_path / "o")]) == 0
-    out = tmp_path / "o"
-    df = pd.read_parquet(out / "results.parquet")
-    assert set(df["task"]) == {"sum", "short"}
-    for name in ("report.md", "report.html", "figures/llm_table.png"):
-        assert (out / name).is_file()
-    assert "online_dpo_sft" in (out / "report.md").read_text()
+def test_corrupted_stages_and_records_are_reported_and_rerun(done, tmp_path, capsys) -> None:
+    f, out, df = done
+    work = tmp_path / "c"
+    shutil.copytree(out, work)
+    run = sorted((work / "stages").iterdir())[0]
+    model = run / "dpo" / "model.pt"
+    model.write_bytes(model.read_bytes()[:100])  # truncated
+    info = run / "evaluate" / "info.json"
+    info.write_text(info.read_text().replace('"sft/win_rate": 0', '"sft/win_rate": 9'))
+    record = work / "runs" / f"{run.name}.json"
+    rec = json.loads(record.read_text())
+    rec["metrics"]["sft/win_rate"] = 0.99  # an edited run record
+    record.write_text(json.dumps(rec))
+    capsys.readouterr()
+    again = run_llm(str(f), work, progress=False)
     err = capsys.readouterr().err
-    assert "eta" in err and "evaluate done" in err
-    # a second run in the same DIR resumes every stage and rewrites the same table
-    assert main(["llm", "run", str(f), "--out", str(out)]) == 0
-    assert "resumed" in capsys.readouterr().err
-    pd.testing.assert_frame_equal(df, pd.read_parquet(out / "results.parquet"))
-    # `gvgap report DIR` on an llm run directory renders the LLM section with its figure
-    assert main(["report", str(out)]) == 0
-    text = (out / "report.md").read_text()
-    assert "LLM-scale pipeline" in text and "llm_table.png" in text
+    assert "dpo: incomplete or corrupt" in err and "evaluate: incomplete or corrupt" in err
+    assert f"runs/{run.name}.json" in err
+    pd.testing.assert_frame_equal(df, again)
 
 
-@pytest.mark.parametrize(
-    ("edit", "field"),
-    [
-        ("sft_steps = 8", "sft_steps = -1"),
-        ("sft_steps = 8", "sft_steps = 'many'"),
-        ("sft_steps = 8", "sft_stepz = 8"),
-        ("bon_n = [1, 3]", "bon_n = [0]"),
-        ("vocab = 5", "vocab = 5\nmodel = 'nope'"),
-        ("vocab = 5", "vocab = 5\ndevice = 'cuda'"),
-        ("seeds = 1", "seeds = 0"),
-        ('tasks = ["sum", "short"]', 'tasks = ["chess"]'),
-        ("[fixed]", "[fixd]"),
-    ],
-)
-def test_bad_input_one_line_exit_2_nothing_written(
-    tmp_path: Path,
-    capsys,
-    edit: str,
-    field: str,
-) -> None:
-    f = tmp_path / "p.toml"
-    f.write_text(TOML.replace(edit, field))
+def test_a_second_process_on_the_same_out_is_refused(done, capsys) -> None:
+    f, out, _ = done
+    before = snapshot(out)
+    with (out / ".lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds the directory
+        assert main(["llm", "run", str(f), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "another sweep is running there" in err
+    assert snapshot(out) == before
+
+
+def test_gvgap_sweep_gives_the_same_numbers(done, tmp_path) -> None:
+    """`gvgap sweep` runs the experiment's run() in memory: the same rows as the staged run."""
+    f, _, df = done
+    from gvgap.sweep.runner import run_sweep
+    from gvgap.sweep.spec import load_spec
+
+    swept = run_sweep(load_spec(str(f)), tmp_path / "s", workers=1, progress=False)
+    pd.testing.assert_frame_equal(df.drop(columns="run_id"), swept.drop(columns="run_id"))
+    assert set(df["run_id"]) == set(swept["run_id"])
+
+
+BAD = [
+    ("beta = nan", "beta"),
+    ("beta = inf", "beta"),
+    ("lr = -inf", "lr"),
+    ("pref_lr = nan", "pref_lr"),
+    ("reward_scale = nan", "reward_scale"),
+    ("online_temperature = inf", "online_temperature"),
+    ("demo_skill = nan", "demo_skill"),
+    ("demo_skill = 1.5", "demo_skill"),
+    ("n_train_prompts = 1e12", "n_train_prompts"),
+    ("n_train_prompts = 1000000\ncompletion_len = 1000\nprompt_len = 12", "GiB"),
+    ("sft_steps = -1", "sft_steps"),
+    ("sft_steps = 'many'", "sft_steps"),
+    ("sft_stepz = 8", "sft_stepz"),
+    ('bon_n = "0,1"', "bon_n"),
+    ('bon_n = "a"', "bon_n"),
+    ("model = 'nope'", "model"),
+    ("device = 'cuda'", "cuda"),
+    ("device = 'tpu'", "device"),
+    ("dtype = 'float16'", "dtype"),
+    ("online_samples = 1", "online_samples"),
+    ("grad_accum = 3", "grad_accum"),
+    ("vocab = 2\nprompt_len = 2", "distinct prompts"),
+]
+
+
+@pytest.mark.parametrize(("line", "field"), BAD)
+def test_bad_field_one_line_exit_2_nothing_written(tmp_path, capsys, line: str, field: str):
+    names = tuple(f"{ln.split('=')[0].strip()} =" for ln in line.splitlines())
+    body = "\n".join(ln for ln in TOML.splitlines() if not ln.startswith(names))
+    f = write(tmp_path, body.replace("[fixed]", f"[fixed]\n{line}"))
     out = tmp_path / "o"
     assert main(["llm", "run", str(f), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("gvgap: error:")
-    name = field.split("=")[0].strip().strip("[]")
-    assert name in err or "cuda" in err or "model" in err
+    assert err.count("\n") == 0 and err.startswith("gvgap: error:") and field in err, err
     assert not out.exists()
 
 
-def test_unreadable_file_and_foreign_dir(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda t: t.replace("seeds = 2", "seeds = 1e9"), "seeds"),
+        (lambda t: t.replace("seeds = 2", "seeds = 100000"), "seeds"),
+        (lambda t: t.replace("instance_seed = 3", "instance_seed = 18446744073709551616"), "seed"),
+        (lambda t: t.replace('"short"]', '"chess"]'), "task"),
+        (lambda t: t.replace("[fixed]", "[fixd]"), "fixd"),
+        (lambda t: '[sweep]\nexperiment = "c1_gibbs"\n', "runs experiment 'llm'"),
+        (lambda t: '[llm]\ntasks = ["readout"]\n', "[llm] table is replaced"),
+        (lambda t: "\x00\x01\xff binary", "TOML"),
+    ],
+)
+def test_bad_file_one_line_exit_2(tmp_path, capsys, edit, needle: str) -> None:
+    f = write(tmp_path, edit(TOML))
+    out = tmp_path / "o"
+    assert main(["llm", "run", str(f), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err, err
+    assert not out.exists()
+
+
+def test_bad_checkpoint_dir_unreadable_file_foreign_dir(tmp_path, capsys) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{broken")
+    f = write(tmp_path, TOML.replace("[fixed]", f"[fixed]\nmodel = '{model}'"))
+    assert main(["llm", "run", str(f), "--out", str(tmp_path / "o")]) == 2
+    assert "model:" in capsys.readouterr().err
     assert main(["llm", "run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
-    assert "cannot read" in capsys.readouterr().err
-    f = tmp_path / "p.toml"
-    f.write_text(TOML)
+    assert "not found" in capsys.readouterr().err
     foreign = tmp_path / "f"
     foreign.mkdir()
     (foreign / "results.parquet").write_bytes(b"x")
-    assert main(["llm", "run", str(f), "--out", str(foreign)]) == 2
+    assert main(["llm", "run", str(write(tmp_path)), "--out", str(foreign)]) == 2
     assert "refusing" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["results.parquet"]
+    assert not (tmp_path / "o").exists()
 
 
-def test_core_imports_without_torch() -> None:
+def test_light_modules_import_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        "import gvgap.cli, gvgap.llm.config, gvgap.llm.cli\n"
-        "gvgap.llm.config.spec_from_data({}, 'x')\n"
+        "import gvgap.cli, gvgap.llm.config, gvgap.experiments.llm, gvgap.sweep.llm_run\n"
+        "from gvgap.sweep.spec import load_spec\n"
+        "spec = load_spec('sims/llm_tiny.toml')\n"
+        "assert spec.experiment == 'llm' and len(spec.runs()) >= 15\n"
     )
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run(
@@ -144,63 +265,16 @@ def test_core_imports_without_torch() -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_shipped_pipeline_files_validate() -> None:
-    from gvgap.llm.config import load_spec
+def test_shipped_llm_files_validate() -> None:
+    from gvgap.experiments.llm import SETTINGS
+    from gvgap.sweep.spec import load_spec
 
     root = Path(__file__).resolve().parents[1]
-    tiny = load_spec(root / "sims" / "llm_tiny.toml")
-    assert {c.task for c in tiny.configs} == {"count", "short", "rouge"}
-    gpu = load_spec(root / "sims" / "llm_gpu.toml")
-    assert all(c.device == "cuda" and c.dtype == "bfloat16" for c in gpu.configs)
-
-
-@pytest.mark.slow  # a subprocess importing transformers; the code path it times is tested fast
-def test_gpu_benchmark_runs_on_cpu_with_tiny_shapes() -> None:
-    root = Path(__file__).resolve().parents[1]
-    cmd = [
-        sys.executable,
-        "benchmarks/llm_gpu.py",
-        "--presets",
-        "tiny",
-        "--prompt",
-        "4",
-        "--completion",
-        "4",
-        "--steps",
-        "1",
-        "--device",
-        "cpu",
-        "--no-trl",
-    ]
-    res = subprocess.run(
-        cmd, cwd=root, capture_output=True, text=True, env={"PYTHONPATH": str(root)}, timeout=120
-    )
-    assert res.returncode == 0, res.stderr
-    assert "tiny         gvgap" in res.stdout and "tiny         plain" in res.stdout
-
-
-@pytest.mark.slow  # two CLI subprocesses; the same resume is covered fast by the hook test
-def test_sigkill_mid_run_then_resume_gives_the_same_table(tmp_path: Path) -> None:
-    import signal
-    import time
-
-    root = Path(__file__).resolve().parents[1]
-    f = tmp_path / "p.toml"
-    f.write_text(TOML.replace('"sum", "short"', '"sum"'))
-    out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "gvgap.cli", "llm", "run", str(f), "--out", str(out)]
-    env = {"PYTHONPATH": str(root)}
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("stages/*/global_rm/info.json")) and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "results.parquet").exists(), "the run finished before it was killed"
-    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "global_rm resumed" in res.stderr
-    again = pd.read_parquet(out / "results.parquet")
-    pd.testing.assert_frame_equal(again, run_spec(spec(), tmp_path / "ref"))
+    tiny = load_spec(str(root / "sims" / "llm_tiny.toml"))
+    assert {c["task"] for c in tiny.configs} == {"readout", "short", "rouge"}
+    assert tiny.seeds == SETTINGS["seeds"] >= 5 and tiny.instance_seed == SETTINGS["instance_seed"]
+    assert {k: v for k, v in tiny.configs[0].items() if k != "task"} == {
+        k: v for k, v in load_spec("llm").configs[0].items() if k != "task"
+    }
+    gpu = load_spec(str(root / "sims" / "llm_gpu.toml"))
+    assert all(c["device"] == "cuda" and c["dtype"] == "bfloat16" for c in gpu.configs)

@@ -1,54 +1,99 @@
-"""The llm table and paired differences on a hand-made tidy frame; the section renders."""
+"""The llm tables on a hand-made tidy frame (SEs over seeds or prompts, labellers, best-of-N),
+the figures return axes, and the report section renders."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from gvgap.llm.report import differences, table, write_section
+from gvgap.llm.report import (
+    labeller_table,
+    markdown_table,
+    plot_bon,
+    plot_frontier,
+    plot_labellers,
+    plot_table,
+    section,
+    table,
+)
 
 
 def frame() -> pd.DataFrame:
     rows = []
-    # two seeds: dpo win 0.6 / 0.7, online 0.7 / 0.9 on "count"; one seed on "rouge"
-    for task, seed, pipe, win in [
-        ("count", 0, "dpo", 0.6), ("count", 1, "dpo", 0.7),
-        ("count", 0, "online_dpo_sft", 0.7), ("count", 1, "online_dpo_sft", 0.9),
-        ("rouge", 0, "dpo", 0.5), ("rouge", 0, "online_dpo_sft", 0.5),
-        ("count", 0, "bon_global_n2", 0.55), ("count", 0, "bon_global_n4", 0.58),
+    # two seeds: dpo win 0.6 / 0.7, online 0.7 / 0.9 on "readout"; one seed on "rouge"
+    for task, seed, pipe, metric, v in [
+        ("readout", 0, "dpo", "win_rate", 0.6), ("readout", 1, "dpo", "win_rate", 0.7),
+        ("readout", 0, "online_dpo_sft", "win_rate", 0.7),
+        ("readout", 1, "online_dpo_sft", "win_rate", 0.9),
+        ("rouge", 0, "dpo", "win_rate", 0.5), ("rouge", 0, "online_dpo_sft", "win_rate", 0.5),
+        ("readout", 0, "bon_global_n2", "win_rate", 0.55),
+        ("readout", 0, "bon_global_n4", "win_rate", 0.58),
+        ("readout", 1, "bon_global_n2", "win_rate", 0.65),
+        ("readout", 1, "bon_global_n4", "win_rate", 0.62),
+        ("readout", 0, "rm_global", "val_likelihood", 0.8),
+        ("readout", 1, "rm_global", "val_likelihood", 0.7),
+        ("readout", 0, "rm_global", "label_accuracy", 1.0),
+        ("readout", 1, "rm_global", "label_accuracy", 0.9),
+        ("readout", 0, "online_dpo_sft", "win_rate_matched", 0.7),
+        ("readout", 0, "online_dpo_sft", "offline_win_rate_matched", 0.6),
+        ("readout", 0, "dpo", "frontier0_kl", 0.0), ("readout", 0, "dpo", "frontier1_kl", 2.0),
+        ("readout", 0, "dpo", "frontier0_win_rate", 0.5),
+        ("readout", 0, "dpo", "frontier1_win_rate", 0.6),
     ]:  # fmt: skip
-        rows.append([task, seed, pipe, "win_rate", win])
-        rows.append([task, seed, pipe, "win_rate_se", 0.05])
+        rows.append([task, seed, pipe, metric, v])
+        rows.append([task, seed, pipe, f"{metric}_se", 0.05])
     return pd.DataFrame(rows, columns=["task", "seed", "pipeline", "metric", "value"])
 
 
 def test_table_se_over_seeds_or_prompts() -> None:
     tab = table(frame()).set_index(["pipeline", "task"])
     # seeds 0.6, 0.7: mean 0.65, s = 0.0707, SE = s/√2 = 0.05
-    assert tab.loc[("dpo", "count"), "mean"] == pytest.approx(0.65)
-    assert tab.loc[("dpo", "count"), "se"] == pytest.approx(0.05)
-    assert tab.loc[("dpo", "count"), "se_kind"] == "seeds"
+    assert tab.at[("dpo", "readout"), "mean"] == pytest.approx(0.65)
+    assert tab.at[("dpo", "readout"), "se"] == pytest.approx(0.05)
+    assert tab.at[("dpo", "readout"), "se_kind"] == "seeds"
     # one seed: the within-run SE over prompts
-    assert tab.loc[("dpo", "rouge"), "se"] == 0.05
-    assert tab.loc[("dpo", "rouge"), "se_kind"] == "prompts"
-    # best-of-N only at the largest N
-    assert ("bon_global_n4", "count") in tab.index and ("bon_global_n2", "count") not in tab.index
+    assert tab.at[("dpo", "rouge"), "se"] == pytest.approx(0.05)
+    assert tab.at[("dpo", "rouge"), "se_kind"] == "prompts"
+    # best-of-N at the largest N only: (0.58 + 0.62) / 2
+    assert tab.at[("bon_global_n4", "readout"), "mean"] == pytest.approx(0.60)
+    assert ("bon_global_n2", "readout") not in tab.index
+    header, rows = markdown_table(table(frame()))
+    assert header == ["pipeline", "readout", "rouge"]
+    assert rows[0] == ["dpo", "0.650 ± 0.050", "0.500 ± 0.050"]
 
 
-def test_paired_differences() -> None:
-    d = differences(frame()).set_index(["comparison", "task"])
-    row = d.loc[("online_dpo_sft − dpo", "count")]
-    # paired d = (0.1, 0.2): mean 0.15, SE = 0.0707/√2 = 0.05
-    assert row["mean"] == pytest.approx(0.15) and row["se"] == pytest.approx(0.05)
-    assert np.isnan(d.loc[("online_dpo_sft − dpo", "rouge"), "se"])
+def test_labeller_table_means_and_se_over_seeds() -> None:
+    lab = labeller_table(frame()).set_index(["task", "labeller"])
+    assert lab.at[("readout", "global"), "val_likelihood"] == pytest.approx(0.75)
+    assert lab.at[("readout", "global"), "val_likelihood_se"] == pytest.approx(0.05)
+    assert lab.at[("readout", "global"), "label_accuracy"] == pytest.approx(0.95)
+    assert np.isnan(lab.at[("readout", "local"), "val_likelihood"])  # absent, not invented
 
 
-def test_write_section(tmp_path: Path) -> None:
-    frame().to_parquet(tmp_path / "results.parquet")
-    paths = write_section(tmp_path)
-    assert all(p.is_file() for p in paths)
-    md = (tmp_path / "report.md").read_text()
-    assert "0.650 ± 0.050" in md and "online_dpo_sft − dpo" in md
+def test_plots_return_axes_and_section_renders(tmp_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from gvgap.report_doc import Doc
+
+    df = frame()
+    for draw in (plot_table, plot_labellers):
+        ax = Figure().add_subplot()
+        assert draw(df, ax) is ax
+    ax = Figure().add_subplot()
+    assert plot_bon(df, ax, task="readout") is ax
+    assert [list(line.get_xdata()) for line in ax.get_lines()][:1] == [[2, 4]]
+    ax = Figure().add_subplot()
+    assert plot_frontier(df, ax, task="readout") is ax
+    assert list(ax.get_lines()[0].get_xdata()) == [0.0, 2.0]
+    doc = Doc(tmp_path)
+    verdicts = {"llm/readout": {"verdict": "supported", "effect": 0.1, "ci_low": 0.05,
+                                "ci_high": 0.15, "positive_control": {"effect": 0.2},
+                                "seeds": 2, "power": 0.5, "detail": "d"}}  # fmt: skip
+    section(doc, df, verdicts, [])
+    text = doc.to_markdown()
+    assert "LLM-scale pipeline" in text and "0.650 ± 0.050" in text
+    assert "llm/readout: supported" in text and "0.750 ± 0.050" in text

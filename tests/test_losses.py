@@ -175,3 +175,32 @@ def test_reverse_kl_objective_grad():
         lp,
         losses.reverse_kl_objective(lp, r, lref, 1.3, rho)[1],
     )
+
+
+def test_bt_pieces_equal_the_per_caller_formulas_they_replaced():
+    """Issue 19 (one loss module): ``bt_rows``, ``bt_nll`` and ``bt_nll_terms`` reproduce,
+    bit for bit, the hand-written −log σ(Δ) of the callers they replaced (newton's
+    ``_bt_terms``, select's validation log-likelihoods, verify's BT objective, h5's and the
+    population cross-entropies)."""
+    from scipy.special import expit, log_expit
+
+    rng = np.random.default_rng(19)
+    delta = 10.0 * rng.standard_normal(257)
+    w = rng.random(257) + 0.01
+    wn = w / w.sum()
+    np.testing.assert_array_equal(losses.bt_rows(delta), -log_expit(delta))
+    f, a, c = losses.bt_nll_terms(delta, wn)
+    s_neg = expit(-delta)
+    assert f == float(wn @ -log_expit(delta))
+    np.testing.assert_array_equal(a, -wn * s_neg)
+    np.testing.assert_array_equal(c, wn * s_neg * (1.0 - s_neg))
+    v, g = losses.bt_nll(delta, w)
+    assert v == float(wn @ -log_expit(delta))
+    np.testing.assert_array_equal(g, -wn * expit(-delta))
+    assert float(w @ -losses.bt_rows(delta) / w.sum()) == float(w @ log_expit(delta) / w.sum())
+    assert float(w @ losses.bt_rows(delta) / w.sum()) == float(-(w @ log_expit(delta)) / w.sum())
+    q = expit(rng.standard_normal(257))
+    np.testing.assert_array_equal(
+        q * losses.bt_rows(delta) + (1 - q) * losses.bt_rows(-delta),
+        -(q * log_expit(delta) + (1 - q) * log_expit(-delta)),
+    )

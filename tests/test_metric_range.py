@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.envs import make_family
 
 MAX_EXACT_BETA = 1e5
@@ -40,5 +40,5 @@ def _j_norm_longdouble(env, scale: float) -> float:
 def test_j_norm_is_exact_up_to_the_documented_beta(beta, tol):
     """Half-tilted policy: J_norm from env.metrics matches the long-double value."""
     env = make_family("linear", rng=np.random.default_rng(0), vocab=3, horizon=4, beta=beta, k=3)
-    lp = T.soft_optimal_leaf_logp(env.logp_ref, env.r_star / 2, beta)
+    lp = theory.soft_optimal_leaf_logp(env.logp_ref, env.r_star / 2, beta)
     assert abs(env.metrics(lp)["J_norm"] - _j_norm_longdouble(env, 0.5)) <= tol

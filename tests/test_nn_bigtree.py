@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from conftest import random_env  # noqa: E402
 from nn_helpers import placement  # noqa: E402
 
-from gvgap import theory as T  # noqa: E402
+from gvgap import theory as theory  # noqa: E402
 from gvgap.nn.bigtree import policy_metrics, soft_vi_big  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def test_soft_vi_big_matches_enumeration(ref, row, block):
     assert abs(out.j_star - env.j_star) < 1e-12
     p = np.exp(env.logp_star)
     assert np.max(np.abs(out.reward_star.cpu().numpy() - (p * env.r_star).sum(1))) < 1e-12
-    kl = T.kl_per_prompt(env.logp_star, env.logp_ref)
+    kl = theory.kl_per_prompt(env.logp_star, env.logp_ref)
     assert np.max(np.abs(out.kl_star_ref.cpu().numpy() - kl)) < 1e-12
     for h, v in enumerate(out.top_values):  # the top levels are the soft values themselves
         assert np.max(np.abs(v.cpu().numpy() - sv.values[h])) < 1e-12
@@ -60,11 +60,11 @@ def test_policy_metrics_match_env_metrics(ref):
     tabs = None if ref == "uniform" else [_t(a) for a in env.logpi_ref]
     out = soft_vi_big(_t(env.r_star), env.beta, 2, 4, logpi_ref=tabs, rho=_t(env.rho))
     rng = np.random.default_rng(2)
-    pol = T.leaf_to_node_logp(T.log_normalize_leaf(rng.normal(size=(3, 16))), 2, 4)
+    pol = theory.leaf_to_node_logp(theory.log_normalize_leaf(rng.normal(size=(3, 16))), 2, 4)
     got = policy_metrics(
         [_t(a) for a in pol], _t(env.r_star), env.beta, out.log_z, logpi_ref=tabs, rho=_t(env.rho)
     )
-    want = env.metrics(T.node_to_leaf_logp(pol))
+    want = env.metrics(theory.node_to_leaf_logp(pol))
     for key in ("J", "reward", "kl_ref", "kl_opt"):
         assert abs(got[key] - want[key]) < 1e-12, key
 

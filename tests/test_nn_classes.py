@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from conftest import random_env  # noqa: E402
 from nn_helpers import placement  # noqa: E402
 
-from gvgap import theory as T  # noqa: E402
+from gvgap import theory as theory  # noqa: E402
 from gvgap.nn.adapter import NumpyPolicy, NumpyReward  # noqa: E402
 from gvgap.nn.policies import MLPPolicy, TransformerPolicy  # noqa: E402
 from gvgap.nn.rewards import LocalRM, ScalarHeadRM  # noqa: E402
@@ -63,12 +63,13 @@ def test_initial_policy_is_pi_ref(make, vocab, horizon):
 
 @pytest.mark.parametrize("make", NEURAL)
 def test_one_pass_outputs_are_a_consistent_tree(make):
-    """Leaf law normalised; node log-probs = the tree conditionals of the leaf law (THEORY §2)."""
+    """Leaf law normalised; node log-probs = the tree conditionals of the leaf law
+    (docs/theory.md §2)."""
     env = random_env(2, vocab=3, horizon=3, n_prompts=2)
     pol = _perturbed(make, env)
     lp = pol.leaf_logp().detach().cpu().numpy()
     assert np.allclose(np.exp(lp).sum(axis=1), 1.0, atol=1e-12)
-    cond = T.leaf_to_node_logp(lp, 3, 3)
+    cond = theory.leaf_to_node_logp(lp, 3, 3)
     for a, b in zip(pol.node_logp(), cond):
         assert np.max(np.abs(a.detach().cpu().numpy() - b)) < 1e-12
     assert len({round(float(x), 6) for x in lp.ravel()}) > 3  # not constant: the net moved
@@ -132,5 +133,5 @@ def test_local_rm_is_beta_log_ratio(make):
     r = LocalRM(pol, env.logp_ref, beta=0.3).leaf_reward().detach().cpu().numpy()
     lp = pol.leaf_logp().detach().cpu().numpy()
     assert np.max(np.abs(r - 0.3 * (lp - env.logp_ref))) < 1e-14
-    # soft-optimal policy for the local reward is the policy itself (THEORY §3)
-    assert np.max(np.abs(T.soft_optimal(env.logpi_ref, r, 0.3) - lp)) < 1e-10
+    # soft-optimal policy for the local reward is the policy itself (docs/theory.md §3)
+    assert np.max(np.abs(theory.soft_optimal(env.logpi_ref, r, 0.3) - lp)) < 1e-10

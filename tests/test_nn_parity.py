@@ -15,8 +15,8 @@ from nn_helpers import placement  # noqa: E402
 from gvgap import losses  # noqa: E402
 from gvgap.data import sample_pairs  # noqa: E402
 from gvgap.learners.offline import _reg, scatter  # noqa: E402
-from gvgap.nn import losses as TL  # noqa: E402
-from gvgap.nn import train as TR  # noqa: E402
+from gvgap.nn import losses as nn_losses  # noqa: E402
+from gvgap.nn import train as train  # noqa: E402
 from gvgap.nn.adapter import NumpyPolicy, NumpyReward  # noqa: E402
 from gvgap.nn.policies import TorchLogLinearPolicy, TorchTabularPolicy  # noqa: E402
 from gvgap.nn.rewards import LocalRM, TorchLinearReward, TorchTabularReward  # noqa: E402
@@ -45,12 +45,12 @@ def test_bt_and_sft_parity(seed):
     (a, b, _, _), w = _inputs(seed)
     v, g = losses.bt_nll(a, w)
     ta = _t(a, True)
-    tv = TL.bt_nll(ta, _t(w))
+    tv = nn_losses.bt_nll(ta, _t(w))
     tv.backward()
     assert abs(float(tv.detach()) - v) <= TOL and np.max(np.abs(_n(ta.grad) - g)) <= TOL
     v, g = losses.sft_nll(b, w)
     tb = _t(b, True)
-    tv = TL.sft_nll(tb, _t(w))
+    tv = nn_losses.sft_nll(tb, _t(w))
     tv.backward()
     assert abs(float(tv.detach()) - v) <= TOL and np.max(np.abs(_n(tb.grad) - g)) <= TOL
 
@@ -61,10 +61,10 @@ def test_preference_loss_parity(kind, length):
     tc, tr = _t(c, True), _t(r, True)
     if kind == "dpo":
         v, (gc, gr) = losses.dpo_loss(c, r, rc, rr, 0.7, w)
-        tv = TL.dpo_loss(tc, tr, _t(rc), _t(rr), 0.7, _t(w))
+        tv = nn_losses.dpo_loss(tc, tr, _t(rc), _t(rr), 0.7, _t(w))
     else:
         v, (gc, gr) = losses.ipo_loss(c, r, rc, rr, 0.7, w, length)
-        tv = TL.ipo_loss(tc, tr, _t(rc), _t(rr), 0.7, _t(w), length)
+        tv = nn_losses.ipo_loss(tc, tr, _t(rc), _t(rr), 0.7, _t(w), length)
     tv.backward()
     assert abs(float(tv.detach()) - v) <= TOL
     assert np.max(np.abs(_n(tc.grad) - gc)) <= TOL and np.max(np.abs(_n(tr.grad) - gr)) <= TOL
@@ -76,13 +76,13 @@ def test_centred_sq_and_reverse_kl_parity():
     r = rng.normal(size=env.logp_ref.shape)
     v, g = losses.centred_sq(r)
     tr = _t(r, True)
-    tv = TL.centred_sq(tr)
+    tv = nn_losses.centred_sq(tr)
     tv.backward()
     assert abs(float(tv.detach()) - v) <= TOL and np.max(np.abs(_n(tr.grad) - g)) <= TOL
     lp = env.logp_star
     v, g = losses.reverse_kl_objective(lp, r, env.logp_ref, 0.5, env.rho)
     tlp = _t(lp, True)
-    tv = TL.reverse_kl_objective(tlp, _t(r), _t(env.logp_ref), 0.5, _t(env.rho))
+    tv = nn_losses.reverse_kl_objective(tlp, _t(r), _t(env.logp_ref), 0.5, _t(env.rho))
     tv.backward()
     assert abs(float(tv.detach()) - v) <= TOL and np.max(np.abs(_n(tlp.grad) - g)) <= TOL
 
@@ -147,7 +147,7 @@ def test_training_objective_parity():
     tab = TabularPolicy(2, 2, 3)
     theta = rng.normal(size=tab.n_params)
     tor = TorchTabularPolicy(2, 2, 3, init=tab.unflatten(theta), placement=placement())
-    res = TR.preference_fit(tor, env, data, lam=0.3, steps=0, polish=0)
+    res = train.preference_fit(tor, env, data, lam=0.3, steps=0, polish=0)
     lp = tab.leaf_logp(theta)
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
     v, (dc, dr) = losses.dpo_loss(

@@ -13,9 +13,9 @@ from conftest import random_env  # noqa: E402
 from nn_helpers import placement  # noqa: E402
 
 from gvgap import learners  # noqa: E402
-from gvgap import theory as T  # noqa: E402
+from gvgap import theory as theory  # noqa: E402
 from gvgap.data import sample_pairs  # noqa: E402
-from gvgap.nn import train as TR  # noqa: E402
+from gvgap.nn import train as train  # noqa: E402
 from gvgap.nn.policies import TorchTabularPolicy, TransformerPolicy  # noqa: E402
 from gvgap.nn.rewards import ScalarHeadRM, TorchLinearReward  # noqa: E402
 from gvgap.policies import TabularPolicy  # noqa: E402
@@ -37,8 +37,8 @@ def _tab(env):
 def test_exact_dpo_reaches_numpy_optimum():
     env, data = _setup()
     ref = learners.dpo(TabularPolicy(1, 2, 2, init=env.logpi_ref), env, data, lam=0.5)
-    res = TR.preference_fit(_tab(env), env, data, lam=0.5, steps=100, lr=0.05, polish=200)
-    assert res.converged and res.grad_norm <= TR.GTOL
+    res = train.preference_fit(_tab(env), env, data, lam=0.5, steps=100, lr=0.05, polish=200)
+    assert res.converged and res.grad_norm <= train.GTOL
     assert np.max(np.abs(res.logp - ref.logp)) < 1e-5
     assert abs(res.loss - ref.loss) < 1e-9
     assert res.extra["steps"] == 100 + res.extra["lbfgs_iters"]
@@ -47,7 +47,7 @@ def test_exact_dpo_reaches_numpy_optimum():
 def test_exact_rm_fit_reaches_numpy_optimum():
     env, data = _setup(1, n_features=3)
     ref = learners.fit_reward(LinearReward(env.features), data, env.logp_ref.shape, lam=0.1)
-    res = TR.fit_reward(
+    res = train.fit_reward(
         TorchLinearReward(env.features, placement()), data, lam=0.1, steps=50, lr=0.05
     )
     assert np.max(np.abs(res.r_hat - ref.r_hat)) < 1e-6 and res.converged
@@ -59,7 +59,7 @@ def test_exact_sft_reaches_empirical_law():
 
     env = random_env(2, vocab=2, horizon=2)
     demos = Demos(np.zeros(4, int), np.array([0, 0, 1, 3]), np.ones(4))
-    res = TR.sft(_tab(env), env, demos, steps=200, lr=0.1, polish=0)
+    res = train.sft(_tab(env), env, demos, steps=200, lr=0.1, polish=0)
     p = np.exp(res.logp[0])
     assert np.allclose(p[[0, 1, 3]], [0.5, 0.25, 0.25], atol=1e-2) and p[2] < 1e-2
 
@@ -67,8 +67,8 @@ def test_exact_sft_reaches_empirical_law():
 def test_exact_rl_is_soft_value_iteration():
     env, _ = _setup(3)
     r = np.random.default_rng(3).normal(size=env.logp_ref.shape)
-    res = TR.rl_exact(_tab(env), env, r, steps=100, lr=0.05)
-    star = T.soft_optimal(env.logpi_ref, r, env.beta)
+    res = train.rl_exact(_tab(env), env, r, steps=100, lr=0.05)
+    star = theory.soft_optimal(env.logpi_ref, r, env.beta)
     assert np.max(np.abs(res.logp - star)) < 1e-6 and res.extra["kl_proj"] < 1e-10
 
 
@@ -77,7 +77,7 @@ def test_transformer_rl_projection_is_exact_on_a_tiny_tree():
     pol = TransformerPolicy(
         1, 2, 2, width=8, depth=1, heads=2, logpi_ref=env.logpi_ref, placement=placement()
     )
-    res = TR.rl_exact(pol, env, env.r_star, steps=300, lr=0.03)
+    res = train.rl_exact(pol, env, env.r_star, steps=300, lr=0.03)
     assert res.extra["kl_proj"] < 1e-4
     assert env.metrics(res.logp)["J_norm"] > 0.99
 
@@ -86,7 +86,7 @@ def test_lambda_protocol_runs_on_torch_fits():
     _env, data = _setup(5, n=40)
     rm = ScalarHeadRM(1, 2, 2, arch="mlp", width=8, depth=1, placement=placement())
     res, scores = learners.select_lambda(
-        lambda d, lam: TR.fit_reward(rm, d, lam=lam, steps=30, lr=0.05, polish=20),
+        lambda d, lam: train.fit_reward(rm, d, lam=lam, steps=30, lr=0.05, polish=20),
         data,
         split_seed=0,
         grid=(0.01, 1.0),
@@ -98,11 +98,11 @@ def test_lambda_protocol_runs_on_torch_fits():
 def test_minibatch_dpo_is_seeded_and_learns():
     env, data = _setup(6, n=60)
     kw = dict(lam=0.1, steps=60, lr=0.05, batch_size=8, polish=0)
-    a = TR.preference_fit(_tab(env), env, data, seed=1, **kw)
-    b = TR.preference_fit(_tab(env), env, data, seed=1, **kw)
-    c = TR.preference_fit(_tab(env), env, data, seed=2, **kw)
+    a = train.preference_fit(_tab(env), env, data, seed=1, **kw)
+    b = train.preference_fit(_tab(env), env, data, seed=1, **kw)
+    c = train.preference_fit(_tab(env), env, data, seed=2, **kw)
     assert np.array_equal(a.logp, b.logp) and not np.array_equal(a.logp, c.logp)
-    init = TR.preference_fit(_tab(env), env, data, lam=0.1, steps=0, polish=0)
+    init = train.preference_fit(_tab(env), env, data, lam=0.1, steps=0, polish=0)
     assert a.loss < init.loss
 
 
@@ -110,8 +110,8 @@ def test_minibatch_dpo_is_seeded_and_learns():
 def test_sampled_rl_improves_and_is_seeded(baseline):
     env, _ = _setup(7)
     kw = dict(n_samples=4, prompts_per_step=8, steps=150, lr=0.05, baseline=baseline)
-    a = TR.rl_sampled(_tab(env), env, env.r_star, seed=3, **kw)
-    b = TR.rl_sampled(_tab(env), env, env.r_star, seed=3, **kw)
+    a = train.rl_sampled(_tab(env), env, env.r_star, seed=3, **kw)
+    b = train.rl_sampled(_tab(env), env, env.r_star, seed=3, **kw)
     assert np.array_equal(a.logp, b.logp)
     assert env.metrics(a.logp)["J_norm"] > 0.8 and np.isfinite(a.grad_norm)
 
@@ -120,7 +120,7 @@ def test_input_module_is_not_changed():
     env, data = _setup(8)
     pol = _tab(env)
     before = [p.detach().clone() for p in pol.parameters()]
-    TR.preference_fit(pol, env, data, steps=5, polish=0)
+    train.preference_fit(pol, env, data, steps=5, polish=0)
     assert all(torch.equal(a, b) for a, b in zip(before, pol.parameters()))
 
 

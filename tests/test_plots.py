@@ -163,3 +163,83 @@ def test_h6_curves_legend_orders_numeric_levels_numerically() -> None:
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert [lb.split(" ")[0] for lb in labels] == ["k=1", "k=2", "k=4", "k=16", "k=32"]
     plt.close(ax.figure)
+
+
+# ---------------------------------------------------------------- figures a referee reads
+
+
+def test_panels_share_one_y_axis_and_titles_fit(df: pd.DataFrame) -> None:
+    """A faceted figure reads every panel on one y scale (an effect shrinking with n must not
+    be hidden by rescaled panels); a heat map keeps its own categorical axes; titles are
+    wrapped to fit their panel."""
+    from gvgap import figures
+
+    specs = {s.name.split("__")[-1]: s for s in figures.generic_specs("h6_gap", df)}
+    fig, panels, _ = figures.render(specs["advantage_vs_gap"], df.assign(k=df["seed"] % 2))
+    axes = [a for a in fig.axes if a.get_visible() and a.get_label() != "<colorbar>"]
+    assert len(panels) == 2 and len(axes) >= 2
+    assert axes[0].get_shared_y_axes().joined(axes[0], axes[1])
+    assert all(a.get_ylim() == axes[0].get_ylim() for a in axes[1:2])
+    assert not specs["phase"].sharey
+    for a in axes:
+        assert max(len(line) for line in a.get_title().split("\n")) <= figures.TITLE_WIDTH
+    long = "x " * 80
+    assert all(len(line) <= 60 for line in figures.fit_title(long).split("\n"))
+
+
+def test_equivalence_caption_describes_what_is_drawn(df: pd.DataFrame) -> None:
+    from gvgap import figures
+
+    spec = next(s for s in figures.generic_specs("h6_gap", df) if s.name.endswith("equivalence"))
+    assert "isomorphic control" not in spec.caption and "y = x" in spec.caption
+
+
+def test_contrast_plot_one_metric_roles_apart() -> None:
+    """The contrast figure of a hypothesis draws one metric (its y label names it), tells the
+    test, the positive control and reported contrasts apart in its legend, and the other
+    metrics get figures of their own (one metric each)."""
+    from test_hypotheses import table
+
+    from gvgap.experiments import h5_rm_generalisation as h5
+
+    rng = np.random.default_rng(0)
+    t = table(h5, 0.1 + 0.05 * rng.normal(size=12), 0.3 + 0.05 * rng.normal(size=12))
+    extra = t[t["pipeline"].isin(["rm_linear", "rm_local_matched"])].assign(
+        metric="acc_ref", value=lambda x: x["value"] * 0.5
+    )
+    t = pd.concat([t, extra], ignore_index=True)
+    ax = h5.plot(t, new_ax())
+    assert "π*" in ax.get_ylabel() and "accuracy" in ax.get_ylabel()
+    texts = [x.get_text() for x in ax.get_legend().get_texts()]
+    assert texts[:2] == ["test (decides the verdict)", "positive control"]
+    assert all("acc_ref" not in x.get_text() for x in ax.get_xticklabels())
+    figs = dict((k, f) for k, f, _ in h5.extra_figures(t))
+    assert set(figs) == {"contrasts_acc_ref"}
+    ax2 = figs["contrasts_acc_ref"](t, new_ax())
+    assert "pairs from π_ref" in ax2.get_ylabel()
+    assert [x.get_text() for x in ax2.get_legend().get_texts()] == ["reported only (not evidence)"]
+
+
+def test_h6_surface_has_one_category_per_generator_and_tree() -> None:
+    """No category pools trees of different measured gaps: x has one tick per (generator,
+    tree), each with its own gap."""
+    from gvgap import plots_h6
+
+    rows = []
+    for gen, tree, gap in (
+        ("additive", "2x4", 0.29),
+        ("additive", "3x3", 0.69),
+        ("dense", "2x4", 2.0),
+    ):
+        for s in range(4):
+            run = f"{gen}{tree}{s}"
+            base = {"run_id": run, "seed": s, "instance_seed": s, "generator": gen, "tree": tree,
+                    "protocol": "learned"}  # fmt: skip
+            rows += [
+                {**base, "pipeline": "offline", "metric": "regret", "value": 1.0 + 0.1 * s},
+                {**base, "pipeline": "online", "metric": "regret", "value": 0.5},
+                {**base, "pipeline": "", "metric": "gap", "value": gap},
+            ]
+    ax = plots_h6.h6_surface(pd.DataFrame(rows), new_ax())
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["additive 2x4\ngap 0.29", "additive 3x3\ngap 0.69", "dense 2x4\ngap 2.00"]

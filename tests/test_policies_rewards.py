@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import central_fd, random_env, random_leaf_logp
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.policies import LogLinearPolicy, SoftOptimalPolicy, TabularPolicy, markov_features
 from gvgap.policies.classes import edge_sums
 from gvgap.rewards import LinearReward, LocalReward, TabularReward
@@ -39,7 +39,7 @@ def _assert_normalised(policy, theta) -> None:
     node = policy.node_logp(theta)
     for a in node:
         np.testing.assert_allclose(np.exp(a).sum(-1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(T.node_to_leaf_logp(node), lp, atol=1e-10)
+    np.testing.assert_allclose(theory.node_to_leaf_logp(node), lp, atol=1e-10)
 
 
 # ------------------------------------------------------------------ policy VJPs
@@ -78,7 +78,9 @@ def test_soft_optimal_policy_is_soft_vi_of_its_reward():
     pol = SoftOptimalPolicy(rc, env.logp_ref, env.beta, 2, 3)
     w = np.array([0.5, -1.2])
     np.testing.assert_allclose(
-        pol.leaf_logp(w), T.soft_optimal(env.logpi_ref, rc.leaf_reward(w), env.beta), atol=1e-12
+        pol.leaf_logp(w),
+        theory.soft_optimal(env.logpi_ref, rc.leaf_reward(w), env.beta),
+        atol=1e-12,
     )
     np.testing.assert_allclose(pol.leaf_logp(pol.init_params()), env.logp_ref, atol=1e-12)
 
@@ -111,10 +113,10 @@ def test_local_reward(with_ref):
     theta = np.random.default_rng(13).standard_normal(pol.n_params)
     lp = pol.leaf_logp(theta)
     ref = env.logp_ref if with_ref else None
-    np.testing.assert_allclose(rc.leaf_reward(theta), T.local_reward(lp, ref, env.beta))
+    np.testing.assert_allclose(rc.leaf_reward(theta), theory.local_reward(lp, ref, env.beta))
     if with_ref:  # normalisation: soft RL on r_π returns π
         np.testing.assert_allclose(
-            T.soft_optimal(env.logpi_ref, rc.leaf_reward(theta), env.beta), lp, atol=1e-12
+            theory.soft_optimal(env.logpi_ref, rc.leaf_reward(theta), env.beta), lp, atol=1e-12
         )
 
 
@@ -126,7 +128,7 @@ def test_tabular_policy_represents_any_full_support_distribution():
     pol = TabularPolicy(M, V, H)
     for _ in range(5):
         lp = random_leaf_logp(rng, M, V**H, scale=3.0)
-        theta = pol.params_from_node_logp(T.leaf_to_node_logp(lp, V, H))
+        theta = pol.params_from_node_logp(theory.leaf_to_node_logp(lp, V, H))
         assert theta.shape == (pol.n_params,)
         np.testing.assert_allclose(pol.leaf_logp(theta), lp, atol=1e-12)
 

@@ -26,7 +26,12 @@ def fake_module(fail: bool = False) -> types.ModuleType:
     mod = types.ModuleType("fake_h6")
     mod.CLAIM = "Online beats offline when the verifier is simple."
     mod.NOTES = "H6"
-    mod.DESIGN_NOTE = "Same pairs for\n   every pipeline; exact soft RL."
+    mod.DESIGN_NOTE = (
+        "Same pairs for\n   every pipeline; exact soft RL (:func:`gvgap.learners.rlhf`).\n\n"
+        "Arms, each on :mod:`gvgap.sweep` runs:\n\n"
+        "- ``dpo``: offline, *against* the isomorphic\n  control;\n"
+        "- ``rlhf``: online, r* and π* exact.\n"
+    )
 
     def plot(df: pd.DataFrame, ax=None):
         if fail:
@@ -79,8 +84,21 @@ def make_run_dir(root: Path, *, extras: bool = True) -> Path:
                 "ci_high": -0.05,
                 "n_runs": 20,
                 "positive_control": {"effect": 0.3, "ci_low": 0.2, "ci_high": 0.4},
+                "paper_position": "against (data processing)",
+                "consistent_with_paper": "yes",
+                "seeds": 14,
+                "power": 0.83,
+                "robustness": [
+                    {"override": {"vocab": 4, "horizon": 3}, "verdict": "against",
+                     "effect": -0.2, "ci_low": -0.3, "ci_high": -0.1, "seeds": 14,
+                     "power": 0.83},
+                    {"override": {"beta": 0.1}, "verdict": "inconclusive", "effect": 0.01,
+                     "ci_low": -0.1, "ci_high": 0.1, "seeds": 14, "power": 0.83},
+                ],
+                "stability": [{"seed_start": 0, "effect": -0.1, "ci_low": -0.2,
+                               "ci_high": -0.05, "seeds": 14}],
             },
-        }
+        }  # fmt: skip
         (root / "verdicts.json").write_text(json.dumps(verdicts))
         checks = [
             {
@@ -134,21 +152,61 @@ def test_report_markdown_content(run_dir: Path) -> None:
     md = (run_dir / "report.md").read_text()
     for text in (
         "## Verdicts",
-        "| h6_gap | gap claim | supported | – | 0.3 | [0.2, 0.4] | – | 32 | yes |",
-        "| h1 | H1: samples carry information. | against | no | -0.1 | [-0.2, -0.05] "
-        "| 0.3 [0.2, 0.4] | 20 | – |",
+        "| h6_gap | gap claim | supported | – | – | 0.3 [0.2, 0.4] | – | 32 | – | – |",
+        "| h1 | H1: samples carry information. | against | against (data processing) | yes "
+        "| -0.1 [-0.2, -0.05] | 0.3 [0.2, 0.4] | 14 | 0.83 | 1 of 2 |",
         "verdict on the hypothesis",
+        "Legend: the verdict is on the hypothesis",
+        "### Re-checks and seed blocks",
+        "| vocab = 4, horizon = 3 | against | -0.2 [-0.3, -0.1] | 14 | 0.83 |",
+        "| beta = 0.1 | inconclusive | 0.01 [-0.1, 0.1] | 14 | 0.83 |",
+        "| 0 | -0.1 [-0.2, -0.05] | 14 |",
         "Online beats offline",
-        "**Design.** Same pairs for every pipeline",
+        "**Design.** Same pairs for every pipeline; exact soft RL (`gvgap.learners.rlhf`).",
+        "- `dpo`: offline, *against* the isomorphic control;",
         "figures/h6_gap.png",
         "figures/h6_gap__advantage_vs_gap.png",
-        "| pipeline | J_norm | J |",
+        "| cell | role | contrast a − b | metric | mean [95% CI] | seeds |",
+        "| horizon = 3, n_pairs = 10, rm_class = linear | compared | rlhf − dpo | J |",
         "### c_bare",
         "gibbs_error",
     ):
         assert text in md, text
     for link in re.findall(r"\]\((figures/[^)]+)\)", md):
         assert (run_dir / link).is_file()
+    prose = re.sub(r"```.*?```", "", md, flags=re.S)  # outside fenced blocks
+    assert ":func:" not in prose and ":mod:" not in prose and "``" not in prose
+
+
+def test_report_html_renders_markup_and_lists(run_dir: Path) -> None:
+    """Docstring markup is rendered, never shown raw: lists as <ul><li>, code, emphasis,
+    roles as code; the symbols r* and π* stay as they are."""
+    page = (run_dir / "report.html").read_text()
+    assert "<ul><li><strong>Design.</strong>" not in page  # the lead opens the paragraph
+    assert "<li><code>dpo</code>: offline, <em>against</em> the isomorphic control;</li>" in page
+    assert "<li><code>rlhf</code>: online, r* and π* exact.</li>" in page
+    assert "<code>gvgap.learners.rlhf</code>" in page and "<code>gvgap.sweep</code>" in page
+    text = re.sub(r"<[^>]+>", "", page.split("<body>")[1])
+    for raw in (":func:", ":mod:", "``", "*against*", "**"):
+        assert raw not in text, raw
+    assert "<em>consistent with paper</em>" in page  # the legend
+
+
+def test_docstring_blocks_hand_written() -> None:
+    """Paragraphs, a list with a continuation line, a literal block; inline markup."""
+    text = "First\nline.\n\nItems:\n\n- a ``x``\n  more\n* b\n\nCode::\n\n    y = 1\n\nEnd."
+    assert report_doc.blocks(text) == [
+        ("p", "First line."),
+        ("p", "Items:"),
+        ("ul", ["a ``x`` more", "b"]),
+        ("p", "Code:"),
+        ("pre", "y = 1"),
+        ("p", "End."),
+    ]
+    assert report_doc._inline("*a* r* 2*3 **b** :class:`~m.C` `c`") == (
+        "<em>a</em> r* 2*3 <strong>b</strong> <code>m.C</code> <code>c</code>"
+    )
+    assert report_doc.md_inline(":data:`X` and ``y``") == "`X` and `y`"
 
 
 def test_figures_have_sidecars(run_dir: Path) -> None:
@@ -207,3 +265,39 @@ def test_save_figure_writes_png_pdf_json(tmp_path: Path) -> None:
     side = json.loads(paths[2].read_text())
     assert side["seeds"] == [0, 1] and side["files"] == ["a_b_c.png", "a_b_c.pdf"]
     assert not list((tmp_path / "f").glob(".*tmp"))
+
+
+@pytest.mark.parametrize("fails", ["savefig", "sidecar", "report_md"])
+def test_report_on_a_full_disk_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """Issue 19: ``gvgap report`` on a full disk left a 0-byte ``figures/.*.png.tmp``. The
+    disk fills (ENOSPC, after some bytes were written) while a figure, its sidecar or the
+    report is written: one UserError naming the file and reason, and no temporary file in
+    the run directory."""
+    import errno
+
+    root = make_run_dir(tmp_path / "run")
+    monkeypatch.setattr(report, "_modules", lambda: {"h6_gap": fake_module()})
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fails == "savefig":
+
+        def savefig(self, fname, *args, **kwargs):
+            Path(fname).write_bytes(b"\x89PNG partial")
+            raise full
+
+        monkeypatch.setattr(Figure, "savefig", savefig)
+    else:
+        real_write_text = Path.write_text
+        target = ".json." if fails == "sidecar" else ".report.md."  # a temporary's name
+
+        def write_text(self, data, *args, **kwargs):
+            if target in self.name and self.name.endswith(".tmp"):
+                real_write_text(self, data[:10], *args, **kwargs)
+                raise full
+            return real_write_text(self, data, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(UserError, match="No space left on device"):
+        report.write_report(root)
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]

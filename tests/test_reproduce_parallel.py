@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from gvgap.reproduce import experiment_record, reproduce, run_ordered
+from gvgap.reproduce import (
+    _write_json,
+    experiment_record,
+    missing_requirement,
+    reproduce,
+    run_ordered,
+)
 
 
 def test_run_ordered_runs_jobs_at_once_and_keeps_their_order():
@@ -39,23 +46,19 @@ def test_run_ordered_sequential_and_errors():
 def test_experiment_needing_torch_is_reported_not_run_without_it(monkeypatch) -> None:
     import importlib.util
 
-    from gvgap import reproduce as R
-
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
     )
-    assert "torch" in R.missing_requirement("h6_neural")
-    assert R.missing_requirement("h6_gap") is None
+    assert "torch" in missing_requirement("h6_neural")
+    assert missing_requirement("h6_gap") is None
 
 
 def test_verdict_files_are_strict_json(tmp_path) -> None:
     import json
 
-    from gvgap import reproduce as R
-
     path = tmp_path / "v.json"
-    R._write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    _write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
     assert json.loads(path.read_text(), parse_constant=lambda c: 1 / 0) == {
         "a": None,
         "b": [1.0, None],
@@ -74,14 +77,27 @@ def test_experiment_record_robust_iff_every_recheck_agrees():
     main = {"verdict": "against", "effect": 1.0, "ci_low": 0.5, "ci_high": 1.5, "n_runs": 20}
     agree = {"verdict": "against", "effect": 0.8, "ci_low": 0.1, "ci_high": 1.2, "n_runs": 6}
     other = {**agree, "verdict": "inconclusive"}
-    rec = experiment_record(main, [({"beta": 0.1}, agree), ({"beta": 3.0}, agree)])
+    plan = {"seeds": 20, "power": 0.85, "robust_power": 0.81}
+    rec = experiment_record(
+        main,
+        [({"beta": 0.1}, agree, 6), ({"beta": 3.0}, agree, 6)],
+        eid="h6_gap",
+        plan=plan,
+        seeds=20,
+    )
     assert rec["robust"] is True and rec["n_runs"] == 20
     assert rec["robustness"][0] == {
         "override": {"beta": 0.1},
         **{k: agree[k] for k in agree if k != "n_runs"},
+        "seeds": 6,
+        "power": 0.81,
     }
-    assert experiment_record(main, [({}, agree), ({}, other)])["robust"] is False
+    # h6 expects "supported" (the paper's position): "against" disagrees with the paper
+    assert rec["consistent_with_paper"] == "no" and rec["paper_position"]
+    assert rec["seeds"] == 20 and rec["power"] == 0.85
+    assert experiment_record(main, [({}, agree, 6), ({}, other, 6)])["robust"] is False
     assert experiment_record(main, [])["robust"] is None
+    assert experiment_record(main, [])["consistent_with_paper"] == "undecided"  # no module
 
 
 def test_reproduce_same_tables_and_verdicts_with_one_and_two_workers(tmp_path, capsys):
@@ -165,3 +181,44 @@ def test_shared_pool_cancel_ends_a_running_task():
         time.sleep(0.1)
     else:
         pytest.fail("the running worker was not ended")
+
+
+def test_reproduce_plans_seeds_from_the_pilot_and_records_them(tmp_path, monkeypatch):
+    """h6_gap through the whole main job on a small design: the power pilot runs first on its
+    own seed block, its plan sets the confirmatory sweep's seeds (on the confirmatory block),
+    the headline is re-measured on the stability blocks, and the verdict record carries the
+    seeds, the power, the paper's position and the stability effects."""
+    import json
+
+    from gvgap.experiments import h6_design as D
+    from gvgap.experiments import h6_gap
+
+    cells = ["sum_mod_2x4", "additive_full_2x4"]
+    monkeypatch.setattr(
+        h6_gap,
+        "PILOT",
+        {**D.PILOT, "seeds": 4, "grid": {**D.PILOT["grid"], "cell": ["dense_2x4", *cells]}},
+    )
+    monkeypatch.setattr(
+        h6_gap,
+        "QUICK",
+        {
+            **D.QUICK,
+            "grid": {"cell": cells, "n_pairs": [16, 1024], "protocol": ["learned", "gift"]},
+        },
+    )
+    monkeypatch.setattr(h6_gap, "HEADLINE", {**D.HEADLINE, "cell": "sum_mod_2x4"})
+    monkeypatch.setattr(h6_gap, "STABILITY_BLOCKS", (D.STABILITY_BLOCKS[0],))
+    out = tmp_path / "r"
+    reproduce(out, quick=True, workers=1, experiments=["h6_gap"])
+    rec = json.loads((out / "verdicts.json").read_text())["h6_gap"]
+    plan = rec["plan"]
+    assert rec["seeds"] == plan["seeds"] >= D.SEED_BOUNDS[0] and rec["power"] == plan["power"]
+    assert set(plan["parts"]) == {"P1", "control", "P2"}
+    assert rec["paper_position"] and rec["consistent_with_paper"] in ("yes", "no", "undecided")
+    pilot = pd.read_parquet(out / "sweeps" / "h6_gap-pilot" / "results.parquet")
+    main = pd.read_parquet(out / "sweeps" / "h6_gap" / "results.parquet")
+    assert pilot["seed"].min() == D.PILOT_BLOCK and main["seed"].min() == D.CONFIRM_BLOCK
+    assert main["seed"].nunique() == rec["seeds"]
+    assert [s["seed_start"] for s in rec["stability"]] == [D.CONFIRM_BLOCK, D.STABILITY_BLOCKS[0]]
+    assert all(np.isfinite(s["effect"]) for s in rec["stability"])

@@ -77,7 +77,7 @@ def test_fused_matches_numpy(vocab, horizon, m, peaked, extreme):
     if extreme:  # the underflow fallback ran: some V_{h+1} more than 645 below its level's max
         gaps = [(v.max(axis=1, keepdims=True) - v).max() for v in ref.values[1:]]
         assert max(gaps) > 700
-    # theorem: log Z = log Σ_ξ P_ref(ξ) e^{r/β} (THEORY §2), by enumeration
+    # theorem: log Z = log Σ_ξ P_ref(ξ) e^{r/β} (docs/theory.md §2), by enumeration
     with np.errstate(invalid="ignore"):
         lz = log_partition_leaf(node_to_leaf_logp(logpi_ref), r, BETA)
     np.testing.assert_allclose(fused.log_z, lz, rtol=1e-12, atol=1e-10)

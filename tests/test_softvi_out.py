@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.envs.tree_env import random_ref_policy
 from gvgap.theory.soft import SoftVIBuffers
 
@@ -20,23 +20,25 @@ def test_out_buffers_match_enumeration(vocab, horizon, scale):
     buf = SoftVIBuffers.empty(2, vocab, horizon)
     for _ in range(2):  # the second call reuses (overwrites) the same buffers
         r = scale * rng.standard_normal((2, vocab**horizon))
-        fresh = T.soft_value_iteration(logpi_ref, r, 0.7)
-        into = T.soft_value_iteration(logpi_ref, r, 0.7, out=buf)
+        fresh = theory.soft_value_iteration(logpi_ref, r, 0.7)
+        into = theory.soft_value_iteration(logpi_ref, r, 0.7, out=buf)
         assert into.logpi[0] is buf.logpi[0]
-        lp_ref = T.node_to_leaf_logp(logpi_ref)
-        brute = T.soft_optimal_leaf_logp(lp_ref, r, 0.7)
+        lp_ref = theory.node_to_leaf_logp(logpi_ref)
+        brute = theory.soft_optimal_leaf_logp(lp_ref, r, 0.7)
         tol = 1e-12 * max(1.0, scale)
-        np.testing.assert_allclose(T.node_to_leaf_logp(into.logpi), brute, atol=tol)
-        np.testing.assert_allclose(into.log_z, T.log_partition_leaf(lp_ref, r, 0.7), atol=tol)
+        np.testing.assert_allclose(theory.node_to_leaf_logp(into.logpi), brute, atol=tol)
+        np.testing.assert_allclose(into.log_z, theory.log_partition_leaf(lp_ref, r, 0.7), atol=tol)
         for a, b in zip(fresh.logpi, into.logpi):
             np.testing.assert_array_equal(a, b)
 
 
 def test_out_of_another_shape_is_refused():
     """Buffers of another tree raise instead of writing out of shape."""
-    logpi_ref = T.uniform_node_logp(1, 2, 3)
+    logpi_ref = theory.uniform_node_logp(1, 2, 3)
     with pytest.raises(ValueError, match="out"):
-        T.soft_value_iteration(logpi_ref, np.zeros((1, 8)), 1.0, out=SoftVIBuffers.empty(1, 2, 2))
+        theory.soft_value_iteration(
+            logpi_ref, np.zeros((1, 8)), 1.0, out=SoftVIBuffers.empty(1, 2, 2)
+        )
 
 
 def _small_tree(seed: int = 0):
@@ -78,11 +80,11 @@ def test_auto_falls_back_to_numpy_once_when_the_fused_kernel_fails(monkeypatch):
     monkeypatch.setattr(soft_fused, "fused_into", broken)
     monkeypatch.setattr(soft, "FUSED_MIN_LEAVES", 1)
     logpi_ref, r = _small_tree()
-    want = T.soft_value_iteration(logpi_ref, r, 0.5, backend="numpy")
+    want = theory.soft_value_iteration(logpi_ref, r, 0.5, backend="numpy")
     with pytest.warns(UserWarning, match="cannot compile"):
-        got = T.soft_value_iteration(logpi_ref, r, 0.5, backend="auto")
+        got = theory.soft_value_iteration(logpi_ref, r, 0.5, backend="auto")
     np.testing.assert_array_equal(got.log_z, want.log_z)
-    T.soft_value_iteration(logpi_ref, r, 0.5, backend="auto")
+    theory.soft_value_iteration(logpi_ref, r, 0.5, backend="auto")
     assert len(calls) == 1
     with pytest.raises(UserError, match="cannot compile"):
-        T.soft_value_iteration(logpi_ref, r, 0.5, backend="numba")
+        theory.soft_value_iteration(logpi_ref, r, 0.5, backend="numba")

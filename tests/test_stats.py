@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gvgap import stats as S
+from gvgap import stats
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -32,24 +32,24 @@ def rng(seed: int = 0) -> np.random.Generator:
     ],
 )
 def test_prob_improvement_hand_values(a: list, b: list, expected: float) -> None:
-    assert S.prob_improvement(a, b) == pytest.approx(expected)
+    assert stats.prob_improvement(a, b) == pytest.approx(expected)
 
 
 def test_prob_improvement_symmetry_and_empty() -> None:
     a, b = rng(1).normal(size=7), rng(2).normal(size=5)
-    assert S.prob_improvement(a, b) + S.prob_improvement(b, a) == pytest.approx(1.0)
-    assert np.isnan(S.prob_improvement([], [1.0]))
-    assert S.prob_improvement([1.0, np.nan], [0.0]) == 1.0  # non-finite values dropped
+    assert stats.prob_improvement(a, b) + stats.prob_improvement(b, a) == pytest.approx(1.0)
+    assert np.isnan(stats.prob_improvement([], [1.0]))
+    assert stats.prob_improvement([1.0, np.nan], [0.0]) == 1.0  # non-finite values dropped
 
 
 def test_prob_improvement_ci_contains_estimate_and_is_deterministic() -> None:
     a, b = rng(3).normal(0.5, 1, 12), rng(4).normal(0, 1, 12)
-    p, lo, hi = S.prob_improvement_ci(a, b, rng=rng(0), n_resamples=999)
+    p, lo, hi = stats.prob_improvement_ci(a, b, rng=rng(0), n_resamples=999)
     assert lo <= p <= hi
     assert lo >= 0 and hi <= 1
-    assert S.prob_improvement_ci(a, b, rng=rng(0), n_resamples=999) == (p, lo, hi)
-    assert S.prob_improvement_ci([1.0, 1.0], [1.0, 1.0], rng=rng(0)) == (0.5, 0.5, 0.5)
-    assert np.isnan(S.prob_improvement_ci([1.0], [0.0], rng=rng(0))[1])
+    assert stats.prob_improvement_ci(a, b, rng=rng(0), n_resamples=999) == (p, lo, hi)
+    assert stats.prob_improvement_ci([1.0, 1.0], [1.0, 1.0], rng=rng(0)) == (0.5, 0.5, 0.5)
+    assert np.isnan(stats.prob_improvement_ci([1.0], [0.0], rng=rng(0))[1])
 
 
 # ---------------------------------------------------------------- mean and CI
@@ -57,35 +57,35 @@ def test_prob_improvement_ci_contains_estimate_and_is_deterministic() -> None:
 
 def test_mean_ci_contains_mean_and_is_deterministic() -> None:
     x = rng(5).normal(2.0, 1.0, 30)
-    m, lo, hi = S.mean_ci(x, rng=rng(0), n_resamples=999)
+    m, lo, hi = stats.mean_ci(x, rng=rng(0), n_resamples=999)
     assert m == pytest.approx(x.mean())
     assert lo < m < hi
-    assert S.mean_ci(x, rng=rng(0), n_resamples=999) == (m, lo, hi)
+    assert stats.mean_ci(x, rng=rng(0), n_resamples=999) == (m, lo, hi)
     # the interval is about ±1.96 s/√n wide
     assert hi - lo == pytest.approx(2 * 1.96 * x.std(ddof=1) / np.sqrt(30), rel=0.3)
 
 
 def test_mean_ci_degenerate_samples() -> None:
-    assert all(np.isnan(v) for v in S.mean_ci([], rng=rng()))
-    m, lo, hi = S.mean_ci([3.0], rng=rng())
+    assert all(np.isnan(v) for v in stats.mean_ci([], rng=rng()))
+    m, lo, hi = stats.mean_ci([3.0], rng=rng())
     assert m == 3.0 and np.isnan(lo) and np.isnan(hi)
-    assert S.mean_ci([2.0, 2.0, 2.0], rng=rng()) == (2.0, 2.0, 2.0)
-    assert S.mean_ci([1.0, np.nan, 3.0, np.inf], rng=rng())[0] == 2.0
+    assert stats.mean_ci([2.0, 2.0, 2.0], rng=rng()) == (2.0, 2.0, 2.0)
+    assert stats.mean_ci([1.0, np.nan, 3.0, np.inf], rng=rng())[0] == 2.0
 
 
 def test_mean_ci_two_values() -> None:
-    m, lo, hi = S.mean_ci([0.0, 1.0], rng=rng(), n_resamples=500)
+    m, lo, hi = stats.mean_ci([0.0, 1.0], rng=rng(), n_resamples=500)
     assert m == 0.5 and 0.0 <= lo <= m <= hi <= 1.0
 
 
 def test_summarize_groups() -> None:
     df = pd.DataFrame({"g": ["a", "a", "a", "b", "b"], "value": [1.0, 2.0, 3.0, 5.0, 5.0]})
-    out = S.summarize(df, ["g"], rng=rng(), n_resamples=500)
+    out = stats.summarize(df, ["g"], rng=rng(), n_resamples=500)
     assert list(out.columns) == ["g", "mean", "ci_low", "ci_high", "n"]
     assert out["mean"].tolist() == [2.0, 5.0]
     assert out["n"].tolist() == [3, 2]
     assert out.loc[1, "ci_low"] == out.loc[1, "ci_high"] == 5.0
-    pooled = S.summarize(df, [], rng=rng(), n_resamples=500)
+    pooled = stats.summarize(df, [], rng=rng(), n_resamples=500)
     assert len(pooled) == 1 and pooled.loc[0, "mean"] == pytest.approx(3.2)
 
 
@@ -123,7 +123,7 @@ def tiny_frame() -> pd.DataFrame:
 
 
 def test_paired_difference_hand_frame() -> None:
-    out = S.paired_difference(
+    out = stats.paired_difference(
         tiny_frame(),
         metric="J",
         a_pipeline="rlhf",
@@ -132,7 +132,7 @@ def test_paired_difference_hand_frame() -> None:
         rng=rng(),
         n_resamples=999,
     )
-    assert list(out.columns) == ["horizon", *S.PAIRED_COLUMNS]
+    assert list(out.columns) == ["horizon", *stats.PAIRED_COLUMNS]
     h1, h2 = out.iloc[0], out.iloc[1]
     assert h1["horizon"] == 1 and h1["mean"] == pytest.approx(2.0) and h1["n"] == 3
     assert h1["ci_low"] <= 2.0 <= h1["ci_high"]
@@ -150,22 +150,22 @@ def test_paired_difference_hand_frame() -> None:
 def test_paired_difference_deterministic_and_pooled() -> None:
     df = tiny_frame()
     kw = {"metric": "J", "a_pipeline": "rlhf", "b_pipeline": "dpo", "n_resamples": 500}
-    a = S.paired_difference(df, by=["horizon"], rng=rng(7), **kw)
-    b = S.paired_difference(df, by=["horizon"], rng=rng(7), **kw)
+    a = stats.paired_difference(df, by=["horizon"], rng=rng(7), **kw)
+    b = stats.paired_difference(df, by=["horizon"], rng=rng(7), **kw)
     pd.testing.assert_frame_equal(a, b)
-    pooled = S.paired_difference(df, by=[], rng=rng(7), **kw)
+    pooled = stats.paired_difference(df, by=[], rng=rng(7), **kw)
     assert len(pooled) == 1 and pooled.loc[0, "n"] == 5
     assert pooled.loc[0, "mean"] == pytest.approx((1 + 2 + 3) / 5)
 
 
 def test_paired_difference_empty_and_bad_by() -> None:
     df = tiny_frame()
-    out = S.paired_difference(
+    out = stats.paired_difference(
         df, metric="J", a_pipeline="ipo", b_pipeline="dpo", by=["horizon"], rng=rng()
     )
     assert out.empty and "mean" in out.columns
     with pytest.raises(ValueError, match="nope"):
-        S.paired_difference(
+        stats.paired_difference(
             df, metric="J", a_pipeline="rlhf", b_pipeline="dpo", by=["nope"], rng=rng()
         )
 
@@ -173,7 +173,7 @@ def test_paired_difference_empty_and_bad_by() -> None:
 def test_pair_runs_key_excludes_run_id() -> None:
     df = tiny_frame()
     df.loc[df["pipeline"] == "rlhf", "run_id"] += "-other"  # pipelines from separate runs
-    pairs = S.pair_runs(df, metric="J", a_pipeline="rlhf", b_pipeline="dpo")
+    pairs = stats.pair_runs(df, metric="J", a_pipeline="rlhf", b_pipeline="dpo")
     assert len(pairs) == 5
     assert sorted(pairs["diff"].tolist()) == [0.0, 0.0, 1.0, 2.0, 3.0]
 
@@ -181,6 +181,26 @@ def test_pair_runs_key_excludes_run_id() -> None:
 def test_with_column_errors() -> None:
     df = tiny_frame()
     with pytest.raises(ValueError, match="nothing"):
-        S.with_column(df, "nothing")
-    assert "log_gap" in S.with_column(df, "log_gap").columns
-    assert S.has_column(df, "log_gap") and not S.has_column(df, "nothing")
+        stats.with_column(df, "nothing")
+    assert "log_gap" in stats.with_column(df, "log_gap").columns
+    assert stats.has_column(df, "log_gap") and not stats.has_column(df, "nothing")
+
+
+def test_at_cell_is_the_one_rows_at_a_cell_rule():
+    """Issue 19 (rows-at-a-cell three times): equality per column, any of a list, NaN matches
+    NaN (h6's cells group with dropna=False), fields the table lacks are ignored; ``select``
+    is the same rule on bare metrics too."""
+    df = pd.DataFrame(
+        {
+            "run_id": [0, 1, 2, 3],
+            "vocab": [2, 3, 3, 3],
+            "cell": ["a", "a", None, "b"],
+            "pipeline": ["", "", "", ""],
+            "metric": ["gap", "gap", "gap", "gap"],
+            "value": [0.5, 1.5, 2.5, 3.5],
+        }
+    )
+    assert stats.at_cell(df, {"vocab": 3, "absent": 9})["run_id"].tolist() == [1, 2, 3]
+    assert stats.at_cell(df, {"vocab": [2, 3], "cell": "a"})["run_id"].tolist() == [0, 1]
+    assert stats.at_cell(df, {"cell": float("nan")})["run_id"].tolist() == [2]
+    assert stats.select(df, {"gap": [1.5, 3.5], "vocab": 3})["run_id"].tolist() == [1, 3]

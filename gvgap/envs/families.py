@@ -1,4 +1,4 @@
-"""Registry of gap problem families (THEORY §3 "proper learning", §4 H6, §6 items 9–11, 15).
+"""Registry of gap problem families (docs/theory.md §3 "proper learning", §4 H6, §6 items 9–11, 15).
 
 Each family draws one :class:`~gvgap.envs.tree_env.TreeEnv` from a numpy Generator: a true
 reward r*(x, ξ), a reference policy π_ref and the feature map φ of the simple reward class
@@ -16,7 +16,7 @@ Families (knobs and defaults: ``FAMILIES[name].knobs``; ``gvgap list``):
   ``counts`` or ``ngram`` the same seed and V give the same verifier direction w at every H
   (only its scale is renormalised); H ≤ 2 is the "two-word summary" analogue (no gap).
 * ``policy_complex`` — r* = β (log P_π − log P_ref) for a random tabular π with node logits
-  ~ N(0, logit_scale²): the local reward of a policy, so π*_{r*} = π (THEORY §3) and
+  ~ N(0, logit_scale²): the local reward of a policy, so π*_{r*} = π (docs/theory.md §3) and
   verification is as hard as generation ("ROUGE-L against a reference" analogue).
   ``features`` = k columns of a generic small dictionary (default position×token), so
   r* ∉ R_sim in general.
@@ -48,7 +48,7 @@ Gap descriptor (``env.info["gap"]``, :func:`gap_descriptor`), all scalars:
   ``kl_markov_rev`` ≈ E_x min_{q} KL(∏_h q_h ‖ P*): reverse-KL (soft-RL) projection onto
   position×token policies, by mean-field coordinate ascent from the marginals (a local
   optimum, hence an upper bound; NaN above ``REVERSE_KL_MAX_LEAVES`` leaves). Then
-  J(π*) − max_{π Markov} J(π) = β · kl_markov_rev (Gibbs identity, THEORY §3).
+  J(π*) − max_{π Markov} J(π) = β · kl_markov_rev (Gibbs identity, docs/theory.md §3).
 * ``misspec_frac``: fraction of Σ_x ρ_x Var_ξ r* outside span{per-prompt constants, R_sim}
   (least squares with shared w); 0 when r* ∈ R_sim.
 * ``kl_star_ref`` = E_x KL(P* ‖ P_ref) and ``r_star_std`` = E_x std_ξ r*: reward scale.
@@ -62,10 +62,10 @@ from types import MappingProxyType, SimpleNamespace
 
 import numpy as np
 
-from gvgap.envs import features as F
+from gvgap.envs import features
 from gvgap.envs.gap import gap_descriptor
 from gvgap.envs.tree_env import TreeEnv, make_env, make_ref_policy
-from gvgap.errors import UserError
+from gvgap.errors import INT64_MAX, UserError, check_choice, check_int, check_range
 from gvgap.theory import (
     MAX_LEAVES_DEFAULT,
     check_tree_size,
@@ -92,7 +92,7 @@ COMMON_KNOBS = {
     "max_leaves": f"refuse trees with more than this many m·V^H leaves (default {_MAX})",
 }
 # Family knobs: name -> (default, description[, allowed values]); validated by type of default.
-_DICT = f"one of {', '.join(F.DICTIONARIES)}, ngram<n>, window<J>"
+_DICT = f"one of {', '.join(features.DICTIONARIES)}, ngram<n>, window<J>"
 _NGRAM = (2, "window length of the 'ngram' dictionary")
 _LINEAR = {
     "dictionary": ("dense", f"feature dictionary, {_DICT}"),
@@ -106,7 +106,7 @@ _POLICY = {
     "ngram_n": _NGRAM,
 }
 _PLANNING = {
-    "check": ("sum_mod", f"global check, one of {', '.join(F.CHECKS)}", F.CHECKS),
+    "check": ("sum_mod", f"global check, one of {', '.join(features.CHECKS)}", features.CHECKS),
     "target": (0, "c of sum_mod: Σ_h a_h ≡ c (mod V), 0 <= c < V"),
     "motif": (None, "motif tokens (sequence or 'a,b,..'); None draws one at random"),
     "motif_len": (2, "length of a random motif, 1 <= motif_len <= H"),
@@ -151,26 +151,24 @@ def _num(v: object) -> float:
         return float("nan")
 
 
-def _int(name: str, v: object, lo: int, hi: int | None = None) -> int:
+def _int(name: str, v: object, lo: int, hi: int = INT64_MAX) -> int:
+    """A whole number in [lo, hi] (an int, an integral float or a numeric string), as an int."""
     x = _num(v)
-    ok = np.isfinite(x) and x == int(x) and lo <= x and (hi is None or x <= hi)
-    if isinstance(v, bool) or not ok:
-        bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise UserError(f"{name} must be an integer {bound}; got {v!r}")
-    return int(x)
+    whole = not isinstance(v, bool) and np.isfinite(x) and x == int(x)
+    return check_int(name, int(x) if whole else v, lo, hi)
 
 
 def _float(name: str, v: object, lo: float = 0.0, *, lo_open: bool = False) -> float:
+    """A finite number ≥ lo (> lo if ``lo_open``; a number or a numeric string), as a float."""
     x = _num(v)
-    if not np.isfinite(x) or (x <= lo if lo_open else x < lo):
-        raise UserError(f"{name} must be a number {'>' if lo_open else '>='} {lo}; got {v!r}")
+    check_range(name, x if np.isfinite(x) else v, lo, lo_open=lo_open)
     return x
 
 
 def _knob(name: str, v: object, default: object, allowed: tuple[str, ...] = ()) -> object:
     """Validate a family knob by its allowed values or the type of its default."""
-    if allowed and v not in allowed:
-        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+    if allowed:
+        check_choice(name, v, allowed)
     if isinstance(default, bool):
         table = {"true": True, "1": True, "false": False, "0": False}
         if str(v).lower() not in table:
@@ -210,8 +208,8 @@ def _begin(family: str, rng: np.random.Generator, c: dict) -> SimpleNamespace:
 
 def _features(b: SimpleNamespace, dictionary: str, k: int, ngram_n: int) -> np.ndarray:
     """k standardised columns of a dictionary, ``(N, k)``."""
-    phi = F.dictionary(dictionary, b.tokens, b.vocab, b.rngs["cols"], k=k, n=ngram_n)
-    return F.standardize(phi)
+    phi = features.dictionary(dictionary, b.tokens, b.vocab, b.rngs["cols"], k=k, n=ngram_n)
+    return features.standardize(phi)
 
 
 def _linear_part(b: SimpleNamespace, kn: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,7 +220,7 @@ def _linear_part(b: SimpleNamespace, kn: dict) -> tuple[np.ndarray, np.ndarray, 
     r = np.broadcast_to(w @ phi.T, (b.m, phi.shape[0])).copy()
     if not kn["per_prompt_weights"]:
         return r, phi, w[0]
-    return r, F.block_features(phi, b.m), w.ravel()
+    return r, features.block_features(phi, b.m), w.ravel()
 
 
 def _policy_reward(b: SimpleNamespace, logit_scale: float) -> np.ndarray:
@@ -265,13 +263,15 @@ def _planning(b: SimpleNamespace, kn: dict) -> Out:
         if not 1 <= len(motif) <= b.horizon:
             raise UserError(f"motif must have 1..horizon={b.horizon} tokens; got {motif}")
     kn["motif"] = motif
-    size = F.dictionary_size(kn["dictionary"], b.vocab, b.horizon, n=kn["ngram_n"])
+    size = features.dictionary_size(kn["dictionary"], b.vocab, b.horizon, n=kn["ngram_n"])
     if size is not None and b.k - 1 > size:
         raise UserError(
             f"k must be <= {size + 1} for planning with dictionary "
             f"{kn['dictionary']!r} (V={b.vocab}, H={b.horizon}); got {b.k}"
         )
-    ind = F.check_indicator(b.tokens, b.vocab, kn["check"], target=kn["target"], motif=motif or ())
+    ind = features.check_indicator(
+        b.tokens, b.vocab, kn["check"], target=kn["target"], motif=motif or ()
+    )
     cols = [ind[:, None]]
     if b.k > 1:
         cols.append(_features(b, kn["dictionary"], b.k - 1, kn["ngram_n"]))
@@ -287,7 +287,7 @@ def _planning(b: SimpleNamespace, kn: dict) -> Out:
     r = np.zeros((b.m, len(b.tokens)))
     for x in range(b.m):  # a loop over prompts, not leaves
         t = (kn["target"] + x) % b.vocab
-        ind_x = F.check_indicator(b.tokens, b.vocab, "sum_mod", target=t)
+        ind_x = features.check_indicator(b.tokens, b.vocab, "sum_mod", target=t)
         out[x, :, x * b.k : (x + 1) * b.k] = np.column_stack([ind_x, feats[:, 1:]])
         r[x] = w[0] * ind_x
     return r, out, {**kn, "w_star": np.tile(w, b.m)}
@@ -305,7 +305,7 @@ def _misspec(b: SimpleNamespace, kn: dict) -> Out:
                 f"epsilon > 0 needs k < vocab**horizon - 1 = {len(b.tokens) - 1} "
                 f"(else R_sim holds every reward); got k={b.k}"
             )
-        r = r + b.eps * kn["reward_scale"] * F.project_out(u, feats)
+        r = r + b.eps * kn["reward_scale"] * features.project_out(u, feats)
     return r, feats, {**kn, "w_star": w}
 
 
@@ -335,7 +335,7 @@ def _family(name: str, summary: str, body: Callable[..., Out], own: dict[str, tu
         b = _begin(name, rng, {key: v for key, v in locals().items() if key in COMMON_KNOBS})
         kn = {key: _knob(key, family_knobs.get(key, s[0]), *s[::2]) for key, s in own.items()}
         if "dictionary" in kn:  # named or patterned (ngram<n>, window<J>); UserError if unknown
-            F.dictionary_size(kn["dictionary"], b.vocab, b.horizon, n=kn.get("ngram_n", 2))
+            features.dictionary_size(kn["dictionary"], b.vocab, b.horizon, n=kn.get("ngram_n", 2))
         r, feats, extra = body(b, kn)
         env = make_env(
             vocab=b.vocab,
@@ -399,8 +399,7 @@ def make_family(name: str, *, rng: np.random.Generator, **knobs: object) -> Tree
     Raises:
         UserError: unknown family, unknown knob, missing or bad knob value (named).
     """
-    if name not in FAMILIES:
-        raise UserError(f"family must be one of {', '.join(FAMILIES)}; got {name!r}")
+    check_choice("family", name, FAMILIES)
     missing = [req for req in ("vocab", "horizon") if req not in knobs]
     if missing:
         raise UserError(f"{missing[0]} is required by family {name!r}")

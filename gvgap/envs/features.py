@@ -1,4 +1,4 @@
-"""Feature dictionaries φ(ξ) of simple reward classes R_sim (THEORY §3 "proper learning").
+"""Feature dictionaries φ(ξ) of simple reward classes R_sim (docs/theory.md §3 "proper learning").
 
 Every builder takes the token array ``tokens`` of shape ``(N, H)`` — row i is the completion
 whose leaf index is i, as returned by :func:`gvgap.theory.leaf_tokens` — and returns an
@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_choice
 
 #: Names accepted by :func:`dictionary` (plus the patterns ``ngram<n>`` and ``window<J>``).
 DICTIONARIES = ("dense", "counts", "position_token", "ngram", "ngram2", "window1", "window2")
@@ -263,7 +263,7 @@ def check_indicator(
         for s in range(tokens.shape[1] - pat.size + 1):  # window offsets, not leaves
             hit |= (tokens[:, s : s + pat.size] == pat).all(axis=1)
     else:
-        raise UserError(f"check must be one of {', '.join(CHECKS)}; got {check!r}")
+        check_choice("check", check, CHECKS)
     return hit.astype(np.float64)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.theory import kl, log_softmax
+from gvgap.theory import kl, log_softmax, spans
 
 #: Above this many leaves (m V^H) ``kl_markov_rev`` is not computed (NaN).
 REVERSE_KL_MAX_LEAVES = 1 << 22
@@ -60,18 +60,12 @@ def _n_distinct(rows: np.ndarray) -> int:
 
 
 def _misspec_frac(env: TreeEnv) -> float:
-    """ρ-weighted fraction of per-prompt-centred r* outside span{features} (shared w)."""
+    """ρ-weighted fraction of Var r* outside span{per-prompt constants, features} (shared w;
+    :func:`gvgap.theory.spans.span_residual`)."""
     if env.features is None:
         return float("nan")
-    r = env.r_star - env.r_star.mean(axis=1, keepdims=True)
-    f = env.features - env.features.mean(axis=1, keepdims=True)
-    wt = np.sqrt(env.rho / env.n_leaves)[:, None]
-    a, y = (f * wt[..., None]).reshape(-1, f.shape[-1]), (r * wt).ravel()
-    tot = float(y @ y)
-    if tot < 1e-300:
-        return 0.0
-    res = y - a @ np.linalg.lstsq(a, y, rcond=None)[0]
-    return float(res @ res) / tot
+    outside, _ = spans.span_residual(env.r_star, env.features, env.rho, shared=True)
+    return spans.fraction(outside, spans.centred_var(env.r_star), env.rho)
 
 
 def _markov_kls(logp: np.ndarray, vocab: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +83,14 @@ def _markov_kls(logp: np.ndarray, vocab: int, horizon: int) -> tuple[np.ndarray,
         return fwd, np.full(m, np.nan)
 
     def expect(q: np.ndarray, skip: int | None) -> np.ndarray:
-        ops: list = [lt, [0, *axes]]
-        for j in range(horizon):
-            if j != skip:
-                ops += [q[:, j], [0, j + 1]]
-        return np.einsum(*ops, [0] if skip is None else [0, skip + 1], optimize="greedy")
+        """E_{∏_{j≠skip} q_j}[log P], contracting the token axes one at a time (last first)."""
+        t = lt
+        for j in range(horizon - 1, -1, -1):  # positions, not leaves
+            if j == skip:
+                continue
+            shape = (m,) + (1,) * j + (vocab,) + (1,) * (t.ndim - j - 2)
+            t = (t * q[:, j].reshape(shape)).sum(axis=j + 1)
+        return t.reshape(m, -1) if skip is not None else t.reshape(m)
 
     def rev_kl(q: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,4 +1,4 @@
-"""TreeEnv: m prompts × V^H completions with exact tables (THEORY §2).
+"""TreeEnv: m prompts × V^H completions with exact tables (docs/theory.md §2).
 
 The environment holds the prompt distribution ρ, the reference policy π_ref (node form),
 the true reward r* (leaf table), β, and optionally the feature map φ of the simple reward
@@ -13,8 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
-from gvgap import theory as T
-from gvgap.errors import UserError
+from gvgap import theory
+from gvgap.errors import check_choice, check_int, check_range
 from gvgap.theory.tree import NodeLogp
 
 RewardFn = Callable[[np.ndarray], np.ndarray]
@@ -52,51 +52,51 @@ class TreeEnv:
     @property
     def n_leaves(self) -> int:
         """V^H completions per prompt."""
-        return T.n_leaves(self.vocab, self.horizon)
+        return theory.n_leaves(self.vocab, self.horizon)
 
     @cached_property
     def tokens(self) -> np.ndarray:
         """``(V^H, H)`` token array of the leaves."""
-        return T.leaf_tokens(self.vocab, self.horizon)
+        return theory.leaf_tokens(self.vocab, self.horizon)
 
     @cached_property
     def logp_ref(self) -> np.ndarray:
         """``(m, V^H)`` log P_ref(ξ|x)."""
-        return T.node_to_leaf_logp(self.logpi_ref)
+        return theory.node_to_leaf_logp(self.logpi_ref)
 
     @cached_property
-    def soft_star(self) -> T.SoftVIResult:
+    def soft_star(self) -> theory.SoftVIResult:
         """Soft value iteration on r*: π*, V, log Z."""
-        return T.soft_value_iteration(self.logpi_ref, self.r_star, self.beta)
+        return theory.soft_value_iteration(self.logpi_ref, self.r_star, self.beta)
 
     @cached_property
     def logp_star(self) -> np.ndarray:
         """``(m, V^H)`` log P*(ξ|x) of the soft-optimal policy for r*."""
-        return T.node_to_leaf_logp(self.soft_star.logpi)
+        return theory.node_to_leaf_logp(self.soft_star.logpi)
 
     @cached_property
     def j_star(self) -> float:
-        """J(π*) = β E_x log Z_{r*}(x) (Gibbs identity, THEORY §3)."""
+        """J(π*) = β E_x log Z_{r*}(x) (Gibbs identity, docs/theory.md §3)."""
         return float(self.beta * self.rho @ self.soft_star.log_z)
 
     @cached_property
     def j_ref(self) -> float:
         """J(π_ref) = E_{π_ref} r*."""
-        return T.expected_reward(self.logp_ref, self.r_star, self.rho)
+        return theory.expected_reward(self.logp_ref, self.r_star, self.rho)
 
     def objective(self, logp: np.ndarray) -> float:
         """J(π) for leaf log-probabilities ``(m, V^H)``."""
-        return T.objective_j(logp, self.r_star, self.logp_ref, self.beta, self.rho)
+        return theory.objective_j(logp, self.r_star, self.logp_ref, self.beta, self.rho)
 
     def metrics(self, logp: np.ndarray) -> dict[str, float]:
-        """The shared metrics of DESIGN §5, exactly.
+        """The shared metrics of docs/design.md §5, exactly.
 
         Returns:
             ``J``, ``J_norm`` = (J − J_ref)/(J* − J_ref), ``reward``, ``kl_ref``, ``kl_opt``,
             ``win_rate`` (vs π_ref under the true BT model).
         """
-        reward = T.expected_reward(logp, self.r_star, self.rho)
-        kl_ref = T.kl(logp, self.logp_ref, self.rho)
+        reward = theory.expected_reward(logp, self.r_star, self.rho)
+        kl_ref = theory.kl(logp, self.logp_ref, self.rho)
         j = reward - self.beta * kl_ref
         gap = self.j_star - self.j_ref
         return {
@@ -104,8 +104,8 @@ class TreeEnv:
             "J_norm": (j - self.j_ref) / gap if gap > 1e-12 else float("nan"),
             "reward": reward,
             "kl_ref": kl_ref,
-            "kl_opt": T.kl(logp, self.logp_star, self.rho),
-            "win_rate": T.win_rate(logp, self.logp_ref, self.r_star, self.rho),
+            "kl_opt": theory.kl(logp, self.logp_star, self.rho),
+            "win_rate": theory.win_rate(logp, self.logp_ref, self.r_star, self.rho),
         }
 
 
@@ -120,10 +120,9 @@ def random_ref_policy(
     Large concentration → near uniform; small → peaked. Probabilities are floored at 1e-12
     and renormalised so that log π_ref is finite everywhere.
     """
-    if concentration <= 0:
-        raise UserError(f"ref_concentration must be > 0, got {concentration}")
+    check_range("ref_concentration", concentration, 0.0, lo_open=True)
     out = []
-    for shape in T.tree.node_shapes(n_prompts, vocab, horizon):
+    for shape in theory.tree.node_shapes(n_prompts, vocab, horizon):
         p = rng.dirichlet(np.full(vocab, concentration), size=shape[:2])
         p = np.maximum(p, 1e-12)
         out.append(np.log(p / p.sum(axis=-1, keepdims=True)))
@@ -142,10 +141,9 @@ def make_ref_policy(
     if isinstance(kind, tuple):
         return tuple(np.asarray(a, dtype=np.float64) for a in kind)
     if kind == "uniform":
-        return T.uniform_node_logp(n_prompts, vocab, horizon)
-    if kind == "random":
-        return random_ref_policy(n_prompts, vocab, horizon, concentration, rng)
-    raise UserError(f"ref: unknown reference family {kind!r}; allowed: 'uniform', 'random'")
+        return theory.uniform_node_logp(n_prompts, vocab, horizon)
+    check_choice("ref", kind, ("uniform", "random"))
+    return random_ref_policy(n_prompts, vocab, horizon, concentration, rng)
 
 
 def make_env(
@@ -160,7 +158,7 @@ def make_env(
     features: np.ndarray | None = None,
     rho: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
-    max_leaves: int = T.MAX_LEAVES_DEFAULT,
+    max_leaves: int = theory.MAX_LEAVES_DEFAULT,
     info: dict | None = None,
 ) -> TreeEnv:
     """Build a :class:`TreeEnv`, refusing trees too large to enumerate.
@@ -177,15 +175,13 @@ def make_env(
         ("horizon", horizon, 1),
         ("n_prompts", n_prompts, 1),
     ):
-        if int(val) != val or val < lo:
-            raise UserError(f"{name} must be an integer >= {lo}, got {val!r}")
-    if not beta > 0:
-        raise UserError(f"beta must be > 0, got {beta!r}")
-    T.check_tree_size(n_prompts, vocab, horizon, max_leaves)
+        check_int(name, val, lo)
+    check_range("beta", beta, 0.0, lo_open=True)
+    theory.check_tree_size(n_prompts, vocab, horizon, max_leaves)
     rng = rng if rng is not None else np.random.default_rng(0)
-    n = T.n_leaves(vocab, horizon)
+    n = theory.n_leaves(vocab, horizon)
     if callable(r_star):
-        r_star = r_star(T.leaf_tokens(vocab, horizon))
+        r_star = r_star(theory.leaf_tokens(vocab, horizon))
     r = np.broadcast_to(np.asarray(r_star, dtype=np.float64), (n_prompts, n)).copy()
     if features is not None:
         features = np.asarray(features, dtype=np.float64)

@@ -1,25 +1,12 @@
-"""The experiment contract (DESIGN §2) and the verdict record (DESIGN §5).
+"""The experiment contract (docs/design.md §2), written once (:data:`CONTRACT`), and the verdict
+record (docs/design.md §5).
 
-Each ``gvgap/experiments/<id>.py`` module exports:
-
-- ``ID``: the experiment id (e.g. ``"h6_gap"``);
-- ``Config``: a frozen dataclass, every field documented in the class docstring;
-- ``SETTINGS``: the full sweep as data, a :class:`SweepSpec`-shaped dict
-  ``{"seeds": int, "fixed": {...}, "grid": {field: [values]}}``;
-- ``QUICK``: the same shape, small enough for ``gvgap reproduce --quick``;
-- ``SMOKE``: a ``Config`` that runs in seconds (every SMOKE runs in the test suite);
-- ``CLAIM``: one sentence; ``NOTES``: the ``paper_notes.md`` section it belongs to;
-- ``run(cfg, *, rng, instance_rng) -> dict[str, float]``: one setting. ``instance_rng`` draws
-  the problem (r*, features, π_ref); ``rng`` draws data and drives learners. Keys are
-  ``"<pipeline>/<metric>"`` (e.g. ``"dpo/J"``) or a bare ``"<metric>"`` (pipeline ``""``);
-- ``verdict(df) -> Verdict``: from the tidy results table, thresholds as named constants;
-- ``plot(df, ax=None) -> Axes``.
-
-Optional: ``ROBUSTNESS`` (a list of Config overrides under which ``gvgap reproduce``
-re-checks the verdict), ``DESIGN_NOTE`` (the report's paragraph; by convention the module
-docstring), and ``run_batch(cfgs, *, rngs, instance_rngs) -> list[dict]`` with ``BATCH_SIZE``,
-which must be bit-identical to calling ``run`` on each config (the sweep runner batches runs
-to cut per-task overhead).
+Each ``gvgap/experiments/<id>.py`` module exports the names of :data:`CONTRACT` marked
+required, and may export the optional ones; the CLI, the sweep runner, ``gvgap reproduce``,
+the report and the tests read nothing else from it (``tests/test_experiments.py`` checks
+both: every required name present, every name read anywhere in ``gvgap/`` listed here).
+Keys of ``run``'s dict are ``"<pipeline>/<metric>"`` (e.g. ``"dpo/J"``) or a bare
+``"<metric>"`` (pipeline ``""``).
 """
 
 from __future__ import annotations
@@ -30,14 +17,69 @@ from typing import Any
 
 import numpy as np
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, did_you_mean, short_repr
 
 VERDICTS = ("supported", "against", "inconclusive")
+
+#: Every name an experiment module may export: name → (required, meaning).
+CONTRACT: dict[str, tuple[bool, str]] = {
+    "ID": (True, "the experiment id, e.g. 'h6_gap'"),
+    "Config": (True, "frozen dataclass of one setting; every field documented in its docstring"),
+    "SETTINGS": (True, "the full sweep as data: {'seeds', 'fixed', 'grid'[, 'seed_start']}"),
+    "QUICK": (False, "the same shape, small enough for `gvgap reproduce --quick`"),
+    "SMOKE": (True, "a Config that runs in seconds (every SMOKE runs in the test suite)"),
+    "CLAIM": (True, "one sentence"),
+    "NOTES": (False, "the paper_notes.md section it belongs to"),
+    "DESIGN_NOTE": (False, "the report's paragraph (by convention the module docstring)"),
+    "run": (True, "run(cfg, *, rng, instance_rng) -> dict[str, float]: one setting"),
+    "verdict": (True, "verdict(df) -> Verdict, thresholds as named constants"),
+    "plot": (True, "plot(df, ax=None) -> Axes"),
+    "plot_uses": (False, "plot_uses(df) -> columns plot() distinguishes (the rest: facets)"),
+    "extra_figures": (False, "extra_figures(df) -> [(kind, plot(df, ax), uses)]: more figures"),
+    "report_section": (False, "report_section(doc, df, verdicts, figs): replaces its report part"),
+    "PLOT_USES": (False, "the same as a constant tuple"),
+    "ALLOWED": (False, "allowed values of the Config's own fields, for `gvgap show`"),
+    "ROBUSTNESS": (False, "Config overrides under which `gvgap reproduce` re-checks"),
+    "ROBUST_SEEDS": (False, "seeds of each re-check in --quick when no power plan gives them"),
+    "run_batch": (False, "run_batch(cfgs, *, rngs, instance_rngs): bit-identical to run()"),
+    "BATCH_SIZE": (False, "most runs per task of the sweep runner (with run_batch)"),
+    "RUN_FIELDS": (False, "Config fields that leave the instance unchanged (runs grouped)"),
+    "REQUIRES_TORCH": (False, "True when run() needs the gvgap[torch] extra"),
+    "HYPOTHESIS": (False, "the hypothesis tested (H1-H5 rule)"),
+    "PREDICTION": (False, "the outcome the hypothesis predicts (H1-H5 rule)"),
+    "PREDICTED": (False, "that outcome as a word: greater, less or equivalent (H1-H5 rule)"),
+    "TEST": (False, "the tested contrast (hypothesis.Contrast); the report's per-cell table"),
+    "CONTROL": (False, "the positive control's contrast (H1-H5 rule)"),
+    "CONTROL_EXPECTED": (False, "the outcome the positive control must show (H1-H5 rule)"),
+    "REPORTED": (False, "contrasts reported beside the verdict, not evidence (H1-H5 rule)"),
+    "MARGIN": (False, "the TOST margin δ of the test, in the test metric's units"),
+    "HEAD_CELL": (False, "the headline with swept fields HEADLINE leaves open pinned"),
+    "PILOT": (False, "the power pilot sweep (own seed block), run before the main sweep"),
+    "QUICK_PILOT": (False, "the pilot of the QUICK design, run by `reproduce --quick`"),
+    "MORE_CONTROLS": (False, "further (contrast, expected outcome) controls (H1-H5 rule)"),
+    "plan_seeds": (False, "plan_seeds(pilot_df) -> {'seeds', 'power', ...}: the power plan"),
+    "STABILITY_BLOCKS": (False, "further seed blocks on which the headline is re-measured"),
+    "HEADLINE": (False, "the headline cell (Config values) of the stability blocks"),
+    "headline_effect": (False, "headline_effect(df) -> {'effect', 'ci_low', 'ci_high', ...}"),
+    "PAPER_POSITION": (False, "what the paper concludes about the hypothesis"),
+    "PAPER_EXPECTS": (False, "the verdict on the hypothesis that agrees with the paper"),
+}
+#: Optional names that need another: (name, needs).
+CONTRACT_NEEDS = (
+    ("PILOT", "plan_seeds"),
+    ("STABILITY_BLOCKS", "HEADLINE"),
+    ("STABILITY_BLOCKS", "headline_effect"),
+    ("PAPER_EXPECTS", "PAPER_POSITION"),
+    ("CONTROL", "TEST"),
+    ("PILOT", "QUICK"),
+    ("QUICK_PILOT", "PILOT"),
+    ("BATCH_SIZE", "run_batch"),
+)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """A hypothesis verdict backed by an effect size and its 95% CI (DESIGN §5).
+    """A hypothesis verdict backed by an effect size and its 95% CI (docs/design.md §5).
 
     ``verdict`` is always *on the hypothesis* (``supported`` / ``against`` /
     ``inconclusive``), never on whether the code "worked": an experiment whose prediction is
@@ -105,23 +147,6 @@ FIXED_BYTES = 256 * 2**20
 def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:
     """Fields of a Config dataclass by name."""
     return {f.name: f for f in dataclasses.fields(config_cls)}
-
-
-def did_you_mean(name: str, choices: Any) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), else ``""``."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (huge or deeply nested values stay one line)."""
-    try:
-        text = repr(value)
-    except (RecursionError, ValueError):
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def coerce_value(config_cls: type, name: str, value: Any) -> Any:
@@ -227,9 +252,9 @@ def estimate_memory(cfg: Any) -> int:
     BYTES_PER_PARAM·P (optimiser state over the tabular policy, times the random policies of
     ``n_policies``) + 8·N·(2k + 16) (r*, features, feature VJPs, exact tables) + 16·k² (the
     k×k linear-RM Hessian and its factor) + 64·n (pairs and their per-pair buffers) +
-    :data:`FIXED_BYTES`. Measured (h6_gap, V = 2, n = 64, fixed λ, no online DPO): peak RSS
-    above the imports grew by 43 MiB from H = 14 to H = 16, where this estimate grows by 68 MiB
-    (460 vs 640 bytes per added node parameter), so it errs on the safe side as trees grow.
+    :data:`FIXED_BYTES`, plus ``cfg.memory_bytes()`` where the Config defines it (the
+    experiment's own classes and measurements: h6's ladder, kernels and window features;
+    ``tests/test_memory.py`` compares the total with the measured peak on a grid of sizes).
     """
     log2_n = tree_leaves_log2(cfg)
     if log2_n is None:
@@ -242,6 +267,9 @@ def estimate_memory(cfg: Any) -> int:
     n_pairs = max(int(getattr(cfg, "n_pairs", 0) or 0), 0)
     total = BYTES_PER_PARAM * params * n_pol + 8.0 * leaves * (2 * k + 16)
     total += 16.0 * k * k + 64.0 * n_pairs + FIXED_BYTES
+    extra = getattr(cfg, "memory_bytes", None)  # what the experiment's own classes add
+    if callable(extra):
+        total += float(extra())
     return int(min(total, 2.0**62))
 
 

@@ -1,4 +1,4 @@
-"""Pipelines shared by the hypothesis experiments, run under one protocol (DESIGN §3).
+"""Pipelines shared by the hypothesis experiments, run under one protocol (docs/design.md §3).
 
 Offline and online pipelines get the same preference pairs D, the same λ-selection protocol
 (held-out split of D drawn from one ``split_seed``; validation BT likelihood of each
@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 
+from gvgap import theory
 from gvgap.data import Preferences, sample_pairs
 from gvgap.envs.families import FAMILIES, make_family
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.errors import UserError
-from gvgap.experiments.base import BETA_RANGE, did_you_mean
+from gvgap.errors import UserError, check_choice, check_range
+from gvgap.experiments.base import BETA_RANGE
+from gvgap.ladder.classes import RM_CLASSES, reward_class, tabular_policy
 from gvgap.learners import (
     LAMBDA_GRID,
     Result,
@@ -25,38 +28,9 @@ from gvgap.learners import (
     rlhf,
     select_lambda,
 )
-from gvgap.policies import TabularPolicy
-from gvgap.rewards import LinearReward, LocalReward, TabularReward
 
-RM_CLASSES = ("linear", "tabular", "local")
 #: Shorter λ grid used when a Config asks for ``lam_grid="short"`` (quick runs).
 SHORT_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """UserError naming the field unless ``value`` is allowed (with a did-you-mean hint)."""
-    if value not in allowed:
-        hint = did_you_mean(value, allowed)
-        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}{hint}")
-
-
-def check_range(
-    name: str,
-    value: float,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    lo_open: bool = False,
-) -> None:
-    """UserError naming the field unless lo ≤ value ≤ hi (lo < value if ``lo_open``); NaN and
-    ±inf are always refused."""
-    bad = not np.isfinite(value)
-    bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
-    bad = bad or (hi is not None and value > hi)
-    if bad:
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        raise UserError(f"{name} must be in {'(' if lo_open else '['}{lo_s}, {hi_s}]; got {value}")
 
 
 #: Allowed values of the shared problem fields, checked by :func:`validate_problem` and shown
@@ -200,41 +174,6 @@ def prepare(
     return env, data, lambda_grid(cfg.lam, cfg.lam_grid), split_seed_from(rng)
 
 
-def check_loop(cfg) -> None:
-    """UserError for a bad online-loop setting (``online_samples``, ``iters``, ``best_worst``
-    with λ = 0) of a Config that runs the exact online loops."""
-    check_range("online_samples", cfg.online_samples, 2)
-    check_range("iters", cfg.iters, 1)
-    if cfg.best_worst and cfg.lam == 0:
-        raise UserError(
-            "lam must be != 0 when best_worst is true (hard best-vs-worst "
-            "labels have no minimiser without a regulariser); got 0"
-        )
-
-
-#: Dirichlet concentrations of the peaked-π_ref re-checks (smaller = more peaked).
-ROBUST_CONCENTRATIONS = (0.1, 0.3, 1.0)
-#: β values of the re-checks besides the default β = 1.
-ROBUST_BETAS = (0.1, 3.0)
-#: Prompts of the per-prompt-reward re-check.
-ROBUST_PROMPTS = 2
-
-
-def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
-    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
-    each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
-    ``per_prompt`` (families linear / misspec / planning with sum_mod only), m =
-    :data:`ROBUST_PROMPTS` prompts with their own reward weights (targets)."""
-    out = [
-        *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
-        *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),
-        *({"beta": b} for b in ROBUST_BETAS),
-    ]
-    if per_prompt:
-        out.append({"n_prompts": ROBUST_PROMPTS, "per_prompt_weights": True})
-    return out
-
-
 def family_knobs(cfg) -> dict:
     """The optional family knobs a Config sets (``dictionary``, ``check``,
     ``per_prompt_weights``); unset ones are left to the family's defaults."""
@@ -276,36 +215,6 @@ def lambda_grid(lam: float, grid_name: str = "full") -> tuple[float, ...]:
     if lam >= 0:
         return (float(lam),)
     return SHORT_GRID if grid_name == "short" else LAMBDA_GRID
-
-
-def tabular_policy(env: TreeEnv) -> TabularPolicy:
-    """The full policy class Π, initialised at π_ref."""
-    return TabularPolicy(env.n_prompts, env.vocab, env.horizon, init=env.logpi_ref)
-
-
-def policy_class(name: str, env: TreeEnv):
-    """Π by ladder rung (``product``, ``markov<J>``, ``tabular``; :mod:`gvgap.policies.ladder`),
-    initialised at π_ref. ``tabular`` (and markov<J> with J ≥ H − 1) is :class:`TabularPolicy`,
-    the same set of policies, with exact soft RL."""
-    from gvgap.policies.ladder import MarkovPolicy, policy_order
-
-    order = policy_order(name, env.horizon)
-    if order >= env.horizon - 1:
-        return tabular_policy(env)
-    return MarkovPolicy(env.n_prompts, env.vocab, env.horizon, order, env.logpi_ref)
-
-
-def reward_class(name: str, env: TreeEnv):
-    """R by name: ``linear`` (R_sim: env.features), ``tabular`` (global, isomorphic to Π),
-    ``local`` (R(Π): r_π = β log π/π_ref of the tabular class, fitted by BT)."""
-    check_choice("rm_class", name, RM_CLASSES)
-    if name == "linear":
-        if env.features is None:
-            raise UserError("rm_class='linear' needs a family with features")
-        return LinearReward(env.features)
-    if name == "tabular":
-        return TabularReward(env.n_prompts, env.n_leaves)
-    return LocalReward(tabular_policy(env), env.logp_ref, env.beta)
 
 
 def draw_pairs(
@@ -352,7 +261,7 @@ def fit_online_dpo(
     env: TreeEnv, r_hat: np.ndarray, *, n_samples: int = 8, iters: int = 10, lam: float = 1e-2
 ) -> Result:
     """Online DPO over Π labelled by r̂: best-vs-worst of ``n_samples`` on-policy samples
-    (exact law), DPO to convergence each iteration (THEORY §5 design, exact expectation)."""
+    (exact law), DPO to convergence each iteration (docs/theory.md §5 design, exact expectation)."""
     return online_dpo_exact(
         tabular_policy(env),
         env,
@@ -363,6 +272,46 @@ def fit_online_dpo(
         n_samples=n_samples,
         tol=1e-7,
     )
+
+
+#: Rewards within this of a prompt's maximum count as argmax ties in the β' → 0 limit.
+TIE_TOL = 1e-9
+
+
+def tilted_logp(logp_ref: np.ndarray, r: np.ndarray, s: float) -> np.ndarray:
+    """Leaf form of soft RL on ``r`` at β' = 1/s: log P ∝ log P_ref + s r (docs/theory.md §2)."""
+    return theory.log_normalize_leaf(logp_ref + s * r)
+
+
+def kl_limit(logp_ref: np.ndarray, r: np.ndarray, rho: np.ndarray) -> float:
+    """lim_{β'→0} KL(π_{β'}‖π_ref): P_ref restricted to each prompt's argmax set of ``r``."""
+    top = r >= r.max(axis=1, keepdims=True) - TIE_TOL
+    lp = theory.log_normalize_leaf(np.where(top, logp_ref, -np.inf))
+    return theory.kl(lp, logp_ref, rho)
+
+
+def match_kl(env: TreeEnv, r: np.ndarray, target: float) -> tuple[np.ndarray, float] | None:
+    """The soft-RL policy on ``r`` whose KL(π‖π_ref) equals ``target``, and its β'.
+
+    KL(s) with s = 1/β' increases strictly from 0 (s = 0, π_ref) to :func:`kl_limit`; the root
+    is bracketed by doubling and found by Brent's method to ~1e-12 relative precision.
+
+    Returns:
+        ``(logp, beta_eff)``, or None when ``target`` is beyond the frontier's range.
+    """
+
+    def gap(s: float) -> float:
+        return theory.kl(tilted_logp(env.logp_ref, r, s), env.logp_ref, env.rho) - target
+
+    if target >= kl_limit(env.logp_ref, r, env.rho) - 1e-9:
+        return None
+    hi = 1.0
+    while gap(hi) < 0:
+        hi *= 2.0
+        if hi > 1e12:
+            return None
+    s = brentq(gap, 0.0, hi, xtol=1e-14, rtol=1e-13, maxiter=500)
+    return tilted_logp(env.logp_ref, r, s), (1.0 / s if s > 0 else float("inf"))
 
 
 def metric_row(pipeline: str, env: TreeEnv, res: Result) -> dict[str, float]:

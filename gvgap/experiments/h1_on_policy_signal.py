@@ -1,30 +1,46 @@
-"""H1 — do on-policy samples carry information absent from D? (THEORY §3 corollary, §4, §7)
+"""H1 — do on-policy samples carry information absent from D? (docs/theory.md §3, §4, §6.7)
 
-Design: one instance and one dataset D of n pairs from π_ref with true BT labels; offline DPO
-over the tabular class Π (shared λ protocol, converged) gives π_off. We then draw the *same*
-B = ``budget`` × n on-policy pairs (ξ, ξ') ~ π_off once and label them four ways; each
-labelled set is added to D and DPO is refitted (λ fixed at π_off's selected λ, warm-started
-at π_off; the regulariser (λ/Σw) Ω against the weighted-mean loss is the same prior λ Ω
-against the summed log-likelihood, so the prior is unchanged as pairs are added), so the label
-budget and the pairs are identical across arms and only the labeller differs:
+**Mechanism.** H1 says that sampling the current policy creates information: labelled
+on-policy pairs teach the learner something the data set D does not. Two things ride along
+with every relabelled on-policy pair and must be told apart: *where* the pair lies (on-policy
+sampling) and *who* labels it (the labeller's class). A labeller from a simpler class than
+the policy's local rewards (a global linear RM) transfers its inductive bias whatever pairs
+it labels: that is H6's mechanism, not H1's. With a labeller r̂ ∈ R(Π) (DPO's own implicit
+reward) exact relabelling returns the offline optimum — a theorem, checked by
+``gvgap verify`` (item 7, ``relabel_no_information``), not evidence here.
 
-- ``fresh`` (positive control): labels from the true BT model r* — new information, which
-  must raise J (regret falls) if the test can detect information at all;
-- ``relabel`` (the test): labels BT-*sampled* from the local RM r̂ = β log π_off/π_ref ∈ R(Π),
-  DPO's implicit reward (by the theorem the BT fit of R(Π) on D), with finite B;
-- ``relabel_exact``: the same pairs with soft labels σ(r̂(ξ) − r̂(ξ')): π_off stays a
-  stationary point, so this arm is the theorem (``gvgap verify`` item 7,
-  ``relabel_no_information``), reported, not used as evidence;
-- ``relabel_rsim``: labels sampled from a linear R_sim RM fitted on D (an RM with a different
-  inductive bias: any change is the RM's class, not information in the samples).
+**Design.** One instance and one data set D of n pairs from μ = π_ref with true BT labels;
+offline DPO over the tabular class Π (shared λ protocol, converged) gives π_off. A budget of
+B = ``budget`` × n further pairs is labelled by one labeller with its exact BT probabilities
+(each pair twice, weights σ(r(ξ) − r(ξ')) and its complement), added to D, and DPO is refitted
+(λ fixed at π_off's selected λ, warm-started), so the label budget, the labeller and the
+fitting are identical across the arms and only the sampling differs:
 
-Beside them: RLHF with the R_sim RM and exact soft RL (``rlhf``), and the paper's online DPO
-(``online_dpo_round``: N = 25 samples per prompt at T = 0.1, best vs worst by the R_sim RM,
-DPO against π_ref, n prompts per round) started from π_ref (``round_sft``) and from π_off
-(``round_dpo``), and the same round ranked by the local RM (``round_local``), with J and win
-rate. H1 predicts relabelling raises J: relabel − dpo ``greater``. Metric: J (a difference in
-J is minus the difference in regret J(π*) − J(π)), TOST margin ``MARGIN`` in J units, Holm
-across the cells present; ≥ 20 seeds at the headline cell.
+- *on-policy* (``on_*``): ``rounds`` rounds, each drawing B/``rounds`` pairs
+  (ξ, ξ') ~ the current policy (π_off first), labelling them, adding them and refitting —
+  the samples follow the policy as it moves, as in an online loop;
+- *off-policy* (``off_*``): the B pairs drawn at once from μ, the distribution D came from.
+
+Two labellers: ``*_rm``, the linear R_sim RM fitted on D (shared λ protocol) — a labeller
+whose information is a function of D — and ``*_true``, r* itself — a labeller with
+information absent from D.
+
+**Test.** ``on_rm − off_rm`` in J (a difference in J is minus the difference in regret
+J(π*) − J(π)): with the labeller fixed, does sampling on-policy add anything? H1 predicts
+``greater``. An outcome ``equivalent`` or ``less`` is against H1: whatever relabelling adds
+comes from the labeller, not from where the pairs were sampled.
+
+**Positive control** (the same mechanism): ``on_true − off_true``, the same contrast with
+the labeller that does carry new information — where on-policy placement of informative
+labels is worth something the test can see it (expected ``greater``).
+
+Reported beside (not evidence): each arm against offline DPO (the labeller's class shows in
+``on_rm − dpo`` and ``off_rm − dpo`` alike), RLHF with the same RM and exact soft RL
+(``rlhf``), and the paper's online DPO round (``online_dpo_round``: N = 25 samples per prompt
+at T = 0.1, best vs worst by the R_sim RM, DPO against π_ref, n prompts per round) from π_ref
+(``round_sft``) and from π_off (``round_dpo``), with J and win rate. TOST margin ``MARGIN``
+in J units, Holm across the cells present, seeds from the power plan (:data:`PILOT`,
+:func:`plan_seeds`).
 """
 
 from __future__ import annotations
@@ -34,11 +50,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import expit
 
-from gvgap.data import Preferences, label_pairs, sample_leaves, sample_prompts
-from gvgap.experiments import common as C
-from gvgap.experiments import hypothesis as Hy
+from gvgap.data import Preferences, sample_leaves, sample_prompts, soft_labels
+from gvgap.experiments import common, hypothesis, hypothesis_plots
 from gvgap.experiments.base import Verdict
 from gvgap.learners import dpo, online_dpo_round
 
@@ -48,112 +62,126 @@ if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
 ID = "h1_on_policy_signal"
 HYPOTHESIS = "H1: on-policy samples carry information absent from D."
 PREDICTION = (
-    "B on-policy pairs relabelled by a local RM r̂ ∈ R(Π) (sampled BT labels) and added to D "
-    "raise J over offline DPO (relabel − dpo greater than 0)."
+    "With one labeller (the R_sim RM fitted on D) and one label budget, pairs sampled from the "
+    "offline policy raise J more than pairs sampled from μ: on_rm − off_rm greater than 0."
 )
 CLAIM = (
-    "On-policy pairs relabelled by an RM fitted on D add no information (relabel − dpo is "
-    "not positive), while the same pairs with fresh true labels do (positive control)."
+    "With the labeller held fixed, on-policy pairs add no more than off-policy pairs: what "
+    "relabelling adds comes from the labeller's class, not from sampling on-policy."
 )
 NOTES = "H1"
 DESIGN_NOTE = __doc__
+#: What the paper concludes about H1, and the verdict on the hypothesis that agrees with it.
+PAPER_POSITION = (
+    "against: relabelling on-policy samples with an RM fitted on D cannot add information "
+    "(the theorem with isomorphic classes, and data processing)"
+)
+PAPER_EXPECTS = "against"
 
 #: Equivalence margin δ of the TOST, in J units (≈ 1 % of J(π*) − J(π_ref) ≈ 1.5–2 here).
 MARGIN = 0.02
+#: The outcome H1 predicts for the test, and the one the positive control must show.
+PREDICTED = "greater"
+CONTROL_EXPECTED = "greater"
 #: The headline cell, fixed before reading results.
-HEADLINE = {"vocab": 3, "horizon": 3, "n_pairs": 16}
-TEST = Hy.Contrast("relabel (local RM, sampled) − dpo", "relabel", "dpo")
-CONTROL = Hy.Contrast("fresh BT labels − dpo", "fresh", "dpo")
+HEADLINE = {"vocab": 3, "horizon": 4, "n_pairs": 16}
+TEST = hypothesis.Contrast("on-policy − off-policy pairs, R_sim RM labels", "on_rm", "off_rm")
+CONTROL = hypothesis.Contrast("on-policy − off-policy pairs, true labels", "on_true", "off_true")
 #: Reported beside the verdict (not evidence).
 REPORTED = [
-    Hy.Contrast("exact relabel − dpo (theorem)", "relabel_exact", "dpo"),
-    Hy.Contrast("R_sim relabel − dpo", "relabel_rsim", "dpo"),
-    Hy.Contrast("rlhf R_sim − dpo", "rlhf", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
-    Hy.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
-    Hy.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
-    Hy.Contrast("round (local RM) from DPO − dpo", "round_local", "dpo"),
+    hypothesis.Contrast("on-policy, R_sim RM labels − dpo", "on_rm", "dpo"),
+    hypothesis.Contrast("off-policy, R_sim RM labels − dpo", "off_rm", "dpo"),
+    hypothesis.Contrast("on-policy, true labels − dpo", "on_true", "dpo"),
+    hypothesis.Contrast("rlhf (same RM) − dpo", "rlhf", "dpo"),
+    hypothesis.Contrast("online DPO round from SFT − dpo", "round_sft", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo"),
+    hypothesis.Contrast("online DPO round from DPO − dpo", "round_dpo", "dpo", "win_rate"),
+    hypothesis.Contrast("on-policy − off-policy, R_sim RM labels", "on_rm", "off_rm", "win_rate"),
 ]
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h1_on_policy_signal setting.
 
     Shared problem fields: :class:`common.ProblemConfig`.
 
     Attributes:
-        horizon: H (default 3 here).
+        horizon: H (default 4 here).
         n_pairs: |D| (default 16 here).
-        budget: B / n, on-policy labels added per pair of D (same for every labeller).
+        budget: B / n, pairs added per pair of D (the same for every arm).
+        rounds: on-policy rounds the B pairs are spread over (each drawn from the current
+            policy).
         round_samples: N of the online DPO round (paper: 25).
         temperature: T of the online DPO round (paper: 0.1).
     """
 
-    horizon: int = 3
+    horizon: int = 4
     n_pairs: int = 16
-    budget: float = 1.0
+    budget: float = 4.0
+    rounds: int = 4
     round_samples: int = 25
     temperature: float = 0.1
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field."""
         super().validate()
-        C.check_range("budget", self.budget, 0.0, 100.0, lo_open=True)
-        C.check_range("round_samples", self.round_samples, 2)
-        C.check_range("temperature", self.temperature, 0.0, lo_open=True)
+        common.check_range("budget", self.budget, 0.0, 100.0, lo_open=True)
+        common.check_range("rounds", self.rounds, 1, 100)
+        common.check_range("round_samples", self.round_samples, 2)
+        common.check_range("temperature", self.temperature, 0.0, lo_open=True)
 
 
 SMOKE = Config(vocab=2, horizon=3, n_pairs=12, lam_grid="short", round_samples=5)
-SETTINGS = {
-    "seeds": 20,
-    "fixed": {"vocab": 3, "k": 3},
-    "grid": {"horizon": [3, 4], "n_pairs": [16, 64, 256]},
-}
-QUICK = {"seeds": 20, "fixed": {**HEADLINE, "k": 3, "lam_grid": "short"}, "grid": {}}
-#: Overrides under which `gvgap reproduce` re-checks the verdict (another V, H; β; random π_ref).
-ROBUSTNESS: list[dict] = C.robustness((4, 3))
-#: Seeds per robustness re-check: a one-sided signed-rank p-value is ≥ 2^-n, so n ≥ 5 is
-#: needed to reach p < 0.05 at all (gvgap reproduce's default 4 could never decide); 6.
-ROBUST_SEEDS = 6
+#: The full sweep, the confirmatory sweep of ``gvgap reproduce --quick`` (its seeds replaced by
+#: the power plan), its power pilot (the headline cell on its own seed block) and the overrides
+#: under which the verdict is re-checked (another V, H; β; random π_ref).
+SETTINGS, QUICK, PILOT, ROBUSTNESS = hypothesis.sweeps(HEADLINE)
 
-build_env = C.build_env
+build_env = common.build_env
 
 
-def on_policy_pairs(logp, rho, n: int, rng: np.random.Generator):
-    """``n`` unlabelled on-policy pairs: x ~ ρ, ξ, ξ' ~ P(·|x) i.i.d."""
+def plan_seeds(pilot: pd.DataFrame) -> dict:
+    """Seeds of the confirmatory sweep and of each re-check (:func:`hypothesis.plan_seeds`)."""
+    return hypothesis.plan_seeds(sys.modules[__name__], pilot)
+
+
+def pair_draw(logp, rho, n: int, rng: np.random.Generator):
+    """``n`` unlabelled pairs: x ~ ρ, ξ, ξ' ~ P(·|x) i.i.d. (P given by leaf log-probs)."""
     x = sample_prompts(rho, n, rng)
     return x, sample_leaves(logp, x, rng), sample_leaves(logp, x, rng)
 
 
-def soft_labels(x, a, b, r: np.ndarray) -> Preferences:
-    """Each pair twice, weighted σ(r(a) − r(b)) and its complement (exact BT relabelling)."""
-    y = expit(r[x, a] - r[x, b])
-    return Preferences(
-        np.concatenate([x, x]), np.concatenate([a, b]), np.concatenate([b, a]),
-        np.concatenate([y, 1.0 - y]),
-    )  # fmt: skip
+def on_policy_loop(pol, env, data, off, r: np.ndarray, budget: int, rounds: int, rng):
+    """``rounds`` rounds of: draw budget/rounds pairs from the current policy, label them with
+    ``r`` (exact BT probabilities), add them to the pairs so far, refit DPO (λ of π_off,
+    warm-started). Starts at π_off; returns the last fit."""
+    res, pairs = off, [data]
+    for t in range(rounds):
+        k = budget // rounds + (t < budget % rounds)
+        x, a, b = pair_draw(res.logp, env.rho, max(k, 1), rng)
+        pairs.append(soft_labels(x, a, b, r))
+        res = dpo(pol, env, Preferences.concat(pairs), lam=off.lam, theta0=res.params)
+    return res
 
 
 def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
-    """π_off, then D ∪ (the same on-policy pairs, four labellers), RLHF and online DPO rounds."""
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    pol = C.tabular_policy(env)
-    off = C.fit_dpo(env, data, grid, split_seed)
-    rsim = C.fit_rlhf(env, data, "linear", grid, split_seed)
-    out = {**Hy.metric_rows("dpo", env, off), **Hy.metric_rows("rlhf", env, rsim)}
-    x, a, b = on_policy_pairs(off.logp, env.rho, max(1, round(cfg.budget * cfg.n_pairs)), rng)
-    labelled = {
-        "fresh": label_pairs(x, a, b, env.r_star, rng),
-        "relabel": label_pairs(x, a, b, off.r_hat, rng),
-        "relabel_exact": soft_labels(x, a, b, off.r_hat),
-        "relabel_rsim": label_pairs(x, a, b, rsim.r_hat, rng),
-    }
-    for name, extra in labelled.items():
-        both = Preferences.concat([data, extra])
-        out.update(Hy.metric_rows(name, env, dpo(pol, env, both, lam=off.lam, theta0=off.params)))
+    """π_off; on- and off-policy pairs labelled by the R_sim RM and by r*; RLHF; rounds."""
+    env, data, grid, split_seed = common.prepare(cfg, rng, instance_rng)
+    pol = common.tabular_policy(env)
+    off = common.fit_dpo(env, data, grid, split_seed)
+    rsim = common.fit_rlhf(env, data, "linear", grid, split_seed)
+    out = {**hypothesis.metric_rows("dpo", env, off), **hypothesis.metric_rows("rlhf", env, rsim)}
+    b = max(1, round(cfg.budget * cfg.n_pairs))
+    for who, r in (("rm", rsim.r_hat), ("true", env.r_star)):
+        x, a, bb = pair_draw(env.logp_ref, env.rho, b, rng)
+        res = dpo(pol, env, Preferences.concat([data, soft_labels(x, a, bb, r)]), lam=off.lam,
+                  theta0=off.params)  # fmt: skip
+        out.update(hypothesis.metric_rows(f"off_{who}", env, res))
+        on = on_policy_loop(pol, env, data, off, r, b, cfg.rounds, rng)
+        out.update(hypothesis.metric_rows(f"on_{who}", env, on))
     kw = {
         "lam": off.lam,
         "n_prompts": cfg.n_pairs,
@@ -163,32 +191,40 @@ def run(
     rounds = {
         "round_sft": online_dpo_round(pol, env, rsim.r_hat, **kw),
         "round_dpo": online_dpo_round(pol, env, rsim.r_hat, theta0=off.params, **kw),
-        "round_local": online_dpo_round(pol, env, off.r_hat, theta0=off.params, **kw),
     }
     for name, res in rounds.items():
-        out.update(Hy.metric_rows(name, env, res))
+        out.update(hypothesis.metric_rows(name, env, res))
     out["max_grad_norm"] = max(v for k, v in out.items() if k.endswith("/grad_norm"))
     return out
 
 
 def verdict(df: pd.DataFrame) -> Verdict:
-    """:func:`hypothesis.module_verdict`: test relabel − dpo (J, predicted ``greater``),
-    positive control fresh − dpo (J, expected ``greater``), margin ``MARGIN``."""
-    return Hy.module_verdict(
+    """:func:`hypothesis.module_verdict`: test on_rm − off_rm (J, predicted ``greater``),
+    positive control on_true − off_true (J, expected ``greater``), margin ``MARGIN``."""
+    return hypothesis.module_verdict(
         sys.modules[__name__],
         df,
-        predicted="greater",
-        control_expected="greater",
+        predicted=PREDICTED,
+        control_expected=CONTROL_EXPECTED,
         by=["vocab", "horizon", "n_pairs", "budget"],
-        extra="Exact relabelling is the theorem (gvgap verify: relabel_no_information).",
+        extra="Exact relabelling by r̂ ∈ R(Π) is the theorem (gvgap verify: "
+        "relabel_no_information), not evidence.",
     )
 
 
 def plot(df: pd.DataFrame, ax=None):
-    """Every contrast against offline DPO at the headline cell (95% CIs)."""
-    return Hy.plot_contrasts(
-        Hy.headline_rows(df, HEADLINE),
-        [CONTROL, TEST, *REPORTED],
-        title="H1: labels on on-policy pairs (fresh vs RM relabelling)",
-        ax=ax,
+    """The test (on- − off-policy pairs, R_sim RM labels), its positive control (the same
+    with true labels) and the reported contrasts against offline DPO, in J (mean paired
+    difference, 95% bootstrap CI) at the headline cell."""
+    return hypothesis_plots.plot_contrasts(
+        hypothesis.headline_rows(df, HEADLINE), TEST, CONTROL, REPORTED, title=TITLE, ax=ax
     )
+
+
+#: Title of the figures.
+TITLE = "H1: on- vs off-policy pairs, one labeller"
+
+
+def extra_figures(df: pd.DataFrame) -> list[tuple]:
+    """The reported contrasts in metrics other than J, one figure per metric."""
+    return hypothesis_plots.contrast_figures(sys.modules[__name__], df, title=TITLE)

@@ -1,28 +1,45 @@
-"""H6 — the generation–verification gap, dialled on both sides (THEORY §3, §4, §6 items 9–11).
+"""H6 — the generation–verification gap, measured as the theory defines it (docs/theory.md §3–§4,
+§6 items 9–11; docs/theory.md "The sample-complexity constant").
 
-Design. One instance (``generator`` → family, dictionary, check, k; ``tree`` → V, H) and one
-preference dataset D of n pairs from π_ref labelled by the true BT model. The gap is
-*measured* on the instance (:mod:`gvgap.envs.ladder`): the smallest policy rung containing
-π* (reverse-KL residual ≤ ``CONTAIN_TOL``), the smallest reward rung containing r*
-(least-squares residual), their dimensions ``dim_pi_min``, ``dim_r_min`` and
-``gap = log(dim_pi_min / dim_r_min)``. Two pipelines run on the same D with the same λ
-protocol, chosen by ``protocol``:
+Design. One instance (``generator`` → family, dictionary, check, k; ``tree`` → V, H; β, π_ref,
+m prompts and ``shared_reward``) and one preference dataset D of n pairs from π_ref ⊗ π_ref
+labelled by the true BT model. Two pipelines run on the same D with the same held-out split:
+offline DPO over a policy rung, online BT RM over a reward rung then exact soft RL over the
+tabular class. The class ladder is measured on the instance once (:class:`gvgap.ladder.Ladder`):
+exact containment of π* and r* in every rung, certified residual bounds, and for each class
+that holds its target the **regret constant** C = tr(Σ_* I⁻¹)/(2β), so that
+n · E[regret] → C (well-specified MLE asymptotics, :mod:`gvgap.theory.asymptotics`). The gap
+the theory means is ΔC = C_offline − C_online: the online advantage n · d → ΔC, with
+d = regret(offline) − regret(online) on the same pairs.
 
-* ``well_specified``: offline = DPO over the smallest policy rung containing π*; online = BT
-  RM over the smallest reward rung containing r*, then exact soft RL over tabular Π.
-* ``common``: offline = DPO over tabular Π; online = RM over the oracle (generating) features
-  (the earlier design: it compares class sizes, not the gap).
-* ``non_oracle``: offline = DPO over tabular Π; online = RM over K = max(rm_features, k)
-  candidate features (default k + 5) — the generating ones plus distractor columns of the
-  same dictionary outside their span (fresh Gaussian columns for dense or when exhausted).
+Protocols (``protocol``; classes are chosen before seeing D unless said otherwise):
 
-``policy_class`` / ``rm_class`` (not ``auto``) override either side. Verdict metric: paired
-regret difference d = regret(offline) − regret(online), regret = J(π*) − J(π) (ratio-free;
-positive = online better); KL(π‖π*) and win rate are recorded beside it, J_norm for plots.
-Prediction (under ``well_specified``): the advantage tracks the measured gap — it shows where
-gap ≥ ``GAP_BIG`` and is nil (TOST, margin ``REGRET_MARGIN``) where gap ≤ ``GAP_SMALL``, at
-either horizon of a pair of trees with equal V^H. Cells whose two classes are isomorphic
-(``isomorphic`` = 1: equal by theorem, checked in tests/verify) are reported, not tested.
+* ``learned`` (the headline): each side picks its class and λ by held-out BT likelihood on
+  the same split, with no access to r*: offline over the policy rungs product … tabular,
+  online over window0 … tabular plus the ``dictionary`` of K = ``rm_features`` candidates
+  (the generating features shuffled among distractors). Under uniform π_ref the window and
+  Markov rungs are the same estimator rung by rung, so the online side differs only by the
+  dictionary: the verifier class the offline side cannot express without planning.
+* ``well_specified``: each side its smallest class that holds its target, decided exactly on
+  the instance (offline: the smallest markovJ containing π*, equivalently whose local-reward
+  class holds r* — the rung where DPO is consistent; online: the smallest of window<J>,
+  tabular, dictionary holding r*). r* chooses the rung on both sides; its features do not.
+* ``gift``: offline as ``well_specified``; online = the ``oracle`` rung, the k generating
+  features of r* handed to the RM (a gift, labelled so in every table and figure).
+* ``gift_tabular``: offline DPO over tabular Π; online the oracle rung (the first design).
+* ``non_oracle``: offline DPO over tabular Π; online the dictionary rung (no selection).
+
+Per run (bare metrics unless named): ``offline/C``, ``online/C`` (NaN for a class that does
+not hold its target), ``delta_C``, ``delta_C_within`` (ΔC with the online rung fitted per
+prompt: no pooling; = ``delta_C`` for m = 1 or per-prompt rewards), ``offline/bias``,
+``online/bias`` (regret of the class's large-n limit: 0 when it holds its target),
+``delta_C_star`` (ΔC of the smallest classes holding the targets, the instance's gap),
+``coverage`` (π*-mass of the leaves D touches), ``concentrability`` (max P*/P_ref),
+``rarest_count`` (2n min_{x,ξ} ρ_x μ(ξ|x): how often D is expected to draw its rarest leaf),
+``dims_gap`` = log(dim offline class / dim online class), the instance's ladder
+(``res_pi/<rung>``, ``res_r/<rung>``, ``dim_*``, ``pi_order_min``, ``gap`` …) and each
+pipeline's exact metrics with ``regret``. The verdict is the dose–response rule of
+:mod:`gvgap.experiments.h6_rule`.
 """
 
 from __future__ import annotations
@@ -33,27 +50,36 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gvgap.envs.ladder import CONTAIN_TOL, ladder_gap, smallest_reward_rung
 from gvgap.errors import UserError
-from gvgap.experiments import common as C
-from gvgap.experiments import h6_rule as R
-from gvgap.experiments import hypothesis as Hy
-from gvgap.experiments import rungs as RG
-from gvgap.policies.ladder import policy_order, rung_name
+from gvgap.experiments import common, h6_cells, h6_rule, hypothesis
+from gvgap.experiments import h6_design as D
+from gvgap.experiments.h6_protocols import (
+    NON_ORACLE_DISTRACTORS,
+    class_metrics,
+    coverage,
+    delta_c_star,
+    fit_pipelines,
+    instance,
+    isomorphic,
+    online_policy,
+)
+from gvgap.ladder.rungs import policy_order, window_order
 
 if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
     import pandas as pd
 
 ID = "h6_gap"
 CLAIM = (
-    "Online PFT (RM over the smallest reward class containing r* + soft RL) beats offline "
-    "DPO over the smallest policy class containing π* exactly where the measured "
-    "generation-verification gap log(dim Π_min / dim R_min) is large, and not where it is small."
+    "The online advantage is the generation-verification gap the theory defines: n times the "
+    "regret difference offline - online tends to Delta C = C(offline class) - C(online class), "
+    "with classes learned from the data on both sides, and vanishes where Delta C = 0."
 )
 NOTES = "H6"
 DESIGN_NOTE = __doc__
 
-PROTOCOLS = ("well_specified", "common", "non_oracle")
+PROTOCOLS = ("learned", "well_specified", "gift", "gift_tabular", "non_oracle")
+#: Protocols whose online class is handed the generating features (labelled ``gift``).
+GIFT_PROTOCOLS = ("gift", "gift_tabular")
 #: Instance generators: family knobs (k = "all" → every column of the dictionary).
 GENERATORS: dict[str, dict] = {
     "additive_full": {"family": "linear", "dictionary": "position_token", "k": "all"},
@@ -73,27 +99,11 @@ ALLOWED = {
     "protocol": ", ".join(PROTOCOLS),
     "generator": '"", ' + ", ".join(GENERATORS),
     "tree": '"" or "VxH"',
+    "cell": '"" or a key of h6_design.CELLS',
     "policy_class": "auto, product, markov<J>, tabular",
-    "rm_class": "auto, linear, window<J>, tabular, local",
+    "rm_class": "auto, oracle (linear), dictionary, window<J>, tabular, local",
     "online_policy_class": "tabular, product, markov<J>",
 }
-# Verdict constants, fixed before reading results.
-#: Cells with measured gap ≥ this are predicted to show an online advantage.
-GAP_BIG = 1.5
-#: Cells with measured gap ≤ this are predicted to show none (TOST).
-GAP_SMALL = 0.75
-#: Equivalence margin of "no advantage" on the regret difference (nats of J).
-REGRET_MARGIN = R.REGRET_MARGIN
-#: Protocol of the hypothesis test.
-HEADLINE_PROTOCOL = "well_specified"
-#: Headline cell (generator, tree) reported as the verdict's effect…
-HEADLINE_CELL = ("dense", "2x4")
-#: …and the positive control, which must show the advantage for the test to decide.
-POSITIVE_CELL = ("sum_mod", "2x4")
-#: Distractor columns of the non_oracle RM when ``rm_features`` = 0.
-NON_ORACLE_DISTRACTORS = 5
-#: Sample size of every tested cell (the smallest n, where the gap matters most).
-HEADLINE_N = 16
 
 
 def _tree(tree: str) -> tuple[int, int]:
@@ -105,40 +115,59 @@ def _tree(tree: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h6_gap setting. Shared problem fields: :class:`common.ProblemConfig`.
 
     Attributes:
-        protocol: well_specified, common or non_oracle (module docstring).
+        protocol: learned, well_specified, gift, gift_tabular or non_oracle (module docstring).
+        cell: "" or a key of ``h6_design.CELLS``: a named design cell that sets generator, tree
+            and any of β, π_ref, m, shared_reward, k (the resolved values are recorded).
         generator: "" or a key of ``GENERATORS``; sets family, dictionary, check and k (the
-            resolved values are the recorded fields; setting both differently is an error).
+            resolved values are the recorded fields; setting both differently is an error,
+            except k, which an explicit value other than the default overrides).
         tree: "" or "VxH" (e.g. "2x4"); sets vocab and horizon.
+        shared_reward: with m > 1 prompts, whether r* is shared by the prompts (one weight
+            vector; the RM pools every prompt's pairs) or each prompt has its own
+            (``per_prompt_weights``; per-prompt RMs).
         policy_class: offline policy rung (product, markov<J>, tabular) or auto (protocol).
-        rm_class: online reward rung (linear = oracle features, window<J>, tabular, local) or
-            auto (protocol).
-        rm_features: K of the non_oracle RM: K = max(rm_features, k) candidate features;
-            0 = k + ``NON_ORACLE_DISTRACTORS`` (so the non-oracle RM always has distractors).
+        rm_class: online reward rung (oracle, dictionary, window<J>, tabular, local) or auto.
+        rm_features: K of the dictionary rung: K = max(rm_features, k) candidate features;
+            0 = k + ``NON_ORACLE_DISTRACTORS``.
         online_policy_class: policy class of the online RL step: tabular (exact soft RL) or a
             rung (product, markov<J>): the reverse-KL projection of π*_{r̂} onto it.
     """
 
-    protocol: str = "well_specified"
+    protocol: str = "learned"
+    cell: str = ""
     generator: str = ""
     tree: str = ""
+    shared_reward: bool = True
     policy_class: str = "auto"
     rm_class: str = "auto"
     rm_features: int = 0
     online_policy_class: str = "tabular"
 
     def __post_init__(self) -> None:
+        if self.cell:
+            common.check_choice("cell", self.cell, tuple(D.CELLS))
+            self._preset("cell", D.CELLS[self.cell])
         if self.tree:
             v, h = _tree(self.tree)
             self._preset("tree", {"vocab": v, "horizon": h})
+        if not self.shared_reward and self.n_prompts > 1:
+            self._preset("shared_reward", {"per_prompt_weights": True})
+        elif self.per_prompt_weights and self.n_prompts > 1:
+            raise UserError(
+                "per_prompt_weights=true conflicts with shared_reward=true; set "
+                "shared_reward=false for per-prompt rewards"
+            )
         if not self.generator:
             return
-        C.check_choice("generator", self.generator, tuple(GENERATORS))
+        common.check_choice("generator", self.generator, tuple(GENERATORS))
         spec = dict(GENERATORS[self.generator])
-        if spec["k"] == "all":
+        if spec["k"] != "all" and self.k != common.ProblemConfig.k:
+            del spec["k"]  # a generator's k is a default: an explicit k (≠ 3) is kept
+        elif spec["k"] == "all":
             from gvgap.envs.features import dictionary_size
 
             spec["k"] = dictionary_size(spec["dictionary"], self.vocab, self.horizon)
@@ -158,9 +187,9 @@ class Config(C.ProblemConfig):
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field (rm_class: the ladder's names)."""
-        C.ProblemConfig.validate(dataclasses.replace(self, rm_class="linear"))
-        C.check_choice("protocol", self.protocol, PROTOCOLS)
-        C.check_range("rm_features", self.rm_features, 0)
+        common.ProblemConfig.validate(dataclasses.replace(self, rm_class="linear"))
+        common.check_choice("protocol", self.protocol, PROTOCOLS)
+        common.check_range("rm_features", self.rm_features, 0, 4096)
         if self.policy_class != "auto":
             policy_order(self.policy_class, self.horizon)
         try:
@@ -171,113 +200,111 @@ class Config(C.ProblemConfig):
                 f"got {self.online_policy_class!r}"
             ) from None
         if self.rm_class != "auto":
-            RG.check_reward_rung(self.rm_class)
+            window_order(self.rm_class, self.horizon)
 
+
+def _window_dims(cfg: Config) -> list[int]:
+    from gvgap.theory.spans import window_dim
+
+    return [window_dim(cfg.vocab, cfg.horizon, j) for j in range(max(cfg.horizon - 1, 0))]
+
+
+def memory_bytes(cfg: Config) -> float:
+    """Bytes this experiment adds to the generic estimate of a run (``base.estimate_memory``):
+    the pair-kernel factor and Woodbury work arrays (5 N q floats), the dictionary (3 N K),
+    the exact tables of the ladder (soft values, tilts, ANOVA pieces: 8 N) and, for the
+    protocols that fit window rungs (``learned``, ``well_specified``), every rung's dense
+    window features with their copies (RM, DPO fast path, their SVD bases and LAPACK work:
+    8 N m_w d_J, m_w = m per-prompt
+    blocks) and a shared tabular reward's (m, N, N) features; N = m V^H leaves."""
+    from gvgap.theory.asymptotics import KERNEL_MAX_COLUMNS
+
+    m = cfg.n_prompts
+    leaves = float(m) * float(cfg.vocab) ** cfg.horizon
+    k_dict = max(cfg.rm_features, cfg.k) if cfg.rm_features else cfg.k + NON_ORACLE_DISTRACTORS
+    total = (
+        8.0
+        * leaves
+        * (5 * KERNEL_MAX_COLUMNS + 3 * k_dict * (m if not cfg.shared_reward else 1) + 8)
+    )
+    fits_windows = cfg.protocol in ("learned", "well_specified") or cfg.rm_class.startswith(
+        "window"
+    )
+    if fits_windows:
+        blocks = 1 if cfg.shared_reward else m
+        total += 8.0 * 8 * leaves * blocks * sum(_window_dims(cfg))
+        if cfg.shared_reward and m > 1:
+            total += 8.0 * 2 * leaves * float(cfg.vocab) ** cfg.horizon
+    return total
+
+
+Config.memory_bytes = memory_bytes  # the hook base.estimate_memory reads
 
 SMOKE = Config(generator="dense", tree="2x3", n_pairs=20, lam_grid="short")
-_TREES = ["4x2", "2x4"]  # equal output size V^H = 16, horizon 2 vs 4
-SETTINGS = {
-    "seeds": 20,
-    "fixed": {},
-    "grid": {
-        "generator": ["additive_full", "additive", "window1_full", "dense", "sum_mod"],
-        "tree": ["9x2", "3x4", "4x2", "2x4"],
-        "n_pairs": [16, 64, 256, 1024],
-        "protocol": list(PROTOCOLS),
-    },
-}
-QUICK = {
-    "seeds": 20,
-    "fixed": {"lam_grid": "short"},
-    "grid": {
-        "generator": ["additive_full", "additive", "dense", "sum_mod"],
-        "tree": _TREES,
-        "n_pairs": [HEADLINE_N, 64],
-        "protocol": list(PROTOCOLS),
-    },
-}
-#: Seeds of each robustness re-check in ``reproduce --quick`` (10: the smallest one-sided
-#: signed-rank p is 2^-10, enough for Holm over the few cells of a re-check).
-ROBUST_SEEDS = 10
-_AT = {"n_pairs": HEADLINE_N, "protocol": HEADLINE_PROTOCOL, "tree": POSITIVE_CELL[1]}
-#: Re-checks (fields leave the grid), at the headline n, protocol and tree: peaked π_ref
-#: (Dirichlet 0.1, 0.3, 1), β ∈ {0.1, 3}, and m = 2 prompts with per-prompt rewards (own w_x;
-#: sum_mod: own target c + x).
-ROBUSTNESS = [{**o, **_AT} for o in C.robustness(per_prompt=True)]
-
-
-#: The problem instance (drawn only from ``instance_rng``).
-build_env = C.build_env
-
-
-def classes(cfg: Config, env, gap: dict, instance_rng: np.random.Generator):
-    """(offline policy class, its rung name, online reward class, its rung name)."""
-    if cfg.policy_class != "auto":
-        p_name = rung_name(policy_order(cfg.policy_class, env.horizon), env.horizon)
-    elif cfg.protocol == "well_specified":
-        p_name = rung_name(int(gap["pi_order_min"]), env.horizon)
-    else:
-        p_name = "tabular"
-    if cfg.rm_class != "auto":
-        r_name = cfg.rm_class
-    elif cfg.protocol == "well_specified":
-        r_name = smallest_reward_rung(gap)
-    else:
-        r_name = "linear"
-    extra = 0
-    if cfg.protocol == "non_oracle":
-        extra = max(cfg.rm_features, cfg.k) - cfg.k if cfg.rm_features else NON_ORACLE_DISTRACTORS
-    rc = RG.reward_rung(r_name, env, n_distractors=extra, rng=instance_rng)
-    return C.policy_class(p_name, env), p_name, rc, r_name
 
 
 def run(
     cfg: Config, *, rng: np.random.Generator, instance_rng: np.random.Generator
 ) -> dict[str, float]:
     """Offline (DPO over a policy rung) vs online (RM over a reward rung + soft RL)."""
-    env, data, grid, split_seed = C.prepare(cfg, rng, instance_rng)
-    gap = ladder_gap(env)
-    pol, p_name, rc, _r_name = classes(cfg, env, gap, instance_rng)
-    off = C.fit_dpo(env, data, grid, split_seed, policy=pol)
-    on_pol = None
-    if policy_order(cfg.online_policy_class, env.horizon) < env.horizon - 1:
-        on_pol = C.policy_class(cfg.online_policy_class, env)
-    on = C.fit_rlhf(env, data, rc, grid, split_seed, policy=on_pol)
-    out = {**Hy.metric_rows("offline", env, off), **Hy.metric_rows("online", env, on)}
-    out |= C.gap_metrics(env) | gap
-    order = policy_order(p_name, env.horizon)
-    out["offline_dim"] = gap[f"dim_pi/{p_name}"]
-    out["online_dim"] = float(RG.reward_dim(rc, env))
-    out["isomorphic"] = float(RG.isomorphic(env, rc, order))
+    inst = instance(cfg, instance_rng)
+    env = inst.env
+    data = common.draw_pairs(env, cfg.n_pairs, rng)
+    grid, split_seed = common.lambda_grid(cfg.lam, cfg.lam_grid), common.split_seed_from(rng)
+    off, p_name, on, r_name = fit_pipelines(cfg, inst, data, grid, split_seed)
+    out = {
+        **hypothesis.metric_rows("offline", env, off),
+        **hypothesis.metric_rows("online", env, on),
+    }
+    out |= common.gap_metrics(env) | inst.ladder.metrics()
+    out |= class_metrics(inst, p_name, r_name, online_policy(cfg, env) is None)
+    out["delta_C_star"] = delta_c_star(inst)
+    out["isomorphic"] = float(isomorphic(inst, p_name, r_name))
+    out["coverage"] = coverage(env, data)
+    out["rarest_count"] = float(2 * cfg.n_pairs * (env.rho[:, None] * np.exp(env.logp_ref)).min())
     out["n_leaves"] = float(env.n_leaves)
-    out["contain_tol"] = CONTAIN_TOL
+    out["gift"] = float(cfg.protocol in GIFT_PROTOCOLS or r_name == "oracle")
     return out
 
 
-# ---------------------------------------------------------------- verdict
+def run_batch(cfgs, *, rngs, instance_rngs) -> list[dict[str, float]]:
+    """:func:`run` on each config in turn (identical results; runs of one instance share its
+    measured ladder through the cache)."""
+    return [run(c, rng=r, instance_rng=i) for c, r, i in zip(cfgs, rngs, instance_rngs)]
 
 
-def cell_table(df: pd.DataFrame, protocol: str = HEADLINE_PROTOCOL) -> pd.DataFrame:
-    """Per (generator, tree, n_pairs) cell of ``protocol``: the paired regret differences
-    offline − online (``d``, a list), the measured gap and the isomorphism flag."""
-    return R.cell_table(df, protocol)
+#: Runs per task of the sweep runner (it groups the runs of one instance together).
+BATCH_SIZE = 16
+
+# ---------------------------------------------------------------- sweeps and verdict
+
+SETTINGS = D.SETTINGS
+QUICK = D.QUICK
+ROBUSTNESS = D.ROBUSTNESS
+ROBUST_SEEDS = D.ROBUST_SEEDS
+PILOT = D.PILOT
+plan_seeds = h6_rule.plan_seeds
+STABILITY_BLOCKS = D.STABILITY_BLOCKS
+HEADLINE = D.HEADLINE
+
+
+def headline_effect(df: pd.DataFrame) -> dict[str, float]:
+    """The headline effect (d at :data:`HEADLINE`) with its interval and seeds."""
+    return h6_rule.headline_effect(df, HEADLINE)
+
+
+#: The per-run contrast behind the rule, d = regret(offline) − regret(online) on the same
+#: pairs: the report's per-cell table (the rule itself reads n·d against ΔC per cell).
+TEST = hypothesis.Contrast("d = regret offline − online", "offline", "online", "regret")
+
+#: What the paper concludes about H6, and the verdict on the hypothesis that agrees with it.
+PAPER_POSITION = "most support: the gap, with RL restricted to the simple verifier's policies"
+PAPER_EXPECTS = "supported"
 
 
 def verdict(df: pd.DataFrame):
-    """The rule of :mod:`gvgap.experiments.h6_rule` on the ``well_specified`` cells at n =
-    ``HEADLINE_N`` (fewest pairs present if absent): positive control ``POSITIVE_CELL`` must be
-    ``greater``; every non-isomorphic cell with gap ≥ GAP_BIG is predicted ``greater``, with
-    gap ≤ GAP_SMALL ``equivalent`` (margin REGRET_MARGIN); Holm across the cells."""
-    return R.verdict(
-        df,
-        claim=CLAIM,
-        protocol=HEADLINE_PROTOCOL,
-        n_pairs=HEADLINE_N,
-        headline=HEADLINE_CELL,
-        positive=POSITIVE_CELL,
-        gap_big=GAP_BIG,
-        gap_small=GAP_SMALL,
-    )
+    """The dose–response rule of :mod:`gvgap.experiments.h6_rule` (P1, P2; P3 reported)."""
+    return h6_rule.verdict(df, claim=CLAIM)
 
 
 #: Columns the surface figure distinguishes itself; other varying fields become panels.
@@ -286,24 +313,75 @@ SURFACE_USES = ("generator", "tree", "protocol")
 CURVE_LINES = ("epsilon", "k", "tree", "horizon", "protocol", "rm_class", "policy_class")
 
 
+def _dose_design(df: pd.DataFrame) -> bool:
+    """A table of the dose–response design (named cells, several n)."""
+    return "cell" in df.columns and df["cell"].astype(str).str.len().gt(0).any()
+
+
 def _curve_line(df: pd.DataFrame) -> str | None:
     return next((c for c in CURVE_LINES if c in df.columns and df[c].nunique() > 1), None)
 
 
 def plot_uses(df: pd.DataFrame) -> tuple[str, ...]:
     """Columns :func:`plot` distinguishes on ``df`` (the rest become facets)."""
+    if _dose_design(df):
+        return ("*",)
     if "generator" in df.columns and df["generator"].nunique() > 1:
         return SURFACE_USES
     return tuple(c for c in ("n_pairs", _curve_line(df)) if c)
 
 
 def plot(df: pd.DataFrame, ax=None):
-    """H6: paired regret difference offline − online (95% bootstrap CI; positive = online
-    better; seeds per point in the legend). With several generators: the surface per generator
-    (x, ordered by measured gap), tree V×H (colour) and protocol (marker); else vs n (log x)
-    with one line per level of the first varying of epsilon, k, tree, horizon, protocol."""
-    from gvgap.plots_h6 import h6_curves, h6_surface
+    """H6 law under the headline protocol: mean n·d (95% CI) against ΔC on log–log axes, one
+    point per (cell, n) at n ∈ DOSE_N, with the identity and the P1 band; filled = law cells
+    of the rule. On a user sweep over generators: the surface of paired regret differences per
+    generator (x, ordered by the dims-gap), tree (colour) and protocol (marker); else d vs n."""
+    from gvgap.plots_h6 import dose_response, h6_curves, h6_surface
 
+    if _dose_design(df):
+        protocol = (
+            D.HEADLINE_PROTOCOL
+            if (df["protocol"] == D.HEADLINE_PROTOCOL).any()
+            else (df["protocol"].iloc[0])
+        )
+        return dose_response(h6_cells.dose_table(df), ax, protocol=protocol, n_values=D.DOSE_N)
     if "generator" in df.columns and df["generator"].nunique() > 1:
         return h6_surface(df, ax)
     return h6_curves(df, ax, line=_curve_line(df))
+
+
+def plot_control(df: pd.DataFrame, ax=None):
+    """The positive control: the same law under ``gift`` (the online class handed the
+    generating features), n·d against ΔC on log–log axes with the identity and the P1 band."""
+    from gvgap.plots_h6 import dose_response
+
+    return dose_response(
+        h6_cells.dose_table(df), ax, protocol=D.CONTROL_PROTOCOL, n_values=D.DOSE_N
+    )
+
+
+def plot_d_vs_n(df: pd.DataFrame, ax=None):
+    """d against n per gap cell (ΔC* > 0) under the headline protocol, log–log, with the law's
+    prediction ΔC/n dashed in the cell's colour."""
+    from gvgap.plots_h6 import d_against_n
+
+    return d_against_n(h6_cells.dose_table(df), ax, protocol=D.HEADLINE_PROTOCOL)
+
+
+def plot_rank(df: pd.DataFrame, ax=None):
+    """Secondary (P3, reported): mean d at n = 16 per cell against its dims-gap, the former
+    proxy of the gap, with each cell's ΔC printed beside it (headline protocol)."""
+    from gvgap.plots_h6 import rank_scatter
+
+    return rank_scatter(h6_cells.dose_table(df), ax, n=D.RANK_N[0], protocol=D.HEADLINE_PROTOCOL)
+
+
+def extra_figures(df: pd.DataFrame) -> list[tuple]:
+    """The design's further figures (control, d vs n, small-n ranking), as
+    ``(kind, plot(df, ax), uses)``, on a dose–response table."""
+    if not _dose_design(df):
+        return []
+    out = [("d_vs_n", plot_d_vs_n, ("*",)), ("rank", plot_rank, ("*",))]
+    if (df["protocol"] == D.CONTROL_PROTOCOL).any():
+        out.insert(0, ("control", plot_control, ("*",)))
+    return out

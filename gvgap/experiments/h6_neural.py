@@ -42,8 +42,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gvgap.experiments import common as C
-from gvgap.experiments import hypothesis as Hy
+from gvgap.experiments import common, hypothesis
 from gvgap.theory.metrics import pairwise_accuracy
 
 if TYPE_CHECKING:  # pandas is needed only by verdict/plot code, imported there
@@ -79,11 +78,11 @@ REQUIRES_TORCH = True
 #: Runs per ``run_batch`` chunk (stacked in one model call; memory is chunked).
 BATCH_SIZE = 32
 
-TEST = Hy.Contrast("rlhf − dpo", "rlhf", "dpo")
-CONTROL = Hy.Contrast("oracle − dpo (RL on r* through the same networks)", "oracle", "dpo")
-ISOMORPHIC = Hy.Contrast("rl_local − dpo (isomorphic)", "rl_local", "dpo")
+TEST = hypothesis.Contrast("rlhf − dpo", "rlhf", "dpo")
+CONTROL = hypothesis.Contrast("oracle − dpo (RL on r* through the same networks)", "oracle", "dpo")
+ISOMORPHIC = hypothesis.Contrast("rl_local − dpo (isomorphic)", "rl_local", "dpo")
 MORE_CONTROLS = ((ISOMORPHIC, "equivalent"),)
-REPORTED = (Hy.Contrast("rlhf − dpo win rate", "rlhf", "dpo", "win_rate"),)
+REPORTED = (hypothesis.Contrast("rlhf − dpo win rate", "rlhf", "dpo", "win_rate"),)
 #: Equivalence margin δ (J units; J* − J_ref of these families is ≈ 1–2).
 MARGIN = 0.02
 #: Columns that define a cell of the verdict and the surface.
@@ -117,7 +116,7 @@ QUICK_HEADLINE = {**HEADLINE, "vocab": 2, "width": 4, "n_pairs": 32}
 
 
 @dataclass(frozen=True)
-class Config(C.ProblemConfig):
+class Config(common.ProblemConfig):
     """One h6_neural setting.
 
     Shared problem fields: :class:`common.ProblemConfig` (here family ``planning`` with check
@@ -167,16 +166,16 @@ class Config(C.ProblemConfig):
         from gvgap.errors import UserError
 
         super().validate()
-        C.check_choice("arch", self.arch, ARCHS)
-        C.check_choice("rm_init", self.rm_init, RM_INITS)
-        C.check_choice("block", self.block, BLOCKS)
-        C.check_choice("device", self.device, ("cpu", "cuda", "auto"))
-        C.check_choice("dtype", self.dtype, ("auto", "float64", "float32"))
+        common.check_choice("arch", self.arch, ARCHS)
+        common.check_choice("rm_init", self.rm_init, RM_INITS)
+        common.check_choice("block", self.block, BLOCKS)
+        common.check_choice("device", self.device, ("cpu", "cuda", "auto"))
+        common.check_choice("dtype", self.dtype, ("auto", "float64", "float32"))
         for name in ("width", "depth", "heads", "restarts"):
-            C.check_range(name, getattr(self, name), 1, 4096)
-        C.check_range("steps", self.steps, 0, 100_000)
-        C.check_range("polish", self.polish, 0, 100_000)
-        C.check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+            common.check_range(name, getattr(self, name), 1, 4096)
+        common.check_range("steps", self.steps, 0, 100_000)
+        common.check_range("polish", self.polish, 0, 100_000)
+        common.check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
         leaves = self.n_prompts * float(self.vocab) ** self.horizon
         if leaves > MAX_NEURAL_LEAVES:
             raise UserError(
@@ -212,7 +211,8 @@ SETTINGS = {
     "grid": {"ref_concentration": [0.3, 10.0]},
 }
 #: Quick: the same design on a 64-leaf tree (V = 2, H = 6) with width-4 networks, λ = 1
-#: fixed, every seed of a cell in one stacked call.
+#: fixed, every seed of a cell in one stacked call, on the ``confirm`` block; ``gvgap
+#: reproduce --quick`` replaces ``seeds`` by the plan from :data:`QUICK_PILOT`.
 QUICK = {
     "seeds": 10,
     "fixed": {
@@ -224,29 +224,56 @@ QUICK = {
         "steps": 100,
         "polish": 30,
         "restarts": 2,
+        "block": "confirm",
     },
     "grid": {"ref_concentration": [0.3, 10.0]},
 }
+#: The power pilot of the QUICK design (``gvgap reproduce --quick``): its headline cell on
+#: the ``pilot`` block.
+QUICK_PILOT = {
+    "seeds": 6,
+    "fixed": {**QUICK["fixed"], "block": "pilot", "ref_concentration": 0.3},
+    "grid": {},
+}
+#: Bounds of the planned seed count (the H1–H5 bounds: bootstrap intervals and Holm-adjusted
+#: signed-rank tests need ≥ 20 paired runs; at most 40).
+SEED_BOUNDS = hypothesis.SEED_BOUNDS
 
 
-def plan_seeds(pilot: pd.DataFrame, n_cells: int, **kw):
-    """Seeds for the confirmatory sweep from a pilot table (block ``pilot``): the most of
+def plan_seeds(pilot: pd.DataFrame, **kw) -> dict:
+    """Seeds for the confirmatory sweep from a pilot table (block ``pilot``, the headline cell
+    of the design it ran: :data:`HEADLINE` or :data:`QUICK_HEADLINE`): the most of
     :func:`gvgap.inference.seeds_for_power` (80 % power, smoothed bootstrap of the pilot's
-    paired differences at the headline cell, Bonferroni over ``n_cells`` Holm cells) for
-    the test (rlhf − dpo, ``greater`` at the pilot's effect), the positive control
-    (oracle − dpo, ``greater``) and the isomorphic control (rl_local − dpo, ``equivalent``
-    within MARGIN). Returns ``(seeds, {contrast: SeedPlan})``."""
-    from gvgap.inference import seeds_for_power
+    paired differences, Bonferroni over the 2 Holm cells of the sweep) for the test
+    (rlhf − dpo, ``greater`` at the pilot's effect), the positive control (oracle − dpo,
+    ``greater``) and the isomorphic control (rl_local − dpo, ``equivalent`` within
+    :data:`MARGIN`), clipped to :data:`SEED_BOUNDS`.
 
-    head = Hy.at_cell(block_rows(pilot), HEADLINE)
-    plans = {
-        "test": seeds_for_power(Hy.paired(head, TEST), n_tests=n_cells, **kw),
-        "positive control": seeds_for_power(Hy.paired(head, CONTROL), n_tests=n_cells, **kw),
-        "isomorphic control": seeds_for_power(
-            Hy.paired(head, ISOMORPHIC), test="equivalent", margin=MARGIN, n_tests=n_cells, **kw
+    Returns:
+        ``{"seeds", "power", "parts": {contrast: SeedPlan as JSON}}``; ``power`` is the least of
+        the three powers at the chosen seeds.
+    """
+    from gvgap.inference import power, seeds_for_power
+    from gvgap.stats import at_cell
+
+    n_cells = len(SETTINGS["grid"]["ref_concentration"])
+    head = at_cell(block_rows(pilot), _headline(pilot))
+    tests = {
+        "test": (hypothesis.paired(head, TEST), {"test": "greater"}),
+        "positive control": (hypothesis.paired(head, CONTROL), {"test": "greater"}),
+        "isomorphic control": (
+            hypothesis.paired(head, ISOMORPHIC),
+            {"test": "equivalent", "margin": MARGIN},
         ),
     }
-    return max(p.seeds for p in plans.values()), plans
+    plans = {k: seeds_for_power(d, n_tests=n_cells, **t, **kw) for k, (d, t) in tests.items()}
+    seeds = int(np.clip(max(p.seeds for p in plans.values()), *SEED_BOUNDS))
+    powers = {
+        k: power(d, seeds, **t, n_tests=n_cells, rng=np.random.default_rng(0))
+        for k, (d, t) in tests.items()
+    }
+    parts = {k: plans[k].to_json() | {"power_at_seeds": powers[k]} for k in plans}
+    return {"seeds": seeds, "power": min(powers.values()), "parts": parts}
 
 
 def pair_accuracy(r_hat: np.ndarray, r_star: np.ndarray, logp_mu: np.ndarray, rho) -> float:
@@ -276,7 +303,7 @@ def _prepare(cfg: Config, rng, instance_rng):
 
     inst = _instance_rng(cfg.block, instance_rng)
     state = json.dumps(inst.bit_generator.state, sort_keys=True, default=int)
-    env, data, grid, split_seed = C.prepare(cfg, rng, inst)
+    env, data, grid, split_seed = common.prepare(cfg, rng, inst)
     seed = int(rng.integers(2**31 - 2))
     cap_seed = int(inst.integers(2**31 - 2 - 1000))  # after the instance draws: instance only
     fields = {k: v for k, v in asdict(cfg).items() if k not in _RUN_ONLY}
@@ -294,7 +321,7 @@ def _arch(cfg: Config):
 
 
 def _row(name: str, env, res, r_hat=None) -> dict[str, float]:
-    out = Hy.metric_rows(name, env, res)
+    out = hypothesis.metric_rows(name, env, res)
     out[f"{name}/steps"] = float(res.extra.get("steps", 0))
     if r_hat is not None:
         out[f"{name}/acc_in"] = pair_accuracy(r_hat, env.r_star, env.logp_ref, env.rho)
@@ -324,14 +351,14 @@ def run_batch(cfgs: list[Config], *, rngs: list, instance_rngs: list) -> list[di
 
 def _run_group(cfg: Config, runs: list) -> list[dict]:
     from gvgap.learners.result import Result
-    from gvgap.nn import pipelines as P
+    from gvgap.nn import pipelines as pipelines
 
     arch = _arch(cfg)
     opt = {"steps": cfg.steps, "lr": cfg.lr, "polish": cfg.polish}
-    dpo = P.dpo_many(arch, runs, opt)
-    rms = P.rm_many(arch, runs, opt)
+    dpo = pipelines.dpo_many(arch, runs, opt)
+    rms = pipelines.rm_many(arch, runs, opt)
     targets = [(rm.r_hat, d.r_hat, u.env.r_star) for rm, d, u in zip(rms, dpo, runs)]
-    rls = P.rl_many(arch, runs, targets, opt)
+    rls = pipelines.rl_many(arch, runs, targets, opt)
     cap_key = json.dumps(
         [
             asdict(arch)["arch"],
@@ -346,7 +373,7 @@ def _run_group(cfg: Config, runs: list) -> list[dict]:
         ],
         sort_keys=True,
     )
-    caps = P.capacity_many(arch, runs, cfg.restarts, opt, cap_key)
+    caps = pipelines.capacity_many(arch, runs, cfg.restarts, opt, cap_key)
     n_pol = sum(p.numel() for p in arch.policy([runs[0].env], [0]).parameters())
     n_rm = sum(p.numel() for p in arch.reward([runs[0].env], [1], [0]).parameters())
     rows = []
@@ -365,7 +392,7 @@ def _run_group(cfg: Config, runs: list) -> list[dict]:
             "n_params_rm": float(n_rm),
             **cap,
         }
-        row.update(C.gap_metrics(env))
+        row.update(common.gap_metrics(env))
         rows.append(row)
     return rows
 
@@ -382,8 +409,10 @@ def block_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _headline(df: pd.DataFrame) -> dict:
+    from gvgap.stats import at_cell
+
     for h in (HEADLINE, QUICK_HEADLINE):
-        if len(Hy.at_cell(df, h)):
+        if len(at_cell(df, h)):
             return h
     return HEADLINE
 
@@ -397,7 +426,7 @@ def verdict(df: pd.DataFrame):
     from gvgap.plots_neural import surface_text
 
     df = block_rows(df)
-    return Hy.module_verdict(
+    return hypothesis.module_verdict(
         sys.modules[__name__],
         df,
         predicted="greater",

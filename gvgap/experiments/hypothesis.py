@@ -46,19 +46,12 @@ class Contrast:
     metric: str = "J"
 
 
-def at_cell(df: pd.DataFrame, cell: dict) -> pd.DataFrame:
-    """Rows whose Config columns equal ``cell`` (fields absent from the table are ignored)."""
-    mask = np.ones(len(df), bool)
-    for k, v in cell.items():
-        if k in df.columns:
-            mask &= (df[k] == v).to_numpy()
-    return df[mask]
-
-
 def headline_rows(df: pd.DataFrame, headline: dict) -> pd.DataFrame:
     """The rows a figure shows: the headline cell's, or, on a table of one other setting (a
     robustness re-check, where the headline's values were overridden), all rows: the same
     rule as :func:`hypothesis_record`, so a re-check's figure is not silently empty."""
+    from gvgap.stats import at_cell
+
     rows = at_cell(df, headline)
     keys = [k for k in headline if k in df.columns]
     if rows.empty and keys and len(df.drop_duplicates(keys)) == 1:
@@ -143,6 +136,8 @@ def hypothesis_record(
     detail. ``more_controls``: further (contrast, expected outcome) pairs at the headline
     cell (:func:`detects`, margin ``control_margin``) that must all hold with the positive
     control for the test to decide (e.g. an isomorphic control expected ``equivalent``)."""
+    from gvgap.stats import at_cell
+
     cells = cells_of(df, by)
     keys = [{k: v for k, v in headline.items() if k in c} for c in cells]
     head_idx = [i for i, c in enumerate(cells) if all(c[k] == v for k, v in keys[i].items())]
@@ -280,24 +275,145 @@ def metric_rows(name: str, env, res) -> dict[str, float]:
     return out
 
 
-def plot_contrasts(df: pd.DataFrame, contrasts: list[Contrast], *, title: str, ax=None):
-    """Mean paired difference (95% bootstrap CI) of each contrast, one point per contrast;
-    its tick names the metric (J and win rate share the axis) and the paired seeds behind it."""
-    import matplotlib.pyplot as plt
+# ---------------------------------------------------------------- seed blocks and power
 
-    ax = ax or plt.gca()
-    labels = []
-    for i, c in enumerate(contrasts):
-        d = paired(df, c)
-        m, lo, hi = mean_ci(d)
-        if not np.isfinite(m):
-            continue
-        labels.append((i, f"{c.label} ({c.metric}; {len(d)} seeds)"))
-        err = [[max(m - lo, 0.0)], [max(hi - m, 0.0)]] if np.isfinite(lo) else None
-        ax.errorbar([i], [m], yerr=err, marker="o", ls="none", capsize=3, color="C0")
-    ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xticks([i for i, _ in labels], [t for _, t in labels], rotation=25, ha="right")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.set_ylabel("paired difference a − b (95% CI)")
-    ax.set_title(title)
-    return ax
+#: Instance-seed blocks of H1–H5 (the instance seed of a run is its seed). DEV: every sweep
+#: run while the designs were developed (seeds from 0). PILOT: the power pilot of each
+#: experiment. CONFIRM: the confirmatory sweep of ``gvgap reproduce`` and its re-checks, first
+#: run after the rules, cells, margins and the power plan below were fixed (issue 17).
+DEV_BLOCK = 0
+PILOT_BLOCK = 5_000_000
+CONFIRM_BLOCK = 6_000_000
+#: Seeds of the pilot block.
+PILOT_SEEDS = 12
+#: Bounds of the planned seed count. At least 20: the verdict rests on percentile-bootstrap
+#: intervals of means of right-skewed paired differences and on signed-rank tests Holm-
+#: adjusted across cells, both unreliable with fewer runs (a dry run on the development
+#: block with 10 seeds left four of five tests undetermined although each control detected;
+#: the test's own power is reported in the plan). At most 40 (what ``gvgap reproduce
+#: --quick`` affords on two cores); the power reached is reported either way.
+SEED_BOUNDS = (20, 40)
+
+
+def quick_sweep(headline: dict, seeds: int = 20, grid: dict | None = None) -> dict:
+    """The confirmatory sweep of an H1–H5 experiment (its ``QUICK``): the headline cell (and
+    ``grid``) with k = 3 and the short λ grid, on :data:`CONFIRM_BLOCK`; ``gvgap reproduce``
+    replaces ``seeds`` by the power plan's."""
+    return {
+        "seeds": seeds,
+        "seed_start": CONFIRM_BLOCK,
+        "fixed": {**headline, "k": 3, "lam_grid": "short"},
+        "grid": dict(grid or {}),
+    }
+
+
+def pilot_sweep(quick: dict) -> dict:
+    """The power pilot of a hypothesis experiment: its QUICK sweep (the headline cell and its
+    grid) with :data:`PILOT_SEEDS` seeds on :data:`PILOT_BLOCK`."""
+    return {**quick, "seeds": PILOT_SEEDS, "seed_start": PILOT_BLOCK}
+
+
+#: Dirichlet concentrations of the peaked-π_ref re-checks (smaller = more peaked).
+ROBUST_CONCENTRATIONS = (0.1, 0.3, 1.0)
+#: β values of the re-checks besides the default β = 1.
+ROBUST_BETAS = (0.1, 3.0)
+#: Prompts of the per-prompt-reward re-check.
+ROBUST_PROMPTS = 2
+
+
+def robustness(*vocab_horizon: tuple[int, int], per_prompt: bool = False) -> list[dict]:
+    """The standard verdict re-checks (``ROBUSTNESS``): each other (V, H); a random π_ref at
+    each of :data:`ROBUST_CONCENTRATIONS`; each β in :data:`ROBUST_BETAS`; with
+    ``per_prompt`` (families linear / misspec / planning with sum_mod only), m =
+    :data:`ROBUST_PROMPTS` prompts with their own reward weights (targets)."""
+    out = [
+        *({"vocab": v, "horizon": h} for v, h in vocab_horizon),
+        *({"ref": "random", "ref_concentration": c} for c in ROBUST_CONCENTRATIONS),
+        *({"beta": b} for b in ROBUST_BETAS),
+    ]
+    if per_prompt:
+        out.append({"n_prompts": ROBUST_PROMPTS, "per_prompt_weights": True})
+    return out
+
+
+#: The full sweep of H1, H2, H3 and H5 (:func:`sweeps`): fixed fields and grid.
+SETTINGS_FIXED = {"vocab": 3, "k": 3}
+SETTINGS_GRID = {"horizon": [3, 4], "n_pairs": [16, 64, 256]}
+
+
+def sweeps(
+    headline: dict,
+    *,
+    fixed: dict = SETTINGS_FIXED,
+    grid: dict = SETTINGS_GRID,
+    quick_grid: dict | None = None,
+    robust: tuple[tuple[int, int], ...] = ((4, 3),),
+    robust_fixed: dict | None = None,
+) -> tuple[dict, dict, dict, list[dict]]:
+    """``(SETTINGS, QUICK, PILOT, ROBUSTNESS)`` of an H1–H5 experiment from its headline cell:
+
+    - SETTINGS: the full sweep, ``fixed`` and ``grid``, 20 seeds on :data:`CONFIRM_BLOCK`;
+    - QUICK: the confirmatory sweep of ``gvgap reproduce --quick`` (:func:`quick_sweep`: the
+      headline, less the fields ``quick_grid`` sweeps, and ``quick_grid``; its seeds are
+      replaced by the power plan's);
+    - PILOT: its power pilot on its own seed block (:func:`pilot_sweep`);
+    - ROBUSTNESS: the standard re-checks (:func:`robustness` at the other (V, H) of
+      ``robust``), each with ``robust_fixed`` set too.
+    """
+    quick_grid = dict(quick_grid or {})
+    quick = quick_sweep({k: v for k, v in headline.items() if k not in quick_grid}, grid=quick_grid)
+    grid = {k: list(v) for k, v in grid.items()}
+    settings = {"seeds": 20, "seed_start": CONFIRM_BLOCK, "fixed": dict(fixed), "grid": grid}
+    checks = [{**o, **(robust_fixed or {})} for o in robustness(*robust)]
+    return settings, quick, pilot_sweep(quick), checks
+
+
+def plan_seeds(module, pilot: pd.DataFrame) -> dict:
+    """Seeds of the confirmatory sweep and of every re-check, from the pilot block.
+
+    The positive control (``module.CONTROL``, expected ``module.CONTROL_EXPECTED``) is decided
+    alone at the headline cell, in the main sweep and in each re-check alike; the seeds are
+    the fewest of :data:`gvgap.inference.SEED_GRID` at which its one-sided signed-rank test
+    reaches 80 % power at the pilot's effect (:func:`gvgap.inference.seeds_for_power`,
+    smoothed bootstrap of the pilot's paired differences), clipped to :data:`SEED_BOUNDS`.
+    The re-checks get the same seeds and so the same power (the power is computed at the
+    headline's pilot effect: a re-check's own effect is not known before it runs). Reported
+    in ``parts``, not used for the choice: the power of the test itself at those seeds —
+    to show the predicted outcome at the pilot's effect, and to declare equivalence (TOST,
+    ``module.MARGIN``, Holm across the QUICK cells) were the effect 0 with the pilot's spread.
+
+    Returns:
+        ``{"seeds", "power", "robust_seeds", "robust_power", "parts"}``.
+    """
+    from gvgap import inference
+
+    head = headline_rows(pilot, getattr(module, "HEAD_CELL", module.HEADLINE))
+    d_ctrl, d_test = paired(head, module.CONTROL), paired(head, module.TEST)
+    expected = module.CONTROL_EXPECTED
+    if d_ctrl.size < 2 or expected not in ("greater", "less"):
+        seeds = int(module.QUICK["seeds"])
+        nan = float("nan")
+        note = "no pilot control differences" if d_ctrl.size < 2 else f"control {expected}"
+        return {"seeds": seeds, "power": nan, "robust_seeds": seeds, "robust_power": nan,
+                "parts": {"note": note}}  # fmt: skip
+    plan = inference.seeds_for_power(d_ctrl, test=expected)
+    seeds = int(np.clip(plan.seeds, *SEED_BOUNDS))
+    pw = inference.power(d_ctrl, seeds, test=expected, rng=np.random.default_rng(0))
+    n_cells = max(1, int(np.prod([len(v) for v in module.QUICK.get("grid", {}).values()])))
+    parts: dict = {"control": {**plan.to_json(), "power_at_seeds": pw}}
+    if d_test.size >= 2:
+        predicted = getattr(module, "PREDICTED", "greater")
+        parts["test"] = {
+            "pilot_mean": float(d_test.mean()),
+            "pilot_n": int(d_test.size),
+            "power_predicted": inference.power(
+                d_test, seeds, test=predicted, margin=module.MARGIN, n_tests=n_cells,
+                rng=np.random.default_rng(0),
+            ) if predicted in inference.TESTS else float("nan"),
+            "power_equivalent_if_null": inference.power(
+                d_test, seeds, test="equivalent", margin=module.MARGIN, n_tests=n_cells,
+                rng=np.random.default_rng(0),
+            ),
+        }  # fmt: skip
+    return {"seeds": seeds, "power": pw, "robust_seeds": seeds, "robust_power": pw,
+            "parts": parts}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Explicit registry of experiments: id -> module (DESIGN §2).
+"""Explicit registry of experiments: id -> module (docs/design.md §2).
 
 The ids are known up front; a module is imported only when it is first looked up, so
 ``gvgap run c1_gibbs`` imports c1_gibbs alone, not the h1-h6 modules and their
@@ -23,6 +23,7 @@ EXPERIMENT_IDS: tuple[str, ...] = (
     "h5_rm_generalisation",
     "h6_gap",
     "h6_neural",
+    "llm",
 )
 
 
@@ -65,7 +66,7 @@ def get_experiment(eid: str) -> ModuleType:
         UserError: unknown id, listing the known ones.
     """
     if eid not in EXPERIMENTS:
-        from gvgap.experiments.base import did_you_mean
+        from gvgap.errors import did_you_mean
 
         raise UserError(
             f"unknown experiment {eid!r}{did_you_mean(eid, EXPERIMENTS)}; "

@@ -1,4 +1,4 @@
-"""Offline pipelines: SFT, DPO, IPO, reference-free local RM, SPIN (THEORY §3).
+"""Offline pipelines: SFT, DPO, IPO, reference-free local RM, SPIN (docs/theory.md §3).
 
 All are maximum-likelihood-type fits over a policy class Π, written as
 f(θ) = loss(log P_θ on the data) + λ Ω(r_θ), with Ω the centred squared norm in reward
@@ -8,17 +8,22 @@ classes the offline and online optima coincide exactly after regularisation.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
-from gvgap import losses
-from gvgap import theory as T
+from gvgap import losses, theory
 from gvgap.data import Demos, Preferences
+from gvgap.envs.features import block_features, position_window
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.errors import UserError
-from gvgap.learners.newton import bt_newton_tabular
+from gvgap.errors import check_range
+from gvgap.learners.feature_basis import feature_basis
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
 from gvgap.policies import TabularPolicy
+from gvgap.policies.markov import MarkovPolicy
+from gvgap.rewards import LinearReward
 
 PREF_LOSSES = ("dpo", "ipo", "ipo_mean")
 
@@ -31,10 +36,7 @@ def scatter(values: np.ndarray, prompt: np.ndarray, leaf: np.ndarray, shape) -> 
 
 def check_lam(lam: float) -> float:
     """λ as a float, or UserError: the regulariser strength must be finite and ≥ 0."""
-    lam = float(lam)
-    if not (np.isfinite(lam) and lam >= 0.0):
-        raise UserError(f"lam must be a finite number >= 0; got {lam}")
-    return lam
+    return float(check_range("lam", float(lam), 0.0))
 
 
 def check_weight(total_weight: float) -> float:
@@ -55,7 +57,7 @@ def _reg(lam: float, r: np.ndarray, total_weight: float) -> tuple[float, np.ndar
     return scale * v, scale * g
 
 
-def _on_policy_kl(coef: float, lp: np.ndarray, env: TreeEnv) -> tuple[float, np.ndarray]:
+def on_policy_kl(coef: float, lp: np.ndarray, env: TreeEnv) -> tuple[float, np.ndarray]:
     """α E_x KL(P‖P_ref) and its gradient w.r.t. log P: α ρ P (log P − log P_ref + 1)."""
     if coef == 0.0:
         return 0.0, 0.0
@@ -104,6 +106,8 @@ def preference_fit(
     beta = env.beta if beta is None else beta
     if _reward_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef):
         return _dpo_tabular(policy, env, data, lam=lam, beta=beta, theta0=theta0, gtol=gtol)
+    if _window_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef):
+        return _dpo_markov(policy, env, data, lam=lam, beta=beta, gtol=gtol)
     tau = beta if tau is None else tau
     ref = env.logp_ref if logp_ref_loss is None else logp_ref_loss
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
@@ -120,7 +124,7 @@ def preference_fit(
             v, (dc, dr) = losses.ipo_loss(lp[p, c], lp[p, r], ref_c, ref_r, tau, w, length)
         g_leaf = scatter(dc, p, c, shape) + scatter(dr, p, r, shape)
         rv, rg = _reg(lam, beta * (lp - env.logp_ref), w_total)
-        kv, kg = _on_policy_kl(kl_coef, lp, env)
+        kv, kg = on_policy_kl(kl_coef, lp, env)
         return v + rv + kv, policy.vjp(theta, g_leaf + beta * rg + kg)
 
     opt = minimize(fg, policy.init_params() if theta0 is None else theta0, gtol=gtol)
@@ -140,6 +144,60 @@ def _reward_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef) -> bool
     )
 
 
+def _window_coordinates_apply(policy, loss, lam, logp_ref_loss, kl_coef) -> bool:
+    """markovJ DPO with a uniform base, λ > 0, against π_ref, no extra KL term: a BT fit over
+    the window<J> features (exact fast path, :func:`_dpo_markov`)."""
+    return (
+        type(policy) is MarkovPolicy
+        and loss == "dpo"
+        and lam > 0.0
+        and logp_ref_loss is None
+        and kl_coef == 0.0
+        and policy.uniform_base
+    )
+
+
+#: The window<J> reward class of each Markov policy object (one basis per λ path).
+_WINDOWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def window_reward(policy: MarkovPolicy) -> LinearReward:
+    """R(markovJ) for a uniform base: window<J> features with one weight vector per prompt
+    (block features e_x ⊗ φ), built once per policy object."""
+    rc = _WINDOWS.get(policy)
+    if rc is None:
+        phi = position_window(
+            theory.leaf_tokens(policy.vocab, policy.horizon), policy.vocab, policy.order
+        )
+        feats = block_features(phi, policy.n_prompts) if policy.n_prompts > 1 else phi[None]
+        rc = _WINDOWS[policy] = LinearReward(feats)
+    return rc
+
+
+def _dpo_markov(policy, env: TreeEnv, data: Preferences, *, lam, beta, gtol) -> Result:
+    """DPO over markovJ with a uniform base, exactly. Its local rewards β log π_θ/π_ref span
+    window<J> per prompt modulo constants, and soft RL on a window<J> reward returns a member
+    of markovJ (the soft value of a prefix depends on its last J tokens only; docs/theory.md),
+    so the DPO problem is the BT problem over window<J> in reward coordinates with the same
+    (λ/Σw)Ω: r̂ by Newton (:func:`~gvgap.learners.newton.bt_newton_linear`), π̂ = π*_{r̂} by
+    soft value iteration, θ read off π̂. ``grad_norm`` is ‖∇f‖ in those coordinates."""
+    rc = window_reward(policy)
+    fit = bt_newton_linear(
+        rc.features,
+        feature_basis(rc),
+        data.prompt,
+        data.chosen,
+        data.rejected,
+        data.weight,
+        lam,
+        None,
+        gtol,
+    )
+    return _dpo_result(
+        env, rc.leaf_reward(fit.x), fit, lam, beta, "newton_window_coordinates", policy
+    )
+
+
 def _dpo_tabular(policy, env: TreeEnv, data: Preferences, *, lam, beta, theta0, gtol) -> Result:
     """DPO over the tabular class, exactly: the tabular class reaches every leaf reward modulo
     per-prompt constants through r = β(log P_θ − log P_ref), and the DPO objective is the BT
@@ -153,21 +211,24 @@ def _dpo_tabular(policy, env: TreeEnv, data: Preferences, *, lam, beta, theta0, 
     fit = bt_newton_tabular(
         data.prompt, data.chosen, data.rejected, data.weight, env.logp_ref.shape, lam, r0, gtol
     )
-    sv = T.soft_value_iteration(env.logpi_ref, fit.x, beta)
-    lp = T.node_to_leaf_logp(sv.logpi)
-    r_hat = fit.x - beta * sv.log_z[:, None]  # = β(log P̂ − log P_ref), without cancellation
-    theta = np.concatenate([a.ravel() for a in sv.logpi])
-    return Result(
-        "dpo",
-        lp,
-        r_hat,
-        theta,
-        fit.fun,
-        fit.grad_norm,
-        fit.converged,
-        lam,
-        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates"},
-    )
+    return _dpo_result(env, fit.x, fit, lam, beta, "newton_reward_coordinates")
+
+
+def _dpo_result(env, r, fit, lam, beta, solver, markov=None) -> Result:
+    """The DPO Result of a BT fit in reward coordinates r ``(m, N)``: π̂ = π*_r by soft value
+    iteration, r̂ = r − β log Z = β(log P̂ − log P_ref) (without cancellation), θ the node
+    log-probabilities (tabular) or, for a ``markov`` policy, each context's logit row."""
+    sv = theory.soft_value_iteration(env.logpi_ref, r, beta)
+    lp = theory.node_to_leaf_logp(sv.logpi)
+    r_hat = r - beta * sv.log_z[:, None]
+    if markov is None:
+        theta = np.concatenate([a.ravel() for a in sv.logpi])
+    else:
+        theta = np.zeros(markov.n_params)
+        for idx, logpi in zip(markov.index, sv.logpi):  # every state of a context: one row
+            theta[idx.ravel()] = logpi.ravel()
+    extra = {"n_iter": fit.n_iter, "solver": solver}
+    return Result("dpo", lp, r_hat, theta, fit.fun, fit.grad_norm, fit.converged, lam, extra)
 
 
 def dpo(policy, env: TreeEnv, data: Preferences, **kw) -> Result:
@@ -236,7 +297,7 @@ def spin(
     + λ Ω(β(log P_θ − log P_ref)), iterated from ``theta0`` (default π_ref) until
     max |Δ log P| < tol. At a fixed point π_t = π the gradient is
     −(β/2) ∇ mean log π(ξ_i) + λ ∇Ω, so fixed points are the SFT optima with λ_SFT = 2λ/β
-    (THEORY §3, claim 6).
+    (docs/theory.md §3, claim 6).
     """
     lam = check_lam(lam)
     theta = policy.init_params() if theta0 is None else theta0

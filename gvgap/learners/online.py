@@ -1,12 +1,11 @@
 """Online pipelines: BT reward fitting, exact soft RL, RLHF, MaxEnt-IRL, online DPO
-(exact-expectation and sampled), policy gradient, best-of-N (THEORY §3, §5)."""
+(exact-expectation and sampled), policy gradient, best-of-N (docs/theory.md §3, §5)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from gvgap import losses
-from gvgap import theory as T
+from gvgap import losses, theory
 from gvgap.data import (
     Demos,
     Preferences,
@@ -17,12 +16,18 @@ from gvgap.data import (
     sample_prompts,
 )
 from gvgap.envs.tree_env import TreeEnv
-from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular, feature_basis
+from gvgap.learners.feature_basis import feature_basis
+from gvgap.learners.newton import bt_newton_linear, bt_newton_tabular
 from gvgap.learners.offline import _reg, check_lam, check_weight, preference_fit, scatter, sft
 from gvgap.learners.optim import GTOL, minimize
 from gvgap.learners.result import Result
 from gvgap.policies import SoftOptimalPolicy, TabularPolicy
 from gvgap.rewards import LinearReward, TabularReward
+
+#: A pair law of total mass (per prompt) below this forms no pair: a numerical zero, e.g. a
+#: policy so peaked that all its draws tie (T → 0, β → 0); the exact law resolves such masses
+#: (1e-200 and below) and a DPO fit on them would be all prior.
+NO_PAIRS = 1e-12
 
 
 def fit_reward(
@@ -38,8 +43,9 @@ def fit_reward(
     r̂ = argmin_w −mean log σ(r_w(ξ⁺) − r_w(ξ⁻)) + (λ/Σw) Ω(r_w).
 
     For λ > 0 the tabular and linear classes are fitted exactly by Newton in reward
-    coordinates (:mod:`gvgap.learners.newton`; ``grad_norm`` = ‖∇f‖ there); other classes and
-    λ = 0 by the generic optimiser."""
+    coordinates (:mod:`gvgap.learners.newton`; ``grad_norm`` = ‖∇f‖ there; a linear fit's
+    ``extra`` reports its rank, ``sigma_dropped`` and ``grad_dropped``, and ``converged``
+    covers the whole feature span); other classes and λ = 0 by the generic optimiser."""
     lam = check_lam(lam)
     p, c, r, w = data.prompt, data.chosen, data.rejected, data.weight
     w_total = check_weight(float(w.sum()))
@@ -47,10 +53,10 @@ def fit_reward(
         fit = bt_newton_tabular(p, c, r, w, shape, lam, w0, gtol)
         return _rm_result(reward_class, fit.x.ravel(), fit, lam)
     if lam > 0.0 and type(reward_class) is LinearReward:
-        fit = bt_newton_linear(
-            reward_class.features, feature_basis(reward_class), p, c, r, w, lam, w0, gtol
-        )
-        return _rm_result(reward_class, fit.x, fit, lam)
+        basis = feature_basis(reward_class)
+        fit = bt_newton_linear(reward_class.features, basis, p, c, r, w, lam, w0, gtol)
+        span = {"rank": basis.rank, "sigma_dropped": basis.sigma_dropped}
+        return _rm_result(reward_class, fit.x, fit, lam, {**span, "grad_dropped": fit.grad_dropped})
 
     def fg(wt):
         rew = reward_class.leaf_reward(wt)
@@ -62,8 +68,9 @@ def fit_reward(
     return Result.from_opt("rm", None, reward_class.leaf_reward(opt.x), opt, lam)
 
 
-def _rm_result(reward_class, params: np.ndarray, fit, lam: float) -> Result:
-    """A Newton-fitted RM as a :class:`Result`."""
+def _rm_result(reward_class, params: np.ndarray, fit, lam: float, extra=None) -> Result:
+    """A Newton-fitted RM as a :class:`Result` (``extra``: a linear fit's rank, the size of its
+    dropped feature directions ``sigma_dropped`` and the gradient along them)."""
     return Result(
         "rm",
         None,
@@ -73,7 +80,7 @@ def _rm_result(reward_class, params: np.ndarray, fit, lam: float) -> Result:
         fit.grad_norm,
         fit.converged,
         lam,
-        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates"},
+        {"n_iter": fit.n_iter, "solver": "newton_reward_coordinates", **(extra or {})},
     )
 
 
@@ -81,11 +88,11 @@ def soft_rl(env: TreeEnv, r: np.ndarray, policy=None, *, theta0=None, gtol: floa
     """Exact soft RL: argmax_π E_π[r] − β KL(P_π ‖ P_ref) over Π.
 
     ``policy=None`` (or tabular): soft value iteration, exact. Otherwise the reverse-KL
-    projection of P*_r onto the class (THEORY §3 Gibbs identity), by converged L-BFGS.
+    projection of P*_r onto the class (docs/theory.md §3 Gibbs identity), by converged L-BFGS.
     """
     if policy is None or isinstance(policy, TabularPolicy):
-        sv = T.soft_value_iteration(env.logpi_ref, r, env.beta)
-        lp = T.node_to_leaf_logp(sv.logpi)
+        sv = theory.soft_value_iteration(env.logpi_ref, r, env.beta)
+        lp = theory.node_to_leaf_logp(sv.logpi)
         return Result(
             "soft_rl",
             lp,
@@ -126,7 +133,7 @@ def maxent_irl(
     reward_class, env: TreeEnv, demos: Demos, *, lam: float = 0.0, gtol: float = GTOL
 ) -> Result:
     """MaxEnt inverse RL + soft RL: fit r ∈ R maximising Σ log P*_r(ξ_i) (+ λ Ω(r)), then
-    return soft value iteration on r̂ (THEORY §3, SFT version)."""
+    return soft value iteration on r̂ (docs/theory.md §3, SFT version)."""
     cls = SoftOptimalPolicy(reward_class, env.logp_ref, env.beta, env.vocab, env.horizon)
     irl = sft(cls, env, demos, lam=lam, gtol=gtol)
     r_hat = reward_class.leaf_reward(irl.params)
@@ -154,8 +161,9 @@ def online_dpo_exact(
 
     ``pairs="bt"``: two samples, soft BT labels σ(r̂(a) − r̂(b)); ``pairs="best_worst"``:
     best vs worst of ``n_samples`` by r̂ (exact law, :func:`data.best_worst_pair_weights`).
-    Stops when max |Δ log P| < tol, or when π_t yields no pair of positive weight (a collapsed
-    policy: every draw ties, so there is nothing to learn and π_t is a fixed point).
+    Stops when max |Δ log P| < tol, or when π_t yields a pair mass ≤ ``NO_PAIRS`` (a collapsed
+    policy: every draw ties up to that mass, so there is nothing to learn and π_t is a fixed
+    point).
     """
     lam = check_lam(lam)
     theta = policy.init_params() if theta0 is None else theta0
@@ -168,7 +176,7 @@ def online_dpo_exact(
             data = expected_pairs(best_worst_pair_weights(lp, r_hat, n_samples, env.rho))
         else:
             raise ValueError(f"pairs must be 'bt' or 'best_worst', got {pairs!r}")
-        if not float(data.weight.sum()) > 0.0:
+        if not float(data.weight.sum()) > NO_PAIRS:
             deltas.append(0.0)
             break
         res = preference_fit(policy, env, data, lam=lam, theta0=theta, gtol=gtol)
@@ -224,7 +232,7 @@ def online_dpo_sampled(
     theta0=None,
     gtol: float = GTOL,
 ) -> Result:
-    """Online DPO as run at LLM scale (THEORY §5): per iteration, ``n_samples`` on-policy
+    """Online DPO as run at LLM scale (docs/theory.md §5): per iteration, ``n_samples`` on-policy
     samples for each of ``prompts_per_iter`` prompts, best-vs-worst by r̂, DPO to convergence
     (on all pairs gathered so far if ``accumulate``, else on the new batch), warm-started."""
     theta = policy.init_params() if theta0 is None else theta0
@@ -270,15 +278,48 @@ def policy_gradient(
     gtol: float = GTOL,
 ) -> Result:
     """Exact policy gradient on J_r̂(θ) = E_θ r̂ − β KL (the expectation computed on the tree,
-    so the REINFORCE estimator's mean), run to convergence; equals :func:`soft_rl` over Π."""
-    res = soft_rl(
-        env,
-        r_hat,
-        policy if not isinstance(policy, TabularPolicy) else _AsGeneric(policy),
-        theta0=theta0,
-        gtol=gtol,
-    )
-    return Result("pg", res.logp, r_hat, res.params, res.loss, res.grad_norm, res.converged)
+    so the REINFORCE estimator's mean), run to convergence; equals :func:`soft_rl` over Π.
+
+    Over the tabular class the logit gradient ∂J/∂θ_{s,a} = d(s) π(a|s) A(s,a) vanishes to
+    rounding wherever the visit probability d(s) π(a|s) is tiny, so ‖∇_θ J‖ ≤ gtol does not
+    certify stationarity (issue 19: P = 7e-12 returned where P* = 3.9e-6, ‖∇_θ‖ = 6.6e-10).
+    The certificate there is the gradient in leaf log-probability coordinates per unit mass,
+    ‖g̃‖ (:func:`_natural_gradient`, zero exactly at the stationary points of J over every
+    full-support law), and the L-BFGS result is polished by natural-gradient steps
+    log P ← log P + g̃/β (renormalised) until ‖g̃‖ ≤ gtol; a unit step lands on the stationary
+    point, so one or two are taken. ``extra["natural_steps"]`` counts them.
+    """
+    if not isinstance(policy, TabularPolicy):
+        res = soft_rl(env, r_hat, policy, theta0=theta0, gtol=gtol)
+        return Result("pg", res.logp, r_hat, res.params, res.loss, res.grad_norm, res.converged)
+    res = soft_rl(env, r_hat, _AsGeneric(policy), theta0=theta0, gtol=gtol)
+    theta, lp = res.params, res.logp
+    g = _natural_gradient(lp, r_hat, env)
+    steps = 0
+    while not np.linalg.norm(g) <= gtol and steps < NATURAL_STEPS:
+        steps += 1
+        nxt = theory.log_normalize_leaf(lp + g / env.beta)
+        theta = policy.params_from_node_logp(theory.leaf_to_node_logp(nxt, env.vocab, env.horizon))
+        lp = policy.leaf_logp(theta)
+        g = _natural_gradient(lp, r_hat, env)
+    loss = losses.reverse_kl_objective(lp, r_hat, env.logp_ref, env.beta, env.rho)[0]
+    gn = float(np.linalg.norm(g))
+    extra = {"natural_steps": steps, "logit_grad_norm": res.grad_norm}
+    return Result("pg", lp, r_hat, theta, loss, gn, gn <= gtol, 0.0, extra)
+
+
+#: Natural-gradient polishing steps of the tabular policy gradient, at most.
+NATURAL_STEPS = 5
+
+
+def _natural_gradient(logp: np.ndarray, r: np.ndarray, env: TreeEnv) -> np.ndarray:
+    """g̃(x, ξ) = ∂J/∂log P(ξ|x) / (ρ(x) P(ξ|x)) on the leaf simplex: with
+    a = r − β(log P − log P_ref), g̃ = a − E_P[a] per prompt (the natural gradient of J under
+    the Fisher metric; J is stationary over full-support laws iff g̃ = 0, i.e. P = P*_r).
+    Prompts with ρ(x) = 0 do not enter J: their rows are 0. Shape ``(m, N)``."""
+    a = r - env.beta * (logp - env.logp_ref)
+    g = a - (np.exp(logp) * a).sum(axis=1, keepdims=True)
+    return np.where(env.rho[:, None] > 0, g, 0.0)
 
 
 class _AsGeneric:
@@ -296,5 +337,5 @@ def best_of_n(
     env: TreeEnv, r_hat: np.ndarray, n: int, base_logp: np.ndarray | None = None
 ) -> Result:
     """Best-of-n reranking of samples from ``base_logp`` (default π_ref) by r̂: exact law."""
-    lp = T.best_of_n_logp(env.logp_ref if base_logp is None else base_logp, r_hat, n)
+    lp = theory.best_of_n_logp(env.logp_ref if base_logp is None else base_logp, r_hat, n)
     return Result("bon", lp, r_hat, np.array([n], float), float("nan"), 0.0, True, 0.0, {"n": n})

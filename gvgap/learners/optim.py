@@ -1,6 +1,6 @@
 """Converged optimisation: scipy L-BFGS on analytic gradients, then Newton polishing.
 
-Optimisation error must never masquerade as a statistical effect (DESIGN §3): every fit
+Optimisation error must never masquerade as a statistical effect (docs/design.md §3): every fit
 reports its final gradient norm, and small problems are polished by Newton steps on a
 finite-difference Hessian of the exact gradient until ‖∇‖ ≤ gtol.
 """

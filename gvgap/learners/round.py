@@ -1,4 +1,4 @@
-"""The paper's online DPO (THEORY §5, §7): rounds of sampling, RM ranking and DPO.
+"""The paper's online DPO (docs/theory.md §5, §7): rounds of sampling, RM ranking and DPO.
 
 One round from the current policy π_t:
 
@@ -13,26 +13,34 @@ i.i.d. samples, :func:`gvgap.data.best_worst_pair_weights`, scaled to ``n_prompt
 that the loss and its λ prior weigh as a sampled round of ``n_prompts`` prompts would) or from
 ``n_prompts`` sampled prompts (``exact=False``; ties broken uniformly at random). ``rounds``
 iterates the round (the iterated variant). The paper's defaults are N = 25, T = 0.1.
+
+Which limit the exact round is. Its pair weights are the expected pair counts of a sampled
+round, so the sampled loss converges to the exact one; the *fits* converge as n_prompts → ∞
+when the prior per pair, μ = λ/(m Σw), is held fixed, i.e. λ grows with n_prompts (error
+~ n^{-1/2}; tests/test_round.py). At fixed λ they need not (issue 19: max |ΔP| 1.1e-2 → 1.9e-1
+as prompts go 2e3 → 2e5): μ → 0, and with hard best-vs-worst labels the exact round fits
+every pair of probability P ≳ λ/(m n_prompts) hard, while a sample of n_prompts prompts holds
+such a pair only once P ≳ 1/n_prompts. For λ < m there is a band of pairs at every n, fitted
+by the exact round and mostly absent from a sampled one; the peaked T = 0.1 law makes such
+pairs common. So at fixed λ an exact round models a round whose rare pairs all occur at their
+expected frequency, not any finite sampled round.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.data import Preferences, best_worst_pair_weights, expected_pairs
 from gvgap.envs.tree_env import TreeEnv
 from gvgap.learners.offline import preference_fit
-from gvgap.learners.online import best_worst_sample
+from gvgap.learners.online import NO_PAIRS, best_worst_sample
 from gvgap.learners.optim import GTOL
 from gvgap.learners.result import Result
 
-#: The paper's samples per prompt and sampling temperature (THEORY §5).
+#: The paper's samples per prompt and sampling temperature (docs/theory.md §5).
 N_SAMPLES = 25
 TEMPERATURE = 0.1
-#: A round whose expected pair mass per prompt is below this forms no pair (numerical zero:
-#: e.g. T → 0, where all N samples coincide).
-NO_PAIRS = 1e-12
 
 
 def tempered_leaf_logp(node_logp, temperature: float) -> np.ndarray:
@@ -47,7 +55,7 @@ def tempered_leaf_logp(node_logp, temperature: float) -> np.ndarray:
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return T.node_to_leaf_logp(tuple(T.log_softmax(z / temperature) for z in node_logp))
+    return theory.node_to_leaf_logp(tuple(theory.log_softmax(z / temperature) for z in node_logp))
 
 
 def round_pairs(
@@ -63,7 +71,8 @@ def round_pairs(
     """The (best, worst)-by-r̂ pairs of one round from the sampling law ``logp_sample``.
 
     Exact: rows (x, best, worst) weighted ``n_prompts`` × P(x, best, worst), which is the
-    expectation of the sampled round's pair counts. Sampled: ``n_prompts`` prompts x ~ ρ.
+    expectation of the sampled round's pair counts (the large-n limit of sampled rounds at a
+    fixed prior per pair, module doc). Sampled: ``n_prompts`` prompts x ~ ρ.
     """
     if exact:
         w = n_prompts * best_worst_pair_weights(logp_sample, r_hat, n_samples, rho)
@@ -121,7 +130,7 @@ def online_dpo_round(
             lp_t, r_hat, env.rho, n_samples=n_samples, n_prompts=n_prompts, exact=exact, rng=rng
         )
         n_pairs.append(float(data.weight.sum()))
-        if n_pairs[-1] <= NO_PAIRS * n_prompts:
+        if n_pairs[-1] <= NO_PAIRS * n_prompts:  # e.g. T → 0: all N samples coincide
             deltas.append(0.0)
             continue
         res = preference_fit(policy, env, data, lam=lam, theta0=theta, gtol=gtol)

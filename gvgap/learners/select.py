@@ -1,4 +1,4 @@
-"""One regularisation-selection protocol shared by every pipeline (DESIGN §3).
+"""One regularisation-selection protocol shared by every pipeline (docs/design.md §3).
 
 λ is chosen on a held-out split of D (the same split for every pipeline: it is drawn from
 ``split_seed``) by the validation Bradley–Terry log-likelihood of the pipeline's reward
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import log_expit
 
 from gvgap.data import Preferences
 from gvgap.learners.newton import warm_path
 from gvgap.learners.result import Result
+from gvgap.losses import bt_rows
 
 #: Default λ grid (reward-coordinate regulariser, see ``losses.centred_sq``).
 LAMBDA_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -28,8 +28,18 @@ SCORE_TIE = 1e-7
 
 def val_bt_loglik(r_hat: np.ndarray, val: Preferences) -> float:
     """Mean held-out BT log-likelihood Σ w log σ(r̂(ξ⁺) − r̂(ξ⁻)) / Σ w."""
-    margin = r_hat[val.prompt, val.chosen] - r_hat[val.prompt, val.rejected]
-    return float(val.weight @ log_expit(margin) / val.weight.sum())
+    return _mean(pair_bt_loglik(r_hat, val), val)
+
+
+def pair_bt_loglik(r_hat: np.ndarray, val: Preferences) -> np.ndarray:
+    """Per-pair held-out BT log-likelihood log σ(r̂(ξ⁺) − r̂(ξ⁻)) = −``losses.bt_rows``,
+    ``(n_val,)``."""
+    return -bt_rows(val.margin(r_hat))
+
+
+def _mean(per_pair: np.ndarray, val: Preferences) -> float:
+    """The weighted mean Σ w v / Σ w of per-pair values over ``val``."""
+    return float(val.weight @ per_pair / val.weight.sum())
 
 
 def select_lambda(
@@ -103,3 +113,62 @@ def select_lambda_many(
         scores.append({lam: by_lam[lam] for lam in grid})
     final = fit_many(list(range(len(datas))), list(datas), [best_lambda(s) for s in scores])
     return list(zip(final, scores))
+
+
+#: Class selection keeps the smallest class whose validation score is within this many
+#: standard errors of the best (the one-standard-error rule): between classes that all hold
+#: the target, held-out scores differ by O(1/n) with noise of the same order, so "best
+#: score" picks a larger class with a probability that does not vanish as n grows; the rule
+#: prefers the smallest among those the data cannot tell apart.
+SELECT_SE = 1.0
+
+
+def select_model(
+    fits: dict[str, Callable[[Preferences, float], Result]],
+    data: Preferences,
+    *,
+    split_seed: int,
+    grid: tuple[float, ...] = LAMBDA_GRID,
+    val_frac: float = VAL_FRAC,
+    n_se: float = SELECT_SE,
+) -> tuple[str, Result, dict[tuple[str, float], float]]:
+    """Choose a class *and* λ by held-out BT likelihood, refit on all of D.
+
+    Every class in ``fits`` (ordered from the smallest) is fitted on the training split at
+    every λ (λ chosen per class as in :func:`select_lambda`); let ℓ_c,i be the validation
+    log-likelihood of pair i under class c's best λ and c* the class of the best mean. The
+    smallest class c with mean(ℓ_c) ≥ mean(ℓ_c*) − ``n_se`` · SE, SE = sd_i(ℓ_c*,i − ℓ_c,i)/√n_val
+    (the paired standard error), wins (the one-standard-error rule, :data:`SELECT_SE`; 0 gives
+    the plain best score) and is refitted on all of D at its λ. Offline and online pipelines
+    use it with the same split, grid and rule.
+
+    Returns:
+        ``(class name, refitted Result, validation scores per (class, λ))``.
+    """
+    names = list(fits)
+    if len(data) < 4:
+        name = names[0]
+        return name, select_lambda(fits[name], data, split_seed=split_seed, grid=grid)[0], {}
+    train, val = data.split(val_frac, np.random.default_rng(split_seed))
+    scores: dict[tuple[str, float], float] = {}
+    per_pair: dict[str, np.ndarray] = {}
+    best_lam: dict[str, float] = {}
+    with warm_path():
+        for name in names:
+            lls = {}
+            for lam in sorted(grid)[::-1]:
+                lls[lam] = pair_bt_loglik(fits[name](train, lam).r_hat, val)
+                scores[name, lam] = _mean(lls[lam], val)
+            best_lam[name] = best_lambda({lam: scores[name, lam] for lam in grid})
+            per_pair[name] = lls[best_lam[name]]
+        best = max(names, key=lambda n: scores[n, best_lam[n]])
+        w = val.weight / val.weight.sum()
+        chosen = best
+        for name in names:  # smallest first
+            diff = per_pair[best] - per_pair[name]
+            mean = float(w @ diff)
+            se = float(np.sqrt(max(w @ (diff - mean) ** 2, 0.0) / max(len(val) - 1, 1)))
+            if mean <= n_se * se + SCORE_TIE:
+                chosen = name
+                break
+        return chosen, fits[chosen](data, best_lam[chosen]), scores

@@ -2,7 +2,7 @@
 
 Every trainer takes a budget of ``steps`` stochastic gradient steps and records the policy at
 ``checkpoints`` (steps after which the parameters are read), so pipelines can be compared at
-equal compute. Objectives are the library's (DESIGN §3), estimated on samples:
+equal compute. Objectives are the library's (docs/design.md §3), estimated on samples:
 
 - DPO: the minibatch mean of the DPO loss on ``batch`` pairs drawn with replacement from D
   (probability ∝ weight), plus the exact reward-coordinate prior (λ/Σw) Ω(r_θ) — an unbiased
@@ -113,17 +113,21 @@ def rm_grad(reward_class, data: Preferences, shape, *, lam: float, batch: int, r
     return grad
 
 
-def rloo_grad(policy, env: TreeEnv, r_hat: np.ndarray, *, prompts: int, k: int, rng):
-    """The RLOO estimate of −∇ J_r̂(θ) from ``prompts`` × ``k`` on-policy samples."""
+def rloo_grad(
+    policy, env: TreeEnv, r_hat: np.ndarray, *, prompts: int, k: int, rng, beta: float | None = None
+):
+    """The RLOO estimate of −∇ J_r̂(θ) from ``prompts`` × ``k`` on-policy samples, with the KL
+    strength ``beta`` (default ``env.beta``)."""
     if k < 2:
         raise ValueError(f"RLOO needs k >= 2 samples per prompt, got {k}")
     shape = env.logp_ref.shape
+    beta = env.beta if beta is None else float(beta)
 
     def grad(theta):
         lp = policy.leaf_logp(theta)
         x = np.repeat(sample_prompts(env.rho, prompts, rng), k)
         xi = sample_leaves(lp, x, rng)
-        rew = (r_hat[x, xi] - env.beta * (lp[x, xi] - env.logp_ref[x, xi])).reshape(prompts, k)
+        rew = (r_hat[x, xi] - beta * (lp[x, xi] - env.logp_ref[x, xi])).reshape(prompts, k)
         adv = rew - (rew.sum(axis=1, keepdims=True) - rew) / (k - 1)
         return policy.vjp(theta, scatter(-adv.ravel() / (prompts * k), x, xi, shape))
 

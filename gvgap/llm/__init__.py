@@ -1,15 +1,18 @@
-"""LLM-scale path (THEORY §5, §7; DESIGN §4 ``gvgap llm run FILE.toml --out DIR``).
+"""LLM-scale path (docs/theory.md §5, §7; docs/design.md §4 ``gvgap llm run FILE.toml --out DIR``).
 
 GPT-NeoX (Pythia) causal LMs built from a config and trained from scratch on synthetic
 languages whose gold reward is known, through the paper's pipeline: SFT → preference pairs →
-global RM → local RM → offline DPO → online DPO → best-of-N, every number exact given its
-samples or with a standard error.
+global RM → local RM → offline DPO → online DPO (labelled by the global RM, the local RM or r*)
+→ best-of-N, every number exact given its samples or with a standard error. LLM runs are the
+sweep experiment ``llm`` (:mod:`gvgap.experiments.llm`; driver :mod:`gvgap.sweep.llm_run`).
 
-Modules: ``config`` (frozen configs, presets, TOML validation; no torch), ``tasks`` (gold
-verifiers), ``model`` (LMs, scalar-head RM, log-probs, sampling), ``stages`` (the pipeline's
-pure stages), ``evaluate`` (win rate, KL k1/k3, best-of-N, RM validation likelihood),
-``pipeline`` (checkpointed resumable runner), ``dist`` (data parallel under torchrun),
-``report`` (the paper's table as figure and report section), ``cli``.
+Modules: ``config`` (the frozen, validated config; no torch), ``tasks`` (gold verifiers, the
+demonstrator, distinct disjoint prompts), ``model`` (LMs, the global RM, one law for
+log-probs and sampling), ``train`` (the accelerate loop: data parallel, accumulation, early
+stopping, hashed mid-stage checkpoints), ``stages`` (the pipeline's pure stages), ``evaluate``
+(win rates, KL k1/k3, labellers, best-of-N, matched KL), ``pipeline`` (the staged runner
+with stage models on disk), ``report`` (tables and figures), ``hf`` (the same pipeline on a
+local Hugging Face model and a preference jsonl, through TRL).
 
 Importing this package loads neither torch nor transformers.
 """

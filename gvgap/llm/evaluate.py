@@ -1,31 +1,49 @@
-"""Evaluation with a known gold reward: every number is exact given the samples, with its
-standard error (DESIGN §3 "name the estimator").
+"""Evaluation with a known gold reward: every number is exact given its samples, with its
+standard error over the n held-out prompts (docs/design.md §3 "name the estimator").
 
-For a policy π on the n held-out prompts, m samples each (temperature 1, so the sampled
-distribution is π itself):
+For a policy π on the n evaluation prompts (never trained on), m samples each at
+temperature 1 (the sampled law is π itself, :mod:`gvgap.llm.model`):
 
-- reward: the mean gold reward r̄ = (1/nm) Σ r*(x_i, y_ij); SE over prompts.
-- win_rate vs π_ref samples under the gold BT model: per prompt
-  w_i = (1/(m m')) Σ_j Σ_k σ(r*(x_i, y_ij) − r*(x_i, y^ref_ik)), with m' fixed π_ref samples
-  shared by every pipeline; the mean of w_i and its SE over prompts.
+- ``reward``: mean gold reward r̄ = (1/nm) Σ r*(x_i, y_ij).
+- ``win_rate`` vs π_ref (SFT) samples and ``win_demo`` vs the demonstrator's samples, under the
+  gold BT model: per prompt w_i = (1/(m m')) Σ_j Σ_k σ(r*(x_i, y_ij) − r*(x_i, y'_ik)), with m'
+  fixed reference samples shared by every pipeline of the run.
 - KL(π‖π_ref) from exact per-sample log-ratios l = log π(y|x) − log π_ref(y|x), y ~ π:
-  k1 = E[l] (unbiased), k3 = E[e^{−l} − 1 + l] (unbiased, never negative; Schulman 2020);
-  SEs over prompts.
-- RM validation likelihood on held-out BT(gold)-labelled pairs: (1/n) Σ σ(r̂(y_c) − r̂(y_r))
-  with r̂ the global RM, the local RM β log π_local, DPO's implicit reward
-  β (log π_dpo − log π_ref), and r* itself (the ceiling); plus the accuracy 1{Δr̂ > 0}.
+  ``kl_k1`` = E[l] (unbiased), ``kl_k3`` = E[e^{−l} − 1 + l] (unbiased, ≥ 0; Schulman 2020).
+- Labellers on the held-out evaluation prompts (pipeline ``rm_<name>``, name ∈ global, local,
+  dpo, gold, and ``sft`` = β log π_ref, the untrained likelihood):
+  ``val_likelihood`` = (1/n) Σ σ(r̂(y_c) − r̂(y_r)) on BT(gold)-labelled pairs from π_ref,
+  ``val_accuracy`` = share with r̂(y_c) > r̂(y_r); and on *on-policy* pairs (N samples of π_ref
+  at the online temperature, best vs worst by the labeller): ``label_accuracy`` (chosen
+  strictly better by r*), ``label_ties`` (equal r*), ``pairs_kept``, ``distinct``.
+- Best-of-N from π_ref reranked by each labeller (pipeline ``bon_<name>_n<N>``), a curve in N.
+- Matched KL: each DPO run records its policy's metrics at evenly spaced steps (a KL
+  frontier, step 0 being its start); an online arm and its offline counterpart are compared
+  at κ = the smaller of their largest KLs, each frontier's win rate linearly interpolated in
+  k1 KL (``<pipeline>/win_rate_matched``, ``<pipeline>/kl_matched``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import nn
 
 from gvgap.llm.config import LLMConfig
-from gvgap.llm.model import RewardModel
-from gvgap.llm.stages import Pairs, logp_rows, rm_rows, sample_rows, stage_gen
+from gvgap.llm.stages import (
+    Pairs,
+    logp_rows,
+    on_policy_pairs,
+    rm_rows,
+    sample_rows,
+    stage_gen,
+)
 from gvgap.llm.tasks import Task
 from gvgap.nn.device import Placement
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def mean_se(per_prompt: torch.Tensor) -> tuple[float, float]:
@@ -35,15 +53,21 @@ def mean_se(per_prompt: torch.Tensor) -> tuple[float, float]:
     return float(x.mean()), se
 
 
+def win(r: torch.Tensor, r_other: torch.Tensor) -> torch.Tensor:
+    """Per-prompt gold-BT win rate of samples ``(n, m)`` against ``(n, m')``, ``(n,)``."""
+    return torch.sigmoid(r[:, :, None] - r_other[:, None, :]).mean(dim=(1, 2))
+
+
 def summarize(
-    r: torch.Tensor, r_ref: torch.Tensor, log_ratio: torch.Tensor | None
+    r: torch.Tensor, refs: dict[str, torch.Tensor], log_ratio: torch.Tensor | None
 ) -> dict[str, float]:
-    """The module docstring's metrics from gold rewards ``r (n, m)``, ``r_ref (n, m')`` and
-    log-ratios ``(n, m)`` (None: no KL, e.g. best-of-N whose log π is not available)."""
+    """The module docstring's policy metrics from gold rewards ``r (n, m)``, the reference
+    rewards ``refs`` (``sft``, ``demo``: ``(n, m')``) and log-ratios ``(n, m)`` (None: no KL,
+    e.g. best-of-N, whose log π is not available)."""
     out = {}
     out["reward"], out["reward_se"] = mean_se(r.mean(dim=1))
-    win = torch.sigmoid(r[:, :, None] - r_ref[:, None, :]).mean(dim=(1, 2))
-    out["win_rate"], out["win_rate_se"] = mean_se(win)
+    out["win_rate"], out["win_rate_se"] = mean_se(win(r, refs["sft"]))
+    out["win_demo"], out["win_demo_se"] = mean_se(win(r, refs["demo"]))
     if log_ratio is not None:
         out["kl_k1"], out["kl_k1_se"] = mean_se(log_ratio.mean(dim=1))
         k3 = torch.expm1(-log_ratio) + log_ratio
@@ -51,13 +75,16 @@ def summarize(
     return out
 
 
-def ref_rewards(
+def eval_refs(
     cfg: LLMConfig, task: Task, sft: nn.Module, seed: int, placement: Placement
-) -> torch.Tensor:
-    """Gold rewards of the shared π_ref samples, ``(n_eval, eval_samples)``."""
+) -> dict[str, torch.Tensor]:
+    """Gold rewards of the shared reference samples, ``(n_eval, eval_samples)`` each: π_ref's
+    (``sft``) and the demonstrator's (``demo``)."""
     gen = stage_gen(seed, "eval_ref")
     rep, ys = sample_rows(sft, task, task.eval_prompts, cfg.eval_samples, 1.0, gen, placement)
-    return task.gold(rep, ys).view(len(task.eval_prompts), -1)
+    n = len(task.eval_prompts)
+    demo = task.demonstrate(rep, gen)
+    return {"sft": task.gold(rep, ys).view(n, -1), "demo": task.gold(rep, demo).view(n, -1)}
 
 
 def policy_metrics(
@@ -65,92 +92,47 @@ def policy_metrics(
     task: Task,
     lm: nn.Module,
     sft: nn.Module,
-    r_ref: torch.Tensor,
-    seed: int,
-    name: str,
+    refs: dict[str, torch.Tensor],
+    gen: torch.Generator,
     placement: Placement,
 ) -> dict[str, float]:
-    """Gold reward, win rate and KL of one policy (module docstring)."""
-    gen = stage_gen(seed, f"eval_{name}")
+    """Gold reward, win rates and KL of one policy (module docstring)."""
     rep, ys = sample_rows(lm, task, task.eval_prompts, cfg.eval_samples, 1.0, gen, placement)
     n = len(task.eval_prompts)
     seqs = task.join(rep, ys)
     log_ratio = logp_rows(lm, seqs, task, placement) - logp_rows(sft, seqs, task, placement)
-    return summarize(task.gold(rep, ys).view(n, -1), r_ref, log_ratio.view(n, -1))
+    return summarize(task.gold(rep, ys).view(n, -1), refs, log_ratio.view(n, -1))
 
 
-def implicit_rewards(
+def labellers(
     cfg: LLMConfig,
     task: Task,
-    seqs: torch.Tensor,
-    rm: RewardModel,
-    local: nn.Module,
-    dpo: nn.Module,
-    sft: nn.Module,
+    models: dict[str, nn.Module],
     placement: Placement,
-) -> dict[str, torch.Tensor]:
-    """r̂ of each RM on rows ``seqs``: ``global``, ``local`` (β log π_local), ``dpo``."""
-    lp_sft = logp_rows(sft, seqs, task, placement)
+) -> dict[str, Scorer]:
+    """Rows → scores of each labeller: ``global`` r̂, ``local`` β log π_local, ``dpo``
+    β (log π_dpo − log π_ref), ``sft`` β log π_ref and ``gold`` r*."""
+    sft = models["sft"]
+
+    def lp(name: str) -> Scorer:
+        return lambda s: logp_rows(models[name], s, task, placement)
+
     return {
-        "global": rm_rows(rm, seqs, placement),
-        "local": cfg.beta * logp_rows(local, seqs, task, placement),
-        "dpo": cfg.beta * (logp_rows(dpo, seqs, task, placement) - lp_sft),
+        "global": lambda s: rm_rows(models["global_rm"], s, placement),
+        "local": lambda s: cfg.beta * lp("local_rm")(s),
+        "dpo": lambda s: cfg.beta * (lp("dpo")(s) - logp_rows(sft, s, task, placement)),
+        "sft": lambda s: cfg.beta * lp("sft")(s),
+        "gold": task.gold_rows,
     }
 
 
-def best_of_n(
-    cfg: LLMConfig,
-    task: Task,
-    sft: nn.Module,
-    rm: RewardModel,
-    local: nn.Module,
-    dpo: nn.Module,
-    r_ref: torch.Tensor,
-    seed: int,
-    placement: Placement,
-) -> dict[str, float]:
-    """Best-of-N from π_ref reranked by each RM, for every N in ``bon_n``.
-
-    For each eval prompt, ``eval_samples`` independent groups of max(bon_n) π_ref samples;
-    BoN-N keeps the RM's argmax among the first N of a group (ties: first index).
-
-    Returns:
-        ``{"bon_<rm>_n<N>/<metric>": value}`` (reward and win rate with SEs).
-    """
-    gen = stage_gen(seed, "eval_bon")
-    n, m, n_max = len(task.eval_prompts), cfg.eval_samples, max(cfg.bon_n)
-    rep, ys = sample_rows(sft, task, task.eval_prompts, m * n_max, 1.0, gen, placement)
-    gold = task.gold(rep, ys).view(n, m, n_max)
-    scores = implicit_rewards(cfg, task, task.join(rep, ys), rm, local, dpo, sft, placement)
+def rm_validation(test: Pairs, scorers: dict[str, Scorer]) -> dict[str, float]:
+    """Validation likelihood and accuracy of each labeller on held-out BT(gold) pairs."""
+    k = len(test["chosen"])
+    seqs = torch.cat([test["chosen"], test["rejected"]])
     out = {}
-    for rm_name, s in scores.items():
-        s = s.view(n, m, n_max)
-        for big_n in cfg.bon_n:
-            pick = s[:, :, :big_n].argmax(dim=2, keepdim=True)
-            r = gold[:, :, :big_n].gather(2, pick).squeeze(2)
-            for k, v in summarize(r, r_ref, None).items():
-                out[f"bon_{rm_name}_n{big_n}/{k}"] = v
-    return out
-
-
-def rm_validation(
-    cfg: LLMConfig,
-    task: Task,
-    val: Pairs,
-    rm: RewardModel,
-    local: nn.Module,
-    dpo: nn.Module,
-    sft: nn.Module,
-    placement: Placement,
-) -> dict[str, float]:
-    """Validation likelihood and accuracy of each RM (and of r*) on held-out pairs."""
-    k = len(val["chosen"])
-    seqs = torch.cat([val["chosen"], val["rejected"]])
-    scores = implicit_rewards(cfg, task, seqs, rm, local, dpo, sft, placement)
-    p_len = task.prefix_len
-    scores["gold"] = task.gold(seqs[:, 1 : p_len - 1], seqs[:, p_len:])
-    out = {}
-    for name, s in scores.items():
+    for name, score in scorers.items():
+        s = score(seqs)
         delta = s[:k] - s[k:]
         lik, lik_se = mean_se(torch.sigmoid(delta))
         acc, acc_se = mean_se((delta > 0).double())
@@ -163,3 +145,78 @@ def rm_validation(
             }
         )
     return out
+
+
+def label_quality(
+    cfg: LLMConfig,
+    task: Task,
+    sft: nn.Module,
+    scorers: dict[str, Scorer],
+    seed: int,
+    placement: Placement,
+) -> dict[str, float]:
+    """Each labeller's best-vs-worst pairs among N π_ref samples per evaluation prompt at the
+    online temperature: label accuracy, ties, pairs kept, distinct samples."""
+    gen = stage_gen(seed, "eval_labels")
+    n = cfg.online_samples
+    rep, ys = sample_rows(sft, task, task.eval_prompts, n, cfg.online_temperature, gen, placement)
+    seqs = task.join(rep, ys)
+    gold = task.gold(rep, ys).view(-1, n)
+    out = {}
+    for name, score in scorers.items():
+        *_, info = on_policy_pairs(score(seqs).view(-1, n), gold, ys)
+        out.update({f"rm_{name}/{k}": v for k, v in info.items()})
+    return out
+
+
+def best_of_n(
+    cfg: LLMConfig,
+    task: Task,
+    sft: nn.Module,
+    scorers: dict[str, Scorer],
+    refs: dict[str, torch.Tensor],
+    seed: int,
+    placement: Placement,
+) -> dict[str, float]:
+    """Best-of-N from π_ref reranked by each labeller, for every N of ``bon_n`` (a curve).
+
+    For each eval prompt, ``eval_samples`` independent groups of max(N) π_ref samples;
+    BoN-N keeps the labeller's argmax among the first N of a group (ties: first index).
+
+    Returns:
+        ``{"bon_<name>_n<N>/<metric>": value}`` (reward and win rates with SEs).
+    """
+    gen = stage_gen(seed, "eval_bon")
+    n, m, n_max = len(task.eval_prompts), cfg.eval_samples, max(cfg.bon_sizes)
+    rep, ys = sample_rows(sft, task, task.eval_prompts, m * n_max, 1.0, gen, placement)
+    gold = task.gold(rep, ys).view(n, m, n_max)
+    seqs = task.join(rep, ys)
+    out = {}
+    for name, score in scorers.items():
+        if name == "sft":
+            continue
+        s = score(seqs).view(n, m, n_max)
+        for big_n in cfg.bon_sizes:
+            pick = s[:, :, :big_n].argmax(dim=2, keepdim=True)
+            r = gold[:, :, :big_n].gather(2, pick).squeeze(2)
+            for k, v in summarize(r, refs, None).items():
+                out[f"bon_{name}_n{big_n}/{k}"] = v
+    return out
+
+
+def frontier_curve(records: dict[str, dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(k1 KL, win rate) of a DPO run's frontier records, sorted by KL."""
+    pts = sorted((r["kl_k1"], r["win_rate"]) for r in records.values())
+    kl, wr = (np.array(v, dtype=np.float64) for v in zip(*pts, strict=True))
+    return kl, wr
+
+
+def matched_kl(
+    online: dict[str, dict[str, float]], offline: dict[str, dict[str, float]]
+) -> tuple[float, float, float]:
+    """(κ, win rate of online at κ, of offline at κ): κ = the smaller of the two frontiers'
+    largest KLs; each win rate linearly interpolated in KL on its own frontier."""
+    kl_a, wr_a = frontier_curve(online)
+    kl_b, wr_b = frontier_curve(offline)
+    kappa = float(min(kl_a.max(), kl_b.max()))
+    return kappa, float(np.interp(kappa, kl_a, wr_a)), float(np.interp(kappa, kl_b, wr_b))

@@ -1,9 +1,19 @@
-"""HF GPT-NeoX (Pythia) causal LMs built from a config, a scalar-head reward model, and the
-two primitives every stage uses: completion log-probabilities and sampling.
+"""HF GPT-NeoX (Pythia) causal LMs built from a config, the global reward model, and the two
+primitives every stage uses: completion log-probabilities and sampling — one law for both.
+
+**One policy, one law.** A policy π is the LM's softmax *restricted to the content tokens*
+0..V−1 (the other ids — SEP, BOS, the rest of a Pythia vocabulary — are masked out of the
+logits): π(a | s) = exp(z_a) / Σ_{b<V} exp(z_b). :func:`token_logp` is that law;
+:func:`logp_completion` sums it over the completion and :func:`sample` draws from it (at
+temperature T: from π_T(a|s) ∝ π(a|s)^{1/T}, the same law at T = 1). Mass can therefore never
+leak onto SEP/BOS, and every KL, implicit reward and likelihood is of the distribution that
+is sampled. ``n_content = None`` means the whole vocabulary (Hugging Face text models).
 
 Models are random-initialised from :data:`gvgap.llm.config.PRESETS` (nothing is downloaded)
 or loaded from a local ``save_pretrained`` directory. Initialisation draws from a forked torch
 RNG seeded explicitly, so the global RNG is left untouched and every rank builds the same model.
+The global RM is ``GPTNeoXForSequenceClassification`` (one label) on the SFT backbone — the
+field's reward-model class, the one TRL's RewardTrainer trains.
 """
 
 from __future__ import annotations
@@ -62,44 +72,66 @@ def build_lm(
     return lm.to(device=placement.device, dtype=placement.dtype)
 
 
-class RewardModel(nn.Module):
-    """Global RM: an LM backbone + a scalar head on the last token's hidden state (BT-trained).
+def build_rm(lm: nn.Module, seed: int, pad_id: int) -> nn.Module:
+    """Global RM: ``GPTNeoXForSequenceClassification`` (num_labels 1) on a copy of ``lm``'s
+    backbone; its bias-free score head drawn from ``seed`` (N(0, 1/d)).
 
-    r̂(x, y) = w · h_L(x, y) + b, h_L the final hidden state at the last position, ``(B,)``.
+    r̂(x, y) = w · h_L(x, y), h_L the final hidden state at the last non-``pad_id`` position
+    (the last position: rows are never padded and end on a content token).
     """
+    from transformers import GPTNeoXForSequenceClassification
 
-    def __init__(self, lm: nn.Module, seed: int) -> None:
-        super().__init__()
-        self.backbone = lm.gpt_neox
-        hidden = lm.config.hidden_size
-        gen = torch.Generator().manual_seed(seed)
-        w = torch.randn(hidden, generator=gen, dtype=torch.float64) / hidden**0.5
-        p = next(lm.parameters())
-        self.head = nn.Linear(hidden, 1).to(device=p.device, dtype=p.dtype)
-        with torch.no_grad():
-            self.head.weight.copy_(w[None, :].to(self.head.weight))
-            self.head.bias.zero_()
+    cfg = lm.config.__class__.from_dict(lm.config.to_dict())
+    cfg.num_labels, cfg.pad_token_id = 1, pad_id
+    cfg._attn_implementation = lm.config._attn_implementation
+    p = next(lm.parameters())
+    devices = [p.device] if p.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        rm = GPTNeoXForSequenceClassification(cfg)
+    rm = rm.to(device=p.device, dtype=p.dtype)
+    rm.gpt_neox.load_state_dict(lm.gpt_neox.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    d = cfg.hidden_size
+    w = torch.randn(1, d, generator=gen, dtype=torch.float64) / d**0.5
+    with torch.no_grad():
+        rm.score.weight.copy_(w.to(rm.score.weight))
+    return rm
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` rows → ``(B,)`` rewards."""
-        h = self.backbone(input_ids=seqs).last_hidden_state[:, -1]
-        return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
+
+def rm_scores(rm: nn.Module, seqs: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """r̂ of rows ``(B, L)`` → ``(B,)`` in float32 or wider (grad kept)."""
+    with autocast(placement):
+        out = rm(input_ids=seqs.to(placement.device)).logits
+    return out[:, 0].float() if out.dtype in (torch.bfloat16, torch.float16) else out[:, 0]
+
+
+def token_logp(logits: torch.Tensor, n_content: int | None) -> torch.Tensor:
+    """log π(· | s) over the content tokens: log-softmax of the first ``n_content`` logits,
+    in float32 or wider, ``(..., V_out)`` → ``(..., n_content)`` (module docstring)."""
+    z = logits if n_content is None else logits[..., :n_content]
+    if z.dtype in (torch.bfloat16, torch.float16):
+        z = z.float()
+    return torch.log_softmax(z, dim=-1)
 
 
 def logp_completion(
-    lm: nn.Module, seqs: torch.Tensor, prefix_len: int, placement: Placement
+    lm: nn.Module,
+    seqs: torch.Tensor,
+    prefix_len: int,
+    placement: Placement,
+    n_content: int | None,
 ) -> torch.Tensor:
-    """log π(y | x) = Σ_t log π(y_t | x, y_<t), summed over completion tokens, ``(B,)``.
+    """log π(y | x) = Σ_t log π(y_t | x, y_<t) under :func:`token_logp`, ``(B,)``.
 
     One forward over the full rows ``(B, L)``; the logits at position i predict token i+1, and
     the output layer is applied to the last H+1 positions only (``logits_to_keep``).
-    Log-softmax is taken in float32 even under bf16 autocast.
     """
     seqs = seqs.to(placement.device)
     keep = seqs.shape[1] - prefix_len + 1  # the output layer runs on completion positions only
     with autocast(placement):
         logits = lm(input_ids=seqs, logits_to_keep=keep).logits[:, :-1]
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = token_logp(logits, n_content)
     tok = seqs[:, prefix_len:, None]
     return logp.gather(-1, tok).squeeze(-1).sum(dim=1).to(placement.dtype)
 
@@ -109,16 +141,17 @@ def sample(
     lm: nn.Module,
     prefix: torch.Tensor,
     horizon: int,
-    n_content: int,
+    n_content: int | None,
     temperature: float,
     gen: torch.Generator,
     placement: Placement,
 ) -> torch.Tensor:
-    """Completions y ~ π(· | x) at ``temperature``, restricted to content tokens, ``(B, H)``.
+    """Completions y ~ π_T(· | x) (module docstring), ``(B, H)``.
 
     Autoregressive with the model's KV cache; draws with ``torch.multinomial`` from ``gen``
     (a CPU generator: the same draws on every device and every rank).
     """
+    was_training = lm.training
     lm.eval()
     kw = _cache_kw(lm)
     out, past = [], None
@@ -127,12 +160,12 @@ def sample(
         with autocast(placement):
             res = lm(input_ids=step, use_cache=True, logits_to_keep=1, **{kw: past})
         past = getattr(res, kw)
-        logits = res.logits[:, -1, :n_content].float() / temperature
-        probs = torch.softmax(logits, dim=-1).cpu().double()
+        logp = token_logp(res.logits[:, -1], n_content) / temperature
+        probs = torch.softmax(logp.double(), dim=-1).cpu()
         tok = torch.multinomial(probs, 1, generator=gen)
         out.append(tok)
         step = tok.to(placement.device)
-    lm.train()
+    lm.train(was_training)
     return torch.cat(out, dim=1)
 
 
@@ -147,5 +180,6 @@ def n_params(module: nn.Module, non_embedding: bool = True) -> int:
     total = sum(p.numel() for p in module.parameters())
     if non_embedding and hasattr(module, "get_input_embeddings"):
         total -= module.get_input_embeddings().weight.numel()
-        total -= module.get_output_embeddings().weight.numel()
+        out = module.get_output_embeddings()
+        total -= out.weight.numel() if out is not None else 0
     return total

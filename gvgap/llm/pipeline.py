@@ -1,43 +1,50 @@
-"""The checkpointed, resumable runner of ``gvgap llm run`` (DESIGN §4, §5).
+"""The staged, checkpointed runner of one LLM run (one config, one seed).
 
-Layout of ``DIR``::
+:func:`run_stages` runs every stage of :data:`STAGES` in order and returns the run's metrics
+(``"<pipeline>/<metric>"`` keys, the sweep's tidy contract). With a ``root`` directory each
+finished stage is stored there and a re-run resumes at the first stage that is not::
 
-    llm_manifest.json                  provenance + the validated spec (a different spec is refused)
-    stages/<task>-s<seed>-<run_id>/<stage>/
-        model.pt  tensors.pt  info.json   one finished stage (directory renamed into place)
-    runs/<run_id>.json                 one finished run (config, seeds, metrics)
-    results.parquet                    the tidy table (sweep contract, experiment = "llm")
+    <root>/<stage>/   model.pt  tensors.pt  info.json  hashes.json
+    <root>/.partial/<stage>/    the mid-stage checkpoint of the stage in progress
 
-Every stage is a pure function of (config, instance_seed, seed, its inputs); its randomness is
-a torch.Generator derived from (seed, stage name). A killed run therefore resumes at the first
-unfinished stage and ends with the same table as an uninterrupted one. Only rank 0 writes.
+``hashes.json`` (SHA-256 of every other file) is written last: a stage whose files do not
+match it — truncated by a kill, edited by hand, corrupted on disk — is reported on one line
+and run again. Every stage is a pure function of (config, instance_seed, seed, its inputs);
+its randomness is a torch.Generator derived from (seed, stage name), so a resumed run ends
+with the same metrics as an uninterrupted one, and ``gvgap sweep`` (no root: in memory)
+with the same as ``gvgap llm run``.
+
+Stage models live on disk, not all in memory: a finished stage's model is loaded when a later
+stage needs it and at most :data:`RESIDENT` models are kept (in memory runs keep all).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
-import time
-import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from gvgap.errors import UserError
-from gvgap.llm import dist
-from gvgap.llm.config import POLICIES, LLMConfig, LLMSpec, config_record
-from gvgap.sweep.store import atomic_write, provenance, tidy_frame
+from gvgap.atomic import atomic_dir
+from gvgap.llm import evaluate as ev
+from gvgap.llm import stages as st
+from gvgap.llm.config import LLMConfig
+from gvgap.llm.model import build_rm
+from gvgap.llm.tasks import Task, make_task
+from gvgap.llm.train import seal, verified
+from gvgap.nn.device import Placement, resolve
 
-MANIFEST = "llm_manifest.json"
-RESULTS = "results.parquet"
-#: Stage order; the second item is the config field that sizes its cost (for the ETA).
+#: (stage, the config field that sizes its cost: the ETA's weights).
 STAGES: tuple[tuple[str, str], ...] = (
     ("sft", "sft_steps"),
+    ("rm_sft", "sft_steps"),
     ("pairs", "n_train_prompts"),
     ("global_rm", "rm_steps"),
     ("local_rm", "rm_steps"),
@@ -45,273 +52,328 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("dpo_extra", "dpo_steps"),
     ("online_dpo_sft", "online_steps"),
     ("online_dpo_dpo", "online_steps"),
-    ("online_dpo_iter", "online_steps"),
+    ("online_dpo_local", "online_steps"),
     ("online_dpo_gold", "online_steps"),
     ("evaluate", "n_eval_prompts"),
 )
+#: Online arms: (stage, starting policy, labeller). ``gold`` labels by r* itself (the
+#: positive control); ``local`` by the local RM (a second labeller of lower accuracy).
+ONLINE: tuple[tuple[str, str, str], ...] = (
+    ("online_dpo_sft", "sft", "global"),
+    ("online_dpo_dpo", "dpo", "global"),
+    ("online_dpo_local", "sft", "local"),
+    ("online_dpo_gold", "sft", "gold"),
+)
+#: Matched-KL comparisons: (online arm, offline arm with the same start).
+MATCHED: tuple[tuple[str, str], ...] = (
+    ("online_dpo_sft", "dpo"),
+    ("online_dpo_local", "dpo"),
+    ("online_dpo_gold", "dpo"),
+    ("online_dpo_dpo", "dpo_extra"),
+)
+#: Stage infos reported as metrics (optimiser state, early stopping, online pairs).
+INFO_METRICS = (
+    "grad_norm",
+    "steps",
+    "best_step",
+    "val_loss",
+    "pairs_kept",
+    "distinct",
+    "label_accuracy",
+    "label_accuracy_se",
+    "label_ties",
+    "n_pairs",
+)
+#: Stage models kept in memory at once when stages are stored on disk.
+RESIDENT = 3
+#: The policies whose final metrics the table shows (their last frontier point).
+POLICY_STAGES = ("dpo", "dpo_extra", *(s for s, _, _ in ONLINE))
 
 
 class StopRunError(Exception):
     """Raised by the ``stop_after`` hook (tests of resumption: a kill after a stage)."""
 
 
-def run_id(cfg: LLMConfig, seed: int, instance_seed: int) -> str:
-    """Stable id of one run: a digest of its config and seeds."""
-    key = json.dumps([config_record(cfg), seed, instance_seed], sort_keys=True)
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
-
-
-def spec_json(spec: LLMSpec) -> dict[str, Any]:
-    """The spec as the manifest stores it."""
-    return {
-        "configs": [config_record(c) for c in spec.configs],
-        "seeds": list(spec.seeds),
-        "instance_seed": spec.instance_seed,
-    }
-
-
-def check_out_dir(out: Path, spec: LLMSpec) -> None:
-    """Refuse a DIR holding another spec or other results; creates nothing.
-
-    Raises:
-        UserError: naming --out.
-    """
-    man = out / MANIFEST
-    if man.exists():
-        try:
-            old = json.loads(man.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--out {out}: cannot read {MANIFEST}: {exc}") from None
-        if old.get("spec") != spec_json(spec):
-            raise UserError(f"--out {out} holds a different llm spec; choose another --out")
-    elif (out / RESULTS).exists() or (out / "stages").exists():
-        raise UserError(f"--out {out} holds results but no {MANIFEST}; refusing to overwrite")
-    parent = out if out.exists() else out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if (out.exists() and not out.is_dir()) or not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out}: cannot write there")
+def warn(message: str) -> None:
+    """One ``gvgap: …`` line on stderr."""
+    print(f"gvgap: {message}", file=sys.stderr, flush=True)
 
 
 class StageStore:
-    """Finished stages of one run under ``root``; each is a directory renamed into place."""
+    """Finished stages of one run under ``root`` (module docstring); ``root`` None keeps
+    nothing on disk. Only the writing process (rank 0) saves."""
 
-    def __init__(self, root: Path, write: bool) -> None:
-        self.root, self.write = root, write
+    def __init__(self, root: Path | None, write: bool = True) -> None:
+        self.root, self.write = root, write and root is not None
+
+    def partial(self, stage: str) -> Path | None:
+        """The mid-stage checkpoint directory of ``stage`` (None without a root)."""
+        return None if self.root is None else self.root / ".partial" / stage
 
     def done(self, stage: str) -> bool:
-        return (self.root / stage / "info.json").is_file()
+        """Whether ``stage`` is stored and its hashes verify (a broken one is reported)."""
+        if self.root is None or not (self.root / stage).exists():
+            return False
+        if verified(self.root / stage):
+            return True
+        warn(f"{self.root / stage}: incomplete or corrupt (hash mismatch); re-running {stage}")
+        if self.write:
+            shutil.rmtree(self.root / stage, ignore_errors=True)
+        return False
 
-    def save(self, stage: str, modules: dict, tensors: dict, info: dict) -> None:
+    def save(self, stage: str, model: nn.Module | None, tensors: dict, info: dict) -> None:
+        """Store a finished stage: a temporary directory, sealed, renamed into place."""
         if not self.write:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{stage}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir()
-        for name, mod in modules.items():
-            torch.save(mod.state_dict(), tmp / f"{name}.pt")
-        if tensors:
-            torch.save(tensors, tmp / "tensors.pt")
-        (tmp / "info.json").write_text(json.dumps(info, sort_keys=True))
-        final = self.root / stage
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
 
-    def load(self, stage: str, modules: dict) -> tuple[dict, dict]:
+        def fill(tmp: Path) -> None:
+            if model is not None:
+                torch.save(model.state_dict(), tmp / "model.pt")
+            if tensors:
+                torch.save(tensors, tmp / "tensors.pt")
+            (tmp / "info.json").write_text(json.dumps(info, sort_keys=True))
+            seal(tmp)
+
+        atomic_dir(self.root / stage, fill)
+        shutil.rmtree(self.root / ".partial" / stage, ignore_errors=True)
+
+    def load_info(self, stage: str) -> tuple[dict, dict]:
+        """``(tensors, info)`` of a stored stage."""
         d = self.root / stage
-        for name, mod in modules.items():
-            mod.load_state_dict(torch.load(d / f"{name}.pt", map_location="cpu"))
         path = d / "tensors.pt"
         tensors = torch.load(path, map_location="cpu") if path.exists() else {}
         return tensors, json.loads((d / "info.json").read_text())
 
+    def load_model(self, stage: str, skeleton: nn.Module) -> nn.Module:
+        """``skeleton`` with the stored parameters of ``stage``."""
+        sd = torch.load(self.root / stage / "model.pt", map_location="cpu")
+        skeleton.load_state_dict(sd)
+        return skeleton
+
     def clean(self) -> None:
-        if self.root.is_dir():
+        """Remove temporary directories a killed run left."""
+        if self.write and self.root.is_dir():
             for tmp in self.root.glob(".*.tmp"):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-class Progress:
-    """Plain progress lines with elapsed time and ETA (no terminal needed), to stderr."""
+class Models:
+    """Stage models by name: in memory, or loaded from the store on demand (an LRU of
+    :data:`RESIDENT`); ``make(name)`` builds the skeleton a stored model loads into."""
 
-    def __init__(self, total: float, stream: Any = None) -> None:
-        self.total, self.done, self.fresh = total, 0.0, 0.0
-        self.t0 = time.monotonic()
-        self.stream = stream or sys.stderr
+    def __init__(self, store: StageStore, make: Callable[[str], nn.Module]) -> None:
+        self.store, self.make = store, make
+        self.cache: OrderedDict[str, nn.Module] = OrderedDict()
 
-    def step(self, label: str, units: float, resumed: bool) -> None:
-        self.done += units
-        if not resumed:
-            self.fresh += units
-        el = time.monotonic() - self.t0
-        rate = self.fresh / el if el > 0 and self.fresh > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        tag = "resumed" if resumed else "done"
-        print(
-            f"llm: {100 * self.done / self.total:5.1f}% {label} {tag}; "
-            f"elapsed {el:6.1f}s eta {eta:6.1f}s",
-            file=self.stream,
-            flush=True,
-        )
+    def put(self, name: str, model: nn.Module) -> None:
+        self.cache[name] = model
+        self._trim()
 
+    def __getitem__(self, name: str) -> nn.Module:
+        if name not in self.cache:
+            self.cache[name] = self.store.load_model(name, self.make(name))
+        self.cache.move_to_end(name)
+        self._trim()
+        return self.cache[name]
 
-def stage_units(cfg: LLMConfig) -> dict[str, float]:
-    """Relative cost of each stage (ETA weights)."""
-    units = {name: float(max(getattr(cfg, f), 1)) for name, f in STAGES}
-    units["online_dpo_iter"] *= cfg.online_rounds
-    return units
+    def _trim(self) -> None:
+        if self.store.root is not None:
+            while len(self.cache) > RESIDENT:
+                self.cache.popitem(last=False)
 
 
-def run_one(
-    cfg: LLMConfig,
-    seed: int,
-    instance_seed: int,
-    out: Path,
-    progress: Progress,
-    stop_after: str | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) every stage of one (config, seed); return its run record."""
-    from gvgap.llm import evaluate as ev
-    from gvgap.llm import stages as st
-    from gvgap.llm.model import RewardModel
-    from gvgap.llm.tasks import make_task
-    from gvgap.nn.device import resolve
-
-    placement = resolve(_rank_device(cfg.device), cfg.dtype)
-    dist.setup(placement.is_cuda)
-    rid = run_id(cfg, seed, instance_seed)
-    task = make_task(cfg, instance_seed)
-    store = StageStore(out / "stages" / f"{cfg.task}-s{seed}-{rid}", write=dist.is_main())
-    store.clean()
-    units = stage_units(cfg)
-    models: dict[str, Any] = {}
-    infos: dict[str, dict] = {}
-    data: dict[str, Any] = {}
-
-    def lm() -> Any:
-        return st.new_lm(cfg, task, seed, placement)
-
-    def step(name: str, make: Callable[[], tuple[Any, dict]], skeleton: Callable[[], Any]) -> None:
-        resumed = store.done(name)
-        if resumed:
-            mod = skeleton()
-            tensors, info = store.load(name, {"model": mod} if mod is not None else {})
-        else:
-            mod, info = make()
-            tensors = mod if isinstance(mod, dict) else {}
-            mod = None if isinstance(mod, dict) else mod
-            store.save(name, {"model": mod} if mod is not None else {}, tensors, info)
-        if mod is not None:
-            models[name] = mod
-        data[name], infos[name] = tensors, info
-        progress.step(f"{cfg.task} seed {seed}: {name}", units[name], resumed)
-        if name == stop_after:
-            raise StopRunError(name)
-
-    step("sft", lambda: st.stage_sft(cfg, task, seed, placement), lm)
-    sft = models["sft"]
-
-    def make_pairs() -> tuple[dict, dict]:
-        p = st.stage_pairs(cfg, task, sft, seed, placement)
-        flat = {f"{s}_{k}": v for s, d in p.items() for k, v in d.items()}
-        return flat, {"n_train": len(p["train"]["chosen"]), "n_val": len(p["val"]["chosen"])}
-
-    step("pairs", make_pairs, lambda: None)
-    flat = data["pairs"]
-    pairs = {s: {k: flat[f"{s}_{k}"] for k in ("chosen", "rejected")} for s in ("train", "val")}
-    tr = pairs["train"]
-    step(
-        "global_rm",
-        lambda: st.stage_global_rm(cfg, task, sft, tr, seed, placement),
-        lambda: RewardModel(lm(), 0),
-    )
-    step("local_rm", lambda: st.stage_local_rm(cfg, task, sft, tr, seed, placement), lm)
-    step("dpo", lambda: st.stage_dpo(cfg, task, sft, sft, tr, seed, placement), lm)
-    step(
-        "dpo_extra",
-        lambda: st.stage_dpo(cfg, task, models["dpo"], sft, tr, seed, placement, name="dpo_extra"),
-        lm,
-    )
-    rm = models["global_rm"]
-    for name, init, rounds, labeller in (
-        ("online_dpo_sft", "sft", 1, rm),
-        ("online_dpo_dpo", "dpo", 1, rm),
-        ("online_dpo_iter", "sft", cfg.online_rounds, rm),
-        ("online_dpo_gold", "sft", 1, None),  # oracle labeller: the positive control
-    ):
-        step(
-            name,
-            lambda i=init, r=rounds, n=name, lab=labeller: st.stage_online(
-                cfg, task, models[i], sft, lab, r, seed, placement, n
-            ),
-            lm,
-        )
-
-    def make_eval() -> tuple[dict, dict]:
-        r_ref = ev.ref_rewards(cfg, task, sft, seed, placement)
-        metrics: dict[str, float] = {}
-        for name in POLICIES:
-            m = ev.policy_metrics(cfg, task, models[name], sft, r_ref, seed, name, placement)
-            metrics.update({f"{name}/{k}": v for k, v in m.items()})
-        args = (rm, models["local_rm"], models["dpo"])
-        metrics.update(ev.best_of_n(cfg, task, sft, *args, r_ref, seed, placement))
-        metrics.update(ev.rm_validation(cfg, task, pairs["val"], *args, sft, placement))
-        for name, info in infos.items():
-            if "grad_norm" in info:
-                metrics[f"{name}/grad_norm"] = info["grad_norm"]
-        return {}, metrics
-
-    step("evaluate", make_eval, lambda: None)
-    return {
-        "run_id": rid,
-        "experiment": "llm",
-        "config": config_record(cfg),
-        "seed": seed,
-        "instance_seed": instance_seed,
-        "metrics": infos["evaluate"],
-    }
+def stage_names(cfg: LLMConfig) -> list[str]:
+    """The stages this config runs (``rm_sft`` only with its own RM backbone)."""
+    return [s for s, _ in STAGES if s != "rm_sft" or cfg.rm_model != "sft"]
 
 
-def _rank_device(device: str) -> str:
+def stage_units(cfg: LLMConfig) -> dict[str, int]:
+    """Relative cost of each stage (progress weights)."""
+    return {name: max(int(getattr(cfg, f)), 1) for name, f in STAGES if name in stage_names(cfg)}
+
+
+def rank_device(device: str) -> str:
     """Under torchrun on CUDA, each rank takes ``cuda:LOCAL_RANK``."""
-    if dist.world()[1] > 1 and device in ("cuda", "auto") and torch.cuda.is_available():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and device in ("cuda", "auto") and torch.cuda.is_available():
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return device
 
 
-def run_spec(
-    spec: LLMSpec, out: str | os.PathLike, stop_after: str | None = None, stream: Any = None
-) -> Any:
-    """Run every (config, seed) of ``spec`` into ``out``; write results.parquet; return it.
+def run_stages(
+    cfg: LLMConfig,
+    seed: int,
+    instance_seed: int,
+    root: Path | None = None,
+    *,
+    write: bool = True,
+    progress: Any = None,
+    stop_after: str | None = None,
+) -> dict[str, float]:
+    """Run (or resume under ``root``) every stage of one (config, seed); return its metrics."""
+    placement = resolve(rank_device(cfg.device), cfg.dtype)
+    task = make_task(cfg, instance_seed)
+    store = StageStore(root, write)
+    store.clean()
+    runner = _Runner(cfg, task, seed, placement, store, progress, stop_after)
+    return runner.run()
 
-    Raises:
-        UserError: ``out`` holds another spec or cannot be written (checked before writing).
-        StopRunError: the ``stop_after`` hook fired (after that stage was checkpointed).
-    """
-    out = Path(out)
-    check_out_dir(out, spec)
-    runs = spec.runs()
-    total = sum(sum(stage_units(c).values()) for c, _ in runs)
-    progress = Progress(total, stream)
-    if dist.is_main():
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        man = {"format": 1, "experiment": "llm", **provenance(), "spec": spec_json(spec)}
-        atomic_write(out / MANIFEST, json.dumps(man, indent=1, sort_keys=True).encode())
-    records = []
-    for cfg, seed in runs:
-        rec = run_one(cfg, seed, spec.instance_seed, out, progress, stop_after)
-        records.append(rec)
-        if dist.is_main():
-            atomic_write(out / "runs" / f"{rec['run_id']}.json", json.dumps(rec).encode())
-    fields = list(config_record(spec.configs[0]))
-    df = tidy_frame(records, fields)
-    if dist.is_main():
-        tmp = out / f".{RESULTS}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, out / RESULTS)
-        finally:
-            tmp.unlink(missing_ok=True)
-    dist.barrier()
-    return df
+
+class _Runner:
+    """One run's stages (the body of :func:`run_stages`)."""
+
+    def __init__(self, cfg, task: Task, seed: int, placement: Placement, store, progress, stop):
+        self.cfg, self.task, self.seed, self.p = cfg, task, seed, placement
+        self.store, self.progress, self.stop = store, progress, stop
+        self.units = stage_units(cfg)
+        self.models = Models(store, self.skeleton)
+        self.infos: dict[str, dict] = {}
+        self.data: dict[str, dict] = {}
+        self.refs: dict[str, torch.Tensor] | None = None
+
+    def skeleton(self, name: str) -> nn.Module:
+        cfg, task = self.cfg, self.task
+        base = st.new_lm(cfg, task, self.seed, self.p, cfg.rm_model if name == "rm_sft" else "")
+        if name == "global_rm":
+            if cfg.rm_model != "sft":
+                base = st.new_lm(cfg, task, self.seed, self.p, cfg.rm_model)
+            return build_rm(base, 0, pad_id=task.vocab_size - 1)
+        return base
+
+    def step(self, name: str, make: Callable[[], tuple[nn.Module | None, dict, dict]]) -> None:
+        """Load a stored stage or run it (``make`` → model, tensors, info) and store it."""
+        if self.store.done(name):
+            self.data[name], self.infos[name] = self.store.load_info(name)
+        else:
+            model, tensors, info = make()
+            self.store.save(name, model, tensors, info)
+            if model is not None:
+                self.models.put(name, model)
+            self.data[name], self.infos[name] = tensors, info
+        if self.progress is not None:
+            self.progress.update(self.units[name])
+        if name == self.stop:
+            raise StopRunError(name)
+
+    def run(self) -> dict[str, float]:
+        cfg, task, seed, p, ckpt = self.cfg, self.task, self.seed, self.p, self.store.partial
+        self.step("sft", lambda: (*_stage(st.stage_sft(cfg, task, seed, p, ckpt=ckpt("sft"))),))
+        if cfg.rm_model != "sft":
+            self.step(
+                "rm_sft",
+                lambda: _stage(st.stage_sft(cfg, task, seed, p, cfg.rm_model, ckpt("rm_sft"))),
+            )
+        self.step("pairs", self.make_pairs)
+        pairs = self.pairs()
+        backbone = "rm_sft" if cfg.rm_model != "sft" else "sft"
+        self.step(
+            "global_rm",
+            lambda: _stage(
+                st.stage_global_rm(
+                    cfg, task, self.models[backbone], pairs, seed, p, ckpt("global_rm")
+                )
+            ),
+        )
+        self.step(
+            "local_rm",
+            lambda: _stage(
+                st.stage_local_rm(cfg, task, self.models["sft"], pairs, seed, p, ckpt("local_rm"))
+            ),
+        )
+        self.step("dpo", lambda: self.make_dpo("dpo", "sft", pairs["train"]))
+        self.step("dpo_extra", lambda: self.make_dpo("dpo_extra", "dpo", pairs["train"]))
+        for name, start, labeller in ONLINE:
+            self.step(name, lambda n=name, s=start, lab=labeller: self.make_online(n, s, lab))
+        self.step("evaluate", self.make_eval)
+        return self.infos["evaluate"]
+
+    def pairs(self) -> dict[str, st.Pairs]:
+        flat = self.data["pairs"]
+        return {
+            s: {k: flat[f"{s}_{k}"] for k in ("chosen", "rejected")}
+            for s in ("train", "val", "test")
+        }
+
+    def make_pairs(self) -> tuple[None, dict, dict]:
+        out = st.stage_pairs(self.cfg, self.task, self.models["sft"], self.seed, self.p)
+        flat = {f"{s}_{k}": v for s, d in out.items() for k, v in d.items()}
+        return None, flat, {f"n_{s}": len(d["chosen"]) for s, d in out.items()}
+
+    def eval_refs(self) -> dict[str, torch.Tensor]:
+        if self.refs is None:
+            self.refs = ev.eval_refs(self.cfg, self.task, self.models["sft"], self.seed, self.p)
+        return self.refs
+
+    def frontier_hook(self, name: str, steps: int) -> Callable[[nn.Module, int], dict | None]:
+        """Policy metrics at the frontier steps of a DPO run (module docstring of evaluate)."""
+        at = set(st.frontier_steps(self.cfg, steps))
+        sft, refs = self.models["sft"], self.eval_refs()
+
+        def hook(lm: nn.Module, k: int) -> dict | None:
+            if k not in at:
+                return None
+            gen = st.stage_gen(self.seed, f"eval_{name}_{k}")
+            return ev.policy_metrics(self.cfg, self.task, lm, sft, refs, gen, self.p)
+
+        return hook
+
+    def make_dpo(self, name: str, start: str, pairs: st.Pairs, extra: dict | None = None):
+        cfg, task, p = self.cfg, self.task, self.p
+        steps = cfg.dpo_steps if name.startswith("dpo") else cfg.online_steps
+        sft = self.models["sft"]
+        ref = st.ref_logps(sft, pairs, task, p)
+        lm, info = st.run_dpo(
+            cfg, task, self.models[start], pairs, ref, steps, st.stage_gen(self.seed, name), p,
+            on_step=self.frontier_hook(name, steps), ckpt=self.store.partial(name),
+        )  # fmt: skip
+        return lm, {}, {**info, **(extra or {})}
+
+    def make_online(self, name: str, start: str, labeller: str):
+        gen = st.stage_gen(self.seed, f"{name}_samples")
+        score = ev.labellers(self.cfg, self.task, self.models, self.p)[labeller]
+        pairs, quality = st.online_pairs(
+            self.cfg, self.task, self.models[start], score, gen, self.p
+        )
+        return self.make_dpo(name, start, pairs, {**quality, "n_pairs": len(pairs["chosen"])})
+
+    def make_eval(self) -> tuple[None, dict, dict]:
+        cfg, task, seed, p = self.cfg, self.task, self.seed, self.p
+        out: dict[str, float] = {}
+        sft = self.models["sft"]
+        refs = self.eval_refs()
+        gen = st.stage_gen(seed, "eval_sft_0")
+        out.update(
+            {f"sft/{k}": v for k, v in ev.policy_metrics(cfg, task, sft, sft, refs, gen, p).items()}
+        )
+        for name in POLICY_STAGES:
+            records = self.infos[name]["records"]
+            steps = sorted(map(int, records))
+            out.update({f"{name}/{k}": v for k, v in records[str(steps[-1])].items()})
+            for i, k in enumerate(steps):  # the KL frontier (step, k1 KL, win rate)
+                rec = records[str(k)]
+                out[f"{name}/frontier{i}_step"] = float(k)
+                out[f"{name}/frontier{i}_kl"] = rec["kl_k1"]
+                out[f"{name}/frontier{i}_win_rate"] = rec["win_rate"]
+        for online, offline in MATCHED:
+            kappa, a, b = ev.matched_kl(
+                self.infos[online]["records"], self.infos[offline]["records"]
+            )
+            out[f"{online}/kl_matched"] = kappa
+            out[f"{online}/win_rate_matched"] = a
+            out[f"{online}/offline_win_rate_matched"] = b
+        scorers = ev.labellers(cfg, task, self.models, p)
+        out.update(ev.rm_validation(self.pairs()["test"], scorers))
+        out.update(ev.label_quality(cfg, task, sft, scorers, seed, p))
+        out.update(ev.best_of_n(cfg, task, sft, scorers, refs, seed, p))
+        for name, info in self.infos.items():
+            for key in INFO_METRICS:
+                if key in info:
+                    out[f"{name}/{key}"] = float(info[key])
+        return None, {}, out
+
+
+def _stage(result: tuple[nn.Module, dict]) -> tuple[nn.Module, dict, dict]:
+    """A stage's (model, info) as the runner's (model, tensors, info)."""
+    model, info = result
+    return model, {}, info

@@ -1,108 +1,95 @@
-"""The paper's table (THEORY §7) from an ``llm`` results.parquet: pipeline × task, win rate
-against π_ref samples under the gold BT model, as a figure and as a report section.
+"""The paper's table (docs/theory.md §7) and the LLM figures from the ``llm`` rows of a results
+table:
+pure functions (tables, Markdown rows, plots that return axes); the report writes the files.
 
 Standard errors: with S ≥ 2 seeds, the SE of the mean over seeds of the per-seed values
 (s/√S: training and evaluation noise together); with one seed, the within-run SE over
-evaluation prompts (evaluation noise only — stated in the table).
-
-The paper's direction (§7): with the gap (``sum``, ``count``) online DPO ≥ offline DPO; in the two
-controls (``short``, ``rouge``) no difference. The section prints the paired differences
-online − offline per task (paired by seed) with their SE; it fits no verdict thresholds.
+evaluation prompts (evaluation noise only) — each table says which.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gvgap.errors import UserError
 from gvgap.llm.config import POLICIES
 
-#: Pipelines of the table in the paper's order (best-of-N at the largest N is appended).
+#: The paper's table: SFT, DPO, DPO + an extra pass, online DPO from SFT / from DPO, the
+#: local-RM-labelled and the gold-labelled (positive control) online arms; best-of-N at the
+#: largest N is appended per labeller.
 TABLE_PIPELINES = POLICIES
-#: (online arm, offline arm it is set against): same start and the same number of DPO steps.
-COMPARISONS = (
-    ("online_dpo_sft", "dpo"),
-    ("online_dpo_dpo", "dpo_extra"),
-    ("online_dpo_gold", "dpo"),  # positive control: the same loop labelled by r* itself
-)
-TASK_ORDER = ("sum", "count", "short", "rouge")
+TASK_ORDER = ("readout", "short", "rouge", "count", "sum")
+LABELLER_ORDER = ("gold", "global", "local", "dpo", "sft")
+#: (online arm, labeller it uses): the points of the accuracy-vs-advantage figure.
+LABELLED_ARMS = (("online_dpo_sft", "global"), ("online_dpo_local", "local"))
 
 
-def bon_pipelines(df: pd.DataFrame) -> list[str]:
-    """Best-of-N pipelines at the largest N present, one per RM."""
+def tasks_of(df: pd.DataFrame) -> list[str]:
+    """Tasks present, in :data:`TASK_ORDER`."""
+    present = set(df["task"]) if "task" in df else set()
+    return [t for t in TASK_ORDER if t in present]
+
+
+def per_seed(df: pd.DataFrame, pipeline: str, metric: str, task: str) -> pd.Series:
+    """The value of ``pipeline/metric`` per seed on ``task``."""
+    sel = df[(df.pipeline == pipeline) & (df.metric == metric) & (df.task == task)]
+    return sel.groupby("seed")["value"].mean()
+
+
+def mean_se(values: pd.Series, within: float = float("nan")) -> tuple[float, float, str]:
+    """Mean, SE and its kind: over seeds (S ≥ 2), else the within-run SE ``within``."""
+    v = values.dropna()
+    if len(v) >= 2:
+        return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))), "seeds"
+    return (float(v.mean()) if len(v) else float("nan")), within, "prompts"
+
+
+def bon_sizes(df: pd.DataFrame) -> list[int]:
+    """The best-of-N sizes present."""
     names = [p for p in df["pipeline"].unique() if str(p).startswith("bon_")]
-    if not names:
-        return []
-    n_max = max(int(p.rsplit("_n", 1)[1]) for p in names)
-    return [
-        f"bon_{rm}_n{n_max}" for rm in ("global", "local", "dpo") if f"bon_{rm}_n{n_max}" in names
-    ]
+    return sorted({int(str(p).rsplit("_n", 1)[1]) for p in names})
 
 
 def table(df: pd.DataFrame, metric: str = "win_rate") -> pd.DataFrame:
     """Rows (pipeline, task): ``mean``, ``se``, ``n_seeds``, ``se_kind`` of ``metric``."""
+    sizes = bon_sizes(df)
+    bon = [f"bon_{rm}_n{sizes[-1]}" for rm in ("global", "local", "dpo")] if sizes else []
     rows = []
-    for pipe in [*TABLE_PIPELINES, *bon_pipelines(df)]:
-        for task in [t for t in TASK_ORDER if t in set(df["task"])]:
-            sel = df[(df.pipeline == pipe) & (df.task == task)]
-            per_seed = sel[sel.metric == metric].set_index("seed")["value"]
-            if per_seed.empty:
+    for pipe in [*TABLE_PIPELINES, *bon]:
+        for task in tasks_of(df):
+            vals = per_seed(df, pipe, metric, task)
+            if vals.empty:
                 continue
-            s = len(per_seed)
-            if s >= 2:
-                se, kind = float(per_seed.std(ddof=1) / np.sqrt(s)), "seeds"
-            else:
-                se = float(sel[sel.metric == f"{metric}_se"]["value"].iloc[0])
-                kind = "prompts"
-            rows.append([pipe, task, float(per_seed.mean()), se, s, kind])
+            within = per_seed(df, pipe, f"{metric}_se", task)
+            m, se, kind = mean_se(vals, float(within.iloc[0]) if len(within) else float("nan"))
+            rows.append([pipe, task, m, se, len(vals), kind])
     return pd.DataFrame(rows, columns=["pipeline", "task", "mean", "se", "n_seeds", "se_kind"])
 
 
-def differences(df: pd.DataFrame, metric: str = "win_rate") -> pd.DataFrame:
-    """Paired (by seed) online − offline differences per task: mean, SE, n."""
+def labeller_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task and labeller: validation likelihood and accuracy on held-out BT(gold) pairs,
+    and label accuracy / ties / pairs kept on on-policy pairs, each mean and SE."""
     rows = []
-    for online, offline in COMPARISONS:
-        for task in [t for t in TASK_ORDER if t in set(df["task"])]:
-            sel = df[(df.task == task) & (df.metric == metric)]
-            a = sel[sel.pipeline == online].set_index("seed")["value"]
-            b = sel[sel.pipeline == offline].set_index("seed")["value"]
-            d = (a - b).dropna()
-            if d.empty:
-                continue
-            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-            rows.append([f"{online} − {offline}", task, float(d.mean()), se, len(d)])
-    return pd.DataFrame(rows, columns=["comparison", "task", "mean", "se", "n_seeds"])
+    metrics = ("val_likelihood", "val_accuracy", "label_accuracy", "label_ties", "pairs_kept")
+    for task in tasks_of(df):
+        for lab in LABELLER_ORDER:
+            rec: dict[str, Any] = {"task": task, "labeller": lab}
+            for m in metrics:
+                vals = per_seed(df, f"rm_{lab}", m, task)
+                within = per_seed(df, f"rm_{lab}", f"{m}_se", task)
+                rec[m], rec[f"{m}_se"], _ = mean_se(
+                    vals, float(within.iloc[0]) if len(within) else float("nan")
+                )
+            rows.append(rec)
+    return pd.DataFrame(rows)
 
 
-def plot_table(df: pd.DataFrame, ax: Any = None, metric: str = "win_rate") -> Any:
-    """Grouped bars: pipeline × task of ``metric`` with ±1 SE bars; returns the axes."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        ax = plt.figure(figsize=(10, 4)).add_subplot()
-    tab = table(df, metric)
-    pipes = list(dict.fromkeys(tab["pipeline"]))
-    tasks = list(dict.fromkeys(tab["task"]))
-    width = 0.8 / max(len(tasks), 1)
-    for j, task in enumerate(tasks):
-        t = tab[tab.task == task].set_index("pipeline").reindex(pipes)
-        x = np.arange(len(pipes)) + (j - (len(tasks) - 1) / 2) * width
-        ax.bar(x, t["mean"], width, yerr=t["se"], capsize=2, label=task)
-    ax.set_xticks(np.arange(len(pipes)), pipes, rotation=30, ha="right")
-    ax.set_ylabel(f"{metric} vs π_ref samples (gold BT)" if metric == "win_rate" else metric)
-    if metric == "win_rate":
-        ax.axhline(0.5, color="0.5", lw=0.8, ls="--")
-    ax.legend(title="task", fontsize=8)
-    return ax
-
-
-def _fmt(mean: float, se: float) -> str:
+def fmt(mean: float, se: float) -> str:
+    """``mean ± se`` (three decimals; the SE left out when not finite)."""
+    if not np.isfinite(mean):
+        return "–"
     return f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
 
 
@@ -113,79 +100,157 @@ def markdown_table(tab: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     for pipe in dict.fromkeys(tab["pipeline"]):
         t = tab[tab.pipeline == pipe].set_index("task")
         rows.append(
-            [pipe, *(_fmt(t.at[k, "mean"], t.at[k, "se"]) if k in t.index else "–" for k in tasks)]
+            [pipe, *(fmt(t.at[k, "mean"], t.at[k, "se"]) if k in t.index else "–" for k in tasks)]
         )
     return ["pipeline", *tasks], rows
 
 
-def section(doc: Any, df: pd.DataFrame, png: Path | None) -> None:
-    """Append the LLM section to a :class:`gvgap.report_doc.Doc`."""
+def plot_table(df: pd.DataFrame, ax: Any = None, metric: str = "win_rate") -> Any:
+    """Grouped bars: pipeline × task of ``metric`` (mean over seeds ± 1 SE); returns the axes."""
+    import matplotlib.pyplot as plt
+
+    ax = ax if ax is not None else plt.figure(figsize=(10, 4)).add_subplot()
+    tab = table(df, metric)
+    pipes = list(dict.fromkeys(tab["pipeline"]))
+    tasks = list(dict.fromkeys(tab["task"]))
+    width = 0.8 / max(len(tasks), 1)
+    for j, task in enumerate(tasks):
+        t = tab[tab.task == task].set_index("pipeline").reindex(pipes)
+        x = np.arange(len(pipes)) + (j - (len(tasks) - 1) / 2) * width
+        n = int(t["n_seeds"].max()) if t["n_seeds"].notna().any() else 0
+        ax.bar(x, t["mean"], width, yerr=t["se"], capsize=2, label=f"{task} ({n} seeds)")
+    ax.set_xticks(np.arange(len(pipes)), pipes, rotation=30, ha="right")
+    ax.set_ylabel(f"{metric} vs π_ref samples (gold BT)" if metric == "win_rate" else metric)
+    if metric == "win_rate":
+        ax.axhline(0.5, color="0.5", lw=0.8, ls="--")
+    ax.legend(title="task (mean ± SE over seeds)", fontsize=8)
+    return ax
+
+
+def plot_bon(df: pd.DataFrame, ax: Any = None, task: str | None = None) -> Any:
+    """Best-of-N curve: win rate vs N per labeller (mean over seeds ± SE), one task."""
+    import matplotlib.pyplot as plt
+
+    ax = ax if ax is not None else plt.figure().add_subplot()
+    task = task or tasks_of(df)[0]
+    sizes = bon_sizes(df)
+    for lab in ("gold", "global", "local", "dpo"):
+        pts = [mean_se(per_seed(df, f"bon_{lab}_n{n}", "win_rate", task))[:2] for n in sizes]
+        if pts and np.isfinite(pts[0][0]):
+            m, se = np.array(pts).T
+            ax.errorbar(sizes, m, yerr=se, marker="o", capsize=2, label=lab)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (best of N π_ref samples)")
+    ax.set_ylabel("win rate vs π_ref samples")
+    ax.set_title(f"best-of-N, {task}")
+    ax.legend(title="reranked by", fontsize=8)
+    return ax
+
+
+def plot_frontier(df: pd.DataFrame, ax: Any = None, task: str | None = None) -> Any:
+    """KL frontier: win rate vs k1 KL(π‖π_ref) at evenly spaced steps of each DPO run (mean
+    over seeds at each step index; the matched-KL comparison reads these curves)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax if ax is not None else plt.figure().add_subplot()
+    task = task or tasks_of(df)[0]
+    sub = df[df.task == task]
+    for pipe in ("dpo", "online_dpo_sft", "online_dpo_local", "online_dpo_gold"):
+        i, kl, wr = 0, [], []
+        while not (k := per_seed(sub, pipe, f"frontier{i}_kl", task)).empty:
+            kl.append(k.mean())
+            wr.append(per_seed(sub, pipe, f"frontier{i}_win_rate", task).mean())
+            i += 1
+        if kl:
+            ax.plot(kl, wr, marker="o", label=pipe)
+    ax.set_xlabel("k1 KL(π‖π_ref), mean over seeds")
+    ax.set_ylabel("win rate vs π_ref samples")
+    ax.set_title(f"KL frontier (steps 0 … end), {task}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_labellers(df: pd.DataFrame, ax: Any = None) -> Any:
+    """Online − offline win rate at matched KL against the labeller's on-policy label
+    accuracy: one point per run, arm (marker) and task (colour)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax if ax is not None else plt.figure().add_subplot()
+    for c, task in enumerate(tasks_of(df)):
+        for arm, lab in (*LABELLED_ARMS, ("online_dpo_gold", "gold")):
+            acc = per_seed(df, f"rm_{lab}", "label_accuracy", task)
+            d = per_seed(df, arm, "win_rate_matched", task) - per_seed(
+                df, arm, "offline_win_rate_matched", task
+            )
+            both = pd.concat([acc, d], axis=1).dropna()
+            marker = {"global": "o", "local": "s", "gold": "*"}[lab]
+            ax.scatter(both.iloc[:, 0], both.iloc[:, 1], color=f"C{c}", marker=marker, s=25)
+        ax.scatter([], [], color=f"C{c}", label=task)
+    for lab, marker in (("global RM", "o"), ("local RM", "s"), ("gold", "*")):
+        ax.scatter([], [], color="0.4", marker=marker, label=lab)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_xlabel("labeller's on-policy label accuracy (chosen strictly better by r*)")
+    ax.set_ylabel("online − DPO win rate at matched KL")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def section(
+    doc: Any, df: pd.DataFrame, verdicts: dict[str, Any], figures: list[tuple[Any, str]]
+) -> None:
+    """Append the LLM section to a :class:`gvgap.report_doc.Doc`: figures (``(png, caption)``),
+    the paper's table, the labellers, the per-task verdicts."""
     doc.heading(2, "LLM-scale pipeline (gold reward known)")
     doc.para(
-        "GPT-NeoX models trained from scratch on synthetic languages (THEORY §5): `sum` and "
-        "`count` have a generation–verification gap; `short` (1–2 token completions) and "
-        "`rouge` (LCS with a hidden reference) are the paper's two controls. Win rate is "
-        "against π_ref samples "
-        "under the gold Bradley–Terry model; ± one standard error."
+        "GPT-NeoX models trained from scratch on synthetic languages (docs/theory.md §5): "
+        "`readout` has a generation–verification gap (one token read out at the end of a long "
+        "completion); "
+        "`short` (the same reward on 2 tokens) and `rouge` (LCS with a hidden reference) are "
+        "the paper's two controls. Win rates are against π_ref samples (and the "
+        "demonstrator's) under the gold Bradley–Terry model; ± one standard error."
     )
-    if png is not None:
-        doc.figure(png, "Win rate vs π_ref, pipeline × task (±1 SE)")
-    for metric in ("win_rate", "reward", "kl_k1", "kl_k3"):
+    for png, caption in figures:
+        doc.figure(png, caption)
+    for metric in ("win_rate", "win_demo", "reward", "kl_k1", "kl_k3"):
         tab = table(df, metric)
         if tab.empty:
             continue
         kinds = ", ".join(sorted(set(tab["se_kind"])))
-        doc.heading(3, f"{metric} (SE over {kinds})")
+        doc.heading(3, f"{metric} (mean ± SE over {kinds})")
         doc.table(*markdown_table(tab))
-    diff = differences(df)
-    if not diff.empty:
-        doc.heading(3, "online − offline win rate, paired by seed")
+    lab = labeller_table(df)
+    if not lab.empty:
+        doc.heading(3, "Labellers (paper at 1.4B: DPO 0.526 < local 0.567 < global 0.593)")
         doc.table(
-            ["comparison", "task", "mean ± SE", "seeds"],
-            [[r.comparison, r.task, _fmt(r.mean, r.se), str(r.n_seeds)] for r in diff.itertuples()],
+            ["task", "labeller", "val likelihood", "val accuracy", "label accuracy", "ties"],
+            [
+                [
+                    r.task,
+                    r.labeller,
+                    fmt(r.val_likelihood, r.val_likelihood_se),
+                    fmt(r.val_accuracy, r.val_accuracy_se),
+                    fmt(r.label_accuracy, r.label_accuracy_se),
+                    fmt(r.label_ties, r.label_ties_se),
+                ]
+                for r in lab.itertuples()
+            ],
         )
         doc.note(
-            "The paper's direction: > 0 with the gap (`sum`, `count`); ≈ 0 on `short` and "
-            "`rouge`. `online_dpo_gold` relabels by r* itself: the positive control (what the "
-            "online loop gives with a perfect labeller)."
+            "val likelihood = mean σ(r̂(y_c) − r̂(y_r)) on held-out BT(gold) pairs from π_ref "
+            "(evaluation prompts); label accuracy = share of on-policy best-vs-worst pairs "
+            "(N π_ref samples at the online temperature) whose chosen side has strictly higher "
+            "gold reward, ties (equal gold reward) apart; `sft` = β log π_ref, untrained."
         )
-    rm = df[df.metric == "val_likelihood"].groupby(["task", "pipeline"])["value"].mean()
-    if not rm.empty:
-        doc.heading(
-            3, "RM validation likelihood (paper at 1.4B: DPO 0.526 < local 0.567 < global 0.593)"
-        )
-        doc.table(
-            ["task", "rm", "mean over seeds"], [[t, p, f"{v:.3f}"] for (t, p), v in rm.items()]
-        )
-
-
-def write_section(run_dir: str | os.PathLike) -> list[Path]:
-    """figures/llm_table.png (+ JSON sidecar), report.md and report.html of an llm run dir."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gvgap.report import _atomic_text
-    from gvgap.report_doc import Doc
-
-    root = Path(run_dir)
-    try:
-        df = pd.read_parquet(root / "results.parquet")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{root}: cannot read results.parquet ({exc})") from None
-    figs = root / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    png = figs / "llm_table.png"
-    fig = plt.figure(figsize=(10, 4))
-    plot_table(df, fig.add_subplot())
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    meta = {"source": "results.parquet", "seeds": sorted(map(int, df["seed"].unique()))}
-    _atomic_text(figs / "llm_table.json", json.dumps(meta))
-    doc = Doc(root)
-    section(doc, df, png)
-    _atomic_text(root / "report.md", doc.to_markdown())
-    _atomic_text(root / "report.html", doc.to_html("gvgap llm report"))
-    return [png, root / "report.md", root / "report.html"]
+    if verdicts:
+        doc.heading(3, "Verdicts per task (online − offline win rate at matched KL)")
+        for key, v in verdicts.items():
+            pc = v.get("positive_control") or {}
+            doc.para(
+                f"**{key}: {v.get('verdict')}** (prediction held: {v.get('prediction_held')}); "
+                f"effect {v.get('effect', float('nan')):+.4f} "
+                f"[{v.get('ci_low', float('nan')):+.4f}, {v.get('ci_high', float('nan')):+.4f}]"
+                f", positive control {pc.get('effect', float('nan')):+.4f} "
+                f"[{pc.get('ci_low', float('nan')):+.4f}, {pc.get('ci_high', float('nan')):+.4f}]"
+                f", {v.get('seeds')} seeds, power {v.get('power', float('nan')):.2f}. "
+                f"{v.get('detail', '')}"
+            )

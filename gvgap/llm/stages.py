@@ -1,18 +1,19 @@
-"""The paper's pipeline as pure stages (THEORY §5, §7): each is a function of a frozen config,
+"""The paper's pipeline as pure stages (docs/theory.md §5, §7): each is a function of a frozen
+config,
 its inputs and a torch.Generator derived from (seed, stage name).
 
-SFT → preference pairs (π_ref samples, BT(gold) labels) → global RM (scalar head, BT) →
-local RM (reference-free DPO) → offline DPO (+ an extra epoch) → online DPO (one round from
-SFT, one from DPO, iterated from SFT; N samples at temperature T, best vs worst by the global
-RM). Best-of-N lives in :mod:`gvgap.llm.evaluate`.
+SFT → preference pairs (π_ref samples, BT(gold) labels; split by prompt into a training and a
+validation part, plus pairs on the held-out evaluation prompts) → global RM (scalar head, BT)
+→ local RM (reference-free DPO) → offline DPO (+ an extra pass) → online DPO (N samples per
+training prompt at temperature T from the starting policy, best vs worst by a labeller; one
+round, as in the paper). Best-of-N lives in :mod:`gvgap.llm.evaluate`.
 
-Losses (per pair, the equations of THEORY §2; β the KL strength):
-
-- SFT: −(1/H) Σ_t log π(y_t | x, y_<t) on demonstrations.
-- BT (global RM): −log σ(r̂(x, y_c) − r̂(x, y_r)).
-- local RM (reference-free DPO): −log σ(β (log π(y_c|x) − log π(y_r|x))).
-- DPO: −log σ(β [(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))]); the
-  reference log-probs are computed once per data set, chosen and rejected share one forward.
+Losses come from :mod:`gvgap.nn.losses` (one loss module; the equations of docs/theory.md §2, β the
+KL strength): SFT ``sft_rows`` (per-token NLL), global RM ``bt_rows``, local RM
+``local_rm_rows`` (reference-free DPO), DPO ``dpo_rows`` with reference log-probs computed
+once per data set; chosen and rejected rows share one forward. The RMs stop early on the
+validation pairs (:func:`gvgap.llm.train.fit`); the DPO runs take a fixed number of steps and
+record a KL frontier (policy metrics at evenly spaced steps, for the matched-KL comparison).
 """
 
 from __future__ import annotations
@@ -20,23 +21,22 @@ from __future__ import annotations
 import copy
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from gvgap.llm import dist
 from gvgap.llm.config import LLMConfig
-from gvgap.llm.model import RewardModel, build_lm, logp_completion, sample
+from gvgap.llm.model import build_lm, build_rm, logp_completion, rm_scores, sample
 from gvgap.llm.tasks import Task
-from gvgap.nn.device import Placement, autocast
+from gvgap.llm.train import fit
+from gvgap.nn import losses
+from gvgap.nn.device import Placement
 
 Pairs = dict[str, torch.Tensor]
-#: Largest batch of rows in one no-grad forward (evaluation, reference log-probs, sampling).
-CHUNK = 512
-#: Gradient clipping threshold of every stage (the norm before clipping is reported).
-CLIP = 1.0
+#: Logit elements (rows × positions × output vocabulary) of one no-grad forward chunk.
+LOGIT_BUDGET = 2**26
 
 
 def stage_gen(seed: int, name: str) -> torch.Generator:
@@ -45,66 +45,38 @@ def stage_gen(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
 
 
-def fit(
-    module: nn.Module,
-    row_loss: Callable[[torch.Tensor], torch.Tensor],
-    n_rows: int,
-    steps: int,
-    cfg: LLMConfig,
-    gen: torch.Generator,
-    lr: float | None = None,
-) -> dict[str, float]:
-    """AdamW on a per-row loss; data parallel across ranks (:mod:`gvgap.llm.dist`).
-
-    Each step draws a global batch of ``min(batch_size, n_rows)`` row indices from ``gen``
-    (identical on every rank), this rank evaluates its shard, and the loss is Σ_shard ℓ / B so
-    the all-reduced gradient is the global-batch mean.
-
-    Returns:
-        ``{"loss": last global-batch loss on this rank's shard × W, "grad_norm": last norm}``.
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.pref_lr if lr is None else lr, weight_decay=0.0)
-    batch = min(cfg.batch_size, n_rows)
-    loss_v, gnorm = float("nan"), float("nan")
-    if n_rows == 0:
-        return {"loss": loss_v, "grad_norm": gnorm}
-    module.train()
-    for _ in range(steps):
-        idx = torch.randperm(n_rows, generator=gen)[:batch]
-        mine = dist.shard(idx)
-        opt.zero_grad(set_to_none=False)
-        loss = row_loss(mine).sum() / batch if len(mine) else sum(p.sum() * 0 for p in params)
-        loss.backward()
-        dist.all_reduce_grads(params)
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, CLIP))
-        opt.step()
-        loss_v = float(loss.detach()) * dist.world()[1]
-    return {"loss": loss_v, "grad_norm": gnorm}
+def chunk_rows(lm: nn.Module, length: int) -> int:
+    """Rows per no-grad forward: :data:`LOGIT_BUDGET` / (length × output vocabulary)."""
+    vocab = lm.config.vocab_size if hasattr(lm, "config") else 1
+    return max(1, LOGIT_BUDGET // max(1, length * vocab))
 
 
 @torch.no_grad()
 def logp_rows(lm: nn.Module, seqs: torch.Tensor, task: Task, placement: Placement) -> torch.Tensor:
     """log π(y|x) of many rows in chunks, no grad, ``(N,)`` float64 on CPU."""
     lm.eval()
+    step = chunk_rows(lm, task.cfg.H + 1)
     out = [
-        logp_completion(lm, seqs[i : i + CHUNK], task.prefix_len, placement).double().cpu()
-        for i in range(0, len(seqs), CHUNK)
+        logp_completion(lm, seqs[i : i + step], task.prefix_len, placement, task.n_content)
+        .double()
+        .cpu()
+        for i in range(0, len(seqs), step)
     ]
     lm.train()
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 @torch.no_grad()
-def rm_rows(rm: RewardModel, seqs: torch.Tensor, placement: Placement) -> torch.Tensor:
+def rm_rows(rm: nn.Module, seqs: torch.Tensor, placement: Placement) -> torch.Tensor:
     """r̂ of many rows in chunks, ``(N,)`` float64 on CPU."""
     rm.eval()
-    out = []
-    for i in range(0, len(seqs), CHUNK):
-        with autocast(placement):
-            out.append(rm(seqs[i : i + CHUNK].to(placement.device)).double().cpu())
+    step = chunk_rows(rm, seqs.shape[1]) * 8  # one score per position, not a vocabulary
+    out = [
+        rm_scores(rm, seqs[i : i + step], placement).double().cpu()
+        for i in range(0, len(seqs), step)
+    ]
     rm.train()
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def sample_rows(
@@ -118,55 +90,72 @@ def sample_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n completions per prompt: ``(len(prompts)·n, P)`` prompts (prompt-major) and ``(…, H)``."""
     rep = prompts.repeat_interleave(n, dim=0)
+    step = chunk_rows(lm, 1) // 4
     ys = [
         sample(
             lm,
-            task.prefix(rep[i : i + CHUNK]),
-            task.cfg.horizon,
-            task.cfg.vocab,
+            task.prefix(rep[i : i + step]),
+            task.cfg.H,
+            task.n_content,
             temperature,
             gen,
             placement,
         )
-        for i in range(0, len(rep), CHUNK)
+        for i in range(0, len(rep), step)
     ]
-    return rep, torch.cat(ys)
+    return rep, torch.cat(ys) if ys else torch.zeros((0, task.cfg.H), dtype=torch.long)
 
 
-def new_lm(cfg: LLMConfig, task: Task, seed: int, placement: Placement) -> nn.Module:
-    """The initial LM of a run (every rank builds the same one)."""
+def new_lm(
+    cfg: LLMConfig, task: Task, seed: int, placement: Placement, model: str = ""
+) -> nn.Module:
+    """The initial LM of a run (every rank builds the same one); ``model`` overrides cfg.model."""
     init = int(stage_gen(seed, "init").initial_seed())
-    return build_lm(cfg.model, task.vocab_size, task.seq_len, init, placement)
+    return build_lm(model or cfg.model, task.vocab_size, task.seq_len, init, placement)
 
 
 # --------------------------------------------------------------------------- stages
 
 
 def stage_sft(
-    cfg: LLMConfig, task: Task, seed: int, placement: Placement
+    cfg: LLMConfig,
+    task: Task,
+    seed: int,
+    placement: Placement,
+    model: str = "",
+    ckpt: Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """π_ref: maximum likelihood on demonstrations of the known generator."""
+    """π_ref: maximum likelihood on demonstrations of the known generator (per-token NLL)."""
     gen = stage_gen(seed, "sft")
     prompts = task.train_prompts.repeat_interleave(cfg.demos_per_prompt, dim=0)
     seqs = task.join(prompts, task.demonstrate(prompts, gen))
-    lm = new_lm(cfg, task, seed, placement)
+    lm = new_lm(cfg, task, seed, placement, model)
 
-    def row_loss(idx: torch.Tensor) -> torch.Tensor:
-        return -logp_completion(lm, seqs[idx], task.prefix_len, placement) / cfg.horizon
+    def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        lp = logp_completion(model, seqs[idx], task.prefix_len, placement, task.n_content)
+        return losses.sft_rows(lp, cfg.H)
 
-    return lm, fit(lm, row_loss, len(seqs), cfg.sft_steps, cfg, gen, lr=cfg.lr)
+    return lm, fit(lm, row_loss, len(seqs), cfg.sft_steps, cfg, gen, lr=cfg.lr, ckpt_dir=ckpt)
 
 
 def label_pairs(
     task: Task, prompts: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, gen: torch.Generator
 ) -> Pairs:
     """Label (y_a, y_b) by the gold BT model: a wins with probability σ(r*(a) − r*(b))."""
-    a_wins = torch.rand(len(prompts), generator=gen, dtype=torch.float64) < torch.sigmoid(
-        task.gold(prompts, y_a) - task.gold(prompts, y_b)
-    )
+    a_wins = task.gold_wins(prompts, y_a, y_b, gen)
     chosen = torch.where(a_wins[:, None], y_a, y_b)
     rejected = torch.where(a_wins[:, None], y_b, y_a)
     return {"chosen": task.join(prompts, chosen), "rejected": task.join(prompts, rejected)}
+
+
+def n_val_prompts(cfg: LLMConfig) -> int:
+    """Training prompts whose pairs form the validation split (the last ones)."""
+    return max(2, round(cfg.val_fraction * cfg.n_train_prompts))
+
+
+def fit_prompts(task: Task) -> torch.Tensor:
+    """The training prompts of the fitting split (every stage that trains uses these)."""
+    return task.train_prompts[: len(task.train_prompts) - n_val_prompts(task.cfg)]
 
 
 def stage_pairs(
@@ -174,11 +163,18 @@ def stage_pairs(
 ) -> dict[str, Pairs]:
     """Preference pairs from π_ref samples (temperature 1) labelled by BT(gold).
 
-    Returns ``{"train": …, "val": …}``; validation pairs are on the held-out eval prompts.
+    Returns ``{"train": …, "val": …, "test": …}``: pairs of the fitting prompts, of the
+    validation prompts (early stopping) and of the held-out evaluation prompts (reported).
     """
     gen = stage_gen(seed, "pairs")
+    k = n_val_prompts(cfg)
+    splits = {
+        "train": task.train_prompts[:-k],
+        "val": task.train_prompts[-k:],
+        "test": task.eval_prompts,
+    }
     out = {}
-    for split, prompts in (("train", task.train_prompts), ("val", task.eval_prompts)):
+    for split, prompts in splits.items():
         rep, ys = sample_rows(sft, task, prompts, 2 * cfg.pairs_per_prompt, 1.0, gen, placement)
         out[split] = label_pairs(task, rep[0::2], ys[0::2], ys[1::2], gen)
     return out
@@ -189,87 +185,112 @@ def _fused(pairs: Pairs, idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([pairs["chosen"][idx], pairs["rejected"][idx]])
 
 
+def _val(
+    module: nn.Module, pairs: Pairs, row_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+) -> Callable[[], float]:
+    """Mean validation loss of ``module`` over every pair of ``pairs`` (no grad, chunks of 256
+    pairs)."""
+
+    @torch.no_grad()
+    def val() -> float:
+        n = len(pairs["chosen"])
+        return float(
+            sum(row_loss(module, torch.arange(i, min(i + 256, n))).sum() for i in range(0, n, 256))
+            / n
+        )
+
+    return val
+
+
 def stage_global_rm(
-    cfg: LLMConfig, task: Task, sft: nn.Module, pairs: Pairs, seed: int, placement: Placement
-) -> tuple[RewardModel, dict]:
-    """Global RM: the SFT backbone + a scalar head, Bradley–Terry loss."""
+    cfg: LLMConfig,
+    task: Task,
+    backbone: nn.Module,
+    pairs: dict[str, Pairs],
+    seed: int,
+    placement: Placement,
+    ckpt: Path | None = None,
+) -> tuple[nn.Module, dict]:
+    """Global RM: the backbone + a scalar head, Bradley–Terry loss, early-stopped on val."""
     gen = stage_gen(seed, "global_rm")
-    rm = RewardModel(copy.deepcopy(sft), int(gen.initial_seed()))
+    rm = build_rm(backbone, int(gen.initial_seed()), pad_id=task.vocab_size - 1)
 
-    def row_loss(idx: torch.Tensor) -> torch.Tensor:
-        with autocast(placement):
-            r = rm(_fused(pairs, idx).to(placement.device)).float()
-        r_c, r_r = r.chunk(2)
-        return -F.logsigmoid(r_c - r_r)
+    def loss_on(split: Pairs) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+        def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            r_c, r_r = rm_scores(model, _fused(split, idx), placement).chunk(2)
+            return losses.bt_rows(r_c - r_r)
 
-    return rm, fit(rm, row_loss, len(pairs["chosen"]), cfg.rm_steps, cfg, gen)
+        return row_loss
+
+    tr, va = pairs["train"], pairs["val"]
+    info = fit(
+        rm, loss_on(tr), len(tr["chosen"]), cfg.rm_steps, cfg, gen,
+        lr=cfg.pref_lr, val_loss=_val(rm, va, loss_on(va)), ckpt_dir=ckpt,
+    )  # fmt: skip
+    return rm, info
 
 
 def stage_local_rm(
-    cfg: LLMConfig, task: Task, sft: nn.Module, pairs: Pairs, seed: int, placement: Placement
+    cfg: LLMConfig,
+    task: Task,
+    sft: nn.Module,
+    pairs: dict[str, Pairs],
+    seed: int,
+    placement: Placement,
+    ckpt: Path | None = None,
 ) -> tuple[nn.Module, dict]:
     """Local RM: the LM trained with the reference-free DPO loss; r_π(x, y) = β log π(y|x)."""
     gen = stage_gen(seed, "local_rm")
     lm = copy.deepcopy(sft)
 
-    def row_loss(idx: torch.Tensor) -> torch.Tensor:
-        lp_c, lp_r = logp_completion(lm, _fused(pairs, idx), task.prefix_len, placement).chunk(2)
-        return -F.logsigmoid(cfg.beta * (lp_c - lp_r))
+    def loss_on(split: Pairs) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+        def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            seqs = _fused(split, idx)
+            lp = logp_completion(model, seqs, task.prefix_len, placement, task.n_content)
+            return losses.local_rm_rows(*lp.chunk(2), cfg.beta)
 
-    return lm, fit(lm, row_loss, len(pairs["chosen"]), cfg.rm_steps, cfg, gen)
+        return row_loss
+
+    tr, va = pairs["train"], pairs["val"]
+    info = fit(
+        lm, loss_on(tr), len(tr["chosen"]), cfg.rm_steps, cfg, gen,
+        lr=cfg.pref_lr, val_loss=_val(lm, va, loss_on(va)), ckpt_dir=ckpt,
+    )  # fmt: skip
+    return lm, info
 
 
-def dpo_row_loss(
-    lm: nn.Module,
-    pairs: Pairs,
-    ref: dict[str, torch.Tensor],
-    beta: float,
-    task: Task,
-    placement: Placement,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-pair DPO loss of ``lm`` against precomputed reference log-probs ``ref``."""
-
-    def row_loss(idx: torch.Tensor) -> torch.Tensor:
-        lp = logp_completion(lm, _fused(pairs, idx), task.prefix_len, placement)
-        lp_c, lp_r = lp.chunk(2)
-        dev = lp.device
-        margin = (lp_c - ref["chosen"][idx].to(dev, lp.dtype)) - (
-            lp_r - ref["rejected"][idx].to(dev, lp.dtype)
-        )
-        return -F.logsigmoid(beta * margin)
-
-    return row_loss
+def ref_logps(sft: nn.Module, pairs: Pairs, task: Task, placement: Placement) -> Pairs:
+    """log π_ref of the chosen and rejected rows, computed once per data set."""
+    return {k: logp_rows(sft, pairs[k], task, placement) for k in ("chosen", "rejected")}
 
 
 def run_dpo(
     cfg: LLMConfig,
     task: Task,
     init: nn.Module,
-    sft: nn.Module,
     pairs: Pairs,
+    ref: Pairs,
     steps: int,
     gen: torch.Generator,
     placement: Placement,
+    on_step: Callable[[nn.Module, int], None] | None = None,
+    ckpt: Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """DPO from ``init`` with π_ref = ``sft``; reference log-probs computed once."""
-    ref = {k: logp_rows(sft, pairs[k], task, placement) for k in ("chosen", "rejected")}
+    """DPO from ``init`` against precomputed reference log-probs ``ref`` (fixed steps)."""
     lm = copy.deepcopy(init)
-    loss = dpo_row_loss(lm, pairs, ref, cfg.beta, task, placement)
-    return lm, fit(lm, loss, len(pairs["chosen"]), steps, cfg, gen)
 
+    def row_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        lp = logp_completion(model, _fused(pairs, idx), task.prefix_len, placement, task.n_content)
+        lp_c, lp_r = lp.chunk(2)
+        ref_c, ref_r = (ref[k][idx].to(lp.device, lp.dtype) for k in ("chosen", "rejected"))
+        return losses.dpo_rows(lp_c, lp_r, ref_c, ref_r, cfg.beta)
 
-def stage_dpo(
-    cfg: LLMConfig,
-    task: Task,
-    init: nn.Module,
-    sft: nn.Module,
-    pairs: Pairs,
-    seed: int,
-    placement: Placement,
-    name: str = "dpo",
-) -> tuple[nn.Module, dict]:
-    """Offline DPO on the preference pairs (``dpo_extra``: one more pass from the DPO model)."""
-    return run_dpo(cfg, task, init, sft, pairs, cfg.dpo_steps, stage_gen(seed, name), placement)
+    hook = None if on_step is None else (lambda k: on_step(lm, k))
+    info = fit(
+        lm, row_loss, len(pairs["chosen"]), steps, cfg, gen,
+        lr=cfg.pref_lr, ckpt_dir=ckpt, on_step=hook,
+    )  # fmt: skip
+    return lm, info
 
 
 def best_worst(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -282,54 +303,61 @@ def best_worst(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return best, worst, scores.max(dim=1).values > scores.min(dim=1).values
 
 
+def on_policy_pairs(
+    scores: torch.Tensor, gold: torch.Tensor, ys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Best vs worst of N by a labeller's ``scores`` ``(n, N)``, with its label quality.
+
+    Returns:
+        chosen index ``(n,)``, rejected index ``(n,)``, kept-prompt mask ``(n,)``, and
+        ``pairs_kept`` (share of prompts giving a pair), ``distinct`` (mean distinct samples
+        per prompt), ``label_accuracy`` (share of kept pairs whose chosen side has strictly
+        higher gold reward), ``label_ties`` (share with equal gold reward), with the SEs of
+        the two shares (binomial, over kept pairs).
+    """
+    n, big_n = scores.shape
+    best, worst, ok = best_worst(scores)
+    rows = torch.arange(n)
+    g_c, g_r = gold[rows, best][ok], gold[rows, worst][ok]
+    k = max(int(ok.sum()), 1)
+    acc, ties = float((g_c > g_r).double().sum() / k), float((g_c == g_r).double().sum() / k)
+    flat = ys.view(n, big_n, -1)
+    distinct = np.mean([len(torch.unique(flat[i], dim=0)) for i in range(n)]) if n else 0.0
+    info = {
+        "pairs_kept": float(ok.double().mean()) if n else 0.0,
+        "distinct": float(distinct),
+        "label_accuracy": acc if ok.any() else float("nan"),
+        "label_accuracy_se": float(np.sqrt(acc * (1 - acc) / k)) if ok.any() else float("nan"),
+        "label_ties": ties if ok.any() else float("nan"),
+        "label_ties_se": float(np.sqrt(ties * (1 - ties) / k)) if ok.any() else float("nan"),
+    }
+    return best, worst, ok, info
+
+
 def online_pairs(
     cfg: LLMConfig,
     task: Task,
     policy: nn.Module,
-    rm: RewardModel | None,
+    labeller: Callable[[torch.Tensor], torch.Tensor],
     gen: torch.Generator,
     placement: Placement,
-) -> Pairs:
-    """N samples per training prompt at temperature T; best and worst by the RM form a pair.
-
-    ``rm`` None labels by the gold reward r* itself (the oracle positive control).
-    """
+) -> tuple[Pairs, dict[str, float]]:
+    """N samples per fitting prompt at temperature T; best and worst by ``labeller`` (rows →
+    scores) form a pair. Returns the pairs and :func:`on_policy_pairs`' label quality."""
     n = cfg.online_samples
-    rep, ys = sample_rows(
-        policy, task, task.train_prompts, n, cfg.online_temperature, gen, placement
-    )
-    if rm is None:
-        scores = task.gold(rep, ys).view(-1, n)
-    else:
-        scores = rm_rows(rm, task.join(rep, ys), placement).view(-1, n)
-    best, worst, ok = best_worst(scores)
-    rows = torch.arange(len(task.train_prompts)) * n
-    prompts = task.train_prompts[ok]
+    prompts = fit_prompts(task)
+    rep, ys = sample_rows(policy, task, prompts, n, cfg.online_temperature, gen, placement)
+    seqs = task.join(rep, ys)
+    scores = labeller(seqs).view(-1, n)
+    gold = task.gold(rep, ys).view(-1, n)
+    best, worst, ok, info = on_policy_pairs(scores, gold, ys)
+    rows = torch.arange(len(prompts)) * n
     return {
-        "chosen": task.join(prompts, ys[(rows + best)[ok]]),
-        "rejected": task.join(prompts, ys[(rows + worst)[ok]]),
-    }
+        "chosen": seqs[(rows + best)[ok]],
+        "rejected": seqs[(rows + worst)[ok]],
+    }, info
 
 
-def stage_online(
-    cfg: LLMConfig,
-    task: Task,
-    init: nn.Module,
-    sft: nn.Module,
-    rm: RewardModel | None,
-    rounds: int,
-    seed: int,
-    placement: Placement,
-    name: str,
-) -> tuple[nn.Module, dict]:
-    """Online DPO: ``rounds`` × (sample from the current policy, relabel by the RM, DPO).
-
-    ``rm`` None: relabel by r* (oracle positive control, reported beside the RM arms).
-    """
-    gen = stage_gen(seed, name)
-    policy, info = init, {}
-    for _ in range(rounds):
-        pairs = online_pairs(cfg, task, policy, rm, gen, placement)
-        policy, info = run_dpo(cfg, task, policy, sft, pairs, cfg.online_steps, gen, placement)
-        info["n_pairs"] = float(len(pairs["chosen"]))
-    return policy, info
+def frontier_steps(cfg: LLMConfig, steps: int) -> list[int]:
+    """Steps at which a DPO run's policy is evaluated: 0 and ``frontier`` evenly spaced ones."""
+    return sorted({0, *(round(steps * (i + 1) / cfg.frontier) for i in range(cfg.frontier))})

@@ -8,11 +8,11 @@ reused work buffer (no allocation per block, cache-resident on a GPU):
     s = max_ξ r/β;   e(ξ) = P_ref(ξ | row root) · exp(r(ξ)/β − s);   E = Σ e;   F = Σ e · r
 
 (uniform π_ref: P_ref(ξ|root) = V^(−j), applied as −j log V; otherwise the π_ref node tables
-are multiplied in level by level). So V_{H−j}(root) = s + log E (the soft value, THEORY §2),
+are multiplied in level by level). So V_{H−j}(root) = s + log E (the soft value, docs/theory.md §2),
 and F/E = E_{π*}[r | root]. Above the rows, on the m·V^(H−j) roots only, ordinary soft VI
 in float64: V_h(s) = log Σ_a π_ref(a|s) e^{V_{h+1}(s·a)},
 π*(a|s) = π_ref(a|s) e^{V_{h+1}(s·a) − V_h(s)}, and E_{π*}[r | s] = Σ_a π*(a|s) E_{π*}[r | s·a].
-Outputs are exact (Gibbs identity, THEORY §3):
+Outputs are exact (Gibbs identity, docs/theory.md §3):
 
     log Z = V_0,   J(π*) = β log Z,   E_{π*} r,   KL(π*‖π_ref) = E_{π*} r / β − log Z.
 

@@ -3,7 +3,7 @@ capacity residuals, measured like containment on the class ladder (exactly, on t
 tree, best of several restarts, with gradient norms).
 
 - ``offline/capacity_residual`` = min_θ E_x KL(P_θ ‖ P*) (nats): the reverse-KL projection
-  of π* = π*_{r*} on the policy class, i.e. exact RL on r* (Gibbs identity, THEORY §3:
+  of π* = π*_{r*} on the policy class, i.e. exact RL on r* (Gibbs identity, docs/theory.md §3:
   J(π*) − J(π_θ) = β E_x KL(P_θ ‖ P*)), so ``offline/capacity_regret`` = β × the residual is
   the J the policy network cannot reach even with a perfect verifier.
 - ``online/capacity_residual`` = min_w Σ_x ρ_x Var_{P*(·|x)}(r_w − r*) / Σ_x ρ_x
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gvgap import theory as T
-from gvgap.nn import losses as L
+from gvgap import theory as theory
+from gvgap.nn import losses as losses
 from gvgap.nn import train as TR
 from gvgap.nn.device import import_torch
 
@@ -56,7 +56,7 @@ def policy_capacity(policy, envs: Sequence, restarts: int, **opt) -> list[dict[s
     out = []
     for i, env in enumerate(envs):
         kls = np.array(
-            [T.kl(fit.out[i * restarts + r], env.logp_star, env.rho) for r in range(restarts)]
+            [theory.kl(fit.out[i * restarts + r], env.logp_star, env.rho) for r in range(restarts)]
         )
         best = i * restarts + int(np.argmin(kls))
         out.append(
@@ -82,7 +82,7 @@ def reward_capacity(rm, envs: Sequence, restarts: int, **opt) -> list[dict[str, 
         frac = fit.info.loss[i * restarts : (i + 1) * restarts]
         best = i * restarts + int(np.argmin(frac))
         r_w = fit.out[best]
-        logp_w = T.soft_optimal_leaf_logp(env.logp_ref, r_w, env.beta)
+        logp_w = theory.soft_optimal_leaf_logp(env.logp_ref, r_w, env.beta)
         var = _weighted_var(env.r_star, env.logp_star, env.rho)
         out.append(
             {
@@ -108,12 +108,12 @@ def fit_regression(rm, target: np.ndarray, q: np.ndarray, **opt) -> TR.Fit:
     r_t = torch.as_tensor(space.pack(list(target)), dtype=p0.dtype, device=p0.device)
     q_t = torch.as_tensor(space.pack(list(q)), dtype=p0.dtype, device=p0.device)
     m, n = space.n_prompts, space.n_leaves
-    denom = L.weighted_centred_sq_rows(r_t, q_t, m, n)
+    denom = losses.weighted_centred_sq_rows(r_t, q_t, m, n)
     if bool((denom <= 0).any()):
         raise ValueError("r* is constant under π* on some instance: no variance to explain")
 
     def objective(rew, rows):
-        return L.weighted_centred_sq_rows(rew - r_t, q_t, m, n) / denom
+        return losses.weighted_centred_sq_rows(rew - r_t, q_t, m, n) / denom
 
     info = TR.optimise(mod, objective, {**opt, "batch_size": 0})
     return TR.Fit(TR.outputs(mod, space), info, np.zeros(len(target)), mod)

@@ -1,4 +1,5 @@
-"""The one place gvgap chooses a torch device and dtype (DESIGN §1: "device chosen in one place").
+"""The one place gvgap chooses a torch device and dtype (docs/design.md §1: "device chosen in
+one place").
 
 ``resolve(device, dtype)`` turns user-facing names into torch objects:
 

@@ -1,7 +1,9 @@
-"""Torch twins of :mod:`gvgap.losses` (same equations, same weighted-mean convention).
+"""Torch twins of :mod:`gvgap.losses` (same equations, same weighted-mean convention), and the
+losses of the LLM path (:mod:`gvgap.llm.stages`): one loss module for every torch learner.
 
-Each returns a scalar tensor; gradients come from autograd. ``weight`` ``(n,)`` weights rows
-and every loss is Σ w ℓ / Σ w (DESIGN §3).
+Each weighted loss returns a scalar tensor; gradients come from autograd. ``weight`` ``(n,)``
+weights rows and every loss is Σ w ℓ / Σ w (docs/design.md §3). The ``*_rows`` functions return the
+per-row losses ``(n,)`` the weighted ones average (the LLM loop sums rows across ranks).
 """
 
 from __future__ import annotations
@@ -16,14 +18,36 @@ def _wmean(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (weight * loss).sum() / weight.sum()
 
 
+def bt_rows(margin: torch.Tensor) -> torch.Tensor:
+    """Per-row Bradley–Terry NLL ℓ_i = −log σ(Δ_i), Δ = r(ξ⁺) − r(ξ⁻), ``(n,)``."""
+    return -F.logsigmoid(margin)
+
+
 def bt_nll(margin: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """ℓ = −Σ w log σ(Δ) / Σ w for margins Δ = r(ξ⁺) − r(ξ⁻)."""
-    return _wmean(-F.logsigmoid(margin), weight)
+    return _wmean(bt_rows(margin), weight)
+
+
+def dpo_rows(lp_c, lp_r, ref_c, ref_r, beta: float) -> torch.Tensor:
+    """Per-row DPO loss −log σ(β[(log π(ξ⁺) − log π_ref(ξ⁺)) − (log π(ξ⁻) − log π_ref(ξ⁻))])
+    (Rafailov et al. 2023, eq. 7; summed log-ratios), ``(n,)``."""
+    return bt_rows(beta * ((lp_c - ref_c) - (lp_r - ref_r)))
 
 
 def dpo_loss(lp_c, lp_r, ref_c, ref_r, beta: float, weight) -> torch.Tensor:
     """DPO: −log σ(β[(log π(ξ⁺) − log π_ref(ξ⁺)) − (log π(ξ⁻) − log π_ref(ξ⁻))])."""
-    return bt_nll(beta * ((lp_c - ref_c) - (lp_r - ref_r)), weight)
+    return _wmean(dpo_rows(lp_c, lp_r, ref_c, ref_r, beta), weight)
+
+
+def local_rm_rows(lp_c, lp_r, beta: float) -> torch.Tensor:
+    """Per-row reference-free DPO (the local RM r_π = β log π, docs/theory.md §2):
+    −log σ(β (log π(ξ⁺) − log π(ξ⁻))), ``(n,)``."""
+    return bt_rows(beta * (lp_c - lp_r))
+
+
+def sft_rows(lp_demo: torch.Tensor, length: float = 1.0) -> torch.Tensor:
+    """Per-row SFT loss −log π(ξ_i) / length (``length`` H: the per-token NLL), ``(n,)``."""
+    return -lp_demo / length
 
 
 def ipo_loss(lp_c, lp_r, ref_c, ref_r, tau: float, weight, length: float = 1.0) -> torch.Tensor:
@@ -34,7 +58,7 @@ def ipo_loss(lp_c, lp_r, ref_c, ref_r, tau: float, weight, length: float = 1.0) 
 
 def sft_nll(lp_demo: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """SFT: −Σ w log π(ξ_i) / Σ w."""
-    return _wmean(-lp_demo, weight)
+    return _wmean(sft_rows(lp_demo), weight)
 
 
 def centred_sq(r: torch.Tensor) -> torch.Tensor:

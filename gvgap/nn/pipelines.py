@@ -27,7 +27,7 @@ import numpy as np
 from gvgap.data import Preferences
 from gvgap.learners.result import Result
 from gvgap.learners.select import select_lambda_many
-from gvgap.nn import capacity as K
+from gvgap.nn import capacity as capacity
 from gvgap.nn import train as TR
 
 
@@ -145,7 +145,7 @@ def rl_many(
 ) -> list[list[Result]]:
     """Exact RL of each run's initial policy on each of its rewards ``targets[i]`` (one
     stacked call); ``[i][j]`` is run i on target j, with ``kl_proj`` = E KL(P_θ‖P*_r)."""
-    from gvgap import theory as T
+    from gvgap import theory as theory
 
     jobs = [(i, r) for i, ts in enumerate(targets) for r in ts]
     envs = [runs[i].env for i, _ in jobs]
@@ -160,8 +160,8 @@ def rl_many(
     )
     out: list[list[Result]] = [[] for _ in runs]
     for k, ((i, r), env) in enumerate(zip(jobs, envs)):
-        star = T.soft_optimal_leaf_logp(env.logp_ref, r, env.beta)
-        kl = T.kl(fit.out[k], star, env.rho)
+        star = theory.soft_optimal_leaf_logp(env.logp_ref, r, env.beta)
+        kl = theory.kl(fit.out[k], star, env.rho)
         out[i].append(fit.result(k, "rl", logp=fit.out[k], r_hat=r, extra={"kl_proj": kl}))
     return out
 
@@ -189,10 +189,10 @@ def capacity_many(
         envs = [u.env for u in us]
         seeds = [u.capacity_seed + r for u in us for r in range(restarts)]
         rep = [e for e in envs for _ in range(restarts)]
-        pol = K.policy_capacity(arch.policy(rep, seeds), envs, restarts, **opt)
-        rew = K.reward_capacity(arch.reward(rep, seeds, seeds), envs, restarts, **opt)
+        pol = capacity.policy_capacity(arch.policy(rep, seeds), envs, restarts, **opt)
+        rew = capacity.reward_capacity(arch.reward(rep, seeds, seeds), envs, restarts, **opt)
         for k, a, b in zip(todo, pol, rew):
-            _CAPACITY[k] = {**a, **b, "capacity_asymmetry": K.asymmetry(a, b)}
+            _CAPACITY[k] = {**a, **b, "capacity_asymmetry": capacity.asymmetry(a, b)}
             _CAPACITY.move_to_end(k)
         while len(_CAPACITY) > CACHE_SIZE:
             _CAPACITY.popitem(last=False)

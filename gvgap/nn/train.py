@@ -32,7 +32,7 @@ import numpy as np
 
 from gvgap.data import Demos, Preferences
 from gvgap.learners.result import Result
-from gvgap.nn import losses as L
+from gvgap.nn import losses as losses
 from gvgap.nn.device import import_torch
 from gvgap.nn.layout import LeafSpace, pad
 from gvgap.nn.optim import OptInfo, minimise
@@ -223,10 +223,10 @@ def fit_preferences(
         u = lp - ref
         d, w = pairs.margins(u, rows)
         if loss == "dpo":
-            v = L.bt_nll_rows(beta * d, w)
+            v = losses.bt_nll_rows(beta * d, w)
         else:
             v = (w * (d / length - 1.0 / (2.0 * tau)) ** 2).sum(1) / w.sum(1)
-        return v + lams / pairs.total * L.centred_sq_rows(beta * u, m, n)
+        return v + lams / pairs.total * losses.centred_sq_rows(beta * u, m, n)
 
     info = optimise(pol, objective, opt, pairs.weight)
     return Fit(outputs(pol, space), info, lams.cpu().numpy(), pol)
@@ -246,7 +246,7 @@ def fit_rewards(rm, datas, *, lam=0.0, **opt) -> Fit:
 
     def objective(rew, rows):
         d, w = pairs.margins(rew, rows)
-        return L.bt_nll_rows(d, w) + lams / pairs.total * L.centred_sq_rows(rew, m, n)
+        return losses.bt_nll_rows(d, w) + lams / pairs.total * losses.centred_sq_rows(rew, m, n)
 
     info = optimise(mod, objective, opt, pairs.weight)
     return Fit(outputs(mod, space), info, lams.cpu().numpy(), mod)
@@ -267,7 +267,7 @@ def fit_rl(policy, logp_ref, r_hat, *, beta: float, rho, **opt) -> Fit:
     )
 
     def objective(lp, rows):
-        return L.reverse_kl_rows(lp, r, ref, beta, rho_leaf)
+        return losses.reverse_kl_rows(lp, r, ref, beta, rho_leaf)
 
     info = optimise(pol, objective, {**opt, "batch_size": 0})
     return Fit(outputs(pol, space), info, np.zeros(b), pol)
@@ -293,7 +293,7 @@ def fit_sft(policy, logp_ref, demos, *, lam=0.0, beta: float, **opt) -> Fit:
     def objective(lp, rows):
         ii, ww = (idx_t, w_t) if rows is None else (idx_t[:, rows], torch.ones_like(w_t[:, rows]))
         v = -(ww * lp.gather(1, ii)).sum(1) / ww.sum(1)
-        return v + lams / w_t.sum(1) * L.centred_sq_rows(beta * (lp - ref), m, n)
+        return v + lams / w_t.sum(1) * losses.centred_sq_rows(beta * (lp - ref), m, n)
 
     info = optimise(pol, objective, opt, w_t)
     return Fit(outputs(pol, space), info, lams.cpu().numpy(), pol)
@@ -351,12 +351,12 @@ def fit_reward(rm, data: Preferences, *, lam: float = 0.0, **opt) -> Result:
 
 def rl_exact(policy, env, r_hat: np.ndarray, **opt) -> Result:
     """Exact online RL of one torch policy on r̂; ``extra["kl_proj"]`` = E_x KL(P_θ‖P*_r̂)."""
-    from gvgap import theory as T
+    from gvgap import theory as theory
 
     fit = fit_rl(policy, env.logp_ref, r_hat, beta=env.beta, rho=env.rho, **opt)
     lp = fit.out[0]
-    target = T.soft_optimal_leaf_logp(env.logp_ref, r_hat, env.beta)
-    return _one(fit, "rl", logp=lp, r_hat=r_hat, extra={"kl_proj": T.kl(lp, target, env.rho)})
+    target = theory.soft_optimal_leaf_logp(env.logp_ref, r_hat, env.beta)
+    return _one(fit, "rl", logp=lp, r_hat=r_hat, extra={"kl_proj": theory.kl(lp, target, env.rho)})
 
 
 def rl_sampled(
@@ -409,7 +409,7 @@ def rl_sampled(
         opt.zero_grad()
         (-(adv * lps).mean()).backward()
         opt.step()
-    value = L.reverse_kl_objective(pol.leaf_logp(), r, ref, env.beta, rho)
+    value = losses.reverse_kl_objective(pol.leaf_logp(), r, ref, env.beta, rho)
     grads = torch.autograd.grad(value, params, allow_unused=True)
     gn = math.sqrt(sum(float((g**2).sum()) for g in grads if g is not None))
     lp = pol.leaf_logp().detach().cpu().numpy().astype(np.float64)

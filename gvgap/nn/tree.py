@@ -1,4 +1,4 @@
-"""Torch twins of the tree coordinates of :mod:`gvgap.theory.tree` (THEORY §2).
+"""Torch twins of the tree coordinates of :mod:`gvgap.theory.tree` (docs/theory.md §2).
 
 Leaves are indexed in base V, first token most significant, as in the numpy core, so a
 depth-(h+1) tensor ``(m, V^(h+1))`` reshapes to ``(m, V^h, V)`` = (state, next token). The

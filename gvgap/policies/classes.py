@@ -1,4 +1,4 @@
-"""Tabular autoregressive, log-linear and soft-optimal policy classes (THEORY §2–§3)."""
+"""Tabular autoregressive, log-linear and soft-optimal policy classes (docs/theory.md §2–§3)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gvgap import theory as T
+from gvgap import theory
 from gvgap.theory.tree import NodeLogp, log_softmax
 
 
@@ -63,18 +63,19 @@ class LogitPolicy:
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
         """log P_θ(ξ|x), ``(m, V^H)``."""
-        return T.node_to_leaf_logp(self.node_logp(theta))
+        return theory.node_to_leaf_logp(self.node_logp(theta))
 
 
 class TabularPolicy(LogitPolicy):
     """Every autoregressive policy on the tree: θ = one logit per (state, token).
 
     ``n_params = m Σ_h V^(h+1)``; π(a|s) = softmax(θ_s)_a. Equivalent to *all* leaf
-    distributions with full support (THEORY §2), i.e. R(Π) = every reward mod prompt constants.
+    distributions with full support (docs/theory.md §2), i.e. R(Π) = every reward mod prompt
+    constants.
     """
 
     def __init__(self, n_prompts: int, vocab: int, horizon: int, init: NodeLogp | None = None):
-        self.shapes = T.tree.node_shapes(n_prompts, vocab, horizon)
+        self.shapes = theory.tree.node_shapes(n_prompts, vocab, horizon)
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.n_params = int(sum(self.sizes))
         self.vocab, self.horizon = vocab, horizon
@@ -164,7 +165,7 @@ class LogLinearPolicy(LogitPolicy):
 
 
 class SoftOptimalPolicy:
-    """Π(R) = {π*_r : r ∈ R}: P_θ(ξ|x) ∝ P_ref(ξ|x) exp(r_θ(x, ξ)/β) (THEORY §3).
+    """Π(R) = {π*_r : r ∈ R}: P_θ(ξ|x) ∝ P_ref(ξ|x) exp(r_θ(x, ξ)/β) (docs/theory.md §3).
 
     Parameterised by the reward class's parameters; this is the class that online RLHF with
     reward class R searches, and offline MLE restricted to it is claim 8.
@@ -183,7 +184,7 @@ class SoftOptimalPolicy:
 
     def leaf_logp(self, theta: np.ndarray) -> np.ndarray:
         """log P* = log P_ref + r_θ/β − log Z_θ."""
-        return T.log_normalize_leaf(
+        return theory.log_normalize_leaf(
             self.logp_ref + self.reward_class.leaf_reward(theta) / self.beta
         )
 
@@ -195,4 +196,4 @@ class SoftOptimalPolicy:
 
     def node_logp(self, theta: np.ndarray) -> NodeLogp:
         """Node form, by the tree conditionals of the leaf distribution."""
-        return T.leaf_to_node_logp(self.leaf_logp(theta), self.vocab, self.horizon)
+        return theory.leaf_to_node_logp(self.leaf_logp(theta), self.vocab, self.horizon)

@@ -1,4 +1,4 @@
-"""Global tabular, linear-feature (R_sim) and local r_π reward classes (THEORY §2)."""
+"""Global tabular, linear-feature (R_sim) and local r_π reward classes (docs/theory.md §2)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class LinearReward:
 class LocalReward:
     """Local RM of a policy class: r_θ = β (log P_θ − log P_ref), or β log P_θ if no reference.
 
-    With ``beta=1`` and no reference this is the reference-free local RM of THEORY §2/§5.
+    With ``beta=1`` and no reference this is the reference-free local RM of docs/theory.md §2/§5.
     R(Π) for Π tabular is every reward modulo per-prompt constants (isomorphic classes).
     """
 

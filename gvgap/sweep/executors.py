@@ -1,12 +1,11 @@
-"""Executors: run chunks of runs in-process, in a local process pool, or on Ray.
+"""Executors: run chunks of runs in-process or in a local process pool (Ray:
+:mod:`gvgap.sweep.ray_executor`; the choice: :func:`gvgap.sweep.runner.open_executor`).
 
 Every executor calls the same :func:`execute_chunk` on the same chunks, and a run's result
 depends only on its :class:`~gvgap.sweep.spec.RunSpec` (seeds derived in
 :meth:`RunSpec.rngs`), so all executors give bit-identical results. Worker processes run
 single-threaded BLAS / OpenMP (:data:`SINGLE_THREAD_ENV`): one worker per CPU, and no
 reduction order that depends on a thread count.
-
-Ray is an optional extra (``pip install 'gvgap[ray]'``) imported only when asked for.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import contextlib
 import importlib
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ProcessP
 from pathlib import Path
 from typing import Any
 
-from gvgap.errors import UserError
+from gvgap.errors import check_choice, check_int
 from gvgap.sweep.spec import RunSpec
 
 EXECUTORS = ("local", "ray")
@@ -87,54 +87,14 @@ def execute_chunk(runs: Chunk) -> list[Record]:
 
 def check_executor(kind: str) -> str:
     """``kind`` if it is a known executor, else UserError naming --executor."""
-    if kind not in EXECUTORS:
-        raise UserError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
-    return kind
+    return check_choice("--executor", kind, EXECUTORS)
 
 
 def resolve_workers(workers: int | None) -> int:
     """Worker count: ``None`` → ``os.cpu_count()``; refuses anything below 1 (--workers)."""
     if workers is None:
         return os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UserError(f"--workers must be an integer >= 1, got {workers!r}")
-    return workers
-
-
-def import_ray() -> Any:
-    """The ``ray`` module, or UserError telling how to install the extra."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--executor ray needs Ray: pip install 'gvgap[ray]'") from None
-    return ray
-
-
-#: Seconds to wait for a TCP connection to a Ray head given by --address.
-CONNECT_TIMEOUT_S = 5.0
-
-
-def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Refuse a Ray ``host:port`` (or ``ray://host:port``) that does not accept a TCP
-    connection within ``timeout`` seconds; ``auto`` and other forms are left to Ray.
-
-    Raises:
-        UserError: naming --address, the reason and the timeout.
-    """
-    import socket
-
-    target = address.removeprefix("ray://")
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise UserError(
-            f"--address {address}: no Ray cluster reachable there ({reason}, {timeout:g} s timeout)"
-        ) from None
+    return check_int("--workers", workers, 1)
 
 
 @contextlib.contextmanager
@@ -166,6 +126,53 @@ def _single_threaded() -> Iterator[None]:
             torch.set_num_threads(1)
             stack.callback(torch.set_num_threads, before)
         yield
+
+
+@contextlib.contextmanager
+def sigint_here_only() -> Iterator[None]:
+    """Block SIGINT in this thread while it starts child processes (pool workers, the
+    forkserver, Ray's daemons). Children inherit the signal mask (fork, exec and forkserver
+    alike), so a terminal Ctrl-C, which goes to the whole process group, reaches only this
+    process: it stops the children itself (:func:`terminate_pool`, ``ray.shutdown``) instead
+    of every child printing its own KeyboardInterrupt traceback mid-start-up (issue 19). A
+    SIGINT that arrives meanwhile is delivered here when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+#: Seconds to wait for a pool's manager thread to take note of its ended workers.
+TERMINATE_JOIN_S = 5.0
+
+
+def terminate_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a process pool now: end its workers (they write nothing; the runs they held are
+    not stored and run again on resume), then drop its queued tasks.
+
+    Order matters (CPython 3.11): the pool's manager thread marks every unfinished future
+    broken once a worker dies, and raises InvalidStateError (a traceback on stderr) for a
+    future already cancelled. So cancelled futures are taken out of its work table first,
+    the workers ended, and the manager thread (which then exits) waited for before the
+    remaining tasks are cancelled.
+    """
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    items = getattr(pool, "_pending_work_items", None)
+    if items is not None:
+        for key, item in list(items.items()):
+            if item.future.cancelled():
+                items.pop(key, None)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if procs and manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=TERMINATE_JOIN_S)
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- executors
@@ -243,7 +250,8 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _submit_all(pool: ProcessPoolExecutor, chunks: Iterable[Chunk]) -> set[Future]:
-    return {pool.submit(execute_chunk, c) for c in chunks}
+    with sigint_here_only():  # submitting starts the workers (and the forkserver)
+        return {pool.submit(execute_chunk, c) for c in chunks}
 
 
 def _as_finished(
@@ -274,7 +282,7 @@ def run_in_pool(chunks: list[Chunk], workers: int) -> Iterator[list[Record]]:
             pending = _submit_all(pool, chunks)
         yield from _as_finished(pending)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        terminate_pool(pool)  # Ctrl-C or an error: the workers ignore SIGINT, end them
         raise
     pool.shutdown(wait=True)
 
@@ -293,8 +301,9 @@ class SharedPool:
         self.workers = workers
         self._stop = threading.Event()
         self._pool = _process_pool(workers)
-        with _environ(SINGLE_THREAD_ENV):  # start the forkserver and a worker in this env now:
-            self._pool.submit(os.getpid).result()  # sweeps submit later, from many threads
+        with _environ(SINGLE_THREAD_ENV), sigint_here_only():  # start the forkserver and a
+            first = self._pool.submit(os.getpid)  # worker in this env now: sweeps submit
+        first.result()  # later, from many threads (their workers fork from the forkserver)
 
     def execute(self, chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
         """The executor contract of :func:`open_executor`: chunks → record lists."""
@@ -302,18 +311,15 @@ class SharedPool:
 
     def submit(self, fn: Any, *args: Any) -> Future:
         """Run ``fn(*args)`` (a picklable, module-level function) on a worker."""
-        return self._pool.submit(fn, *args)
+        with sigint_here_only():
+            return self._pool.submit(fn, *args)
 
     def close(self, cancel: bool = False) -> None:
         """Shut the workers down (``cancel``: drop queued tasks first, and make every sweep
         still draining this pool raise CancelledError instead of waiting)."""
-        if cancel:
+        if cancel:  # running chunks cannot be cancelled: end their workers, then the sweeps
+            terminate_pool(self._pool)
             self._stop.set()
-            # running chunks cannot be cancelled: end their workers (they write nothing; the
-            # runs they held are simply not stored and run again on resume)
-            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
-                with contextlib.suppress(Exception):
-                    proc.terminate()
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
@@ -327,98 +333,3 @@ def shared_pool(workers: int) -> Iterator[SharedPool]:
         pool.close(cancel=True)
         raise
     pool.close()
-
-
-class SharedRay:
-    """One Ray session shared by many concurrent sweeps (``gvgap reproduce --executor ray``):
-    the executor contract of :func:`open_executor`, and :meth:`close` to stop every sweep
-    still running on it."""
-
-    def __init__(self, ray: Any, window: int) -> None:
-        self.ray, self.window = ray, window
-        self._stop = threading.Event()
-
-    def execute(self, chunks: Iterable[Chunk]) -> Iterator[list[Record]]:
-        """Chunks → record lists, at most ``window`` tasks in flight per sweep."""
-        return run_on_ray(self.ray, list(chunks), self.window, self._stop)
-
-    def close(self, cancel: bool = False) -> None:
-        """``cancel``: make every sweep on this session raise CancelledError and cancel its
-        tasks (the session itself is stopped by :func:`ray_session`)."""
-        if cancel:
-            self._stop.set()
-
-
-@contextlib.contextmanager
-def ray_session(workers: int, address: str | None) -> Iterator[Any]:
-    """Connect to ``address`` or start a local Ray with ``workers`` CPUs; reuse a running one."""
-    ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
-        kwargs = {"runtime_env": {"env_vars": SINGLE_THREAD_ENV}, "log_to_driver": False}
-        kwargs["logging_level"] = "WARNING"
-        try:
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, **kwargs)
-        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
-            msg = " ".join(str(exc).split())[:300]
-            raise UserError(f"--address {address or '(local)'}: cannot start Ray: {msg}") from None
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def run_on_ray(
-    ray: Any, chunks: list[Chunk], window: int, stop: threading.Event | None = None
-) -> Iterator[list[Record]]:
-    """Run chunks as Ray tasks (1 CPU each), at most ``window`` in flight, yielding records.
-
-    Task errors are re-raised as the original exception (a UserError stays a UserError).
-    ``stop`` set (a shared session being closed) raises CancelledError within
-    :data:`STOP_POLL_S` and cancels the tasks in flight.
-    """
-    task = ray.remote(num_cpus=1)(execute_chunk)
-    todo = list(reversed(chunks))
-    flight: list[Any] = []
-    try:
-        while todo or flight:
-            while todo and len(flight) < window:
-                flight.append(task.remote(todo.pop()))
-            timeout = None if stop is None else STOP_POLL_S
-            done, flight = ray.wait(flight, num_returns=1, timeout=timeout)
-            if stop is not None and stop.is_set():
-                raise CancelledError("the shared Ray session was closed")
-            if not done:
-                continue
-            try:
-                yield ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                raise (cause if isinstance(cause, BaseException) else exc) from None
-    finally:
-        for ref in flight:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
-
-
-@contextlib.contextmanager
-def open_executor(kind: str, workers: int, address: str | None = None) -> Iterator[Any]:
-    """A function ``chunks -> iterator of record lists`` for the chosen executor.
-
-    ``local`` with one worker runs in this process; ``ray`` starts (and afterwards stops) a
-    local cluster of ``workers`` CPUs, or connects to ``address``.
-    """
-    if kind == "ray":
-        with ray_session(workers, address) as ray:
-            window = workers
-            if address:
-                window = max(1, int(ray.cluster_resources().get("CPU", workers)))
-            yield lambda chunks: run_on_ray(ray, list(chunks), 2 * window)
-    elif workers == 1:
-        yield run_in_process
-    else:
-        yield lambda chunks: run_in_pool(list(chunks), workers)

@@ -45,6 +45,7 @@ class PlainProgress:
         file: where lines go (stderr).
         interval: seconds between lines.
         clock: time source (tests pass a fake one).
+        unit: what an item is, in the line (``runs``; the LLM path counts stage steps).
     """
 
     def __init__(
@@ -55,8 +56,9 @@ class PlainProgress:
         file: TextIO | None = None,
         interval: float = LINE_INTERVAL_S,
         clock: Any = time.monotonic,
+        unit: str = "runs",
     ) -> None:
-        self.total, self.n, self.start_n, self.desc = total, done, done, desc
+        self.total, self.n, self.start_n, self.desc, self.unit = total, done, done, desc, unit
         self.file = file if file is not None else sys.stderr
         self.interval, self.clock = interval, clock
         self.t0 = clock()
@@ -69,7 +71,7 @@ class PlainProgress:
         eta = eta_seconds(self.n, self.total, self.start_n, elapsed)
         eta_s = "?" if eta is None else format_seconds(eta)
         return (
-            f"gvgap: {self.desc} {self.n}/{self.total} runs ({pct:.0f}%), "
+            f"gvgap: {self.desc} {self.n}/{self.total} {self.unit} ({pct:.0f}%), "
             f"{format_seconds(elapsed)} elapsed, ETA {eta_s}"
         )
 
@@ -144,8 +146,10 @@ class SharedProgress:
             self.display.__exit__(None, None, None)
 
 
-def make_progress(total: int, done: int, desc: str, show: bool | Any | None = None) -> Any:
-    """A progress display for ``total`` items of which ``done`` are finished.
+def make_progress(
+    total: int, done: int, desc: str, show: bool | Any | None = None, unit: str = "run"
+) -> Any:
+    """A progress display for ``total`` items (``unit``) of which ``done`` are finished.
 
     ``show=None``: a tqdm bar when stderr is a terminal, else :class:`PlainProgress` lines;
     ``True``: the same choice, forced on; ``False``: nothing; a :class:`SharedProgress`:
@@ -159,6 +163,6 @@ def make_progress(total: int, done: int, desc: str, show: bool | Any | None = No
         from tqdm import tqdm
 
         return tqdm(
-            total=total, initial=done, desc=desc, unit="run", file=sys.stderr, mininterval=0.5
+            total=total, initial=done, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5
         )
-    return PlainProgress(total, done, desc)
+    return PlainProgress(total, done, desc, unit=f"{unit}s")

@@ -12,26 +12,26 @@ import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gvgap.errors import UserError
+from gvgap.errors import UserError, check_int
 from gvgap.experiments.base import make_config
 from gvgap.experiments.registry import get_experiment
 from gvgap.sweep.executors import (
     Chunk,
     SharedPool,
-    SharedRay,
-    check_address,
     check_executor,
     execute_chunk,
-    import_ray,
-    open_executor,
     resolve_workers,
+    run_in_pool,
+    run_in_process,
 )
 from gvgap.sweep.progress import SharedProgress, make_progress
-from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, check_count, config_record
+from gvgap.sweep.ray_executor import SharedRay, check_address, import_ray, ray_session, run_on_ray
+from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, config_record
 from gvgap.sweep.store import RunStore, os_reason
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ def run_single(
         UserError: unknown experiment or field, bad value, negative seed.
     """
     module = get_experiment(exp_id)
-    seed = check_count("--seed", seed, 0)
-    inst = seed if instance_seed is None else check_count("--instance-seed", instance_seed, 0)
+    seed = check_int("--seed", seed, 0)
+    inst = seed if instance_seed is None else check_int("--instance-seed", instance_seed, 0)
     config = config_record(make_config(module.Config, overrides))
     if echo is not None:
         key = RunSpec(exp_id, config, seed, inst).key()
@@ -89,6 +89,25 @@ def auto_chunk_size(module: Any, n_pending: int, workers: int) -> int:
     return max(1, min(cap, math.ceil(n_pending / (CHUNKS_PER_WORKER * workers))))
 
 
+def by_instance(runs: list[RunSpec], module: Any) -> list[RunSpec]:
+    """``runs`` with those of one instance adjacent, for an experiment that declares
+    ``RUN_FIELDS`` (Config fields that leave the instance unchanged): a stable sort on the
+    other fields and the instance seed, so a chunk holds the runs that share an instance and
+    the experiment measures it once (results are per run and do not depend on the order)."""
+    fields = getattr(module, "RUN_FIELDS", None)
+    if not fields:
+        return runs
+
+    def key(run: RunSpec) -> str:
+        rest = {k: v for k, v in run.config.items() if k not in fields}
+        return canonical_json([rest, run.instance_seed])
+
+    order: dict[str, int] = {}
+    for run in runs:
+        order.setdefault(key(run), len(order))
+    return sorted(runs, key=lambda r: order[key(r)])
+
+
 def make_chunks(runs: list[RunSpec], size: int) -> list[Chunk]:
     """Consecutive runs (grid order, seeds innermost) in chunks of ``size``."""
     return [runs[i : i + size] for i in range(0, len(runs), size)]
@@ -100,13 +119,16 @@ def _check_args(executor: str, workers: int | None, chunk_size: int | None) -> i
     n = resolve_workers(workers)
     if executor == "ray":
         import_ray()
-    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
-        raise UserError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, 1)
     return n
 
 
 def _check_out(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` as a Path whose every component fits the file system's name limit."""
+    """``out_dir`` as a Path whose every component fits the file system's name limit; an
+    empty one (which Path reads as the current directory) is refused."""
+    if not os.fspath(out_dir).strip():
+        raise UserError("--out: empty path; give a directory name")
     path = Path(out_dir)
     for part in path.parts:
         if len(part.encode()) > NAME_MAX:
@@ -117,6 +139,25 @@ def _check_out(out_dir: str | os.PathLike) -> Path:
     if len(str(path.resolve()).encode()) > PATH_MAX - 64:
         raise UserError(f"--out: path too long (> {PATH_MAX - 64} bytes)")
     return path
+
+
+@contextlib.contextmanager
+def open_executor(kind: str, workers: int, address: str | None = None) -> Iterator[Any]:
+    """A function ``chunks -> iterator of record lists`` for the chosen executor.
+
+    ``local`` with one worker runs in this process; ``ray`` starts (and afterwards stops) a
+    local cluster of ``workers`` CPUs, or connects to ``address``.
+    """
+    if kind == "ray":
+        with ray_session(workers, address) as ray:
+            window = workers
+            if address:
+                window = max(1, int(ray.cluster_resources().get("CPU", workers)))
+            yield lambda chunks: run_on_ray(ray, list(chunks), 2 * window)
+    elif workers == 1:
+        yield run_in_process
+    else:
+        yield lambda chunks: run_in_pool(list(chunks), workers)
 
 
 def warn(message: str) -> None:
@@ -165,7 +206,7 @@ def run_sweep(
         append: allow a spec different from the one(s) already run in ``out_dir``; the
             manifest then records every spec.
         pool: run the chunks on this shared executor (a :class:`SharedPool`, or a
-            :class:`~gvgap.sweep.executors.SharedRay` with ``executor="ray"``) instead of one
+            :class:`~gvgap.sweep.ray_executor.SharedRay` with ``executor="ray"``) instead of one
             of this sweep's own (concurrent sweeps in threads; ``workers`` then only sizes the
             chunks).
 
@@ -191,7 +232,31 @@ def run_sweep(
     module = get_experiment(spec.experiment)
     if executor == "ray" and address:
         check_address(address)
+    footprint = store.footprint()
     store.prepare()
+    try:
+        return _run_locked(
+            spec, store, runs, module, executor, n_workers, address, chunk_size, progress, pool
+        )
+    except BaseException:  # refused later (Ray would not start), interrupted, failed:
+        store.discard_if_unused(footprint)  # what this sweep added, when it stored no run
+        raise
+
+
+def _run_locked(
+    spec: SweepSpec,
+    store: RunStore,
+    runs: list[RunSpec],
+    module: Any,
+    executor: str,
+    n_workers: int,
+    address: str | None,
+    chunk_size: int | None,
+    progress: bool | Any | None,
+    pool: SharedPool | SharedRay | None,
+) -> pd.DataFrame:
+    """The body of :func:`run_sweep` once the directory exists: under its lock, skip the
+    stored runs, execute the rest, store each as it returns, consolidate."""
     with store.lock():
         records, problems = store.scan()
         planned = {r.run_id for r in runs}
@@ -209,7 +274,7 @@ def run_sweep(
                 f"{len(runs)} runs already stored, {len(pending)} to run"
             )
         size = chunk_size or auto_chunk_size(module, len(pending), n_workers)
-        chunks = make_chunks(pending, size)
+        chunks = make_chunks(by_instance(pending, module), size)
         n_workers = min(n_workers, max(1, len(chunks)))
         try:
             if chunks:

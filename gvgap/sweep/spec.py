@@ -1,10 +1,12 @@
-"""Sweep specifications: TOML files or an experiment's SETTINGS, expanded into runs (DESIGN §5).
+"""Sweep specifications: TOML files or an experiment's SETTINGS, expanded into runs (docs/design.md
+§5).
 
 A sweep file::
 
     [sweep]
     experiment = "c1_gibbs"   # an id from gvgap.experiments.registry
     seeds = 5                 # seeds 0..4 (default 1)
+    seed_start = 0            # optional: seeds seed_start .. seed_start + seeds - 1 (a block)
     instance_seed = 7         # optional: fix the problem instance across seeds
     [fixed]                   # overrides of any Config field
     n_prompts = 2
@@ -15,7 +17,7 @@ A sweep file::
 Every configuration is built and validated (``Config.validate()``) while loading, so a bad
 value is reported before anything runs or is written.
 
-Run identity and randomness (DESIGN §3). A run is (experiment, full config, seed,
+Run identity and randomness (docs/design.md §3). A run is (experiment, full config, seed,
 instance_seed); its id hashes the canonical JSON of these four, so it is the same on any
 machine and executor. Its generators are derived with :class:`numpy.random.SeedSequence`:
 
@@ -32,13 +34,14 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from gvgap.errors import UserError
-from gvgap.experiments.base import did_you_mean, short_repr
+from gvgap.errors import INT64_MAX, UserError, check_int, did_you_mean, short_repr
 
 try:
     import tomllib
@@ -46,19 +49,22 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli packag
     import tomli as tomllib
 
 #: Keys allowed in the ``[sweep]`` table.
-SWEEP_KEYS = ("experiment", "seeds", "instance_seed", "description")
+SWEEP_KEYS = ("experiment", "seeds", "seed_start", "instance_seed", "description")
 #: Keys of a SETTINGS-shaped dict.
-DATA_KEYS = ("seeds", "instance_seed", "fixed", "grid")
+DATA_KEYS = ("seeds", "seed_start", "instance_seed", "fixed", "grid")
 #: Top-level tables allowed in a sweep file.
 TABLES = ("sweep", "fixed", "grid")
 #: Most seeds in one sweep (seeds 0..MAX_SEEDS-1).
 MAX_SEEDS = 10_000
 #: Largest seed / instance seed: results.parquet stores them as int64.
-MAX_SEED = 2**63 - 1
+MAX_SEED = INT64_MAX
 #: Most grid cells (configurations) in one sweep, counted before the grid is expanded.
 MAX_CELLS = 10_000
 #: Most runs (cells × seeds) in one sweep.
 MAX_RUNS = 200_000
+#: Largest sweep file read (bytes): sweep files are a few lines; this bounds what a wrong
+#: path (a huge log, a disk image) can make the loader read.
+MAX_SWEEP_FILE_BYTES = 1 << 20
 #: Second entropy word of every instance stream (keeps it disjoint from the run streams).
 INSTANCE_STREAM = 0x1A57A9CE
 
@@ -127,12 +133,14 @@ class SweepSpec:
 
     Attributes:
         experiment: experiment id.
-        seeds: number of seeds (seeds ``0..seeds-1``).
+        seeds: number of seeds (seeds ``seed_start .. seed_start + seeds - 1``).
         fixed: overrides applied to every run.
         grid: values per field; runs are the cartesian product in the given field order.
         instance_seed: fixed instance seed, or None for ``instance_seed = seed``.
         source: where the spec came from (a file path or ``<id>:SETTINGS``).
         configs: the validated full configs, in grid order.
+        seed_start: first seed (a block of instance seeds never used elsewhere, e.g. the
+            confirmatory block of an experiment's verdict).
     """
 
     experiment: str
@@ -142,20 +150,21 @@ class SweepSpec:
     instance_seed: int | None
     source: str
     configs: tuple[dict[str, Any], ...] = field(repr=False)
+    seed_start: int = 0
 
     def runs(self) -> list[RunSpec]:
         """Every run, config-major then seed, without duplicates."""
         out: dict[str, RunSpec] = {}
         for cfg in self.configs:
-            for seed in range(self.seeds):
+            for seed in range(self.seed_start, self.seed_start + self.seeds):
                 inst = seed if self.instance_seed is None else self.instance_seed
                 run = RunSpec(self.experiment, cfg, seed, inst)
                 out.setdefault(run.run_id, run)
         return list(out.values())
 
     def to_json(self) -> dict[str, Any]:
-        """The spec as written to the manifest."""
-        return {
+        """The spec as written to the manifest (``seed_start`` only when not 0)."""
+        out = {
             "experiment": self.experiment,
             "seeds": self.seeds,
             "instance_seed": self.instance_seed,
@@ -163,20 +172,10 @@ class SweepSpec:
             "grid": self.grid,
             "source": self.source,
         }
+        return out | ({"seed_start": self.seed_start} if self.seed_start else {})
 
 
 # ---------------------------------------------------------------- validation helpers
-
-
-def check_count(name: str, value: Any, lo: int, hi: int = MAX_SEED) -> int:
-    """An integer in ``[lo, hi]`` (bools refused), or UserError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge int"
-        bound = f">= {lo}" if hi == MAX_SEED else f"in [{lo}, {hi}]"
-        if hi == MAX_SEED and isinstance(value, int) and value > hi:
-            bound = f"in [{lo}, 2**63 - 1]"
-        raise UserError(f"{name} must be an integer {bound}, got {shown[:60]}")
-    return value
 
 
 def check_size(where: str, n_cells: int, seeds: int) -> None:
@@ -275,22 +274,35 @@ def spec_from_data(eid: Any, data: dict[str, Any], source: str) -> SweepSpec:
         raise UserError(
             f"{where} unknown key {unknown[0]!r}{hint}; allowed: {', '.join(DATA_KEYS)}"
         )
-    seeds = check_count(f"{where} seeds", data.get("seeds", 1), 1, MAX_SEEDS)
+    seeds = check_int(f"{where} seeds", data.get("seeds", 1), 1, MAX_SEEDS)
+    start = check_int(f"{where} seed_start", data.get("seed_start", 0), 0, MAX_SEED - seeds)
     inst = data.get("instance_seed")
-    inst = None if inst is None else check_count(f"{where} instance_seed", inst, 0)
+    inst = None if inst is None else check_int(f"{where} instance_seed", inst, 0)
     fixed = _check_table(where, data.get("fixed", {}), "fixed")
     grid = _check_table(where, data.get("grid", {}), "grid")
     _check_grid(where, grid, fixed)
     check_size(where, math.prod(len(v) for v in grid.values()), seeds)
     configs = _expand(module, where, fixed, grid)
     grid = {k: [json.loads(canonical_json(v)) for v in vs] for k, vs in grid.items()}
-    return SweepSpec(eid, seeds, dict(fixed), grid, inst, source, configs)
+    return SweepSpec(eid, seeds, dict(fixed), grid, inst, source, configs, start)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed sweep file. Only a regular file of at most ``MAX_SWEEP_FILE_BYTES`` is read:
+    a device, FIFO or socket (``/dev/zero``: endless; a FIFO: blocks) is refused before it is
+    opened, and the size is checked again on the open file."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise UserError(f"sweep file {path}: not a regular file (a device, FIFO or directory)")
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # replaced since the check
+                raise UserError(f"sweep file {path}: not a regular file")
+            data = fh.read(MAX_SWEEP_FILE_BYTES + 1)
+        if len(data) > MAX_SWEEP_FILE_BYTES:
+            raise UserError(
+                f"sweep file {path}: larger than {MAX_SWEEP_FILE_BYTES} bytes; not a sweep file"
+            )
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"sweep file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -324,7 +336,7 @@ def spec_from_toml(path: str | Path) -> SweepSpec:
         )
     if "experiment" not in sweep:
         raise UserError(f'{path}: [sweep] experiment is missing; add experiment = "<id>"')
-    data = {k: v for k, v in sweep.items() if k in ("seeds", "instance_seed")}
+    data = {k: v for k, v in sweep.items() if k in ("seeds", "seed_start", "instance_seed")}
     data.update(fixed=doc.get("fixed", {}), grid=doc.get("grid", {}))
     return spec_from_data(sweep["experiment"], data, str(path))
 
@@ -345,7 +357,7 @@ def load_spec(target: str, seeds: int | None = None, quick: bool = False) -> Swe
         UserError: anything invalid, naming the field; nothing has run or been written.
     """
     if seeds is not None:
-        check_count("--seeds", seeds, 1, MAX_SEEDS)
+        check_int("--seeds", seeds, 1, MAX_SEEDS)
     if _is_file_target(str(target)):
         if quick:
             raise UserError(

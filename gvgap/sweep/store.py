@@ -1,4 +1,4 @@
-"""The result store of a sweep directory (DESIGN §5).
+"""The result store of a sweep directory (docs/design.md §5).
 
 Layout of ``DIR``::
 
@@ -6,10 +6,10 @@ Layout of ``DIR``::
     runs/<run_id>.json one finished run (config, seeds, metrics), written atomically
     results.parquet    the tidy table of every finished run, rebuilt from runs/
 
-Atomicity: every file is written to a hidden temporary file in the same directory and moved
-into place with :func:`os.replace`, so a reader (or a resumed sweep) sees either the old file
-or the new one, never a part. A crash, SIGKILL or full disk loses at most the runs in flight;
-leftover temporary files are removed on the next start.
+Atomicity: every file is written by :func:`gvgap.atomic.atomic_write` (a hidden temporary file
+in the same directory, moved into place with :func:`os.replace`), so a reader (or a resumed
+sweep) sees either the old file or the new one, never a part. A crash, SIGKILL or full disk
+loses at most the runs in flight; leftover temporary files are removed on the next start.
 
 Integrity: each run file carries ``sha256``, a hash of its canonical JSON (experiment, config,
 seeds, metrics), and its name is the run id that (experiment, config, seeds) hash to. On
@@ -28,11 +28,11 @@ import datetime
 import importlib.metadata
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gvgap.atomic import atomic_write
 from gvgap.errors import UserError
 from gvgap.provenance import git_sha
 from gvgap.sweep.spec import RunSpec, SweepSpec, canonical_json, digest
@@ -56,17 +56,6 @@ def split_metric(key: str) -> tuple[str, str]:
     """``"dpo/J"`` → ``("dpo", "J")``; a bare ``"J"`` → ``("", "J")`` (split on the first /)."""
     pipeline, sep, metric = key.partition("/")
     return (pipeline, metric) if sep else ("", key)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory + os.replace."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _now() -> str:
@@ -132,8 +121,9 @@ def record_problem(rec: Any, stem: str) -> str | None:
     """None for a valid run record stored as ``<stem>.json``, else what is wrong with it.
 
     Valid: the :data:`RECORD_KEYS`, numeric metrics, a file name equal to the run id that
-    (experiment, config, seed, instance_seed) hash to, and (files written since checksums were
-    added) a ``sha256`` equal to the hash of everything else in the record.
+    (experiment, config, seed, instance_seed) hash to, and a ``sha256`` equal to the hash of
+    everything else in the record (a file without one is corrupt: deleting the hash must not
+    let an edited value through, issue 19).
     """
     if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS):
         return "not a run record (keys missing)"
@@ -152,8 +142,10 @@ def record_problem(rec: Any, stem: str) -> str | None:
         ok = False
     if not ok:
         return "its experiment, config or seeds do not match its run id (edited or renamed?)"
+    if "sha256" not in rec:
+        return "it has no sha256 (edited by hand, or written before checksums)"
     body = {k: v for k, v in rec.items() if k != "sha256"}
-    if "sha256" in rec and rec["sha256"] != digest(body):
+    if rec["sha256"] != digest(body):
         return "its content does not match its sha256 (edited by hand?)"
     return None
 
@@ -224,6 +216,43 @@ class RunStore:
                 f"--out {self.root} holds results but no {MANIFEST} (not a gvgap sweep of "
                 f"{spec.experiment}); refusing to overwrite (choose another --out)"
             )
+
+    def footprint(self) -> tuple[Path | None, set[str] | None]:
+        """What :meth:`prepare` and the sweep may add here: the outermost missing directory on
+        the way to ``DIR`` (None when ``DIR`` exists) and the names already in ``DIR``."""
+        missing = None
+        for path in [self.root, *self.root.parents]:
+            if path.exists():
+                break
+            missing = path
+        try:
+            names = {p.name for p in self.root.iterdir()} if missing is None else set()
+        except OSError:  # unreadable: prepare() will say so; nothing will be undone
+            names = None
+        return missing, names
+
+    def discard_if_unused(self, footprint: tuple[Path | None, set[str] | None]) -> None:
+        """Undo what a sweep added when it stored no run (refused after :meth:`prepare`, e.g.
+        Ray would not start, or interrupted first): its manifest, lock and empty ``runs/``,
+        then the directories it created (the ``footprint`` taken before :meth:`prepare`).
+        Whatever was there before, or a directory holding a run now, is left as it was."""
+        created, before = footprint
+        if before is None or any(self.runs_dir.glob("*.json")):
+            return
+        with contextlib.suppress(OSError):
+            for name in (MANIFEST, LOCK, RESULTS):
+                if name not in before:
+                    (self.root / name).unlink(missing_ok=True)
+            if RUNS not in before and self.runs_dir.is_dir():
+                for tmp in self.runs_dir.glob(".*.tmp"):
+                    tmp.unlink()
+                self.runs_dir.rmdir()
+            if created is None:
+                return
+            for path in [self.root, *self.root.parents]:
+                path.rmdir()  # OSError (not empty) stops the walk
+                if path == created:
+                    break
 
     def prepare(self) -> None:
         """Create ``DIR/runs`` and probe that it is writable.
@@ -317,10 +346,6 @@ class RunStore:
         """Every valid finished run, in file-name order."""
         return self.scan()[0]
 
-    def done_ids(self) -> set[str]:
-        """Ids of the finished runs (invalid run files do not count)."""
-        return {r["run_id"] for r in self.records()}
-
     def write_run(self, record: dict[str, Any]) -> None:
         """Store one finished run with its ``sha256``, atomically."""
         body = {k: v for k, v in record.items() if k != "sha256"}
@@ -336,10 +361,5 @@ class RunStore:
         fields = [f.name for f in dataclasses.fields(get_experiment(experiment).Config)]
         records = [r for r in self.records() if r.get("experiment") == experiment]
         df = tidy_frame(records, fields)
-        tmp = self.root / f".{RESULTS}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, self.root / RESULTS)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(self.root / RESULTS, lambda tmp: df.to_parquet(tmp, index=False))
         return df

@@ -1,4 +1,4 @@
-"""Exact soft (KL-regularised) optimal control on the tree (THEORY §2, §3).
+"""Exact soft (KL-regularised) optimal control on the tree (docs/theory.md §2, §3).
 
 Soft value iteration: V_H = r/β; V_h(s) = log Σ_a π_ref(a|s) exp(V_{h+1}(s·a));
 π*(a|s) = π_ref(a|s) exp(V_{h+1}(s·a) − V_h(s)); log Z_r(x) = V_0(x).
@@ -244,7 +244,7 @@ def local_reward(
 ) -> np.ndarray:
     """Local (DPO implicit) reward r_π = β (log P_π − log P_ref); reference-free if None.
 
-    THEORY §2. Shapes ``(m, N)``.
+    docs/theory.md §2. Shapes ``(m, N)``.
     """
     if logp_ref_leaf is None:
         return beta * logp_leaf

@@ -7,7 +7,7 @@ Leaves are indexed in base V with the first token most significant, so the leaf 
 ``(m, V^(h+1))`` reshapes to ``(m, V^h, V)`` = (state at depth h, next token) for free.
 
 A *node policy* is a tuple ``logpi`` with ``logpi[h]`` of shape ``(m, V^h, V)`` holding
-log π(a | s_h) for every state at depth h (THEORY §2). A *leaf distribution* is an array of
+log π(a | s_h) for every state at depth h (docs/theory.md §2). A *leaf distribution* is an array of
 shape ``(m, V^H)`` holding log P_π(ξ | x) = Σ_h log π(a_h | s_h).
 """
 
@@ -108,7 +108,7 @@ def leaf_marginals(p_leaf: np.ndarray, vocab: int, horizon: int) -> list[np.ndar
 
 
 def leaf_to_node_logp(logp_leaf: np.ndarray, vocab: int, horizon: int) -> NodeLogp:
-    """Node policy realising a leaf distribution (THEORY §2: unique on reachable states).
+    """Node policy realising a leaf distribution (docs/theory.md §2: unique on reachable states).
 
     π(a|s) = P(s·a) / P(s). States of probability zero get the uniform policy.
 

@@ -1,0 +1,217 @@
+"""``gvgap llm run FILE.toml --out DIR`` (docs/design.md §4): the ``llm`` experiment's sweep, run
+in this
+process with every stage checkpointed, then its verdicts, figures and report.
+
+The file is an ordinary sweep file (``[sweep] experiment = "llm"``, ``[fixed]``, ``[grid]``;
+:mod:`gvgap.sweep.spec`), validated whole before anything is written. The directory is the
+sweep store (:mod:`gvgap.sweep.store`): manifest with provenance, its lock (a second run on
+the same ``--out`` is refused on one line), one hashed record per finished run and
+``results.parquet``; on top of it, ``stages/<run_id>/`` holds each run's finished stages and
+mid-stage checkpoints (:mod:`gvgap.llm.pipeline`), so a killed run resumes at its first
+unfinished stage and a corrupted stage is reported and re-run. It ends with ``verdicts.json``
+(one record per task, :func:`gvgap.experiments.llm.task_verdicts`), the figures and
+``report.md`` / ``report.html`` (:func:`gvgap.report.write_report`). Data parallel under
+``torchrun`` / ``accelerate launch`` with no flag: every rank runs the stages, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gvgap.errors import UserError, check_choice
+
+EXPERIMENT = "llm"
+VERDICTS = "verdicts.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"gvgap llm: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gvgap llm`` parser."""
+    p = _Parser(prog="gvgap llm", description="LLM-scale pipeline with a known gold reward")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run (or resume) an llm sweep file into --out")
+    r.add_argument("file", help="sweep .toml with [sweep] experiment = 'llm' (sims/llm_tiny.toml)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--stop-after", default=None, help=argparse.SUPPRESS)
+    h = sub.add_parser(
+        "hf", help="the pipeline on a local HF causal LM + a preference jsonl, through TRL"
+    )
+    h.add_argument("--model", required=True, help="local model + tokenizer directory")
+    h.add_argument("--data", required=True, help="jsonl rows {prompt, chosen, rejected}")
+    h.add_argument("--out", required=True)
+    for name, kind in HF_OPTIONS.items():
+        h.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+    return p
+
+
+#: Options of ``gvgap llm hf`` (fields of :class:`gvgap.llm.hf.HFConfig`).
+HF_OPTIONS = {
+    "beta": float,
+    "lr": float,
+    "batch_size": int,
+    "rm_steps": int,
+    "dpo_steps": int,
+    "online_samples": int,
+    "online_temperature": float,
+    "max_new_tokens": int,
+    "val_fraction": float,
+    "seed": int,
+    "device": str,
+}
+
+
+def run_hf_cli(args: argparse.Namespace) -> int:
+    """``gvgap llm hf``: validate, run the TRL route, print its metrics."""
+    from gvgap.llm.hf import HFConfig, run_hf
+
+    opts = {k: getattr(args, k) for k in HF_OPTIONS if getattr(args, k) is not None}
+    metrics = run_hf(HFConfig(model=args.model, data=args.data, **opts), args.out)
+    for key, value in sorted(metrics.items()):
+        print(f"{key}\t{value:.6g}")
+    return 0
+
+
+def is_main() -> bool:
+    """True on rank 0 (the only process that writes), also under torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load(file: str) -> Any:
+    """The validated sweep of ``file`` (experiment ``llm``), every device checked.
+
+    Raises:
+        UserError: one line naming the field (nothing is written).
+    """
+    from gvgap.nn.device import resolve
+    from gvgap.sweep.spec import spec_from_toml
+
+    try:
+        spec = spec_from_toml(file)
+    except UserError as exc:
+        if "unknown table 'llm'" in str(exc):
+            raise UserError(
+                f"{file}: the [llm] table is replaced by a sweep file: [sweep] experiment = "
+                '"llm", seeds, instance_seed; [fixed] fields; [grid] task = [...]'
+            ) from None
+        raise
+    if spec.experiment != EXPERIMENT:
+        raise UserError(
+            f"{file}: gvgap llm run runs experiment 'llm', not {spec.experiment!r} "
+            "(use gvgap sweep)"
+        )
+    for cfg in spec.configs:
+        resolve(cfg["device"], cfg["dtype"])
+    return spec
+
+
+def run_llm(
+    file: str, out: str | os.PathLike, stop_after: str | None = None, progress: Any = None
+) -> Any:
+    """Run every pending run of ``file`` into ``out``; return the tidy results.
+
+    Raises:
+        UserError: bad file, foreign or locked ``out`` (before anything is written there).
+        StopRunError: the ``stop_after`` hook fired (after that stage was stored).
+    """
+    from gvgap.experiments.llm import run_seeds
+    from gvgap.llm.config import LLMConfig
+    from gvgap.llm.pipeline import STAGES, run_stages, stage_units
+    from gvgap.sweep.progress import make_progress
+    from gvgap.sweep.runner import _check_out, _report_problems
+    from gvgap.sweep.store import RunStore
+
+    spec = load(file)
+    if stop_after is not None:
+        check_choice("--stop-after", stop_after, tuple(dict(STAGES)))
+    store = RunStore(_check_out(out))
+    store.check(spec)
+    runs = spec.runs()
+    main = is_main()
+    if main:
+        store.prepare()
+    with store.lock() if main else contextlib.nullcontext():
+        records, problems = store.scan()
+        _report_problems(problems, {r.run_id for r in runs})
+        done = {r["run_id"] for r in records}
+        pending = [r for r in runs if r.run_id not in done]
+        if main:
+            store.write_manifest(spec, runs)
+        configs = [LLMConfig(**r.config) for r in pending]
+        total = sum(sum(stage_units(c).values()) for c in configs)
+        with make_progress(total, 0, EXPERIMENT, progress, unit="step") as bar:
+            for run, cfg in zip(pending, configs, strict=True):
+                seed, inst = run_seeds(*run.rngs())
+                start = time.perf_counter()
+                metrics = run_stages(
+                    cfg, seed, inst, store.root / "stages" / run.run_id,
+                    write=main, progress=bar, stop_after=stop_after,
+                )  # fmt: skip
+                if main:
+                    record = {"run_id": run.run_id, **run.key()}
+                    record["metrics"] = {k: float(v) for k, v in metrics.items()}
+                    record["elapsed_s"] = time.perf_counter() - start
+                    store.write_run(record)
+        if not main:
+            return None
+        df = store.consolidate(EXPERIMENT)
+        write_outputs(store.root, df)
+    return df
+
+
+def write_outputs(root: Path, df: Any) -> list[Path]:
+    """``verdicts.json`` (per task), figures and the report of an llm sweep directory."""
+    from gvgap.atomic import atomic_write
+    from gvgap.experiments.llm import task_verdicts
+    from gvgap.report import write_report
+
+    verdicts = task_verdicts(df)
+    text = json.dumps(verdicts, indent=1, sort_keys=True, default=float)
+    atomic_write(root / VERDICTS, text)
+    return [root / VERDICTS, *write_report(root)]
+
+
+def print_table(df: Any, verdicts_path: Path) -> None:
+    """The paper's table and the per-task verdicts on stdout."""
+    from gvgap.llm.report import markdown_table, table
+
+    header, rows = markdown_table(table(df))
+    print("win rate vs pi_ref samples (gold BT), mean +- SE over seeds")
+    print(" | ".join(header))
+    for row in rows:
+        print(" | ".join(row))
+    verdicts = json.loads(verdicts_path.read_text())
+    for key, v in verdicts.items():
+        print(
+            f"{key}: {v['verdict']} (effect {v['effect']:+.4f} [{v['ci_low']:+.4f}, "
+            f"{v['ci_high']:+.4f}], control {v['positive_control']['effect']:+.4f}, "
+            f"{v['seeds']} seeds)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gvgap llm …``; raises UserError (the top-level CLI prints it and exits 2)."""
+    from gvgap.llm.pipeline import StopRunError
+
+    args = build_parser().parse_args(argv)
+    if args.command == "hf":
+        return run_hf_cli(args)
+    try:
+        df = run_llm(args.file, args.out, stop_after=args.stop_after)
+    except StopRunError as stop:
+        print(f"gvgap: stopped after stage {stop}; run again to resume", file=sys.stderr)
+        return 0
+    if df is not None:
+        print_table(df, Path(args.out) / VERDICTS)
+    return 0
