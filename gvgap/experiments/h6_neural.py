@@ -56,6 +56,11 @@ CLAIM = (
     "favours the verifier."
 )
 NOTES = "H6"
+PAPER_POSITION = (
+    "most support for H6 (the gap); neural classes are where the paper's models live, and an "
+    "implicit reward that verifies but cannot generate is the asymmetry it points to"
+)
+PAPER_EXPECTS = "supported"
 DESIGN_NOTE = __doc__
 HYPOTHESIS = (
     "online − offline in J > 0 where the policy network cannot represent π* but the RM "
