@@ -30,30 +30,24 @@ def cell_table(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """One row per cell: the cell columns, ``d`` (array of paired J(rlhf) − J(dpo)),
     ``mean, lo, hi``, ``ctrl`` (mean oracle − dpo), ``n`` (seeds) and the capacity medians
     ``cap_off, cap_on, asym``."""
-    from gvgap.experiments.hypothesis import mean_ci, paired
+    from gvgap.stats import mean_ci, paired_diffs
 
     keys = [k for k in keys if k in df.columns]
     rows = []
     groups = df.groupby(keys, sort=True) if keys else [((), df)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
-        d = paired(g, _contrast("rlhf"))
+        d = paired_diffs(g, "rlhf", "dpo", "J")
         if d.size == 0:
             continue
-        m, lo, hi = mean_ci(d)
+        m, lo, hi = mean_ci(d, rng=np.random.default_rng(0))
         row = {**dict(zip(keys, key)), "d": d, "mean": m, "lo": lo, "hi": hi, "n": d.size}
-        row["ctrl"] = float(np.mean(paired(g, _contrast("oracle")))) if d.size else np.nan
+        row["ctrl"] = float(np.mean(paired_diffs(g, "oracle", "dpo", "J"))) if d.size else np.nan
         for pipe, metric, name in CAPACITY:
             sel = g[(g["pipeline"].fillna("") == pipe) & (g["metric"] == metric)]
             row[name] = float(sel["value"].median()) if len(sel) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _contrast(a: str):
-    from gvgap.experiments.hypothesis import Contrast
-
-    return Contrast(f"{a} − dpo", a, "dpo", "J")
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:

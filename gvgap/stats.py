@@ -293,6 +293,16 @@ def pair_runs(
     return joined
 
 
+def paired_diffs(df: pd.DataFrame, a: str, b: str, metric: str) -> np.ndarray:
+    """The finite paired differences a_i − b_i of ``metric`` over the runs of ``df``
+    (:func:`pair_runs`); empty unless both pipelines are present. Shape (n_runs,)."""
+    sub = df[df["pipeline"].isin([a, b]) & (df["metric"] == metric)]
+    if set(sub["pipeline"]) != {a, b}:
+        return np.zeros(0)
+    d = pair_runs(sub, metric=metric, a_pipeline=a, b_pipeline=b)["diff"].to_numpy(float)
+    return d[np.isfinite(d)]
+
+
 def paired_difference(
     df: pd.DataFrame,
     *,

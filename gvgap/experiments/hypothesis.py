@@ -61,13 +61,9 @@ def headline_rows(df: pd.DataFrame, headline: dict) -> pd.DataFrame:
 
 def paired(df: pd.DataFrame, c: Contrast) -> np.ndarray:
     """The paired differences a_i − b_i of ``c`` over the runs of ``df`` (finite only)."""
-    from gvgap.stats import pair_runs
+    from gvgap.stats import paired_diffs
 
-    sub = df[df["pipeline"].isin([c.a, c.b]) & (df["metric"] == c.metric)]
-    if set(sub["pipeline"]) != {c.a, c.b}:
-        return np.zeros(0)
-    d = pair_runs(sub, metric=c.metric, a_pipeline=c.a, b_pipeline=c.b)["diff"].to_numpy(float)
-    return d[np.isfinite(d)]
+    return paired_diffs(df, c.a, c.b, c.metric)
 
 
 def mean_ci(d: np.ndarray) -> tuple[float, float, float]:
