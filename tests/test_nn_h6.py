@@ -69,12 +69,12 @@ def test_mlp_cannot_take_policy_backbone():
 
 
 def test_blocks_draw_disjoint_instances():
-    """dev keeps the sweep's instance stream; pilot and confirm get their own."""
+    """dev keeps the sweep's instance stream; pilot, confirm and confirm2 get their own."""
     draws = {
         b: E._instance_rng(b, np.random.default_rng([7, 1])).integers(1 << 62) for b in E.BLOCKS
     }
     assert draws["dev"] == np.random.default_rng([7, 1]).integers(1 << 62)
-    assert len(set(draws.values())) == 3
+    assert len(set(draws.values())) == 4
 
 
 def _frame(adv: float, oracle: float, iso: float = 0.0, n_seeds: int = 12) -> pd.DataFrame:

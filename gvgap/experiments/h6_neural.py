@@ -28,7 +28,11 @@ random future, which a small policy network cannot represent (the asymmetry);
 ``policy_complex`` (r* = β log π/π_ref of a random tabular π) is represented by neither.
 
 Instance blocks (``block``): ``dev`` (development), ``pilot`` (sizes the confirmatory sweep:
-:func:`gvgap.inference.seeds_for_power`) and ``confirm`` (the verdict), disjoint instance
+:func:`gvgap.inference.seeds_for_power`), ``confirm`` (the first confirmatory design, the
+π_ref-concentration dial: :data:`CONC_HEADLINE`) and ``confirm2`` (the second, the width
+dial: :data:`HEADLINE`, fixed after the first came out inconclusive with its premise
+measurably false — both asymmetries ≈ 0.01–0.02 nats — and before any ``confirm2`` run),
+disjoint instance
 streams. Metrics are exact on the tree; regret = J(π*) − J(π). RM accuracy: the probability
 that r̂ orders a pair like r* (exact, trees ≤ ``MAX_ACC_LEAVES`` leaves).
 """
@@ -70,9 +74,9 @@ PREDICTION = "rlhf − dpo in J is greater than 0 at the headline cell."
 
 ARCHS = ("transformer", "mlp")
 RM_INITS = ("fresh", "policy")
-BLOCKS = ("dev", "pilot", "confirm")
+BLOCKS = ("dev", "pilot", "confirm", "confirm2")
 #: Second entropy word of each block's instance stream (``dev`` uses the sweep's own).
-BLOCK_WORDS = {"pilot": 0x9107_B10C, "confirm": 0xC0F1_B10C}
+BLOCK_WORDS = {"pilot": 0x9107_B10C, "confirm": 0xC0F1_B10C, "confirm2": 0xC0F2_B10C}
 #: Most leaves m·V^H of one run (memory is chunked; time grows linearly).
 MAX_NEURAL_LEAVES = 1 << 20
 #: Largest tree on which the exact pairwise RM accuracy is computed (N² pairs per prompt).
@@ -103,8 +107,9 @@ CELL_KEYS = [
     "depth",
     "n_pairs",
 ]
-#: The headline cell of the confirmatory sweep (fixed before it ran).
-HEADLINE = {
+#: The headline cell of the first confirmatory sweep (block ``confirm``, fixed before it ran;
+#: ``sims/h6_neural_conc.toml``): transformers of width 16, π_ref concentration 0.3 against 10.
+CONC_HEADLINE = {
     "family": "planning",
     "check": "ends_with_first",
     "ref": "random",
@@ -116,8 +121,13 @@ HEADLINE = {
     "depth": 1,
     "n_pairs": 64,
 }
+#: The headline cell of the confirmatory sweep (block ``confirm2``, fixed before it ran): MLP
+#: networks of width 4 on the 4×6 tree, where the development block measured the policy
+#: network's residual at 0.07–0.10 nats and the RM network's at ≤ 2.5e-3 (width 64: 0.003–0.006
+#: nats, the other cell of the sweep).
+HEADLINE = {**CONC_HEADLINE, "arch": "mlp", "width": 4}
 #: The headline cell of the quick sweep (a small tree and network of the same design).
-QUICK_HEADLINE = {**HEADLINE, "vocab": 2, "width": 4, "n_pairs": 32}
+QUICK_HEADLINE = {**CONC_HEADLINE, "vocab": 2, "width": 4, "n_pairs": 32}
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ class Config(common.ProblemConfig):
         lr: Adam learning rate.
         polish: L-BFGS iterations at most after Adam (full batch).
         restarts: initialisations of each capacity fit (the best is kept).
-        block: instance block, ``dev``, ``pilot`` or ``confirm`` (disjoint instances).
+        block: instance block, ``dev``, ``pilot``, ``confirm`` or ``confirm2`` (disjoint).
         device: ``cpu``, ``cuda`` or ``auto``.
         dtype: ``auto`` (float64 on CPU, float32 on CUDA), ``float64`` or ``float32``.
     """
@@ -199,21 +209,21 @@ class Config(common.ProblemConfig):
 SMOKE = Config(
     vocab=2, horizon=3, n_pairs=12, k=3, lam=0.01, width=8, steps=20, polish=5, restarts=2
 )
-#: The pilot block that sized the confirmatory sweep (``sims/h6_neural_pilot.toml``): the
-#: headline cell, 6 seeds (:func:`plan_seeds` reads only the headline cell). Measured
-#: (2026-12-06, 6 pilot instances; capacity fits then had 3 restarts): rlhf − dpo mean
-#: +0.178 → 9 seeds for 80 % power (Holm over 2 cells); oracle − dpo +0.961 → 6;
-#: rl_local − dpo +0.0004 (TOST δ = 0.02) → 6. Hence SETTINGS["seeds"] = 9.
-PILOT = {"seeds": 6, "fixed": {"block": "pilot"}, "grid": {}}
-#: The confirmatory sweep (block ``confirm``, never used while developing): one verifier
-#: (ends_with_first), the generator made complex by a peaked random π_ref (concentration
-#: 0.3: the headline) or left nearly uniform (10: both networks fit), at the headline n.
-#: Seeds from :func:`plan_seeds` on the pilot block. The n axis of the surface:
-#: ``sims/h6_neural_n.toml`` (descriptive, block ``dev``).
+#: The power pilot of the confirmatory sweep (``sims/h6_neural_pilot.toml``): the headline
+#: cell on block ``pilot``, 6 seeds (:func:`plan_seeds` reads only the headline cell). The first
+#: design's pilot (transformers, width 16; capacity fits with 3 restarts) measured rlhf − dpo
+#: +0.178, oracle − dpo +0.961, rl_local − dpo +0.0004 → 9 seeds.
+PILOT = {"seeds": 6, "fixed": {"block": "pilot", "arch": "mlp", "width": 4}, "grid": {}}
+#: The confirmatory sweep (block ``confirm2``, never used before this design was fixed): one
+#: verifier (ends_with_first), a random π_ref of concentration 0.3, MLP networks of width 4
+#: (the headline: policy network the bottleneck) and 64 (the asymmetry closed), n = 64.
+#: ``gvgap reproduce`` replaces ``seeds`` by :func:`plan_seeds` on :data:`PILOT`. The n axis:
+#: ``sims/h6_neural_n.toml``, the width × depth surface ``sims/h6_neural_width.toml``
+#: (descriptive, block ``dev``).
 SETTINGS = {
-    "seeds": 9,
-    "fixed": {"block": "confirm"},
-    "grid": {"ref_concentration": [0.3, 10.0]},
+    "seeds": 20,
+    "fixed": {"block": "confirm2", "arch": "mlp"},
+    "grid": {"width": [4, 64]},
 }
 #: Quick: the same design on a 64-leaf tree (V = 2, H = 6) with width-4 networks, λ = 1
 #: fixed, every seed of a cell in one stacked call, on the ``confirm`` block; ``gvgap
@@ -261,7 +271,7 @@ def plan_seeds(pilot: pd.DataFrame, **kw) -> dict:
     from gvgap.inference import power, seeds_for_power
     from gvgap.stats import at_cell
 
-    n_cells = len(SETTINGS["grid"]["ref_concentration"])
+    n_cells = int(np.prod([len(v) for v in SETTINGS["grid"].values()]))
     head = at_cell(block_rows(pilot), _headline(pilot))
     tests = {
         "test": (hypothesis.paired(head, TEST), {"test": "greater"}),
@@ -406,17 +416,18 @@ def _run_group(cfg: Config, runs: list) -> list[dict]:
 
 
 def block_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of one instance block: ``confirm`` if present, else the first present."""
+    """The rows of one instance block: the latest confirmatory block present, else the first
+    present of ``pilot``, ``dev``."""
     if "block" not in df.columns:
         return df
-    blocks = [b for b in ("confirm", "pilot", "dev") if (df["block"] == b).any()]
+    blocks = [b for b in ("confirm2", "confirm", "pilot", "dev") if (df["block"] == b).any()]
     return df[df["block"] == blocks[0]] if blocks else df
 
 
 def _headline(df: pd.DataFrame) -> dict:
     from gvgap.stats import at_cell
 
-    for h in (HEADLINE, QUICK_HEADLINE):
+    for h in (HEADLINE, CONC_HEADLINE, QUICK_HEADLINE):
         if len(at_cell(df, h)):
             return h
     return HEADLINE
