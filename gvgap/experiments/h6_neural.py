@@ -212,7 +212,10 @@ SMOKE = Config(
 #: The power pilot of the confirmatory sweep (``sims/h6_neural_pilot.toml``): the headline
 #: cell on block ``pilot``, 6 seeds (:func:`plan_seeds` reads only the headline cell). The first
 #: design's pilot (transformers, width 16; capacity fits with 3 restarts) measured rlhf − dpo
-#: +0.178, oracle − dpo +0.961, rl_local − dpo +0.0004 → 9 seeds.
+#: +0.178, oracle − dpo +0.961, rl_local − dpo +0.0004 → 9 seeds. This design's pilot
+#: (2026-12-06, 6 instances): rlhf − dpo +0.139 (SD 0.24), oracle − dpo +0.752, rl_local − dpo
+#: −0.0005, capacity asymmetry 0.089 nats → 36 seeds (power 0.82 for the test; 6 suffice for
+#: both controls).
 PILOT = {"seeds": 6, "fixed": {"block": "pilot", "arch": "mlp", "width": 4}, "grid": {}}
 #: The confirmatory sweep (block ``confirm2``, never used before this design was fixed): one
 #: verifier (ends_with_first), a random π_ref of concentration 0.3, MLP networks of width 4
@@ -221,7 +224,7 @@ PILOT = {"seeds": 6, "fixed": {"block": "pilot", "arch": "mlp", "width": 4}, "gr
 #: ``sims/h6_neural_n.toml``, the width × depth surface ``sims/h6_neural_width.toml``
 #: (descriptive, block ``dev``).
 SETTINGS = {
-    "seeds": 20,
+    "seeds": 36,
     "fixed": {"block": "confirm2", "arch": "mlp"},
     "grid": {"width": [4, 64]},
 }
