@@ -166,6 +166,12 @@ def null_test(cells: list[CellStats]) -> NullTest:
     return NullTest(pooled, keys, scales, raw, outcome, differing, int(np.isfinite(nd).sum()))
 
 
+def _finite_mean(x: np.ndarray) -> bool:
+    """Whether the NaN-ignoring mean of ``x`` is finite (False, without a warning, when every
+    value is NaN)."""
+    return bool((~np.isnan(x)).any()) and bool(np.isfinite(np.nanmean(x)))
+
+
 def rank_correlations(
     cells: list[CellStats], *, rng: np.random.Generator
 ) -> dict[str, dict[str, float]]:
@@ -175,7 +181,7 @@ def rank_correlations(
 
     out: dict[str, dict[str, float]] = {}
     for n in RANK_N:
-        mine = [c for c in cells if c.n == n and c.seeds >= 2 and np.isfinite(np.nanmean(c.dc))]
+        mine = [c for c in cells if c.n == n and c.seeds >= 2 and _finite_mean(c.dc)]
         if len(mine) < 3:
             continue
         d = np.array([np.nanmean(c.d) for c in mine])
