@@ -62,6 +62,24 @@ def done(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
     return f, tmp / "o", pd.read_parquet(tmp / "o" / "results.parquet")
 
 
+def test_frontier_start_point_is_the_starting_policy(done) -> None:
+    """Step 0 of a DPO run is its starting policy, evaluated once: the SFT row for the runs
+    from SFT, DPO's last frontier point for the runs from DPO (same numbers, not re-sampled)."""
+    _, _, df = done
+    v = df.set_index(["task", "seed", "pipeline", "metric"])["value"]
+    for (task, seed), _ in df.groupby(["task", "seed"]):
+        sft_wr = v[(task, seed, "sft", "win_rate")]
+        for arm in ("dpo", "online_dpo_sft", "online_dpo_local", "online_dpo_gold"):
+            assert v[(task, seed, arm, "frontier0_step")] == 0.0
+            assert v[(task, seed, arm, "frontier0_win_rate")] == sft_wr
+        dpo = df[(df.pipeline == "dpo") & df.metric.str.fullmatch(r"frontier\d+_step")]
+        last = int(dpo["metric"].nunique())
+        for arm in ("dpo_extra", "online_dpo_dpo"):
+            for m in ("kl", "win_rate"):
+                got = v[(task, seed, arm, f"frontier0_{m}")]
+                assert got == v[(task, seed, "dpo", f"frontier{last - 1}_{m}")]
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
