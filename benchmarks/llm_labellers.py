@@ -21,10 +21,8 @@ usage: python benchmarks/llm_labellers.py RUN_DIR
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,12 +66,13 @@ def describe(train: torch.Tensor, test: torch.Tensor, beta: float) -> dict[str, 
 def run_numbers(cfg, task, models, pairs: dict, placement) -> dict[str, float]:
     """The module docstring's numbers for one finished run (``models`` by stage name)."""
     from gvgap.llm import stages as st
-    from gvgap.llm.model import token_logps
+    from gvgap.llm.model import logp_completion
 
     @torch.no_grad()
     def per_token(name: str, seqs: torch.Tensor) -> torch.Tensor:
         lm = models[name].eval()
-        return token_logps(lm, seqs, task.prefix_len, placement, task.n_content).double().cpu()
+        lp = logp_completion(lm, seqs, task.prefix_len, placement, task.n_content, per_token=True)
+        return lp.double().cpu()
 
     def lab(name: str, ref: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda s: per_token(name, s) - (per_token("sft", s) if ref else 0.0)
@@ -103,27 +102,13 @@ def run_numbers(cfg, task, models, pairs: dict, placement) -> dict[str, float]:
 
 
 def main(run_dir: str) -> None:
-    from gvgap.experiments.llm import run_seeds
-    from gvgap.llm.config import LLMConfig
-    from gvgap.llm.pipeline import Models, StageStore, _Runner
-    from gvgap.llm.tasks import make_task
-    from gvgap.nn.device import resolve
-    from gvgap.sweep.spec import RunSpec
+    from gvgap.sweep.llm_run import stored_runs
 
     torch.set_num_threads(1)
     rows: dict[str, list[dict[str, float]]] = {}
-    for path in sorted((Path(run_dir) / "runs").glob("*.json")):
-        rec = json.loads(path.read_text())
-        run = RunSpec(rec["experiment"], rec["config"], rec["seed"], rec["instance_seed"])
-        cfg = LLMConfig(**rec["config"])
-        seed, inst = run_seeds(*run.rngs())
-        p = resolve(cfg.device, cfg.dtype)
-        task = make_task(cfg, inst)
-        store = StageStore(Path(run_dir) / "stages" / run.run_id, write=False)
-        runner = _Runner(cfg, task, seed, p, store, None, None)
-        runner.data["pairs"], _ = store.load_info("pairs")
-        models = Models(store, runner.skeleton)
-        rows.setdefault(cfg.task, []).append(run_numbers(cfg, task, models, runner.pairs(), p))
+    for run in stored_runs(run_dir):
+        got = run_numbers(run.cfg, run.task, run.models, run.pairs(), run.p)
+        rows.setdefault(run.cfg.task, []).append(got)
     for task, got in rows.items():
         print(f"== {task} ({len(got)} seeds; mean ± SE over seeds; test pairs)")
         for name in ("global", "local", "dpo", "sft", "demo"):
