@@ -13,35 +13,20 @@ usage: python benchmarks/llm_sampling.py RUN_DIR [T,N ...]   (default: 0.1,25 an
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
 
 def main(run_dir: str, settings: list[tuple[float, int]]) -> None:
-    from gvgap.experiments.llm import run_seeds
     from gvgap.llm import evaluate as ev
-    from gvgap.llm.config import LLMConfig
-    from gvgap.llm.pipeline import Models, StageStore, _Runner
-    from gvgap.llm.tasks import make_task
-    from gvgap.nn.device import resolve
-    from gvgap.sweep.spec import RunSpec
+    from gvgap.sweep.llm_run import stored_runs
 
     torch.set_num_threads(1)
     rows: dict[tuple[str, float, int], list[dict[str, float]]] = {}
-    for path in sorted((Path(run_dir) / "runs").glob("*.json")):
-        rec = json.loads(path.read_text())
-        run = RunSpec(rec["experiment"], rec["config"], rec["seed"], rec["instance_seed"])
-        cfg = LLMConfig(**rec["config"])
-        seed, inst = run_seeds(*run.rngs())
-        p = resolve(cfg.device, cfg.dtype)
-        task = make_task(cfg, inst)
-        store = StageStore(Path(run_dir) / "stages" / run.run_id, write=False)
-        runner = _Runner(cfg, task, seed, p, store, None, None)
-        models = Models(store, runner.skeleton)
+    for run in stored_runs(run_dir):
+        cfg, task, seed, p, models = run.cfg, run.task, run.seed, run.p, run.models
         for t, n in settings:
             c = dataclasses.replace(cfg, online_temperature=t, online_samples=n)
             scorers = ev.labellers(c, task, models, p)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,60 @@ def done(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
     f = write(tmp)
     assert main(["llm", "run", str(f), "--out", str(tmp / "o")]) == 0
     return f, tmp / "o", pd.read_parquet(tmp / "o" / "results.parquet")
+
+
+def test_frontier_start_point_is_the_starting_policy(done) -> None:
+    """Step 0 of a DPO run is its starting policy, evaluated once: the SFT row for the runs
+    from SFT, DPO's last frontier point for the runs from DPO (same numbers, not re-sampled)."""
+    _, _, df = done
+    v = df.set_index(["task", "seed", "pipeline", "metric"])["value"]
+    for (task, seed), _ in df.groupby(["task", "seed"]):
+        sft_wr = v[(task, seed, "sft", "win_rate")]
+        for arm in ("dpo", "online_dpo_sft", "online_dpo_local", "online_dpo_gold"):
+            assert v[(task, seed, arm, "frontier0_step")] == 0.0
+            assert v[(task, seed, arm, "frontier0_win_rate")] == sft_wr
+        dpo = df[(df.pipeline == "dpo") & df.metric.str.fullmatch(r"frontier\d+_step")]
+        last = int(dpo["metric"].nunique())
+        for arm in ("dpo_extra", "online_dpo_dpo"):
+            for m in ("kl", "win_rate"):
+                got = v[(task, seed, arm, f"frontier0_{m}")]
+                assert got == v[(task, seed, "dpo", f"frontier{last - 1}_{m}")]
+
+
+def _bench(name: str):
+    """A script of ``benchmarks/`` imported as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_labeller_diagnosis_ml_scale_hand_value_and_run_numbers(done, capsys) -> None:
+    """``benchmarks/llm_labellers.py``: the ML BT scale of margins ±1 in proportion 3 : 1 is
+    logit(3/4) = log 3 (σ(c) = 3/4 sets the derivative 3(1 − σ(c)) − σ(c) to 0); on a run, its
+    global-RM likelihood is the report's ``rm_global/val_likelihood`` (same pairs, same RM)."""
+    import math
+
+    import torch
+
+    bench = _bench("llm_labellers")
+    m = torch.tensor([1.0, 1.0, 1.0, -1.0])
+    assert bench.ml_scale(m) == pytest.approx(math.log(3), abs=1e-9)
+    assert bench.ml_scale(torch.tensor([1.0, -1.0, -1.0])) == 0.0
+    _, out, df = done
+    bench.main(str(out))
+    text = capsys.readouterr().out
+    for task in ("readout", "short"):
+        block = text.split(f"== {task}")[1].split("==")[0]
+        got = float(re.search(r"global\s+lik ([0-9.]+)", block).group(1))
+        want = df[
+            (df.task == task) & (df.pipeline == "rm_global") & (df.metric == "val_likelihood")
+        ]
+        assert got == pytest.approx(float(want["value"].mean()), abs=5e-4)
+        assert "demo " in block and "last_acc" in block
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

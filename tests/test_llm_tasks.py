@@ -4,6 +4,7 @@ distinct, disjoint prompts and held-out reward cells."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -104,6 +105,41 @@ def test_style_chain_and_unskilled_demonstrator() -> None:
     y = task.demonstrate(task.train_prompts, torch.Generator().manual_seed(0))
     assert abs(float(task.gold(task.train_prompts, y).mean()) - 2.0) < 0.1
     assert len({tuple(row) for row in y.tolist()}) > 3900
+
+
+@pytest.mark.parametrize(("name", "h"), [("readout", 3), ("short", 1), ("short", 2), ("sum", 3)])
+def test_demo_logp_is_the_law_of_demonstrate(name: str, h: int) -> None:
+    """Σ_y p_demo(y|x) = 1 over all V^H completions (enumeration), and 40,000 draws of
+    ``demonstrate`` for one prompt match p_demo (each frequency within 5 binomial SEs)."""
+    size = {"short_len": h} if name == "short" else {"completion_len": h}
+    cfg = LLMConfig(task=name, vocab=3, prompt_len=3, n_train_prompts=6, n_eval_prompts=2,
+                    demo_skill=0.4, demo_style=0.3, **size)  # fmt: skip
+    task = make_task(cfg, 5)
+    ys = torch.tensor(list(itertools.product(range(3), repeat=h)))
+    for x in task.train_prompts[:3]:
+        p = task.demo_logp(x.expand(len(ys), -1), ys).exp()
+        assert float(p.sum()) == pytest.approx(1.0, abs=1e-12)
+    x = task.train_prompts[:1].expand(40_000, -1)
+    draws = task.demonstrate(x, torch.Generator().manual_seed(1))
+    code = (draws * torch.tensor([3**i for i in reversed(range(h))])).sum(dim=1)
+    freq = torch.bincount(code, minlength=3**h).double() / len(code)
+    p = task.demo_logp(x[: len(ys)], ys).exp()
+    assert bool(((freq - p).abs() <= 5 * (p * (1 - p) / len(code)).sqrt() + 1e-9).all())
+
+
+def test_demo_logp_hand_value() -> None:
+    # readout, V = 8, H = 3, s = 0.3, k = 0.5: y = (a, τ(a), t) with t the target and
+    # t ≠ τ(τ(a)) → p = (1/8)·(0.3 + 0.7/8)·(0.5 + 0.5·0.7/8)
+    cfg = LLMConfig(task="readout", completion_len=3, demo_style=0.3, demo_skill=0.5)
+    task = make_task(cfg, 0)
+    x = task.train_prompts[:1]
+    t = int(task.target(x))
+    a = next(a for a in range(8) if int(task.style[task.style[a]]) != t)
+    y = torch.tensor([[a, int(task.style[a]), t]])
+    want = math.log(1 / 8) + math.log(0.3 + 0.7 / 8) + math.log(0.5 + 0.5 * 0.7 / 8)
+    assert float(task.demo_logp(x, y)) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match="rouge"):
+        make_task(LLMConfig(task="rouge"), 0).demo_logp(x, y)
 
 
 _BIG = {"n_train_prompts": 4000, "prompt_len": 6, "reward_scale": 4.0}

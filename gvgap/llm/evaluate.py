@@ -18,7 +18,8 @@ temperature 1 (the sampled law is π itself, :mod:`gvgap.llm.model`):
   strictly better by r*), ``label_ties`` (equal r*), ``pairs_kept``, ``distinct``.
 - Best-of-N from π_ref reranked by each labeller (pipeline ``bon_<name>_n<N>``), a curve in N.
 - Matched KL: each DPO run records its policy's metrics at evenly spaced steps (a KL
-  frontier, step 0 being its start); an online arm and its offline counterpart are compared
+  frontier, step 0 being its starting policy, evaluated once per start: SFT's row, or DPO's
+  last point); an online arm and its offline counterpart are compared
   at κ = the smaller of their largest KLs, each frontier's win rate linearly interpolated in
   k1 KL (``<pipeline>/win_rate_matched``, ``<pipeline>/kl_matched``).
 """

@@ -121,8 +121,10 @@ def logp_completion(
     prefix_len: int,
     placement: Placement,
     n_content: int | None,
+    per_token: bool = False,
 ) -> torch.Tensor:
-    """log π(y | x) = Σ_t log π(y_t | x, y_<t) under :func:`token_logp`, ``(B,)``.
+    """log π(y | x) = Σ_t log π(y_t | x, y_<t) under :func:`token_logp`, ``(B,)``; with
+    ``per_token`` the terms log π(y_t | x, y_<t) themselves, ``(B, H)``.
 
     One forward over the full rows ``(B, L)``; the logits at position i predict token i+1, and
     the output layer is applied to the last H+1 positions only (``logits_to_keep``).
@@ -132,8 +134,8 @@ def logp_completion(
     with autocast(placement):
         logits = lm(input_ids=seqs, logits_to_keep=keep).logits[:, :-1]
     logp = token_logp(logits, n_content)
-    tok = seqs[:, prefix_len:, None]
-    return logp.gather(-1, tok).squeeze(-1).sum(dim=1).to(placement.dtype)
+    terms = logp.gather(-1, seqs[:, prefix_len:, None]).squeeze(-1)
+    return terms if per_token else terms.sum(dim=1).to(placement.dtype)
 
 
 @torch.no_grad()

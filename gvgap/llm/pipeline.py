@@ -231,6 +231,8 @@ class _Runner:
         self.infos: dict[str, dict] = {}
         self.data: dict[str, dict] = {}
         self.refs: dict[str, torch.Tensor] | None = None
+        self.sft_eval: dict[str, float] | None = None
+        self.ref_cache: dict[str, st.Pairs] = {}
 
     def skeleton(self, name: str) -> nn.Module:
         cfg, task = self.cfg, self.task
@@ -281,8 +283,9 @@ class _Runner:
                 st.stage_local_rm(cfg, task, self.models["sft"], pairs, seed, p, ckpt("local_rm"))
             ),
         )
-        self.step("dpo", lambda: self.make_dpo("dpo", "sft", pairs["train"]))
-        self.step("dpo_extra", lambda: self.make_dpo("dpo_extra", "dpo", pairs["train"]))
+        train = pairs["train"]
+        self.step("dpo", lambda: self.make_dpo("dpo", "sft", train, ref_key="train"))
+        self.step("dpo_extra", lambda: self.make_dpo("dpo_extra", "dpo", train, ref_key="train"))
         for name, start, labeller in ONLINE:
             self.step(name, lambda n=name, s=start, lab=labeller: self.make_online(n, s, lab))
         self.step("evaluate", self.make_eval)
@@ -305,27 +308,63 @@ class _Runner:
             self.refs = ev.eval_refs(self.cfg, self.task, self.models["sft"], self.seed, self.p)
         return self.refs
 
-    def frontier_hook(self, name: str, steps: int) -> Callable[[nn.Module, int], dict | None]:
-        """Policy metrics at the frontier steps of a DPO run (module docstring of evaluate)."""
+    def start_metrics(self, start: str) -> dict[str, float]:
+        """Policy metrics of a DPO run's starting policy (its frontier point at step 0): SFT's
+        are evaluated once (generator ``eval_sft_0``, also the table's SFT row); a run that
+        starts from DPO reuses DPO's last frontier record (the same policy)."""
+        if start == "sft":
+            if self.sft_eval is None:
+                gen = st.stage_gen(self.seed, "eval_sft_0")
+                sft = self.models["sft"]
+                self.sft_eval = ev.policy_metrics(
+                    self.cfg, self.task, sft, sft, self.eval_refs(), gen, self.p
+                )
+            return dict(self.sft_eval)
+        records = self.infos[start]["records"]
+        return dict(records[str(max(map(int, records)))])
+
+    def frontier_hook(
+        self, name: str, start: str, steps: int
+    ) -> Callable[[nn.Module, int], dict | None]:
+        """Policy metrics at the frontier steps of a DPO run (module docstring of evaluate);
+        step 0 is the starting policy (:meth:`start_metrics`)."""
         at = set(st.frontier_steps(self.cfg, steps))
         sft, refs = self.models["sft"], self.eval_refs()
 
         def hook(lm: nn.Module, k: int) -> dict | None:
             if k not in at:
                 return None
+            if k == 0:
+                return self.start_metrics(start)
             gen = st.stage_gen(self.seed, f"eval_{name}_{k}")
             return ev.policy_metrics(self.cfg, self.task, lm, sft, refs, gen, self.p)
 
         return hook
 
-    def make_dpo(self, name: str, start: str, pairs: st.Pairs, extra: dict | None = None):
+    def train_ref(self, pairs: st.Pairs, key: str | None) -> st.Pairs:
+        """log π_ref of a pair set, computed once per set named ``key`` (offline DPO and its
+        extra pass share the training pairs); ``key`` None: not kept."""
+        if key is not None and key in self.ref_cache:
+            return self.ref_cache[key]
+        ref = st.ref_logps(self.models["sft"], pairs, self.task, self.p)
+        if key is not None:
+            self.ref_cache[key] = ref
+        return ref
+
+    def make_dpo(
+        self,
+        name: str,
+        start: str,
+        pairs: st.Pairs,
+        extra: dict | None = None,
+        ref_key: str | None = None,
+    ):
         cfg, task, p = self.cfg, self.task, self.p
         steps = cfg.dpo_steps if name.startswith("dpo") else cfg.online_steps
-        sft = self.models["sft"]
-        ref = st.ref_logps(sft, pairs, task, p)
+        ref = self.train_ref(pairs, ref_key)
         lm, info = st.run_dpo(
             cfg, task, self.models[start], pairs, ref, steps, st.stage_gen(self.seed, name), p,
-            on_step=self.frontier_hook(name, steps), ckpt=self.store.partial(name),
+            on_step=self.frontier_hook(name, start, steps), ckpt=self.store.partial(name),
         )  # fmt: skip
         return lm, {}, {**info, **(extra or {})}
 
@@ -342,10 +381,7 @@ class _Runner:
         out: dict[str, float] = {}
         sft = self.models["sft"]
         refs = self.eval_refs()
-        gen = st.stage_gen(seed, "eval_sft_0")
-        out.update(
-            {f"sft/{k}": v for k, v in ev.policy_metrics(cfg, task, sft, sft, refs, gen, p).items()}
-        )
+        out.update({f"sft/{k}": v for k, v in self.start_metrics("sft").items()})
         for name in POLICY_STAGES:
             records = self.infos[name]["records"]
             steps = sorted(map(int, records))

@@ -239,7 +239,12 @@ def stage_local_rm(
     placement: Placement,
     ckpt: Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Local RM: the LM trained with the reference-free DPO loss; r_π(x, y) = β log π(y|x)."""
+    """Local RM: the LM trained with the reference-free DPO loss; r_π(x, y) = β log π(y|x).
+
+    Started from SFT on the same pairs as DPO, it is β log π_ref plus a learned deviation of the
+    same class as DPO's implicit reward β log π/π_ref: it can verify better than DPO only by
+    what π_ref's likelihood knows about r* (paper_notes.md, "LLM-scale pipeline").
+    """
     gen = stage_gen(seed, "local_rm")
     lm = copy.deepcopy(sft)
 

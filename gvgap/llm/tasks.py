@@ -170,6 +170,31 @@ class Task:
         y[:, -1] = torch.where(plan[:, -1], last, y[:, -1])
         return y
 
+    def demo_logp(self, prompts: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
+        """Exact log p_demo(y | x) of :meth:`demonstrate`, ``(B,)`` float64 — readout, short, sum.
+
+        With s = ``demo_style``, k = ``demo_skill``, τ the style chain and g(x, y_<H) the planned
+        last token (readout/short: the target; sum: target − Σ_{j<H} y_j mod V)::
+
+            q_j = s·1{y_j = τ(y_{j−1})} + (1 − s)/V              (j ≥ 2;  q_1 = 1/V)
+            p(y | x) = Π_{j<H} q_j · (k·1{y_H = g} + (1 − k)·q_H)
+
+        Rouge and count plan every token over a latent style chain: no closed form here.
+        """
+        if self.cfg.task not in ("readout", "short", "sum"):
+            raise ValueError(f"demo_logp: no closed form for task {self.cfg.task!r}")
+        prompts, y = prompts.cpu(), completions.cpu()
+        v, st, k = self.cfg.vocab, self.cfg.demo_style, self.cfg.demo_skill
+        on = (y[:, 1:] == self.style[y[:, :-1]]).double()
+        q = torch.cat(
+            [torch.full_like(y[:, :1], 1, dtype=torch.float64) / v, st * on + (1 - st) / v], 1
+        )
+        planned = self.target(prompts)
+        if self.cfg.task == "sum":
+            planned = (planned - y[:, :-1].sum(dim=1)) % v
+        last = k * (y[:, -1] == planned).double() + (1 - k) * q[:, -1]
+        return torch.log(q[:, :-1]).sum(dim=1) + torch.log(last)
+
     def _count_demo(
         self, prompts: torch.Tensor, y: torch.Tensor, plan: torch.Tensor, gen: torch.Generator
     ) -> torch.Tensor:

@@ -216,7 +216,8 @@ def fit(
         info.update(val_loss=float(state.best), best_step=float(state.best_step))
     if cfg.grad_checkpointing:
         _checkpointing(module, False)
-    acc.free_memory()
+    if acc.device.type != "cpu":  # its gc.collect costs ~0.17 s a stage and frees no CPU memory
+        acc.free_memory()
     return info
 
 

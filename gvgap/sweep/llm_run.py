@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,30 @@ def run_llm(
         df = store.consolidate(EXPERIMENT)
         write_outputs(store.root, df)
     return df
+
+
+def stored_runs(out: str | os.PathLike) -> Iterator[Any]:
+    """Each finished run of a ``gvgap llm run`` directory, read-only, as the runner over its
+    stored stages (:class:`gvgap.llm.pipeline._Runner`: ``cfg``, ``task``, ``seed``, ``p``,
+    ``models[name]`` loads a stage model, ``pairs()`` the stored preference pairs)."""
+    from gvgap.experiments.llm import run_seeds
+    from gvgap.llm.config import LLMConfig
+    from gvgap.llm.pipeline import StageStore, _Runner
+    from gvgap.llm.tasks import make_task
+    from gvgap.nn.device import resolve
+    from gvgap.sweep.spec import RunSpec
+
+    for path in sorted((Path(out) / "runs").glob("*.json")):
+        rec = json.loads(path.read_text())
+        run = RunSpec(rec["experiment"], rec["config"], rec["seed"], rec["instance_seed"])
+        cfg = LLMConfig(**rec["config"])
+        seed, inst = run_seeds(*run.rngs())
+        store = StageStore(Path(out) / "stages" / run.run_id, write=False)
+        runner = _Runner(
+            cfg, make_task(cfg, inst), seed, resolve(cfg.device, cfg.dtype), store, None, None
+        )
+        runner.data["pairs"], _ = store.load_info("pairs")
+        yield runner
 
 
 def write_outputs(root: Path, df: Any) -> list[Path]:
