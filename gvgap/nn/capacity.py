@@ -3,9 +3,9 @@ capacity residuals, measured like containment on the class ladder (exactly, on t
 tree, best of several restarts, with gradient norms).
 
 - ``offline/capacity_residual`` = min_θ E_x KL(P_θ ‖ P*) (nats): the reverse-KL projection
-  of π* = π*_{r*} on the policy class, i.e. exact RL on r* (Gibbs identity, docs/theory.md §3 and §12:
-  J(π*) − J(π_θ) = β E_x KL(P_θ ‖ P*)), so ``offline/capacity_regret`` = β × the residual is
-  the J the policy network cannot reach even with a perfect verifier.
+  of π* = π*_{r*} on the policy class, i.e. exact RL on r* (Gibbs identity, docs/theory.md
+  §3 and §12: J(π*) − J(π_θ) = β E_x KL(P_θ ‖ P*)), so ``offline/capacity_regret`` =
+  β × the residual is the J the policy network cannot reach even with a perfect verifier.
 - ``online/capacity_residual`` = min_w Σ_x ρ_x Var_{P*(·|x)}(r_w − r*) / Σ_x ρ_x
   Var_{P*(·|x)}(r*) ∈ [0, 1]: the π*-weighted squared error of r* up to one constant per
   prompt (the best constant is the π*-mean, so the error is a per-prompt variance), as a
