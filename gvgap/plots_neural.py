@@ -19,6 +19,16 @@ from matplotlib.axes import Axes
 from gvgap.plots import _axes, _zero_line
 
 _SHORT = {"ref_concentration": "conc", "n_pairs": "n"}
+
+
+def _value(v) -> str:
+    """A cell value as written in a label: integral floats without ".0" (pandas widens
+    integer columns with NaN to float)."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 CAPACITY = (
     ("offline", "capacity_residual", "cap_off"),
     ("online", "capacity_residual", "cap_on"),
@@ -68,7 +78,7 @@ def surface_text(df: pd.DataFrame, keys: Sequence[str]) -> str:
     varying = [k for k in keys if k in cells.columns and cells[k].nunique() > 1]
     parts = []
     for _, c in cells.iterrows():
-        name = "/".join(f"{k}={c[k]}" for k in varying) or "all"
+        name = "/".join(f"{k}={_value(c[k])}" for k in varying) or "all"
         parts.append(
             f"{name}: capacity off {c['cap_off']:.3g} nats, on {c['cap_on']:.3g}, asymmetry "
             f"{c['asym']:+.3g}; rlhf − dpo {c['mean']:+.3g} [{c['lo']:+.3g}, {c['hi']:+.3g}] "
@@ -77,7 +87,8 @@ def surface_text(df: pd.DataFrame, keys: Sequence[str]) -> str:
     text = "Surface (medians over seeds; J units): " + "; ".join(parts) + "."
     if "n_pairs" in cells.columns:
         rhos = [
-            f"n={n}: {_spearman(g['asym'].to_numpy(), g['mean'].to_numpy()):+.2f} ({len(g)} cells)"
+            f"n={_value(n)}: {_spearman(g['asym'].to_numpy(), g['mean'].to_numpy()):+.2f} "
+            f"({len(g)} cells)"
             for n, g in cells.groupby("n_pairs")
         ]
         text += " Spearman(asymmetry, online − offline) across cells, " + ", ".join(rhos) + "."
@@ -105,7 +116,7 @@ def neural_surface(df: pd.DataFrame, keys: Sequence[str], ax: Axes | None = None
     for _, c in cells.iterrows():
         kind = tuple(c[k] for k in ("family", "ref") if k in cells)
         n = c["n_pairs"] if "n_pairs" in cells else None
-        label = f"{'/'.join(map(str, kind))}, n={n}"
+        label = f"{'/'.join(map(str, kind))}, n={_value(n)}"
         err = [[max(c["mean"] - c["lo"], 0.0)], [max(c["hi"] - c["mean"], 0.0)]]
         ax.errorbar(
             [c["asym"]],
@@ -119,7 +130,7 @@ def neural_surface(df: pd.DataFrame, keys: Sequence[str], ax: Axes | None = None
         )
         ax.plot([c["asym"]], [c["ctrl"]], marker="x", color="0.6", ls="none")
         if other:
-            text = ", ".join(f"{_SHORT.get(k, k)}={c[k]}" for k in other)
+            text = ", ".join(f"{_SHORT.get(k, k)}={_value(c[k])}" for k in other)
             ax.annotate(text, (c["asym"], c["mean"]), fontsize=6)
         seen.add(label)
     ax.plot([], [], marker="x", color="0.6", ls="none", label="oracle − dpo (control)")

@@ -97,3 +97,17 @@ def test_plots_return_axes_and_section_renders(tmp_path) -> None:
     text = doc.to_markdown()
     assert "LLM-scale pipeline" in text and "0.650 ± 0.050" in text
     assert "llm/readout: supported" in text and "0.750 ± 0.050" in text
+
+
+def test_section_renders_a_verdict_with_null_fields(tmp_path) -> None:
+    """`gvgap report` on a `reproduce --quick` directory: the llm record has no power plan
+    (``"power": null``) and no positive-control CI; the section prints nan, not a traceback."""
+    from gvgap.report_doc import Doc
+
+    doc = Doc(tmp_path)
+    verdicts = {"llm": {"verdict": "inconclusive", "effect": -0.02, "ci_low": None,
+                        "ci_high": -0.003, "positive_control": None, "seeds": 2,
+                        "power": None, "detail": "d"}}  # fmt: skip
+    section(doc, frame(), verdicts, [])
+    text = doc.to_markdown()
+    assert "llm: inconclusive" in text and "power nan" in text and "[+nan, -0.0030]" in text

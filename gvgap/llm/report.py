@@ -195,6 +195,13 @@ def plot_labellers(df: pd.DataFrame, ax: Any = None) -> Any:
     return ax
 
 
+def _num(record: dict, key: str) -> float:
+    """``record[key]`` as a float; NaN where it is absent or null (a verdict without a power
+    plan stores ``"power": null``)."""
+    value = record.get(key)
+    return float("nan") if value is None else float(value)
+
+
 def section(
     doc: Any, df: pd.DataFrame, verdicts: dict[str, Any], figures: list[tuple[Any, str]]
 ) -> None:
@@ -247,10 +254,10 @@ def section(
             pc = v.get("positive_control") or {}
             doc.para(
                 f"**{key}: {v.get('verdict')}** (prediction held: {v.get('prediction_held')}); "
-                f"effect {v.get('effect', float('nan')):+.4f} "
-                f"[{v.get('ci_low', float('nan')):+.4f}, {v.get('ci_high', float('nan')):+.4f}]"
-                f", positive control {pc.get('effect', float('nan')):+.4f} "
-                f"[{pc.get('ci_low', float('nan')):+.4f}, {pc.get('ci_high', float('nan')):+.4f}]"
-                f", {v.get('seeds')} seeds, power {v.get('power', float('nan')):.2f}. "
+                f"effect {_num(v, 'effect'):+.4f} "
+                f"[{_num(v, 'ci_low'):+.4f}, {_num(v, 'ci_high'):+.4f}]"
+                f", positive control {_num(pc, 'effect'):+.4f} "
+                f"[{_num(pc, 'ci_low'):+.4f}, {_num(pc, 'ci_high'):+.4f}]"
+                f", {v.get('seeds')} seeds, power {_num(v, 'power'):.2f}. "
                 f"{v.get('detail', '')}"
             )
