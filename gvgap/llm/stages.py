@@ -222,12 +222,24 @@ def stage_global_rm(
 
         return row_loss
 
+    return rm, _fit_on_pairs(rm, loss_on, pairs, cfg, gen, ckpt)
+
+
+def _fit_on_pairs(
+    model: nn.Module,
+    loss_on: Callable[[Pairs], Callable[[nn.Module, torch.Tensor], torch.Tensor]],
+    pairs: dict[str, Pairs],
+    cfg: LLMConfig,
+    gen: torch.Generator,
+    ckpt: Path | None,
+) -> dict:
+    """A reward model's fit on the ``train`` pairs (``cfg.rm_steps`` at ``cfg.pref_lr``),
+    early-stopped on the loss of the ``val`` pairs; returns the fit's info."""
     tr, va = pairs["train"], pairs["val"]
-    info = fit(
-        rm, loss_on(tr), len(tr["chosen"]), cfg.rm_steps, cfg, gen,
-        lr=cfg.pref_lr, val_loss=_val(rm, va, loss_on(va)), ckpt_dir=ckpt,
+    return fit(
+        model, loss_on(tr), len(tr["chosen"]), cfg.rm_steps, cfg, gen,
+        lr=cfg.pref_lr, val_loss=_val(model, va, loss_on(va)), ckpt_dir=ckpt,
     )  # fmt: skip
-    return rm, info
 
 
 def stage_local_rm(
@@ -256,12 +268,7 @@ def stage_local_rm(
 
         return row_loss
 
-    tr, va = pairs["train"], pairs["val"]
-    info = fit(
-        lm, loss_on(tr), len(tr["chosen"]), cfg.rm_steps, cfg, gen,
-        lr=cfg.pref_lr, val_loss=_val(lm, va, loss_on(va)), ckpt_dir=ckpt,
-    )  # fmt: skip
-    return lm, info
+    return lm, _fit_on_pairs(lm, loss_on, pairs, cfg, gen, ckpt)
 
 
 def ref_logps(sft: nn.Module, pairs: Pairs, task: Task, placement: Placement) -> Pairs:
