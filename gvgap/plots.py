@@ -71,11 +71,13 @@ def plt_line(color: Any, marker: str, text: str):
 
 
 def _axes(ax: Axes | None) -> Axes:
+    """``ax``, or the axes of a new figure (never the current one: a plot drawn onto a
+    leftover figure would mix two figures' data)."""
     if ax is not None:
         return ax
     import matplotlib.pyplot as plt
 
-    return plt.gca()
+    return plt.figure().add_subplot()
 
 
 def _rng(rng: np.random.Generator | None) -> np.random.Generator:

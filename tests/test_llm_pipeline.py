@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,10 +57,11 @@ def write(tmp: Path, text: str = TOML, name: str = "p.toml") -> Path:
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
-    """One finished `gvgap llm run` (2 tasks × 2 seeds) shared by the tests below."""
+    """One finished `gvgap llm run` (2 tasks × 2 seeds, on 2 worker processes) shared by the
+    tests below; the tests that re-run parts of it in this process compare equal to it."""
     tmp = tmp_path_factory.mktemp("llm")
     f = write(tmp)
-    assert main(["llm", "run", str(f), "--out", str(tmp / "o")]) == 0
+    assert main(["llm", "run", str(f), "--out", str(tmp / "o"), "--workers", "2"]) == 0
     return f, tmp / "o", pd.read_parquet(tmp / "o" / "results.parquet")
 
 
@@ -212,6 +214,45 @@ def test_a_second_process_on_the_same_out_is_refused(done, capsys) -> None:
     assert snapshot(out) == before
 
 
+def test_one_worker_and_two_threads_give_the_numbers_of_two_workers(done, tmp_path) -> None:
+    """Every CPU run computes on one intra-op thread, whatever the caller's setting and the
+    number of workers: the table of the 2-worker fixture, run here in-process."""
+    import torch
+
+    f, _, df = done
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        again = run_llm(str(f), tmp_path / "w1", progress=False, workers=1)
+    finally:
+        torch.set_num_threads(before)
+    pd.testing.assert_frame_equal(df, again)
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_bad_workers_one_line_exit_2_nothing_written(done, tmp_path, capsys, workers) -> None:
+    f, _, _ = done
+    out = tmp_path / "x"
+    assert main(["llm", "run", str(f), "--out", str(out), "--workers", str(workers)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--workers" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_workers_are_one_where_runs_share_a_device(done, monkeypatch) -> None:
+    from gvgap.errors import UserError
+    from gvgap.sweep.llm_run import llm_workers, load
+
+    spec = load(str(done[0]))
+    assert llm_workers(None, spec, 4, None) == min(4, os.cpu_count() or 1)
+    assert llm_workers(8, spec, 3, None) == 3  # never more than the pending runs
+    assert llm_workers(None, spec, 4, "dpo") == 1  # --stop-after: in this process
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: every rank runs every run itself
+    assert llm_workers(None, spec, 4, None) == 1
+    with pytest.raises(UserError, match="--workers"):
+        llm_workers(2, spec, 4, None)
+
+
 def test_gvgap_sweep_gives_the_same_numbers(done, tmp_path) -> None:
     """`gvgap sweep` runs the experiment's run() in memory: the same rows as the staged run."""
     f, _, df = done
@@ -321,6 +362,7 @@ def test_light_modules_import_without_torch() -> None:
 
 
 def test_shipped_llm_files_validate() -> None:
+    from gvgap.experiments import llm
     from gvgap.experiments.llm import SETTINGS
     from gvgap.sweep.spec import load_spec
 
@@ -331,5 +373,12 @@ def test_shipped_llm_files_validate() -> None:
     assert {k: v for k, v in tiny.configs[0].items() if k != "task"} == {
         k: v for k, v in load_spec("llm").configs[0].items() if k != "task"
     }
+    for name, design in (("llm_readout2", "CONFIRM2"), ("llm_pairs", "PAIRS")):
+        spec = load_spec(str(root / "sims" / f"{name}.toml"))  # the file is the named design
+        want = getattr(llm, design)
+        assert (spec.seeds, spec.instance_seed) == (want["seeds"], want["instance_seed"])
+        grid = {k: sorted({c[k] for c in spec.configs}) for k in want["grid"]}
+        assert grid == {k: sorted(v) for k, v in want["grid"].items()}
+        assert all({**c, **want["fixed"]} == c for c in spec.configs)
     gpu = load_spec(str(root / "sims" / "llm_gpu.toml"))
     assert all(c["device"] == "cuda" and c["dtype"] == "bfloat16" for c in gpu.configs)

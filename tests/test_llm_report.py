@@ -111,3 +111,34 @@ def test_section_renders_a_verdict_with_null_fields(tmp_path) -> None:
     section(doc, frame(), verdicts, [])
     text = doc.to_markdown()
     assert "llm: inconclusive" in text and "power nan" in text and "[+nan, -0.0030]" in text
+
+
+def test_a_grid_axis_besides_task_is_shown_never_averaged() -> None:
+    """A `pairs_per_prompt` axis: each (task, pairs) cell is its own row, in numeric order (2
+    before 16), with its own mean; the plots take every cell."""
+    from gvgap.llm.report import per_seed, tasks_of, with_cells
+
+    a = frame().assign(pairs_per_prompt=16)
+    b = frame().assign(pairs_per_prompt=2)
+    b.loc[b.metric == "win_rate", "value"] += 0.1  # dpo on readout at 2 pairs: 0.7, 0.8
+    df = pd.concat([a, b], ignore_index=True)
+    cells = tasks_of(df)
+    assert cells == [
+        "readout · pairs_per_prompt=2", "readout · pairs_per_prompt=16",
+        "rouge · pairs_per_prompt=2", "rouge · pairs_per_prompt=16",
+    ]  # fmt: skip
+    tab = table(df).set_index(["pipeline", "task"])
+    assert tab.at[("dpo", "readout · pairs_per_prompt=16"), "mean"] == pytest.approx(0.65)
+    assert tab.at[("dpo", "readout · pairs_per_prompt=2"), "mean"] == pytest.approx(0.75)
+    assert with_cells(with_cells(df)).equals(with_cells(df))
+    with pytest.raises(ValueError, match="several runs per seed"):
+        per_seed(df.assign(pairs_per_prompt=2), "dpo", "win_rate", "readout")
+    assert len(plot_table(df).patches) == 4 * len(set(tab.index.get_level_values(0)))
+    import matplotlib.pyplot as plt
+
+    for cell in cells[:2]:
+        plot_bon(df, task=cell)
+        plot_frontier(df, task=cell)
+    labels = plot_labellers(df).get_legend().get_texts()
+    assert {t.get_text() for t in labels} >= set(cells)  # one colour per cell
+    plt.close("all")

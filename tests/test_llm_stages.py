@@ -246,6 +246,15 @@ def test_bon_and_label_quality_shapes(run) -> None:
     q = ev.label_quality(CFG, task, sft, scorers, 0, P)
     assert q["rm_gold/label_accuracy"] == 1.0 and q["rm_dpo/pairs_kept"] == 0.0
     assert np.isnan(q["rm_dpo/label_accuracy"])
+    # the local RM here is SFT itself: its labeller is the reference term β log π_ref exactly
+    seqs = torch.cat([pairs["test"]["chosen"], pairs["test"]["rejected"]])
+    assert torch.equal(scorers["local"](seqs), scorers["sft"](seqs))
+    # demo = β log p_demo of the closed form; only the reference labellers skip best-of-N
+    assert torch.equal(scorers["demo"](seqs), CFG.beta * task.demo_logp(*task.split(seqs)))
+    assert "rm_demo/val_likelihood" in val and "rm_demo/label_accuracy" in q
+    assert not any(k.startswith(("bon_demo", "bon_sft")) for k in bon)
+    rouge = dataclasses.replace(CFG, task="rouge")
+    assert "demo" not in ev.labellers(rouge, make_task(rouge, 0), models, P)
 
 
 def test_gradient_checkpointing_takes_the_same_steps() -> None:

@@ -26,7 +26,6 @@ differences; ``power`` in each record).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -126,6 +125,27 @@ SETTINGS = {
     "fixed": TINY,
     "grid": {"task": ["readout", "short", "rouge"]},
 }
+#: The second confirmatory block of the gap task (``sims/llm_readout2.toml``), fixed before it
+#: ran: the first block (SETTINGS, 8 seeds) was undetermined at power 0.29, its pilot's SD
+#: (<= 0.03) having under-estimated the spread of the matched-KL differences (SD 0.083). With
+#: that block as the pilot (:func:`gvgap.inference.power`, one test), 16 seeds detect an effect
+#: distributed like the positive control's (mean +0.056) with power 0.90; equivalence at
+#: :data:`MARGIN` stays out of reach (0.06 at 16 seeds, 0.30 at 40). Same rule and TINY.
+CONFIRM2 = {
+    "seeds": 16,
+    "instance_seed": 3,
+    "fixed": TINY,
+    "grid": {"task": ["readout"]},
+}
+#: The pairs axis (``sims/llm_pairs.toml``; exploratory, 5 seeds, no power plan): the gap task
+#: at 1, 2 and 8 preference pairs per training prompt. Descriptive: 5 seeds cannot reject in a
+#: Holm family of 3 cells (smallest signed-rank p 1/32 > α/3).
+PAIRS = {
+    "seeds": 5,
+    "instance_seed": 2,
+    "fixed": {k: v for k, v in TINY.items() if k != "pairs_per_prompt"},
+    "grid": {"task": ["readout"], "pairs_per_prompt": [1, 2, 8]},
+}
 #: ``gvgap reproduce --quick``: the gap task only, small (about 20 s per run on one core); two
 #: seeds cannot reach a decided outcome under the rule: its verdict is inconclusive by design.
 QUICK = {
@@ -204,8 +224,10 @@ def _mean(df: pd.DataFrame, pipeline: str, metric: str) -> float:
 
 def labeller_summary(df: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Mean (and SE over seeds) of each labeller's validation likelihood and label accuracy."""
+    from gvgap.llm.report import LABELLER_ORDER
+
     out = {}
-    for lab in ("gold", "global", "local", "dpo", "sft"):
+    for lab in LABELLER_ORDER:
         rec = {}
         for m in ("val_likelihood", "val_accuracy", "label_accuracy", "label_ties"):
             v = df[(df.pipeline == f"rm_{lab}") & (df.metric == m)]["value"].dropna()
@@ -213,12 +235,6 @@ def labeller_summary(df: pd.DataFrame) -> dict[str, dict[str, float]]:
             rec[f"{m}_se"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
         out[lab] = rec
     return out
-
-
-def varying_fields(df: pd.DataFrame) -> list[str]:
-    """Config fields with more than one value in the table (``task`` first)."""
-    names = [f.name for f in dataclasses.fields(LLMConfig)]
-    return [n for n in names if n in df.columns and df[n].nunique(dropna=True) > 1]
 
 
 def _record(
@@ -295,6 +311,7 @@ def task_verdicts(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     in
     grid order), its other cells under ``robustness``; every cell decided in one Holm family."""
     from gvgap.inference import decide_family
+    from gvgap.llm.report import varying_fields
     from gvgap.stats import at_cell
 
     df = df[df["experiment"] == ID] if "experiment" in df else df
@@ -374,8 +391,9 @@ def report_section(doc: Any, df: pd.DataFrame, verdicts: dict, figs: list[dict])
         for name, caption, fn in extra:
             fig = Figure(figsize=(6.4, 4.4), layout="constrained")
             fn(df, fig.add_subplot(), task=task)
-            figures.save_figure(fig, out, f"{name}_{task}", meta=meta)
-            shown.append((out / f"{name}_{task}.png", f"{caption} Task {task}."))
+            slug = llm_report.cell_slug(task)
+            figures.save_figure(fig, out, f"{name}_{slug}", meta=meta)
+            shown.append((out / f"{name}_{slug}.png", f"{caption} Cell {task}."))
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     llm_report.plot_labellers(df, fig.add_subplot())
     figures.save_figure(fig, out, "llm__labellers", meta=meta)

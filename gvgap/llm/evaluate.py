@@ -11,7 +11,8 @@ temperature 1 (the sampled law is π itself, :mod:`gvgap.llm.model`):
 - KL(π‖π_ref) from exact per-sample log-ratios l = log π(y|x) − log π_ref(y|x), y ~ π:
   ``kl_k1`` = E[l] (unbiased), ``kl_k3`` = E[e^{−l} − 1 + l] (unbiased, ≥ 0; Schulman 2020).
 - Labellers on the held-out evaluation prompts (pipeline ``rm_<name>``, name ∈ global, local,
-  dpo, gold, and ``sft`` = β log π_ref, the untrained likelihood):
+  dpo, gold, ``sft`` = β log π_ref, the untrained likelihood, and ``demo`` = β log p_demo,
+  the exact demonstrator's, where it has a closed form; :func:`labellers`):
   ``val_likelihood`` = (1/n) Σ σ(r̂(y_c) − r̂(y_r)) on BT(gold)-labelled pairs from π_ref,
   ``val_accuracy`` = share with r̂(y_c) > r̂(y_r); and on *on-policy* pairs (N samples of π_ref
   at the online temperature, best vs worst by the labeller): ``label_accuracy`` (chosen
@@ -41,7 +42,7 @@ from gvgap.llm.stages import (
     sample_rows,
     stage_gen,
 )
-from gvgap.llm.tasks import Task
+from gvgap.llm.tasks import DEMO_CLOSED_FORM, Task
 from gvgap.nn.device import Placement
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -105,6 +106,10 @@ def policy_metrics(
     return summarize(task.gold(rep, ys).view(n, -1), refs, log_ratio.view(n, -1))
 
 
+#: Labellers that only describe the reference term (no best-of-N reranking by them).
+REFERENCE_LABELLERS = ("sft", "demo")
+
+
 def labellers(
     cfg: LLMConfig,
     task: Task,
@@ -112,19 +117,30 @@ def labellers(
     placement: Placement,
 ) -> dict[str, Scorer]:
     """Rows → scores of each labeller: ``global`` r̂, ``local`` β log π_local, ``dpo``
-    β (log π_dpo − log π_ref), ``sft`` β log π_ref and ``gold`` r*."""
+    β (log π_dpo − log π_ref), ``sft`` β log π_ref, ``gold`` r* and, where the demonstrator's
+    likelihood has a closed form (:data:`gvgap.llm.tasks.DEMO_CLOSED_FORM`), ``demo``
+    β log p_demo.
+
+    The local RM is DPO's implicit reward plus the reference term β log π_ref (both start at
+    SFT and follow the same loss up to that term), so at equal steps it can verify better than
+    DPO only by what that term knows about r*: ``sft`` measures it, ``demo`` is its exact value
+    for the demonstrator SFT imitates. (The local RM is early-stopped within ``rm_steps``,
+    DPO's implicit reward read after ``dpo_steps``: a budget the two need not share.)"""
     sft = models["sft"]
 
     def lp(name: str) -> Scorer:
         return lambda s: logp_rows(models[name], s, task, placement)
 
-    return {
+    out = {
         "global": lambda s: rm_rows(models["global_rm"], s, placement),
         "local": lambda s: cfg.beta * lp("local_rm")(s),
         "dpo": lambda s: cfg.beta * (lp("dpo")(s) - logp_rows(sft, s, task, placement)),
         "sft": lambda s: cfg.beta * lp("sft")(s),
         "gold": task.gold_rows,
     }
+    if task.cfg.task in DEMO_CLOSED_FORM:
+        out["demo"] = lambda s: cfg.beta * task.demo_logp(*task.split(s))
+    return out
 
 
 def rm_validation(test: Pairs, scorers: dict[str, Scorer]) -> dict[str, float]:
@@ -194,7 +210,7 @@ def best_of_n(
     seqs = task.join(rep, ys)
     out = {}
     for name, score in scorers.items():
-        if name == "sft":
+        if name in REFERENCE_LABELLERS:
             continue
         s = score(seqs).view(n, m, n_max)
         for big_n in cfg.bon_sizes:

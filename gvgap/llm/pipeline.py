@@ -39,7 +39,7 @@ from gvgap.llm.config import LLMConfig
 from gvgap.llm.model import build_rm
 from gvgap.llm.tasks import Task, make_task
 from gvgap.llm.train import seal, verified
-from gvgap.nn.device import Placement, resolve
+from gvgap.nn.device import Placement, fixed_threads, resolve
 
 #: (stage, the config field that sizes its cost: the ETA's weights).
 STAGES: tuple[tuple[str, str], ...] = (
@@ -211,13 +211,17 @@ def run_stages(
     progress: Any = None,
     stop_after: str | None = None,
 ) -> dict[str, float]:
-    """Run (or resume under ``root``) every stage of one (config, seed); return its metrics."""
+    """Run (or resume under ``root``) every stage of one (config, seed); return its metrics.
+
+    On the CPU the stages run on one intra-op thread (:func:`gvgap.nn.device.fixed_threads`):
+    the numbers do not depend on the machine's core count or the executor."""
     placement = resolve(rank_device(cfg.device), cfg.dtype)
     task = make_task(cfg, instance_seed)
     store = StageStore(root, write)
     store.clean()
     runner = _Runner(cfg, task, seed, placement, store, progress, stop_after)
-    return runner.run()
+    with fixed_threads(placement):
+        return runner.run()
 
 
 class _Runner:

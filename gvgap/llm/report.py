@@ -9,33 +9,80 @@ evaluation prompts (evaluation noise only) — each table says which.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from gvgap.llm.config import POLICIES
+from gvgap.llm.config import POLICIES, LLMConfig
 
 #: The paper's table: SFT, DPO, DPO + an extra pass, online DPO from SFT / from DPO, the
 #: local-RM-labelled and the gold-labelled (positive control) online arms; best-of-N at the
 #: largest N is appended per labeller.
 TABLE_PIPELINES = POLICIES
 TASK_ORDER = ("readout", "short", "rouge", "count", "sum")
-LABELLER_ORDER = ("gold", "global", "local", "dpo", "sft")
+LABELLER_ORDER = ("gold", "global", "local", "dpo", "sft", "demo")
 #: (online arm, labeller it uses): the points of the accuracy-vs-advantage figure.
 LABELLED_ARMS = (("online_dpo_sft", "global"), ("online_dpo_local", "local"))
 
 
+#: Joins the task and the other varying fields in a cell's label.
+CELL_SEP = " · "
+
+
+def varying_fields(df: pd.DataFrame) -> list[str]:
+    """Config fields with more than one value in the table (``task`` first)."""
+    names = [f.name for f in dataclasses.fields(LLMConfig)]
+    return [n for n in names if n in df.columns and df[n].nunique(dropna=True) > 1]
+
+
+def with_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every grid cell apart: the ``task`` column becomes the cell's label — the
+    task, then each other varying config field (``readout · pairs_per_prompt=8``) — and the
+    task itself moves to ``cell_task``. Tables and figures group by it, so no axis of the grid
+    (pairs, RM size, …) is averaged over unseen. Idempotent."""
+    if "cell_task" in df.columns or "task" not in df.columns:
+        return df
+    label = df["task"].astype(str)
+    for name in varying_fields(df):
+        if name != "task":
+            label = label + f"{CELL_SEP}{name}=" + df[name].astype(str)
+    return df.assign(cell_task=df["task"], task=label)
+
+
+def _cell_key(label: str) -> tuple:
+    base, *rest = label.split(CELL_SEP)
+    order = TASK_ORDER.index(base) if base in TASK_ORDER else len(TASK_ORDER)
+    values = []
+    for part in rest:
+        value = part.split("=", 1)[-1]
+        try:
+            values.append((0, float(value), ""))
+        except ValueError:
+            values.append((1, 0.0, value))
+    return (order, base, tuple(values))
+
+
 def tasks_of(df: pd.DataFrame) -> list[str]:
-    """Tasks present, in :data:`TASK_ORDER`."""
-    present = set(df["task"]) if "task" in df else set()
-    return [t for t in TASK_ORDER if t in present]
+    """Cells present (:func:`with_cells`): tasks in :data:`TASK_ORDER`, then the other varying
+    fields' values in order."""
+    present = set(with_cells(df)["task"]) if "task" in df else set()
+    return sorted(present, key=_cell_key)
+
+
+def cell_slug(cell: str) -> str:
+    """A file-name form of a cell label: ``readout__pairs_per_prompt-8``."""
+    return cell.replace(CELL_SEP, "__").replace("=", "-").replace(" ", "")
 
 
 def per_seed(df: pd.DataFrame, pipeline: str, metric: str, task: str) -> pd.Series:
-    """The value of ``pipeline/metric`` per seed on ``task``."""
+    """The value of ``pipeline/metric`` per seed in the cell ``task`` (:func:`with_cells`)."""
+    df = with_cells(df)
     sel = df[(df.pipeline == pipeline) & (df.metric == metric) & (df.task == task)]
-    return sel.groupby("seed")["value"].mean()
+    if sel["seed"].duplicated().any():  # a run per seed and cell: never averaged over
+        raise ValueError(f"{pipeline}/{metric} in cell {task!r}: several runs per seed")
+    return sel.set_index("seed")["value"]
 
 
 def mean_se(values: pd.Series, within: float = float("nan")) -> tuple[float, float, str]:
@@ -153,6 +200,7 @@ def plot_frontier(df: pd.DataFrame, ax: Any = None, task: str | None = None) -> 
     import matplotlib.pyplot as plt
 
     ax = ax if ax is not None else plt.figure().add_subplot()
+    df = with_cells(df)
     task = task or tasks_of(df)[0]
     sub = df[df.task == task]
     for pipe in ("dpo", "online_dpo_sft", "online_dpo_local", "online_dpo_gold"):
@@ -246,7 +294,10 @@ def section(
             "val likelihood = mean σ(r̂(y_c) − r̂(y_r)) on held-out BT(gold) pairs from π_ref "
             "(evaluation prompts); label accuracy = share of on-policy best-vs-worst pairs "
             "(N π_ref samples at the online temperature) whose chosen side has strictly higher "
-            "gold reward, ties (equal gold reward) apart; `sft` = β log π_ref, untrained."
+            "gold reward, ties (equal gold reward) apart; `sft` = β log π_ref, untrained; "
+            "`demo` = β log p_demo, the exact demonstrator's likelihood (readout, short). The "
+            "local RM is DPO's implicit reward plus β log π_ref, so it can beat DPO only by "
+            "what `sft` (and, exactly, `demo`) knows about r*."
         )
     if verdicts:
         doc.heading(3, "Verdicts per task (online − offline win rate at matched KL)")

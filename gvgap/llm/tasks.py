@@ -44,6 +44,9 @@ import torch
 from gvgap.errors import UserError
 from gvgap.llm.config import EVAL_CELL_SHARE, LLMConfig
 
+#: Tasks whose demonstrator likelihood has a closed form (:meth:`Task.demo_logp`).
+DEMO_CLOSED_FORM = ("readout", "short", "sum")
+
 
 @dataclass(frozen=True)
 class Task:
@@ -181,7 +184,7 @@ class Task:
 
         Rouge and count plan every token over a latent style chain: no closed form here.
         """
-        if self.cfg.task not in ("readout", "short", "sum"):
+        if self.cfg.task not in DEMO_CLOSED_FORM:
             raise ValueError(f"demo_logp: no closed form for task {self.cfg.task!r}")
         prompts, y = prompts.cpu(), completions.cpu()
         v, st, k = self.cfg.vocab, self.cfg.demo_style, self.cfg.demo_skill

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run (or resume) an llm sweep file into --out")
     r.add_argument("file", help="sweep .toml with [sweep] experiment = 'llm' (sims/llm_tiny.toml)")
     r.add_argument("--out", required=True)
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runs side by side on the CPU, one thread each (default: the CPU count; "
+        "1 on CUDA); the numbers do not depend on it",
+    )
     r.add_argument("--stop-after", default=None, help=argparse.SUPPRESS)
     h = sub.add_parser(
         "hf", help="the pipeline on a local HF causal LM + a preference jsonl, through TRL"
@@ -116,18 +124,90 @@ def load(file: str) -> Any:
     return spec
 
 
+def llm_workers(workers: int | None, spec: Any, pending: int, stop_after: str | None) -> int:
+    """Processes to run ``pending`` runs in: ``workers`` (default: the CPU count), at most one
+    per run; 1 on CUDA, under torchrun and with ``--stop-after``.
+
+    Raises:
+        UserError: ``--workers`` below 1, or above 1 where runs share one device.
+    """
+    from gvgap.nn.device import resolve
+    from gvgap.sweep.executors import resolve_workers
+
+    n = resolve_workers(workers)
+    cuda = any(resolve(c["device"], c["dtype"]).is_cuda for c in spec.configs)
+    if cuda or int(os.environ.get("WORLD_SIZE", "1")) > 1 or stop_after is not None:
+        if workers is not None and n > 1:
+            raise UserError(
+                f"--workers: {n} asked for, but these runs share one device (CUDA, torchrun "
+                "or --stop-after); use 1, or torchrun for data parallel"
+            )
+        return 1
+    return max(1, min(n, pending))
+
+
+def _pool_run(config: dict, seed: int, inst: int, root: str) -> tuple[dict, float]:
+    """One run's stages under ``root`` in a pool worker: (metrics, seconds)."""
+    from gvgap.llm.config import LLMConfig
+    from gvgap.llm.pipeline import run_stages
+
+    start = time.perf_counter()
+    metrics = run_stages(LLMConfig(**config), seed, inst, Path(root))
+    return {k: float(v) for k, v in metrics.items()}, time.perf_counter() - start
+
+
+def _execute(
+    pending: list, configs: list, store: Any, main: bool, bar: Any, stop_after: str | None,
+    workers: int,
+) -> Iterator[tuple[Any, dict, float]]:  # fmt: skip
+    """(run, metrics, seconds) of every pending run, in this process (``workers`` 1: the bar
+    advances per stage) or on a process pool (per finished run)."""
+    from gvgap.experiments.llm import run_seeds
+    from gvgap.llm.pipeline import run_stages, stage_units
+    from gvgap.sweep.executors import shared_pool
+
+    if workers == 1:
+        for run, cfg in zip(pending, configs, strict=True):
+            seed, inst = run_seeds(*run.rngs())
+            start = time.perf_counter()
+            metrics = run_stages(
+                cfg, seed, inst, store.root / "stages" / run.run_id,
+                write=main, progress=bar, stop_after=stop_after,
+            )  # fmt: skip
+            yield run, metrics, time.perf_counter() - start
+        return
+    with shared_pool(workers) as pool:
+        futures = {}
+        for run, cfg in zip(pending, configs, strict=True):
+            seed, inst = run_seeds(*run.rngs())
+            root = str(store.root / "stages" / run.run_id)
+            futures[pool.submit(_pool_run, run.config, seed, inst, root)] = (run, cfg)
+        for fut in as_completed(futures):
+            run, cfg = futures[fut]
+            metrics, elapsed = fut.result()
+            bar.update(sum(stage_units(cfg).values()))
+            yield run, metrics, elapsed
+
+
 def run_llm(
-    file: str, out: str | os.PathLike, stop_after: str | None = None, progress: Any = None
+    file: str,
+    out: str | os.PathLike,
+    stop_after: str | None = None,
+    progress: Any = None,
+    workers: int | None = None,
 ) -> Any:
     """Run every pending run of ``file`` into ``out``; return the tidy results.
 
+    ``workers`` runs side by side on the CPU (:func:`llm_workers`); every run computes on one
+    thread, so the numbers are the same for any ``workers``.
+
     Raises:
-        UserError: bad file, foreign or locked ``out`` (before anything is written there).
+        UserError: bad file, foreign or locked ``out``, bad ``--workers`` (before anything is
+            written there).
         StopRunError: the ``stop_after`` hook fired (after that stage was stored).
     """
-    from gvgap.experiments.llm import run_seeds
     from gvgap.llm.config import LLMConfig
-    from gvgap.llm.pipeline import STAGES, run_stages, stage_units
+    from gvgap.llm.pipeline import STAGES, stage_units
     from gvgap.sweep.progress import make_progress
     from gvgap.sweep.runner import _check_out, _report_problems
     from gvgap.sweep.store import RunStore
@@ -135,6 +215,7 @@ def run_llm(
     spec = load(file)
     if stop_after is not None:
         check_choice("--stop-after", stop_after, tuple(dict(STAGES)))
+    n_workers = llm_workers(workers, spec, len(spec.runs()), stop_after)
     store = RunStore(_check_out(out))
     store.check(spec)
     runs = spec.runs()
@@ -150,18 +231,15 @@ def run_llm(
             store.write_manifest(spec, runs)
         configs = [LLMConfig(**r.config) for r in pending]
         total = sum(sum(stage_units(c).values()) for c in configs)
+        workers = min(n_workers, max(1, len(pending)))
         with make_progress(total, 0, EXPERIMENT, progress, unit="step") as bar:
-            for run, cfg in zip(pending, configs, strict=True):
-                seed, inst = run_seeds(*run.rngs())
-                start = time.perf_counter()
-                metrics = run_stages(
-                    cfg, seed, inst, store.root / "stages" / run.run_id,
-                    write=main, progress=bar, stop_after=stop_after,
-                )  # fmt: skip
+            for run, metrics, elapsed in _execute(
+                pending, configs, store, main, bar, stop_after, workers
+            ):
                 if main:
                     record = {"run_id": run.run_id, **run.key()}
                     record["metrics"] = {k: float(v) for k, v in metrics.items()}
-                    record["elapsed_s"] = time.perf_counter() - start
+                    record["elapsed_s"] = elapsed
                     store.write_run(record)
         if not main:
             return None
@@ -232,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hf":
         return run_hf_cli(args)
     try:
-        df = run_llm(args.file, args.out, stop_after=args.stop_after)
+        df = run_llm(args.file, args.out, stop_after=args.stop_after, workers=args.workers)
     except StopRunError as stop:
         print(f"gvgap: stopped after stage {stop}; run again to resume", file=sys.stderr)
         return 0
