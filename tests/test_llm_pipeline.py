@@ -382,3 +382,33 @@ def test_shipped_llm_files_validate() -> None:
         assert all({**c, **want["fixed"]} == c for c in spec.configs)
     gpu = load_spec(str(root / "sims" / "llm_gpu.toml"))
     assert all(c["device"] == "cuda" and c["dtype"] == "bfloat16" for c in gpu.configs)
+
+
+def test_ctrl_c_on_workers_is_one_line_exit_130_and_resumes_to_the_same_table(
+    done, tmp_path
+) -> None:
+    """Ctrl-C to the process group of a 2-worker `gvgap llm run` once a run is stored: one
+    line, exit 130, no process left; the same command then finishes the sweep, and its runs
+    shared with the fixture's sweep carry the fixture's numbers."""
+    from test_sweep_reliability import INTERRUPTED, _interrupt
+
+    _, _, df = done
+    f = write(tmp_path, TOML.replace("seeds = 2", "seeds = 8"))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "gvgap.cli", "llm", "run", str(f), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    err = _interrupt(proc, out, None)
+    lines = err.splitlines()
+    assert proc.returncode == 130 and lines[-1] == INTERRUPTED, (proc.returncode, err)
+    assert "Traceback" not in err and sum("interrupted" in ln for ln in lines) == 1, err
+    stored = len(list((out / "runs").glob("*.json")))
+    assert 0 < stored < 16
+    again = subprocess.run([*cmd, "--workers", "2"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    full = pd.read_parquet(out / "results.parquet")
+    assert full["run_id"].nunique() == 16
+    shared = full[full["run_id"].isin(set(df["run_id"]))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(df.reset_index(drop=True), shared)
