@@ -400,7 +400,7 @@ def test_ctrl_c_on_workers_is_one_line_exit_130_and_resumes_to_the_same_table(
         [*cmd, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True,
     )  # fmt: skip
-    err = _interrupt(proc, out, None)
+    err = _interrupt(proc, out / "runs", None)
     lines = err.splitlines()
     assert proc.returncode == 130 and lines[-1] == INTERRUPTED, (proc.returncode, err)
     assert "Traceback" not in err and sum("interrupted" in ln for ln in lines) == 1, err
