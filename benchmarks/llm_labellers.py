@@ -2,7 +2,8 @@
 
 For every finished run of a ``gvgap llm run`` directory, on the held-out test pairs (BT(gold)
 labels on π_ref samples of the evaluation prompts, never trained on) and per labeller — the
-global RM, the local RM β log π_local, DPO's implicit reward β log π_dpo/π_ref, the SFT
+global RM, the local RM β log π_local, DPO's implicit reward β log π_dpo/π_ref (after its 200
+steps, and ``dpo_extra`` after its extra pass, the local RM's budget of up to 400), the SFT
 likelihood β log π_ref and, where it has a closed form (readout, short, sum), the exact
 demonstrator likelihood β log p_demo (:meth:`gvgap.llm.tasks.Task.demo_logp`):
 
@@ -14,13 +15,14 @@ demonstrator likelihood β log p_demo (:meth:`gvgap.llm.tasks.Task.demo_logp`):
 - for the per-token labellers, the margin split into the last completion token (where the
   ``readout`` reward lives) and the first H − 1 tokens: accuracy and SD of each part.
 
-Prints, per task, the mean ± SE over seeds.
+Prints, per grid cell (the task and every other field that varies), the mean ± SE over seeds.
 
 usage: python benchmarks/llm_labellers.py RUN_DIR
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -83,7 +85,12 @@ def run_numbers(cfg, task, models, pairs: dict, placement) -> dict[str, float]:
     out: dict[str, float] = {}
     g_tr, g_te = (margins(global_rm, pairs[s]) for s in ("train", "test"))
     out.update({f"global/{k}": v for k, v in describe(g_tr, g_te, 1.0).items()})
-    token_scores = {"local": lab("local_rm"), "dpo": lab("dpo", ref=True), "sft": lab("sft")}
+    token_scores = {
+        "local": lab("local_rm"),
+        "dpo": lab("dpo", ref=True),
+        "dpo_extra": lab("dpo_extra", ref=True),  # DPO after its extra pass: the local RM's budget
+        "sft": lab("sft"),
+    }
     for name, score in token_scores.items():
         tr, te = (margins(score, pairs[s]) for s in ("train", "test"))
         got = describe(tr.sum(1), te.sum(1), cfg.beta)
@@ -105,20 +112,24 @@ def main(run_dir: str) -> None:
     from gvgap.sweep.llm_run import stored_runs
 
     torch.set_num_threads(1)
+    runs = list(stored_runs(run_dir))
+    fields = [f.name for f in dataclasses.fields(runs[0].cfg)] if runs else []
+    varying = [f for f in fields if len({getattr(r.cfg, f) for r in runs}) > 1 and f != "task"]
     rows: dict[str, list[dict[str, float]]] = {}
-    for run in stored_runs(run_dir):
+    for run in runs:  # one group per grid cell (task and every other varying field)
         got = run_numbers(run.cfg, run.task, run.models, run.pairs(), run.p)
-        rows.setdefault(run.cfg.task, []).append(got)
-    for task, got in rows.items():
-        print(f"== {task} ({len(got)} seeds; mean ± SE over seeds; test pairs)")
-        for name in ("global", "local", "dpo", "sft", "demo"):
+        cell = " · ".join([run.cfg.task, *(f"{f}={getattr(run.cfg, f)}" for f in varying)])
+        rows.setdefault(cell, []).append(got)
+    for cell, got in rows.items():
+        print(f"== {cell} ({len(got)} seeds; mean ± SE over seeds; test pairs)")
+        for name in ("global", "local", "dpo", "dpo_extra", "sft", "demo"):
             cells = []
             for k in (k for k in got[0] if k.startswith(f"{name}/")):
                 v = np.array([g[k] for g in got])
                 se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
                 cells.append(f"{k.split('/')[1]} {v.mean():.3f} ± {se:.3f}")
             if cells:
-                print(f"  {name:<7}" + "  ".join(cells))
+                print(f"  {name:<9} " + "  ".join(cells))
 
 
 if __name__ == "__main__":

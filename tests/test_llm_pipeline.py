@@ -116,7 +116,10 @@ def test_labeller_diagnosis_ml_scale_hand_value_and_run_numbers(done, capsys) ->
             (df.task == task) & (df.pipeline == "rm_global") & (df.metric == "val_likelihood")
         ]
         assert got == pytest.approx(float(want["value"].mean()), abs=5e-4)
-        assert "demo " in block and "last_acc" in block
+        dpo = float(re.search(r"\n  dpo\s+lik ([0-9.]+)", block).group(1))
+        want = df[(df.task == task) & (df.pipeline == "rm_dpo") & (df.metric == "val_likelihood")]
+        assert dpo == pytest.approx(float(want["value"].mean()), abs=5e-4)
+        assert "demo " in block and "last_acc" in block and "\n  dpo_extra lik" in block
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
