@@ -22,7 +22,6 @@ usage: python benchmarks/llm_labellers.py RUN_DIR
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -109,17 +108,15 @@ def run_numbers(cfg, task, models, pairs: dict, placement) -> dict[str, float]:
 
 
 def main(run_dir: str) -> None:
+    from gvgap.llm.report import config_cells
     from gvgap.sweep.llm_run import stored_runs
 
     torch.set_num_threads(1)
     runs = list(stored_runs(run_dir))
-    fields = [f.name for f in dataclasses.fields(runs[0].cfg)] if runs else []
-    varying = [f for f in fields if len({getattr(r.cfg, f) for r in runs}) > 1 and f != "task"]
     rows: dict[str, list[dict[str, float]]] = {}
-    for run in runs:  # one group per grid cell (task and every other varying field)
+    for run, cell in zip(runs, config_cells([r.cfg for r in runs]), strict=True):
         got = run_numbers(run.cfg, run.task, run.models, run.pairs(), run.p)
-        cell = " · ".join([run.cfg.task, *(f"{f}={getattr(run.cfg, f)}" for f in varying)])
-        rows.setdefault(cell, []).append(got)
+        rows.setdefault(cell, []).append(got)  # one group per grid cell, never averaged over
     for cell, got in rows.items():
         print(f"== {cell} ({len(got)} seeds; mean ± SE over seeds; test pairs)")
         for name in ("global", "local", "dpo", "dpo_extra", "sft", "demo"):

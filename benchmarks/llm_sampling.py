@@ -3,7 +3,7 @@
 For every finished run of an ``gvgap llm run`` directory, its stored SFT model and global RM
 label the best vs the worst of N π_ref samples per evaluation prompt at temperature T
 (:func:`gvgap.llm.evaluate.label_quality`, the quantity the online arms train on), for the
-paper's T = 0.1, N = 25 and for the configured default. Prints, per task, the mean over seeds
+paper's T = 0.1, N = 25 and for the configured default. Prints, per grid cell, the mean over seeds
 of: distinct samples per prompt, share of prompts that give a pair, and the global RM's label
 accuracy (chosen strictly better by r*) with ties apart.
 
@@ -21,18 +21,20 @@ import torch
 
 def main(run_dir: str, settings: list[tuple[float, int]]) -> None:
     from gvgap.llm import evaluate as ev
+    from gvgap.llm.report import config_cells
     from gvgap.sweep.llm_run import stored_runs
 
     torch.set_num_threads(1)
+    runs = list(stored_runs(run_dir))
     rows: dict[tuple[str, float, int], list[dict[str, float]]] = {}
-    for run in stored_runs(run_dir):
+    for run, cell in zip(runs, config_cells([r.cfg for r in runs]), strict=True):
         cfg, task, seed, p, models = run.cfg, run.task, run.seed, run.p, run.models
         for t, n in settings:
             c = dataclasses.replace(cfg, online_temperature=t, online_samples=n)
             scorers = ev.labellers(c, task, models, p)
             got = ev.label_quality(c, task, models["sft"], {"global": scorers["global"]}, seed, p)
-            rows.setdefault((cfg.task, t, n), []).append(got)
-    head = ("task", "T", "N", "distinct", "pairs kept", "accuracy", "ties")
+            rows.setdefault((cell, t, n), []).append(got)  # per grid cell
+    head = ("cell", "T", "N", "distinct", "pairs kept", "accuracy", "ties")
     print("{:<8} {:>5} {:>3} {:>9} {:>10} {:>9} {:>6}".format(*head))
     for (task, t, n), got in rows.items():
         keys = ("distinct", "pairs_kept", "label_accuracy", "label_ties")

@@ -415,3 +415,18 @@ def test_ctrl_c_on_workers_is_one_line_exit_130_and_resumes_to_the_same_table(
     assert full["run_id"].nunique() == 16
     shared = full[full["run_id"].isin(set(df["run_id"]))].reset_index(drop=True)
     pd.testing.assert_frame_equal(df.reset_index(drop=True), shared)
+
+
+def test_sampling_diagnosis_per_cell_matches_the_run(done, capsys) -> None:
+    """``benchmarks/llm_sampling.py`` at the run's own (T, N): one row per cell, and the global
+    RM's label accuracy is the report's ``rm_global/label_accuracy`` (same samples, same RM)."""
+    _, out, df = done
+    bench = _bench("llm_sampling")
+    bench.main(str(out), [(1.0, int(FIXED["online_samples"]))])  # the default temperature 1
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert sorted(r[0] for r in rows) == ["readout", "short"]
+    for row in rows:
+        want = df[
+            (df.task == row[0]) & (df.pipeline == "rm_global") & (df.metric == "label_accuracy")
+        ]
+        assert float(row[5]) == pytest.approx(float(want["value"].mean()), abs=5e-4)

@@ -51,6 +51,14 @@ def with_cells(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(cell_task=df["task"], task=label)
 
 
+def config_cells(cfgs: list[LLMConfig]) -> list[str]:
+    """The cell label (:func:`with_cells`' form) of each of ``cfgs`` among them: the task, then
+    each other field that varies across ``cfgs`` — for scripts that hold configs, not rows."""
+    names = [f.name for f in dataclasses.fields(LLMConfig) if f.name != "task"]
+    varying = [n for n in names if len({getattr(c, n) for c in cfgs}) > 1]
+    return [CELL_SEP.join([c.task, *(f"{n}={getattr(c, n)}" for n in varying)]) for c in cfgs]
+
+
 def _cell_key(label: str) -> tuple:
     base, *rest = label.split(CELL_SEP)
     order = TASK_ORDER.index(base) if base in TASK_ORDER else len(TASK_ORDER)
