@@ -95,3 +95,36 @@ def test_other_grid_cells_go_to_robustness_and_the_experiment_verdict() -> None:
     assert v["robustness"][0]["verdict"] == "against" and v["robust"] is False
     head = llm_experiment.verdict(a)
     assert head.verdict == "supported" and head.positive_control["effect"] > 0.1
+
+
+def test_two_instance_blocks_in_one_table_are_two_cells_never_averaged(tmp_path) -> None:
+    """A directory holding two instance blocks (a sweep ``--append``-ed with another block):
+    each block is its own cell — its own verdict, seeds and effect —, the tables keep them
+    apart, and the report and the stdout table show the second cell beside the first."""
+    from gvgap.llm.report import markdown_table, robustness_rows, table as paper_table
+
+    a = table({"readout": UP}, {"readout": CTRL})
+    b = table({"readout": FLAT}, {"readout": CTRL}).assign(instance_seed=3)
+    b["run_id"] = b["run_id"] + "-i3"
+    out = llm_experiment.task_verdicts(pd.concat([a, b], ignore_index=True))
+    v = out["llm/readout"]
+    assert v["setting"] == {"task": "readout", "instance_seed": 1} and v["seeds"] == SEEDS
+    assert v["effect"] == pytest.approx(np.mean(UP))  # not the mean of UP and FLAT
+    (other,) = v["robustness"]
+    assert other["setting"]["instance_seed"] == 3 and other["seeds"] == SEEDS
+    assert other["effect"] == pytest.approx(np.mean(FLAT))
+    assert other["positive_control"]["effect"] == pytest.approx(np.mean(CTRL))
+    head, rows = robustness_rows(v["robustness"])
+    assert rows[0][0] == "task=readout, instance_seed=3" and rows[0][4] == "0.950"
+    both = pd.concat([a, b], ignore_index=True)
+    _, tab_rows = markdown_table(paper_table(both))
+    assert len(tab_rows[0]) == 3  # pipeline + one column per instance block
+    with pytest.raises(ValueError, match="several runs per seed"):
+        llm_experiment.paired(both, "online_dpo_sft")  # outside a cell: refused, not averaged
+    from gvgap.llm.report import section
+    from gvgap.report_doc import Doc
+
+    doc = Doc(tmp_path)
+    section(doc, both, out, [])
+    text = doc.to_markdown()
+    assert "Other cells of llm/readout" in text and "task=readout, instance_seed=3" in text

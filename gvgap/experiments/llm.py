@@ -199,27 +199,25 @@ def run_seeds(rng: np.random.Generator, instance_rng: np.random.Generator) -> tu
 # ---------------------------------------------------------------- verdict
 
 
+def by_seed(df: pd.DataFrame, pipeline: str, metric: str) -> pd.Series:
+    """``pipeline/metric`` indexed by seed, within one cell (raises where a seed has several
+    runs: two cells or instance blocks are never averaged together)."""
+    sel = df[(df.pipeline == pipeline) & (df.metric == metric)]
+    if sel["seed"].duplicated().any():
+        raise ValueError(f"{pipeline}/{metric}: several runs per seed (more than one cell)")
+    return sel.set_index("seed")["value"]
+
+
 def paired(df: pd.DataFrame, arm: str) -> np.ndarray:
     """Per seed, ``arm``'s win rate minus its offline counterpart's at matched KL."""
-    a = df[(df.pipeline == arm) & (df.metric == "win_rate_matched")].groupby("seed")["value"]
-    b = df[(df.pipeline == arm) & (df.metric == "offline_win_rate_matched")].groupby("seed")
-    d = (a.mean() - b["value"].mean()).dropna().to_numpy(float)
+    d = by_seed(df, arm, "win_rate_matched") - by_seed(df, arm, "offline_win_rate_matched")
+    d = d.dropna().to_numpy(float)
     return d[np.isfinite(d)]
 
 
 def final_diff(df: pd.DataFrame, a: str, b: str) -> np.ndarray:
     """Per seed, ``a − b`` win rate at the final checkpoints (reported, not evidence)."""
-    w = df[df.metric == "win_rate"]
-    d = (
-        w[w.pipeline == a].groupby("seed")["value"].mean()
-        - w[w.pipeline == b].groupby("seed")["value"].mean()
-    )
-    return d.dropna().to_numpy(float)
-
-
-def _mean(df: pd.DataFrame, pipeline: str, metric: str) -> float:
-    v = df[(df.pipeline == pipeline) & (df.metric == metric)]["value"]
-    return float(v.mean()) if len(v) else float("nan")
+    return (by_seed(df, a, "win_rate") - by_seed(df, b, "win_rate")).dropna().to_numpy(float)
 
 
 def labeller_summary(df: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -332,8 +330,13 @@ def task_verdicts(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
             out[key] = {**rec, "robust": None, "robustness": []}
         else:
             head = out[key]
+            keys = ("setting", "verdict", "effect", "ci_low", "ci_high", "seeds", "power")
             head["robustness"].append(
-                {k: rec[k] for k in ("setting", "verdict", "effect", "seeds", "power")}
+                {
+                    **{k: rec[k] for k in keys},
+                    "positive_control": rec["positive_control"],
+                    "label_accuracy": rec["labellers"]["global"]["label_accuracy"],
+                }
             )
             head["robust"] = all(r["verdict"] == head["verdict"] for r in head["robustness"])
     return out

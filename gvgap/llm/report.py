@@ -31,17 +31,24 @@ LABELLED_ARMS = (("online_dpo_sft", "global"), ("online_dpo_local", "local"))
 CELL_SEP = " · "
 
 
+#: Run fields besides the config that split a table into cells (two instance blocks in one
+#: directory, e.g. a sweep ``--append``-ed with another block, are never averaged together).
+RUN_FIELDS = ("instance_seed",)
+
+
 def varying_fields(df: pd.DataFrame) -> list[str]:
-    """Config fields with more than one value in the table (``task`` first)."""
-    names = [f.name for f in dataclasses.fields(LLMConfig)]
+    """Config fields, then :data:`RUN_FIELDS`, with more than one value in the table (``task``
+    first)."""
+    names = [*(f.name for f in dataclasses.fields(LLMConfig)), *RUN_FIELDS]
     return [n for n in names if n in df.columns and df[n].nunique(dropna=True) > 1]
 
 
 def with_cells(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every grid cell apart: the ``task`` column becomes the cell's label — the
-    task, then each other varying config field (``readout · pairs_per_prompt=8``) — and the
-    task itself moves to ``cell_task``. Tables and figures group by it, so no axis of the grid
-    (pairs, RM size, …) is averaged over unseen. Idempotent."""
+    task, then each other varying field (``readout · pairs_per_prompt=8``;
+    :func:`varying_fields`) — and the task itself moves to ``cell_task``. Tables and figures
+    group by it, so no axis of the grid (pairs, RM size, instance block, …) is averaged over
+    unseen. Idempotent."""
     if "cell_task" in df.columns or "task" not in df.columns:
         return df
     label = df["task"].astype(str)
@@ -251,6 +258,35 @@ def plot_labellers(df: pd.DataFrame, ax: Any = None) -> Any:
     return ax
 
 
+def robustness_rows(cells: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a verdict's other cells: setting, verdict, effect [CI], positive
+    control, label accuracy of the global RM, seeds, power."""
+    rows = []
+    for c in cells:
+        pc = c.get("positive_control") or {}
+        setting = ", ".join(f"{k}={v}" for k, v in (c.get("setting") or {}).items())
+        rows.append(
+            [
+                setting,
+                str(c.get("verdict")),
+                _effect_ci(c),
+                _effect_ci(pc),
+                f"{_num(c, 'label_accuracy'):.3f}",
+                str(c.get("seeds")),
+                f"{_num(c, 'power'):.2f}",
+            ]
+        )
+    head = ["cell", "verdict", "effect [95 % CI]", "positive control", "global label acc.",
+            "seeds", "power"]  # fmt: skip
+    return head, rows
+
+
+def _effect_ci(record: dict) -> str:
+    """``+e [+lo, +hi]`` of a record's ``effect``, ``ci_low``, ``ci_high``."""
+    e, lo, hi = (_num(record, k) for k in ("effect", "ci_low", "ci_high"))
+    return f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def _num(record: dict, key: str) -> float:
     """``record[key]`` as a float; NaN where it is absent or null (a verdict without a power
     plan stores ``"power": null``)."""
@@ -303,7 +339,7 @@ def section(
             "(evaluation prompts); label accuracy = share of on-policy best-vs-worst pairs "
             "(N π_ref samples at the online temperature) whose chosen side has strictly higher "
             "gold reward, ties (equal gold reward) apart; `sft` = β log π_ref, untrained; "
-            "`demo` = β log p_demo, the exact demonstrator's likelihood (readout, short). The "
+            "`demo` = β log p_demo, the exact demonstrator's likelihood (readout, short, sum). The "
             "local RM is DPO's implicit reward plus β log π_ref, so it can beat DPO only by "
             "what `sft` (and, exactly, `demo`) knows about r*."
         )
@@ -320,3 +356,7 @@ def section(
                 f", {v.get('seeds')} seeds, power {_num(v, 'power'):.2f}. "
                 f"{v.get('detail', '')}"
             )
+            cells = [c for c in v.get("robustness") or [] if isinstance(c, dict)]
+            if cells:
+                doc.para(f"Other cells of {key} (same rule, one Holm family):")
+                doc.table(*robustness_rows(cells))

@@ -83,8 +83,9 @@ def autocast(placement: Placement) -> Iterator[None]:
 
 #: Intra-op threads of a CPU run. A training run is chaotic in its floating-point order: one
 #: ``llm`` run (readout, tiny preset) gives a DPO win rate of 0.492 on one thread and 0.533 on
-#: two, as far apart as two seeds. So CPU work runs on one thread, giving the same numbers on
-#: every machine and executor; throughput comes from running runs side by side (workers).
+#: two, as far apart as two seeds. So CPU work runs on one thread, giving numbers that do not
+#: depend on the core count or the executor (the CPU type and torch build may still matter);
+#: throughput comes from running runs side by side (workers).
 CPU_THREADS = 1
 
 

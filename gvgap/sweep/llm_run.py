@@ -1,6 +1,7 @@
-"""``gvgap llm run FILE.toml --out DIR`` (docs/design.md §4): the ``llm`` experiment's sweep, run
-in this
-process with every stage checkpointed, then its verdicts, figures and report.
+"""``gvgap llm run FILE.toml --out DIR [--workers N]`` (docs/design.md §4): the ``llm``
+experiment's sweep with every stage checkpointed — in this process, or N runs side by side on a
+process pool (CPU; each run on one thread, so the numbers do not depend on N or the core
+count) — then its verdicts, figures and report.
 
 The file is an ordinary sweep file (``[sweep] experiment = "llm"``, ``[fixed]``, ``[grid]``;
 :mod:`gvgap.sweep.spec`), validated whole before anything is written. The directory is the
@@ -9,7 +10,8 @@ the same ``--out`` is refused on one line), one hashed record per finished run a
 ``results.parquet``; on top of it, ``stages/<run_id>/`` holds each run's finished stages and
 mid-stage checkpoints (:mod:`gvgap.llm.pipeline`), so a killed run resumes at its first
 unfinished stage and a corrupted stage is reported and re-run. It ends with ``verdicts.json``
-(one record per task, :func:`gvgap.experiments.llm.task_verdicts`), the figures and
+(one record per task — its first grid cell; the other cells under ``robustness`` —
+:func:`gvgap.experiments.llm.task_verdicts`), the figures and
 ``report.md`` / ``report.html`` (:func:`gvgap.report.write_report`). Data parallel under
 ``torchrun`` / ``accelerate launch`` with no flag: every rank runs the stages, rank 0 writes.
 """
@@ -138,10 +140,14 @@ def llm_workers(workers: int | None, spec: Any, pending: int, stop_after: str | 
     cuda = any(resolve(c["device"], c["dtype"]).is_cuda for c in spec.configs)
     if cuda or int(os.environ.get("WORLD_SIZE", "1")) > 1 or stop_after is not None:
         if workers is not None and n > 1:
-            raise UserError(
-                f"--workers: {n} asked for, but these runs share one device (CUDA, torchrun "
-                "or --stop-after); use 1, or torchrun for data parallel"
+            why = (
+                "--stop-after runs in this process"
+                if stop_after is not None
+                else (
+                    "these runs share one device (CUDA or torchrun); use torchrun for data parallel"
+                )
             )
+            raise UserError(f"--workers: {n} asked for, but {why}; use 1")
         return 1
     return max(1, min(n, pending))
 
@@ -182,11 +188,17 @@ def _execute(
             seed, inst = run_seeds(*run.rngs())
             root = str(store.root / "stages" / run.run_id)
             futures[pool.submit(_pool_run, run.config, seed, inst, root)] = (run, cfg)
+        handed: set = set()
         for fut in as_completed(futures):
+            if fut.exception() is not None:  # hand back the runs already finished, then raise
+                for other in futures:
+                    if other not in handed and other.done() and other.exception() is None:
+                        yield futures[other][0], *other.result()
+                raise fut.exception()
+            handed.add(fut)
             run, cfg = futures[fut]
-            metrics, elapsed = fut.result()
             bar.update(sum(stage_units(cfg).values()))
-            yield run, metrics, elapsed
+            yield run, *fut.result()
 
 
 def run_llm(
@@ -286,7 +298,7 @@ def write_outputs(root: Path, df: Any) -> list[Path]:
 
 def print_table(df: Any, verdicts_path: Path) -> None:
     """The paper's table and the per-task verdicts on stdout."""
-    from gvgap.llm.report import markdown_table, table
+    from gvgap.llm.report import markdown_table, robustness_rows, table
 
     header, rows = markdown_table(table(df))
     print("win rate vs pi_ref samples (gold BT), mean +- SE over seeds")
@@ -300,6 +312,12 @@ def print_table(df: Any, verdicts_path: Path) -> None:
             f"{v['ci_high']:+.4f}], control {v['positive_control']['effect']:+.4f}, "
             f"{v['seeds']} seeds)"
         )
+        cells = [c for c in v.get("robustness") or [] if isinstance(c, dict)]
+        if cells:
+            head, rows = robustness_rows(cells)
+            print(f"  other cells of {key}: " + " | ".join(head))
+            for row in rows:
+                print("  " + " | ".join(row))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
