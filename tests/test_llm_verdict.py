@@ -101,7 +101,8 @@ def test_two_instance_blocks_in_one_table_are_two_cells_never_averaged(tmp_path)
     """A directory holding two instance blocks (a sweep ``--append``-ed with another block):
     each block is its own cell — its own verdict, seeds and effect —, the tables keep them
     apart, and the report and the stdout table show the second cell beside the first."""
-    from gvgap.llm.report import markdown_table, robustness_rows, table as paper_table
+    from gvgap.llm.report import markdown_table, robustness_rows
+    from gvgap.llm.report import table as paper_table
 
     a = table({"readout": UP}, {"readout": CTRL})
     b = table({"readout": FLAT}, {"readout": CTRL}).assign(instance_seed=3)
@@ -115,7 +116,8 @@ def test_two_instance_blocks_in_one_table_are_two_cells_never_averaged(tmp_path)
     assert other["effect"] == pytest.approx(np.mean(FLAT))
     assert other["positive_control"]["effect"] == pytest.approx(np.mean(CTRL))
     head, rows = robustness_rows(v["robustness"])
-    assert rows[0][0] == "task=readout, instance_seed=3" and rows[0][4] == "0.950"
+    assert head[4] == "global label acc." and rows[0][4] == "0.950"
+    assert rows[0][0] == "task=readout, instance_seed=3"
     both = pd.concat([a, b], ignore_index=True)
     _, tab_rows = markdown_table(paper_table(both))
     assert len(tab_rows[0]) == 3  # pipeline + one column per instance block
