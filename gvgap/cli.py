@@ -5,6 +5,7 @@ this file parses arguments and turns :class:`~gvgap.errors.UserError` into one l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -296,8 +297,15 @@ def _work_begins() -> None:
     :func:`main` (tests) keep their own handler."""
     import gvgap
 
+    global _CLI_PROCESS
     if signal.getsignal(signal.SIGINT) is gvgap._cli_startup_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _CLI_PROCESS = True
+
+
+#: True once :func:`_work_begins` ran in the ``gvgap`` process itself (not an in-process
+#: caller of :func:`main`).
+_CLI_PROCESS = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,10 +348,21 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def _interrupted_exit() -> int:
-    """The one line and exit code of an interrupted command."""
+    """The one line and exit code of an interrupted command.
+
+    In the ``gvgap`` process itself the process then ends at once (``os._exit``): by now the
+    command has unwound — pools and Ray ended, the lock released, every write atomic — and
+    what is left of the interpreter's shutdown only joins threads and pool manager threads of
+    the interrupted work, which on a loaded box could hold the exit for minutes after the one
+    line (seen once in CI: a `reproduce` alive 120 s after printing it)."""
     from gvgap import EXIT_INTERRUPTED, INTERRUPTED
 
     print(INTERRUPTED, file=sys.stderr)
+    if _CLI_PROCESS:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED
 
 
