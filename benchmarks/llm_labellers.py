@@ -114,7 +114,8 @@ def main(run_dir: str) -> None:
     torch.set_num_threads(1)
     runs = list(stored_runs(run_dir))
     rows: dict[str, list[dict[str, float]]] = {}
-    for run, cell in zip(runs, config_cells([r.cfg for r in runs]), strict=True):
+    cells = config_cells([r.cfg for r in runs], [r.instance_seed for r in runs])
+    for run, cell in zip(runs, cells, strict=True):
         got = run_numbers(run.cfg, run.task, run.models, run.pairs(), run.p)
         rows.setdefault(cell, []).append(got)  # one group per grid cell, never averaged over
     for cell, got in rows.items():

@@ -27,7 +27,8 @@ def main(run_dir: str, settings: list[tuple[float, int]]) -> None:
     torch.set_num_threads(1)
     runs = list(stored_runs(run_dir))
     rows: dict[tuple[str, float, int], list[dict[str, float]]] = {}
-    for run, cell in zip(runs, config_cells([r.cfg for r in runs]), strict=True):
+    cells = config_cells([r.cfg for r in runs], [r.instance_seed for r in runs])
+    for run, cell in zip(runs, cells, strict=True):
         cfg, task, seed, p, models = run.cfg, run.task, run.seed, run.p, run.models
         for t, n in settings:
             c = dataclasses.replace(cfg, online_temperature=t, online_samples=n)

@@ -142,3 +142,20 @@ def test_a_grid_axis_besides_task_is_shown_never_averaged() -> None:
     labels = plot_labellers(df).get_legend().get_texts()
     assert {t.get_text() for t in labels} >= set(cells)  # one colour per cell
     plt.close("all")
+
+
+def test_config_cells_label_runs_like_result_rows() -> None:
+    """Scripts holding runs (configs and instance blocks) get the labels of the result rows."""
+    import dataclasses
+
+    from gvgap.llm.config import LLMConfig
+    from gvgap.llm.report import config_cells
+
+    a = LLMConfig(task="readout", pairs_per_prompt=1)
+    b = dataclasses.replace(a, pairs_per_prompt=8)
+    assert config_cells([a, b, b], [1, 1, 3]) == [
+        "readout · pairs_per_prompt=1 · instance_seed=1",
+        "readout · pairs_per_prompt=8 · instance_seed=1",
+        "readout · pairs_per_prompt=8 · instance_seed=3",
+    ]
+    assert config_cells([a, a], [1, 1]) == ["readout", "readout"]

@@ -58,12 +58,11 @@ def with_cells(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(cell_task=df["task"], task=label)
 
 
-def config_cells(cfgs: list[LLMConfig]) -> list[str]:
-    """The cell label (:func:`with_cells`' form) of each of ``cfgs`` among them: the task, then
-    each other field that varies across ``cfgs`` — for scripts that hold configs, not rows."""
-    names = [f.name for f in dataclasses.fields(LLMConfig) if f.name != "task"]
-    varying = [n for n in names if len({getattr(c, n) for c in cfgs}) > 1]
-    return [CELL_SEP.join([c.task, *(f"{n}={getattr(c, n)}" for n in varying)]) for c in cfgs]
+def config_cells(cfgs: list[LLMConfig], instance_seeds: list[int]) -> list[str]:
+    """The cell label of each run (config, instance seed) among them, by :func:`with_cells`
+    on one row per run — for scripts that hold runs, not result rows."""
+    rows = [{**dataclasses.asdict(c), "instance_seed": i} for c, i in zip(cfgs, instance_seeds)]
+    return list(with_cells(pd.DataFrame(rows))["task"]) if rows else []
 
 
 def _cell_key(label: str) -> tuple:

@@ -90,16 +90,23 @@ CPU_THREADS = 1
 
 
 @contextlib.contextmanager
-def fixed_threads(placement: Placement) -> Iterator[None]:
-    """Run the block on :data:`CPU_THREADS` intra-op threads when ``placement`` is the CPU
-    (restored after); a no-op on CUDA."""
-    if placement.is_cuda:
-        yield
-        return
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch intra-op threads (the count restored after)."""
     torch = import_torch()
     before = torch.get_num_threads()
-    torch.set_num_threads(CPU_THREADS)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def fixed_threads(placement: Placement) -> Iterator[None]:
+    """Run the block on :data:`CPU_THREADS` intra-op threads when ``placement`` is the CPU;
+    a no-op on CUDA."""
+    if placement.is_cuda:
+        yield
+        return
+    with torch_threads(CPU_THREADS):
+        yield

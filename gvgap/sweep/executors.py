@@ -120,11 +120,10 @@ def _single_threaded() -> Iterator[None]:
             from threadpoolctl import threadpool_limits
 
             stack.enter_context(threadpool_limits(1))
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            stack.callback(torch.set_num_threads, before)
+        if "torch" in sys.modules:  # never import torch just to limit it
+            from gvgap.nn.device import torch_threads
+
+            stack.enter_context(torch_threads(1))
         yield
 
 

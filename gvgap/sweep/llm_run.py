@@ -263,7 +263,8 @@ def run_llm(
 def stored_runs(out: str | os.PathLike) -> Iterator[Any]:
     """Each finished run of a ``gvgap llm run`` directory, read-only, as the runner over its
     stored stages (:class:`gvgap.llm.pipeline._Runner`: ``cfg``, ``task``, ``seed``, ``p``,
-    ``models[name]`` loads a stage model, ``pairs()`` the stored preference pairs)."""
+    ``models[name]`` loads a stage model, ``pairs()`` the stored preference pairs,
+    ``instance_seed`` the run's instance block)."""
     from gvgap.experiments.llm import run_seeds
     from gvgap.llm.config import LLMConfig
     from gvgap.llm.pipeline import StageStore, _Runner
@@ -281,6 +282,7 @@ def stored_runs(out: str | os.PathLike) -> Iterator[Any]:
             cfg, make_task(cfg, inst), seed, resolve(cfg.device, cfg.dtype), store, None, None
         )
         runner.data["pairs"], _ = store.load_info("pairs")
+        runner.instance_seed = rec["instance_seed"]  # the block, for grouping by cell
         yield runner
 
 
