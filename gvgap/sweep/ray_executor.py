@@ -122,13 +122,21 @@ def ray_session(workers: int, address: str | None) -> Iterator[Any]:
 
 
 def run_on_ray(
-    ray: Any, chunks: list[Chunk], window: int, stop: threading.Event | None = None
+    ray: Any,
+    chunks: list[Chunk],
+    window: int,
+    stop: threading.Event | None = None,
+    cancel: bool = False,
 ) -> Iterator[list[Record]]:
     """Run chunks as Ray tasks (1 CPU each), at most ``window`` in flight, yielding records.
 
     Task errors are re-raised as the original exception (a UserError stays a UserError).
     ``stop`` set (a shared session being closed) raises CancelledError within
-    :data:`STOP_POLL_S` and cancels the tasks in flight.
+    :data:`STOP_POLL_S`. On an early exit the tasks in flight are cancelled only with
+    ``cancel`` (a cluster at ``--address``, which outlives this driver): a local session is
+    shut down right after, which ends them, and ``ray.cancel`` there raced with the tasks'
+    replies — Ray's core worker aborted ("Tried to complete task that was not pending") in 2
+    of 6 Ctrl-Cs of a local sweep, leaving its agent processes behind.
     """
     task = ray.remote(num_cpus=1)(execute_chunk)
     todo = list(reversed(chunks))
@@ -149,6 +157,6 @@ def run_on_ray(
                 cause = getattr(exc, "cause", None)
                 raise (cause if isinstance(cause, BaseException) else exc) from None
     finally:
-        for ref in flight:
+        for ref in flight if cancel else ():
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)

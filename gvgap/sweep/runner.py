@@ -153,7 +153,7 @@ def open_executor(kind: str, workers: int, address: str | None = None) -> Iterat
             window = workers
             if address:
                 window = max(1, int(ray.cluster_resources().get("CPU", workers)))
-            yield lambda chunks: run_on_ray(ray, list(chunks), 2 * window)
+            yield lambda chunks: run_on_ray(ray, list(chunks), 2 * window, cancel=bool(address))
     elif workers == 1:
         yield run_in_process
     else:
